@@ -1,0 +1,58 @@
+//! Bodies of the edge's admin routes, which the origin calls to publish into KV and
+//! to drop edge-cache entries. Both routes need `Authorization: Bearer <ADMIN_TOKEN>`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::doc::RecommendationDoc;
+
+/// Most documents (users plus popular lists) one publish request may carry.
+pub const MAX_PUBLISH_DOCS: usize = 1000;
+/// Most user ids one purge request may carry.
+pub const MAX_PURGE_IDS: usize = 1000;
+/// Largest admin request body the edge reads, in bytes.
+pub const MAX_ADMIN_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// `user_id` of a stored popular list; the edge replaces it with the caller's id.
+pub const POPULAR_USER_ID: &str = "*";
+
+/// `POST /admin/publish`: write documents into KV.
+///
+/// Documents go into `generation` (or, when it is absent, the tenant's current
+/// generation). With `activate`, the tenant's pointer is flipped to `generation`
+/// after the writes, so a publish sends its batches without `activate` and flips
+/// the pointer with its last request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub generation: Option<String>,
+    #[serde(default)]
+    pub activate: bool,
+    #[serde(default)]
+    pub documents: Vec<RecommendationDoc>,
+    /// Per-region popular lists, keyed by their `region` field.
+    #[serde(default)]
+    pub popular: Vec<RecommendationDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    pub tenant: String,
+    pub generation: String,
+    pub written: usize,
+    pub activated: bool,
+}
+
+/// `POST /admin/purge`: drop edge-cache entries of these users.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PurgeRequest {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    pub user_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PurgeResponse {
+    pub tenant: String,
+    pub purged: usize,
+}

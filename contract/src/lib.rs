@@ -1,0 +1,30 @@
+//! The wire contract between the edge and the origin.
+//!
+//! Everything that both sides must agree on lives here, so the two cannot drift:
+//! the recommendation document ([`RecommendationDoc`]), what the edge adds when it
+//! serves one ([`ServedDoc`], [`Source`]), the JSON error body ([`ErrorBody`]), the
+//! rules for user, item and tenant ids ([`ids`]), the storage keys and CDN paths built
+//! from them ([`keys`]), the admin publish/purge bodies ([`admin`]) and the
+//! country-to-region map ([`region`]).
+//!
+//! # Layout
+//! - `doc`: the recommendation document and its served form.
+//! - `ids`: validation of ids that end up in keys and paths (tenant isolation).
+//! - `keys`: KV keys and secondary-CDN paths, all namespaced by tenant.
+//! - `admin`: bodies of `POST /admin/publish` and `POST /admin/purge`.
+//! - `region`: the country → region map shipped in `geo-data/`.
+
+pub mod admin;
+pub mod doc;
+pub mod ids;
+pub mod keys;
+pub mod region;
+
+pub use doc::{ErrorBody, ErrorDetail, RecItem, RecommendationDoc, ServedDoc, Source};
+pub use ids::{IdError, ItemId, Tenant, UserId};
+pub use region::{Region, RegionMap};
+
+/// Tenant used when a request names none.
+pub const DEFAULT_TENANT: &str = "default";
+/// Largest `n` a client may ask for; documents are published with this many items at most.
+pub const MAX_N: usize = 100;
