@@ -1,1 +1,33 @@
-//! placeholder
+//! The edge worker: serves precomputed recommendations close to the user.
+//!
+//! The crate is a pure, natively tested core plus thin wasm glue. The core turns
+//! request facts into decisions — validated input, cache key, region, the ordered
+//! source chain, freshness verdicts, what to try after a failure, response headers —
+//! and never touches `worker::*`, a clock or I/O. The glue (`glue`, wasm32 only)
+//! converts `Request`/`Env` into those facts, runs the plan against the Cache API, KV
+//! and `fetch`, and asks the core what next. Time comes in as a number.
+//!
+//! # Layout
+//! - [`config`]: `EdgeConfig`, read once from `[vars]`/secrets through a lookup function.
+//! - [`route`]: method + path + query → a validated [`route::Route`].
+//! - [`cache_key`]: edge-cache keys (ignore `n`, query order and headers).
+//! - [`freshness`]: fresh / stale / expired verdicts and cache TTLs.
+//! - [`chain`]: the source chain and the walk through it (`Walk`), with typed reasons.
+//! - [`respond`]: served body, headers (`X-Cache`, `Cache-Control`, `ETag`, CORS…), 304s.
+//! - [`admin`]: bearer-token check in constant time; publish/purge validation into KV writes.
+//! - [`error`]: `EdgeError`, every error answer with its status and JSON body.
+
+pub mod admin;
+pub mod cache_key;
+pub mod chain;
+pub mod config;
+pub mod error;
+pub mod freshness;
+pub mod respond;
+pub mod route;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;
+
+/// Version reported by `/health`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

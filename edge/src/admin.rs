@@ -1,0 +1,298 @@
+//! The admin routes' logic: the bearer-token check (constant time) and the
+//! validation of publish and purge bodies into KV writes and cache deletions.
+
+use contract::admin::{
+    PublishRequest, PurgeRequest, MAX_ADMIN_BODY_BYTES, MAX_PUBLISH_DOCS, MAX_PURGE_IDS,
+    POPULAR_USER_ID,
+};
+use contract::keys::{self, Generation};
+use contract::{RecommendationDoc, Region, Tenant, UserId, MAX_N};
+use subtle::ConstantTimeEq;
+
+use crate::error::EdgeError;
+
+/// Generation used when documents arrive for a tenant that has never been published.
+pub const FIRST_GENERATION: &str = "g0-0";
+/// KV's shortest allowed expiration TTL.
+pub const KV_MIN_TTL_S: u64 = 60;
+
+/// Checks `Authorization: Bearer <token>` against the configured token in constant
+/// time (only the length of a wrong token can leak, never its content).
+pub fn authorize(authorization: Option<&str>, admin_token: Option<&str>) -> Result<(), EdgeError> {
+    let expected = admin_token.ok_or(EdgeError::AdminDisabled)?;
+    let given = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(EdgeError::Unauthorized)
+    }
+}
+
+/// Parses an admin body, refusing oversized ones.
+pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, EdgeError> {
+    if bytes.len() > MAX_ADMIN_BODY_BYTES {
+        return Err(EdgeError::PayloadTooLarge {
+            max: MAX_ADMIN_BODY_BYTES,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|e| EdgeError::BadBody(e.to_string()))
+}
+
+/// One KV write of a publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvWrite {
+    pub key: String,
+    pub value: String,
+    pub expiration_ttl_s: u64,
+}
+
+/// What a validated publish does: the writes, then (maybe) the pointer flip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishPlan {
+    pub tenant: Tenant,
+    pub generation: Generation,
+    pub writes: Vec<KvWrite>,
+    /// Write `pointer_key` = generation after the writes.
+    pub activate: bool,
+    pub pointer_key: String,
+}
+
+fn tenant_of(raw: Option<&str>) -> Result<Tenant, EdgeError> {
+    raw.map(Tenant::parse)
+        .transpose()
+        .map(|t| t.unwrap_or_else(Tenant::default_tenant))
+        .map_err(EdgeError::from)
+}
+
+fn check_doc(doc: &RecommendationDoc, tenant: &Tenant, what: &str) -> Result<Region, EdgeError> {
+    if doc.tenant != tenant.as_str() {
+        return Err(EdgeError::BadBody(format!(
+            "{what} is for tenant {:?}, not {tenant}",
+            doc.tenant
+        )));
+    }
+    if doc.items.len() > MAX_N {
+        return Err(EdgeError::BadBody(format!(
+            "{what} has {} items; at most {MAX_N} are allowed",
+            doc.items.len()
+        )));
+    }
+    if doc.fresh_for_s == 0 {
+        return Err(EdgeError::BadBody(format!("{what} has fresh_for_s 0")));
+    }
+    Region::parse(&doc.region).map_err(|e| EdgeError::BadBody(format!("{what}: {e}")))
+}
+
+fn expiration_ttl(doc: &RecommendationDoc, now_s: u64) -> u64 {
+    doc.stale_until().saturating_sub(now_s).max(KV_MIN_TTL_S)
+}
+
+/// Validates a publish and turns it into KV writes. Documents go into the request's
+/// generation, else the tenant's `current` one, else [`FIRST_GENERATION`] (which is
+/// then activated, so a tenant's first documents are readable at once).
+pub fn publish_plan(
+    req: PublishRequest,
+    current: Option<Generation>,
+    now_s: u64,
+) -> Result<PublishPlan, EdgeError> {
+    let tenant = tenant_of(req.tenant.as_deref())?;
+    let total = req.documents.len() + req.popular.len();
+    if total > MAX_PUBLISH_DOCS {
+        return Err(EdgeError::BadBody(format!(
+            "{total} documents in one publish; at most {MAX_PUBLISH_DOCS} are allowed"
+        )));
+    }
+    let (generation, activate) = match (req.generation.as_deref(), current) {
+        (Some(g), _) => (
+            Generation::parse(g).map_err(|e| EdgeError::BadBody(e.to_string()))?,
+            req.activate,
+        ),
+        (None, Some(cur)) => (cur, false),
+        (None, None) => (
+            Generation::parse(FIRST_GENERATION).map_err(|e| EdgeError::Internal(e.to_string()))?,
+            true,
+        ),
+    };
+    let mut writes = Vec::with_capacity(total);
+    for (i, doc) in req.documents.iter().enumerate() {
+        let what = format!("documents[{i}]");
+        check_doc(doc, &tenant, &what)?;
+        let user =
+            UserId::parse(&doc.user_id).map_err(|e| EdgeError::BadBody(format!("{what}: {e}")))?;
+        writes.push(KvWrite {
+            key: keys::kv_user(&tenant, &generation, &user),
+            value: serde_json::to_string(doc).map_err(|e| EdgeError::Internal(e.to_string()))?,
+            expiration_ttl_s: expiration_ttl(doc, now_s),
+        });
+    }
+    for (i, doc) in req.popular.iter().enumerate() {
+        let what = format!("popular[{i}]");
+        let region = check_doc(doc, &tenant, &what)?;
+        if doc.user_id != POPULAR_USER_ID {
+            return Err(EdgeError::BadBody(format!(
+                "{what} must have user_id {POPULAR_USER_ID:?}"
+            )));
+        }
+        writes.push(KvWrite {
+            key: keys::kv_popular(&tenant, &generation, &region),
+            value: serde_json::to_string(doc).map_err(|e| EdgeError::Internal(e.to_string()))?,
+            expiration_ttl_s: expiration_ttl(doc, now_s),
+        });
+    }
+    let pointer_key = keys::kv_generation_pointer(&tenant);
+    Ok(PublishPlan {
+        tenant,
+        generation,
+        writes,
+        activate,
+        pointer_key,
+    })
+}
+
+/// Validates a purge into the tenant and the users whose cache entries to drop.
+pub fn purge_plan(req: PurgeRequest) -> Result<(Tenant, Vec<UserId>), EdgeError> {
+    let tenant = tenant_of(req.tenant.as_deref())?;
+    if req.user_ids.len() > MAX_PURGE_IDS {
+        return Err(EdgeError::BadBody(format!(
+            "{} user ids in one purge; at most {MAX_PURGE_IDS}",
+            req.user_ids.len()
+        )));
+    }
+    let users = req
+        .user_ids
+        .iter()
+        .map(|u| UserId::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((tenant, users))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(user: &str) -> RecommendationDoc {
+        RecommendationDoc {
+            tenant: "default".into(),
+            user_id: user.into(),
+            region: "europe".into(),
+            items: vec![],
+            model_version: "m".into(),
+            generated_at: 1000,
+            fresh_for_s: 300,
+            stale_for_s: 1000,
+        }
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_is_accepted() {
+        assert!(authorize(Some("Bearer s3cret"), Some("s3cret")).is_ok());
+        for bad in [
+            None,
+            Some("s3cret"),
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("Basic s3cret"),
+            Some("Bearer "),
+        ] {
+            assert_eq!(
+                authorize(bad, Some("s3cret")),
+                Err(EdgeError::Unauthorized),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            authorize(Some("Bearer x"), None),
+            Err(EdgeError::AdminDisabled)
+        );
+    }
+
+    #[test]
+    fn a_publish_writes_namespaced_keys_into_its_generation() {
+        let req = PublishRequest {
+            generation: Some("g5-1".into()),
+            activate: true,
+            documents: vec![doc("u1")],
+            popular: vec![doc(POPULAR_USER_ID)],
+            ..Default::default()
+        };
+        let plan = publish_plan(req, None, 1000).unwrap();
+        assert_eq!(plan.writes[0].key, "t/default/g/g5-1/u/u1");
+        assert_eq!(plan.writes[1].key, "t/default/g/g5-1/popular/europe");
+        assert_eq!(plan.writes[0].expiration_ttl_s, 1300);
+        assert!(plan.activate);
+        assert_eq!(plan.pointer_key, "t/default/generation");
+    }
+
+    #[test]
+    fn without_a_generation_documents_go_to_the_current_one_or_the_first() {
+        let req = PublishRequest {
+            documents: vec![doc("u1")],
+            ..Default::default()
+        };
+        let plan = publish_plan(req.clone(), Some(Generation::parse("g9-9").unwrap()), 0).unwrap();
+        assert_eq!((plan.generation.as_str(), plan.activate), ("g9-9", false));
+        let plan = publish_plan(req, None, 0).unwrap();
+        assert_eq!(
+            (plan.generation.as_str(), plan.activate),
+            (FIRST_GENERATION, true)
+        );
+    }
+
+    #[test]
+    fn publishes_that_would_cross_tenants_or_paths_are_refused() {
+        let mut other = doc("u1");
+        other.tenant = "other".into();
+        for req in [
+            PublishRequest {
+                documents: vec![other],
+                ..Default::default()
+            },
+            PublishRequest {
+                documents: vec![doc("../u2")],
+                ..Default::default()
+            },
+            PublishRequest {
+                generation: Some("g1/../x".into()),
+                ..Default::default()
+            },
+            PublishRequest {
+                popular: vec![doc("u1")],
+                ..Default::default()
+            },
+            PublishRequest {
+                documents: vec![doc("u1"); MAX_PUBLISH_DOCS + 1],
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(publish_plan(req, None, 0).unwrap_err().status(), 400);
+        }
+    }
+
+    #[test]
+    fn purges_validate_every_user_id() {
+        let (t, users) = purge_plan(PurgeRequest {
+            tenant: None,
+            user_ids: vec!["u1".into()],
+        })
+        .unwrap();
+        assert_eq!((t.as_str(), users.len()), ("default", 1));
+        assert!(purge_plan(PurgeRequest {
+            tenant: None,
+            user_ids: vec!["a/b".into()]
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn oversized_or_malformed_bodies_are_refused() {
+        assert_eq!(
+            parse_body::<PurgeRequest>(b"{").unwrap_err().code(),
+            "invalid_body"
+        );
+        let big = vec![b' '; MAX_ADMIN_BODY_BYTES + 1];
+        assert_eq!(parse_body::<PurgeRequest>(&big).unwrap_err().status(), 413);
+    }
+}

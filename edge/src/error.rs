@@ -1,0 +1,133 @@
+//! Every error the edge answers with, its HTTP status and its JSON body.
+
+use contract::{ErrorBody, IdError};
+use thiserror::Error;
+
+use crate::chain::{Attempt, Tier};
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum EdgeError {
+    #[error("{0}")]
+    InvalidId(IdError),
+    #[error("n must be a whole number from 1 to {max}; got {got:?}")]
+    InvalidN { got: String, max: usize },
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("{method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        allowed: &'static str,
+    },
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("admin routes are disabled: no ADMIN_TOKEN secret is set")]
+    AdminDisabled,
+    #[error("invalid request body: {0}")]
+    BadBody(String),
+    #[error("request body is larger than {max} bytes")]
+    PayloadTooLarge { max: usize },
+    #[error("no source could answer: {}", describe_attempts(.attempts))]
+    Unavailable { attempts: Vec<Attempt> },
+    #[error("edge misconfigured: {0}")]
+    Misconfigured(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe_attempts(attempts: &[Attempt]) -> String {
+    if attempts.is_empty() {
+        return "no source is configured".into();
+    }
+    attempts
+        .iter()
+        .map(|a| format!("{} {}", Tier::name(a.tier), a.outcome.describe()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl EdgeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            EdgeError::InvalidId(_)
+            | EdgeError::InvalidN { .. }
+            | EdgeError::InvalidQuery(_)
+            | EdgeError::BadBody(_) => 400,
+            EdgeError::Unauthorized => 401,
+            EdgeError::NotFound { .. } => 404,
+            EdgeError::MethodNotAllowed { .. } => 405,
+            EdgeError::PayloadTooLarge { .. } => 413,
+            EdgeError::Misconfigured(_) | EdgeError::Internal(_) => 500,
+            EdgeError::AdminDisabled | EdgeError::Unavailable { .. } => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            EdgeError::InvalidId(e) => e.code(),
+            EdgeError::InvalidN { .. } => "invalid_n",
+            EdgeError::InvalidQuery(_) => "invalid_query",
+            EdgeError::NotFound { .. } => "not_found",
+            EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
+            EdgeError::Unauthorized => "unauthorized",
+            EdgeError::AdminDisabled => "admin_disabled",
+            EdgeError::BadBody(_) => "invalid_body",
+            EdgeError::PayloadTooLarge { .. } => "payload_too_large",
+            EdgeError::Unavailable { .. } => "unavailable",
+            EdgeError::Misconfigured(_) => "misconfigured",
+            EdgeError::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body: `{"error":{"code":…,"message":…}}`.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code(), self.to_string())
+    }
+
+    /// Extra headers the error needs (`Allow` on 405, `WWW-Authenticate` on 401).
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            EdgeError::MethodNotAllowed { allowed, .. } => vec![("Allow", (*allowed).to_string())],
+            EdgeError::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_string())],
+            EdgeError::Unavailable { .. } => vec![("Retry-After", "5".to_string())],
+            _ => vec![],
+        }
+    }
+}
+
+impl From<IdError> for EdgeError {
+    fn from(e: IdError) -> Self {
+        EdgeError::InvalidId(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_a_json_body_with_its_code() {
+        let e = EdgeError::InvalidN {
+            got: "abc".into(),
+            max: 100,
+        };
+        assert_eq!(e.status(), 400);
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_n");
+        assert!(body["error"]["message"].as_str().unwrap().contains("abc"));
+    }
+
+    #[test]
+    fn unavailable_lists_what_was_tried() {
+        use crate::chain::{Outcome, TierFailure};
+        let e = EdgeError::Unavailable {
+            attempts: vec![Attempt {
+                tier: Tier::Origin,
+                outcome: Outcome::Failed(TierFailure::Timeout),
+            }],
+        };
+        assert_eq!(e.status(), 503);
+        assert!(e.to_string().contains("origin timed out"), "{e}");
+    }
+}

@@ -1,0 +1,280 @@
+//! Method + path + query → a validated [`Route`].
+//!
+//! Ids are percent-decoded and then checked by the contract's rules, so `a%2Fb`
+//! is refused for its `/` just like a raw `a/b` path segment.
+
+use contract::{Tenant, UserId, MAX_N};
+
+use crate::error::EdgeError;
+
+/// Longest query string accepted.
+pub const MAX_QUERY_LEN: usize = 1024;
+
+/// A request the edge knows how to answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    Recommendations(RecRequest),
+    Health,
+    /// CORS preflight for a known route.
+    Preflight,
+    AdminPublish,
+    AdminPurge,
+}
+
+/// `GET /v1/recommendations/{user_id}?n=&tenant=`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecRequest {
+    pub tenant: Tenant,
+    pub user: UserId,
+    pub n: usize,
+}
+
+const RECS_PREFIX: &str = "/v1/recommendations";
+
+/// Decides what a request is, or why it is refused.
+pub fn route(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    default_n: usize,
+) -> Result<Route, EdgeError> {
+    let method = method.to_ascii_uppercase();
+    let not_allowed = |allowed: &'static str| EdgeError::MethodNotAllowed {
+        method: method.clone(),
+        allowed,
+    };
+    let is_read = method == "GET" || method == "HEAD";
+
+    if path == RECS_PREFIX || path.starts_with("/v1/recommendations/") {
+        return match method.as_str() {
+            "OPTIONS" => Ok(Route::Preflight),
+            _ if is_read => {
+                let raw_id = path
+                    .strip_prefix(RECS_PREFIX)
+                    .unwrap_or("")
+                    .strip_prefix('/')
+                    .unwrap_or("");
+                let user =
+                    UserId::parse(&percent_decode(raw_id).map_err(EdgeError::InvalidQuery)?)?;
+                let q = Query::parse(query.unwrap_or(""))?;
+                Ok(Route::Recommendations(RecRequest {
+                    tenant: q.tenant()?,
+                    user,
+                    n: q.n(default_n)?,
+                }))
+            }
+            _ => Err(not_allowed("GET, HEAD, OPTIONS")),
+        };
+    }
+    match (path, method.as_str()) {
+        ("/health", "OPTIONS") => Ok(Route::Preflight),
+        ("/health", _) if is_read => Ok(Route::Health),
+        ("/health", _) => Err(not_allowed("GET, HEAD, OPTIONS")),
+        ("/admin/publish", "POST") => Ok(Route::AdminPublish),
+        ("/admin/purge", "POST") => Ok(Route::AdminPurge),
+        ("/admin/publish" | "/admin/purge", _) => Err(not_allowed("POST")),
+        _ => Err(EdgeError::NotFound {
+            method,
+            path: path.chars().take(200).collect(),
+        }),
+    }
+}
+
+/// The query parameters the edge reads.
+#[derive(Debug, Default)]
+struct Query {
+    n: Option<String>,
+    tenant: Option<String>,
+}
+
+impl Query {
+    fn parse(raw: &str) -> Result<Self, EdgeError> {
+        if raw.len() > MAX_QUERY_LEN {
+            return Err(EdgeError::InvalidQuery(format!(
+                "query string is longer than {MAX_QUERY_LEN} bytes"
+            )));
+        }
+        let mut q = Query::default();
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match k {
+                "n" => &mut q.n,
+                "tenant" => &mut q.tenant,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(EdgeError::InvalidQuery(format!(
+                    "parameter {k} is given more than once"
+                )));
+            }
+            *slot = Some(percent_decode(v).map_err(EdgeError::InvalidQuery)?);
+        }
+        Ok(q)
+    }
+
+    fn n(&self, default_n: usize) -> Result<usize, EdgeError> {
+        match &self.n {
+            None => Ok(default_n),
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_N).contains(&n) => Ok(n),
+                _ => Err(EdgeError::InvalidN {
+                    got: s.chars().take(40).collect(),
+                    max: MAX_N,
+                }),
+            },
+        }
+    }
+
+    fn tenant(&self) -> Result<Tenant, EdgeError> {
+        match &self.tenant {
+            None => Ok(Tenant::default_tenant()),
+            Some(t) => Ok(Tenant::parse(t)?),
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and `+`; refuses malformed escapes and invalid UTF-8.
+pub fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or("malformed %-escape")?;
+                out.push(byte);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "escapes do not decode to UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, q: Option<&str>) -> Result<Route, EdgeError> {
+        route("GET", path, q, 10)
+    }
+
+    #[test]
+    fn a_plain_request_gets_default_tenant_and_n() {
+        let r = get("/v1/recommendations/u1", None).unwrap();
+        let Route::Recommendations(r) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (r.tenant.as_str(), r.user.as_str(), r.n),
+            ("default", "u1", 10)
+        );
+    }
+
+    #[test]
+    fn n_and_tenant_are_read_from_the_query() {
+        let Route::Recommendations(r) =
+            get("/v1/recommendations/u1", Some("tenant=shop&n=25&x=1")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((r.tenant.as_str(), r.n), ("shop", 25));
+    }
+
+    #[test]
+    fn bad_ids_are_400_with_an_id_code() {
+        let long = format!("/v1/recommendations/{}", "a".repeat(1000));
+        for p in [
+            "/v1/recommendations/a/b",
+            "/v1/recommendations/a%2Fb",
+            "/v1/recommendations/..",
+            "/v1/recommendations/x..y",
+            "/v1/recommendations/a%0Ab",
+            "/v1/recommendations/a%00",
+            "/v1/recommendations/",
+            "/v1/recommendations",
+            &long,
+            "/v1/recommendations/%zz",
+        ] {
+            let e = get(p, None).unwrap_err();
+            assert_eq!(e.status(), 400, "{p}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn n_outside_1_to_100_is_400_invalid_n() {
+        for q in ["n=0", "n=100000", "n=abc", "n=-1", "n=", "n=1.5"] {
+            let e = get("/v1/recommendations/u1", Some(q)).unwrap_err();
+            assert_eq!(e.code(), "invalid_n", "{q}");
+        }
+        assert!(get("/v1/recommendations/u1", Some("n=100")).is_ok());
+    }
+
+    #[test]
+    fn repeated_or_oversized_queries_are_refused() {
+        assert_eq!(
+            get("/v1/recommendations/u1", Some("n=1&n=2"))
+                .unwrap_err()
+                .code(),
+            "invalid_query"
+        );
+        let big = "x=".to_string() + &"a".repeat(MAX_QUERY_LEN);
+        assert_eq!(
+            get("/v1/recommendations/u1", Some(&big))
+                .unwrap_err()
+                .code(),
+            "invalid_query"
+        );
+        assert_eq!(
+            get("/v1/recommendations/u1", Some("tenant=../x"))
+                .unwrap_err()
+                .code(),
+            "invalid_tenant"
+        );
+    }
+
+    #[test]
+    fn unknown_routes_are_404_and_wrong_methods_405() {
+        assert_eq!(get("/nope", None).unwrap_err().status(), 404);
+        assert_eq!(
+            route("POST", "/v1/recommendations/u1", None, 10)
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            route("GET", "/admin/publish", None, 10)
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            route("OPTIONS", "/v1/recommendations/u1", None, 10).unwrap(),
+            Route::Preflight
+        );
+        assert_eq!(
+            route("POST", "/admin/purge", None, 10).unwrap(),
+            Route::AdminPurge
+        );
+        assert_eq!(route("head", "/health", None, 10).unwrap(), Route::Health);
+    }
+
+    #[test]
+    fn percent_decoding_handles_escapes_and_refuses_garbage() {
+        assert_eq!(percent_decode("a%2Fb+c").unwrap(), "a/b c");
+        assert!(percent_decode("%").is_err());
+        assert!(percent_decode("%ff").is_err());
+    }
+}
