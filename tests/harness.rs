@@ -1,1 +1,534 @@
-//! placeholder
+//! The end-to-end harness: starts the real parts — `origin` (service and static
+//! secondary CDN, each its own process) and `wrangler dev` (workerd) — on free ports
+//! with state in a temp dir, and stops them (whole process groups) when dropped or
+//! when the test process exits.
+//!
+//! Needs the `origin` binary (`target/debug/origin`, or `ORIGIN_BIN`) and the built
+//! worker (`edge/build/index.js`); `make test` builds both first.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use contract::RecommendationDoc;
+use reqwest::blocking::{Client, Response};
+
+/// The admin token the harness gives the edge and the origin.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-not-a-secret";
+/// Subrequest timeout the test edge uses.
+pub const SUBREQUEST_TIMEOUT_MS: u64 = 1500;
+
+static LIVE_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+extern "C" fn kill_live_groups() {
+    if let Ok(groups) = LIVE_GROUPS.lock() {
+        for &pgid in groups.iter() {
+            // SAFETY: kill(2) with a negative pid signals a process group we created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn register_exit_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit with a plain extern "C" fn that only sends signals.
+    ONCE.call_once(|| unsafe {
+        libc::atexit(kill_live_groups);
+    });
+}
+
+/// Repository root (the workspace).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn origin_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ORIGIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let bin = target.join("debug").join("origin");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make test` (it builds the origin first)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process in its own process group, killed with its children on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        register_exit_hook();
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        LIVE_GROUPS.lock().unwrap().push(child.id() as i32);
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// Stops the process group (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self) {
+        let pgid = self.child.id() as i32;
+        // SAFETY: signals the process group this Proc created.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        LIVE_GROUPS.lock().unwrap().retain(|&g| g != pgid);
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_for_http(url: &str, what: &Proc, timeout: Duration) {
+    let client = Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if client.get(url).send().is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{} did not answer at {url} within {timeout:?}; log:\n{}",
+        what.name,
+        what.log_tail()
+    );
+}
+
+/// Runs an `origin` subcommand to completion, panicking with its output on failure.
+pub fn run_origin(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = Command::new(origin_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run origin");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "origin {args:?} failed:\n{text}");
+    text
+}
+
+/// Options for a stack.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub users: usize,
+    pub items: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            users: 200,
+            items: 120,
+        }
+    }
+}
+
+/// One complete system: origin service, static secondary CDN and `wrangler dev`.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub publish_dir: PathBuf,
+    pub origin_port: u16,
+    pub cdn_port: u16,
+    pub edge_port: u16,
+    pub origin: Option<Proc>,
+    pub cdn: Option<Proc>,
+    pub edge: Proc,
+    pub client: Client,
+}
+
+impl Stack {
+    /// Generates demo data, starts the three processes and waits until each answers.
+    pub fn start(opts: StackOptions) -> Stack {
+        let root = repo_root();
+        let worker = root.join("edge/build/index.js");
+        assert!(
+            worker.exists(),
+            "{} is missing: run `make test` (it builds the worker first)",
+            worker.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let db = dir.path().join("origin.sqlite");
+        let publish_dir = dir.path().join("cdn");
+        fs::create_dir_all(&publish_dir).unwrap();
+        run_origin(
+            &[
+                "demo-data",
+                "--db",
+                db.to_str().unwrap(),
+                "--users",
+                &opts.users.to_string(),
+                "--items",
+                &opts.items.to_string(),
+                "--seed",
+                "7",
+            ],
+            &[],
+        );
+
+        let (origin_port, cdn_port, edge_port, inspector_port) =
+            (free_port(), free_port(), free_port(), free_port());
+        let cdn = Proc::spawn(
+            "cdn",
+            Command::new(origin_bin()).args([
+                "cdn",
+                "--dir",
+                publish_dir.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{cdn_port}"),
+            ]),
+            dir.path().join("cdn.log"),
+        );
+
+        let config = dir.path().join("wrangler.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"name = "edge-recs-e2e"
+main = "{main}"
+compatibility_date = "2026-04-01"
+[[kv_namespaces]]
+binding = "KV"
+id = "0f2b5c1e9d8a4b7c6e5f4a3b2c1d0e9f"
+[vars]
+ORIGIN_URL = "http://127.0.0.1:{origin_port}"
+SECONDARY_CDN_URL = "http://127.0.0.1:{cdn_port}"
+SUBREQUEST_TIMEOUT_MS = "{SUBREQUEST_TIMEOUT_MS}"
+EDGE_CACHE_TTL_S = "300"
+GENERATION_CACHE_S = "0"
+"#,
+                main = worker.display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join(".dev.vars"),
+            format!("ADMIN_TOKEN={ADMIN_TOKEN}\n"),
+        )
+        .unwrap();
+        let wrangler = root.join("node_modules/.bin/wrangler");
+        assert!(
+            wrangler.exists(),
+            "{} is missing: run `make test` (it runs npm ci first)",
+            wrangler.display()
+        );
+        let edge = Proc::spawn(
+            "wrangler dev",
+            Command::new(wrangler)
+                .current_dir(dir.path())
+                .args([
+                    "dev",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    &edge_port.to_string(),
+                ])
+                .args([
+                    "--inspector-port",
+                    &inspector_port.to_string(),
+                    "--persist-to",
+                    dir.path().join("state").to_str().unwrap(),
+                ])
+                .args([
+                    "--show-interactive-dev-session=false",
+                    "--log-level",
+                    "info",
+                ])
+                .env("WRANGLER_SEND_METRICS", "false")
+                .env("WRANGLER_HIDE_BANNER", "true")
+                .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+                .env("XDG_CONFIG_HOME", dir.path().join("xdg")),
+            dir.path().join("wrangler.log"),
+        );
+
+        let client = Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut stack = Stack {
+            dir,
+            db,
+            publish_dir,
+            origin_port,
+            cdn_port,
+            edge_port,
+            origin: None,
+            cdn: Some(cdn),
+            edge,
+            client,
+        };
+        stack.start_origin();
+        wait_for_http(
+            &format!("http://127.0.0.1:{cdn_port}/"),
+            stack.cdn.as_ref().unwrap(),
+            Duration::from_secs(20),
+        );
+        wait_for_http(
+            &stack.edge_url("/health"),
+            &stack.edge,
+            Duration::from_secs(90),
+        );
+        stack
+    }
+
+    /// Starts (or restarts) the origin service on its port.
+    pub fn start_origin(&mut self) {
+        let proc = Proc::spawn(
+            "origin",
+            Command::new(origin_bin())
+                .args([
+                    "serve",
+                    "--db",
+                    self.db.to_str().unwrap(),
+                    "--listen",
+                    &format!("127.0.0.1:{}", self.origin_port),
+                ])
+                .args([
+                    "--edge-url",
+                    &self.edge_url(""),
+                    "--publish-dir",
+                    self.publish_dir.to_str().unwrap(),
+                ])
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("RUST_LOG", "info"),
+            self.dir.path().join(format!(
+                "origin-{}.log",
+                Instant::now().elapsed().as_nanos()
+            )),
+        );
+        wait_for_http(
+            &format!("http://127.0.0.1:{}/health", self.origin_port),
+            &proc,
+            Duration::from_secs(60),
+        );
+        self.origin = Some(proc);
+    }
+
+    /// Stops the origin service.
+    pub fn stop_origin(&mut self) {
+        if let Some(mut p) = self.origin.take() {
+            p.stop();
+        }
+    }
+
+    pub fn edge_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.edge_port)
+    }
+
+    /// `origin publish` against this stack (to the CDN folder and/or the edge's KV).
+    pub fn publish(&self, targets: &str, users: Option<&[String]>) -> String {
+        let mut args = vec![
+            "publish".to_string(),
+            "--db".into(),
+            self.db.to_str().unwrap().into(),
+            "--out".into(),
+            self.publish_dir.to_str().unwrap().into(),
+            "--edge-url".into(),
+            self.edge_url(""),
+            "--targets".into(),
+            targets.into(),
+        ];
+        if let Some(users) = users {
+            args.push("--users".into());
+            args.push(users.join(","));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_origin(&args, &[("ADMIN_TOKEN", ADMIN_TOKEN)])
+    }
+
+    /// Users with a document in the secondary CDN's current generation, sorted.
+    pub fn cdn_users(&self) -> Vec<String> {
+        let dir = self
+            .publish_dir
+            .join("current")
+            .join("default")
+            .join("users");
+        let mut users: Vec<String> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Removes a user's document from the secondary CDN (as if never uploaded).
+    pub fn remove_from_cdn(&self, user: &str) {
+        fs::remove_file(
+            self.publish_dir
+                .join("current/default/users")
+                .join(format!("{user}.json")),
+        )
+        .expect("remove CDN file");
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.edge_url(path))
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// POSTs JSON to an admin route with the given token (or none).
+    pub fn admin(&self, path: &str, token: Option<&str>, body: &serde_json::Value) -> Response {
+        let mut req = self.client.post(self.edge_url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// Drops a user's edge-cache entry.
+    pub fn purge(&self, user: &str) {
+        let r = self.admin(
+            "/admin/purge",
+            Some(ADMIN_TOKEN),
+            &serde_json::json!({ "user_ids": [user] }),
+        );
+        assert_eq!(r.status(), 200, "purge failed");
+    }
+
+    /// Whether any process log shows a panic.
+    pub fn panics(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let text = fs::read_to_string(entry.path()).unwrap_or_default();
+                found.extend(
+                    text.lines()
+                        .filter(|l| l.contains("panicked"))
+                        .map(|l| format!("{}: {l}", entry.path().display())),
+                );
+            }
+        }
+        found
+    }
+}
+
+/// A response's header as a string ("" when absent).
+pub fn header(r: &Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Parses a served body.
+pub fn served(r: Response) -> serde_json::Value {
+    let status = r.status();
+    let text = r.text().expect("body");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}, body not JSON ({e}): {text}"))
+}
+
+/// A test document for direct publishes.
+pub fn doc(
+    user: &str,
+    model_version: &str,
+    generated_at: u64,
+    fresh_for_s: u64,
+) -> RecommendationDoc {
+    RecommendationDoc {
+        tenant: "default".into(),
+        user_id: user.into(),
+        region: "us-east".into(),
+        items: vec![contract::RecItem {
+            item_id: "e2e-item".into(),
+            score: 1.0,
+            reason: Some("test".into()),
+        }],
+        model_version: model_version.into(),
+        generated_at,
+        fresh_for_s,
+        stale_for_s: 3600,
+    }
+}
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Holds a port with a listener that accepts connections and never answers.
+pub fn black_hole(port: u16) -> TcpListener {
+    let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).expect("bind black hole");
+    let accept = l.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut held: Vec<TcpStream> = Vec::new();
+        for s in accept.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    l
+}

@@ -169,7 +169,7 @@ pub fn purge_plan(req: PurgeRequest) -> Result<(Tenant, Vec<UserId>), EdgeError>
     Ok((tenant, users))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

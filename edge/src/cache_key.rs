@@ -20,7 +20,7 @@ pub fn user_doc_key(worker_origin: &str, tenant: &Tenant, user: &UserId) -> Stri
     )
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::route::{route, Route};

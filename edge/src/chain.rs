@@ -238,7 +238,7 @@ pub fn accept_doc(
     Ok(doc)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -102,7 +102,7 @@ impl From<IdError> for EdgeError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

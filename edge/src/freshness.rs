@@ -44,7 +44,7 @@ pub fn edge_cache_ttl(doc: &RecommendationDoc, now_s: u64, max_ttl_s: u64) -> Op
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

@@ -163,7 +163,7 @@ pub fn cache_entry_headers(ttl_s: u64) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use contract::RecItem;

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# `make dev`: builds everything, generates and imports the demo catalogue (once), starts
+# the origin (8080), the secondary CDN (8081) and `wrangler dev` (8787), publishes, prints
+# example URLs, and stops all three on Ctrl-C. State lives in var/ (git-ignored).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+
+ORIGIN_PORT="${ORIGIN_PORT:-8080}" CDN_PORT="${CDN_PORT:-8081}" EDGE_PORT="${EDGE_PORT:-8787}"
+VAR="$ROOT/var" DB="$ROOT/var/origin.sqlite" PUB="$ROOT/var/cdn"
+mkdir -p "$VAR" "$PUB"
+
+for port in "$ORIGIN_PORT" "$CDN_PORT" "$EDGE_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "dev: port $port is already in use; stop what runs there (or set ORIGIN_PORT/CDN_PORT/EDGE_PORT)" >&2
+    exit 1
+  fi
+done
+
+if [ ! -f .dev.vars ]; then
+  echo "ADMIN_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" > .dev.vars
+  chmod 600 .dev.vars
+  echo "dev: wrote .dev.vars with a random ADMIN_TOKEN (git-ignored)"
+fi
+ADMIN_TOKEN="$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars | head -n1)"
+export ADMIN_TOKEN
+
+cargo build --profile native -p origin
+ORIGIN="$ROOT/target/native/origin"
+if [ ! -f "$DB" ]; then
+  "$ORIGIN" demo-data --db "$DB" --users "${DEMO_USERS:-3000}" --items "${DEMO_ITEMS:-1000}" --seed 42
+fi
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo; echo "dev: stopping"
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+setsid "$ORIGIN" cdn --dir "$PUB" --listen "127.0.0.1:$CDN_PORT" > "$VAR/cdn.log" 2>&1 &
+pids+=($!)
+setsid "$ORIGIN" serve --db "$DB" --listen "127.0.0.1:$ORIGIN_PORT" \
+  --edge-url "http://127.0.0.1:$EDGE_PORT" --publish-dir "$PUB" > "$VAR/origin.log" 2>&1 &
+pids+=($!)
+setsid wrangler dev --ip 127.0.0.1 --port "$EDGE_PORT" --persist-to "$VAR/wrangler-state" \
+  --var "ORIGIN_URL:http://127.0.0.1:$ORIGIN_PORT" --var "SECONDARY_CDN_URL:http://127.0.0.1:$CDN_PORT" \
+  --show-interactive-dev-session=false > "$VAR/wrangler.log" 2>&1 &
+pids+=($!)
+
+wait_for() { # url name log
+  for _ in $(seq 1 240); do
+    curl -s -o /dev/null "$1" && return 0
+    sleep 0.5
+  done
+  echo "dev: $2 did not come up; last lines of $3:" >&2; tail -n 30 "$3" >&2; exit 1
+}
+wait_for "http://127.0.0.1:$CDN_PORT/" "secondary CDN" "$VAR/cdn.log"
+wait_for "http://127.0.0.1:$ORIGIN_PORT/health" "origin" "$VAR/origin.log"
+wait_for "http://127.0.0.1:$EDGE_PORT/health" "wrangler dev" "$VAR/wrangler.log"
+
+"$ORIGIN" publish --db "$DB" --out "$PUB" --edge-url "http://127.0.0.1:$EDGE_PORT"
+
+user="$(ls "$PUB/current/default/users" | head -n1 | sed 's/\.json$//')"
+cat <<MSG
+
+dev: up. Logs in var/*.log. Ctrl-C stops everything.
+  edge (wrangler dev)   http://127.0.0.1:$EDGE_PORT      /health
+  origin                http://127.0.0.1:$ORIGIN_PORT      /health
+  secondary CDN         http://127.0.0.1:$CDN_PORT      (static files of var/cdn/current)
+
+Try:
+  curl -i http://127.0.0.1:$EDGE_PORT/v1/recommendations/$user        # X-Served-By: kv
+  curl -i http://127.0.0.1:$EDGE_PORT/v1/recommendations/$user?n=5    # X-Cache: HIT
+  curl -i http://127.0.0.1:$ORIGIN_PORT/v1/recommendations/$user      # straight from the origin
+  curl -i http://127.0.0.1:$EDGE_PORT/health
+MSG
+wait

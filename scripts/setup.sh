@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the build needs and is missing: the wasm target, pinned worker-build and
+# wasm-bindgen-cli, and the npm packages (wrangler, esbuild, binaryen). Idempotent: each
+# step is skipped when the right version is already there.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  echo "setup: adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+if ! worker-build --version 2>/dev/null | grep -qF "$WORKER_BUILD_VERSION"; then
+  echo "setup: installing worker-build $WORKER_BUILD_VERSION (takes a few minutes once)"
+  cargo install worker-build --version "=$WORKER_BUILD_VERSION" --debug
+fi
+if ! wasm-bindgen --version 2>/dev/null | grep -qF "$WASM_BINDGEN_VERSION"; then
+  echo "setup: installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (takes a few minutes once)"
+  # Not --locked: its lockfile wants a crate version the registry mirror may lack.
+  cargo install wasm-bindgen-cli --version "=$WASM_BINDGEN_VERSION" --debug
+fi
+if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
