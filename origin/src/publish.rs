@@ -443,3 +443,215 @@ pub async fn publish_one(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::Json;
+
+    fn job(tenant: &Tenant, cdn: Option<CdnFolder>, kv: Option<EdgeClient>) -> PublishJob {
+        PublishJob {
+            tenant: tenant.clone(),
+            n: 20,
+            users: None,
+            chunk: 64,
+            cdn,
+            kv,
+            progress: false,
+        }
+    }
+
+    fn read_doc(path: &Path) -> RecommendationDoc {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_publish_writes_a_generation_and_points_current_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+        let snapshot = Arc::new(snapshot);
+        let tenant = Tenant::default_tenant();
+        let out = dir.path().join("cdn");
+        let folder = CdnFolder::new(out.clone());
+
+        let first = publish_all(snapshot.clone(), job(&tenant, Some(folder.clone()), None))
+            .await
+            .unwrap();
+        assert_eq!(first.users, 200);
+        assert_eq!(first.cdn_files, 200 + 4);
+        let target = std::fs::read_link(out.join("current")).unwrap();
+        assert_eq!(
+            target,
+            Path::new("generations").join(&first.generation),
+            "current is a relative link to the generation"
+        );
+        let doc = read_doc(&out.join("current/default/users/u1.json"));
+        assert_eq!(doc.user_id, "u1");
+        assert_eq!(doc.items.len(), 20);
+        for region in snapshot.regions.regions() {
+            let p = out.join(format!("current/default/popular/{}.json", region.as_str()));
+            let doc = read_doc(&p);
+            assert_eq!(doc.user_id, "*");
+            assert_eq!(doc.region, region.as_str());
+            assert_eq!(doc.items.len(), contract::MAX_N.min(80));
+        }
+
+        let second = publish_all(snapshot.clone(), job(&tenant, Some(folder), None))
+            .await
+            .unwrap();
+        assert_ne!(second.generation, first.generation);
+        assert_eq!(
+            std::fs::read_link(out.join("current")).unwrap(),
+            Path::new("generations").join(&second.generation)
+        );
+        assert!(out
+            .join("generations")
+            .join(&first.generation)
+            .join("default/users/u1.json")
+            .exists());
+    }
+
+    #[tokio::test]
+    async fn a_publish_limited_to_some_users_writes_only_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+        let tenant = Tenant::default_tenant();
+        let out = dir.path().join("cdn");
+        let mut j = job(&tenant, Some(CdnFolder::new(out.clone())), None);
+        j.users = Some(vec![
+            UserId::parse("u2").unwrap(),
+            UserId::parse("u7").unwrap(),
+        ]);
+        let report = publish_all(Arc::new(snapshot), j).await.unwrap();
+        assert_eq!(report.users, 2);
+        let mut files: Vec<String> = std::fs::read_dir(out.join("current/default/users"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["u2.json", "u7.json"]);
+    }
+
+    #[derive(Clone, Default)]
+    struct FakeEdge {
+        seen: Arc<Mutex<Vec<(Option<String>, PublishRequest)>>>,
+        refuse: bool,
+    }
+
+    async fn fake_publish(
+        State(edge): State<FakeEdge>,
+        headers: HeaderMap,
+        Json(req): Json<PublishRequest>,
+    ) -> Result<Json<PublishResponse>, (StatusCode, Json<ErrorBody>)> {
+        let auth = headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        edge.seen.lock().unwrap().push((auth, req.clone()));
+        if edge.refuse {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                Json(ErrorBody::new("unauthorized", "bad admin token")),
+            ));
+        }
+        Ok(Json(PublishResponse {
+            tenant: req.tenant.clone().unwrap_or_default(),
+            generation: req.generation.clone().unwrap_or_else(|| "gcur".into()),
+            written: req.documents.len() + req.popular.len(),
+            activated: req.activate,
+        }))
+    }
+
+    async fn start_fake_edge(edge: FakeEdge) -> String {
+        let app = axum::Router::new()
+            .route("/admin/publish", axum::routing::post(fake_publish))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                contract::admin::MAX_ADMIN_BODY_BYTES,
+            ))
+            .with_state(edge);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_kv_publish_sends_batches_then_activates_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+        let edge = FakeEdge::default();
+        let url = start_fake_edge(edge.clone()).await;
+        let tenant = Tenant::default_tenant();
+        let mut j = job(
+            &tenant,
+            None,
+            Some(EdgeClient::new(&url, Secret::new("s3cret"))),
+        );
+        j.chunk = 1000;
+        let report = publish_all(Arc::new(snapshot), j).await.unwrap();
+        assert_eq!(report.kv_documents, 200);
+        let seen = edge.seen.lock().unwrap();
+        assert!(seen
+            .iter()
+            .all(|(auth, _)| auth.as_deref() == Some("Bearer s3cret")));
+        let (last, batches) = seen.split_last().unwrap();
+        assert!(last.1.activate);
+        assert_eq!(last.1.popular.len(), 4);
+        assert!(last.1.documents.is_empty());
+        assert!(batches.iter().all(|(_, r)| !r.activate
+            && r.documents.len() <= KV_BATCH
+            && r.generation.as_deref() == Some(report.generation.as_str())
+            && r.tenant.as_deref() == Some("default")));
+        assert_eq!(
+            batches
+                .iter()
+                .map(|(_, r)| r.documents.len())
+                .sum::<usize>(),
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn an_edge_refusal_is_an_error_with_the_edges_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+        let edge = FakeEdge {
+            refuse: true,
+            ..Default::default()
+        };
+        let url = start_fake_edge(edge).await;
+        let tenant = Tenant::default_tenant();
+        let j = job(&tenant, None, Some(EdgeClient::new(&url, Secret::new("x"))));
+        let err = publish_all(Arc::new(snapshot), j).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("401"), "{msg}");
+        assert!(msg.contains("bad admin token"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn publish_on_miss_sends_one_document_into_the_current_kv_generation() {
+        let edge = FakeEdge::default();
+        let url = start_fake_edge(edge.clone()).await;
+        let client = EdgeClient::new(&url, Secret::new("t"));
+        let doc = RecommendationDoc {
+            tenant: "default".into(),
+            user_id: "u1".into(),
+            region: "europe".into(),
+            items: Vec::new(),
+            model_version: "x#y".into(),
+            generated_at: 1,
+            fresh_for_s: 300,
+            stale_for_s: 86_400,
+        };
+        publish_one(Some(&client), None, &Tenant::default_tenant(), doc.clone()).await;
+        let seen = edge.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let req = &seen[0].1;
+        assert_eq!(req.generation, None);
+        assert!(!req.activate);
+        assert_eq!(req.documents, vec![doc]);
+    }
+}
