@@ -536,9 +536,12 @@ mod tests {
         assert_eq!(files, ["u2.json", "u7.json"]);
     }
 
+    /// The `Authorization` header and body of each request the fake edge received.
+    type Received = Vec<(Option<String>, PublishRequest)>;
+
     #[derive(Clone, Default)]
     struct FakeEdge {
-        seen: Arc<Mutex<Vec<(Option<String>, PublishRequest)>>>,
+        seen: Arc<Mutex<Received>>,
         refuse: bool,
     }
 
