@@ -31,6 +31,8 @@ use crate::snapshot::{now_unix, DocRequest, Snapshot};
 pub const MAX_BATCH_IDS: usize = 1000;
 /// `n` when a request names none.
 pub const DEFAULT_N: usize = 10;
+/// Items per document published on a miss, unless configured otherwise.
+pub const DEFAULT_PUBLISH_N: usize = 50;
 /// Largest request body read, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -43,6 +45,8 @@ pub struct AppState {
     /// Where answers for known users are published in the background, if anywhere.
     pub edge: Option<EdgeClient>,
     pub cdn: Option<CdnFolder>,
+    /// Items per document published in the background (at least the requested `n`).
+    pub publish_n: usize,
 }
 
 impl AppState {
@@ -52,7 +56,13 @@ impl AppState {
             region,
             edge: None,
             cdn: None,
+            publish_n: DEFAULT_PUBLISH_N,
         }
+    }
+
+    pub fn with_publish_n(mut self, n: usize) -> Self {
+        self.publish_n = n.clamp(1, contract::MAX_N);
+        self
     }
 
     pub fn with_edge(mut self, edge: EdgeClient) -> Self {
@@ -223,15 +233,29 @@ fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
         .filter(|r| state.snapshot.regions.knows(r))
 }
 
-/// Publishes a document of a user with history in the background; never delays or fails the answer.
-fn publish_in_background(state: &AppState, doc: &RecommendationDoc) {
+/// Publishes the document of a user with history in the background; never delays or
+/// fails the answer.
+///
+/// The published document is the user's canonical one (their own region, no context,
+/// at least `publish_n` items), not the answer as asked for: the edge serves it to
+/// every later request of the user, whatever `n`, `context` or `region` they name.
+fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
     if state.edge.is_none() && state.cdn.is_none() {
         return;
     }
-    let (edge, cdn, doc) = (state.edge.clone(), state.cdn.clone(), doc.clone());
-    let tenant = state.snapshot.tenant.clone();
+    let (state, user) = (state.clone(), user.clone());
     tokio::spawn(async move {
-        crate::publish::publish_one(edge.as_ref(), cdn.as_ref(), &tenant, doc).await;
+        let doc = state.snapshot.user_doc(
+            &user,
+            &DocRequest {
+                n: n.max(state.publish_n),
+                fallback_region: Some(&state.region),
+                ..Default::default()
+            },
+            now_unix(),
+        );
+        let tenant = &state.snapshot.tenant;
+        crate::publish::publish_one(state.edge.as_ref(), state.cdn.as_ref(), tenant, doc).await;
     });
 }
 
@@ -257,7 +281,7 @@ async fn recommendations(
         now_unix(),
     );
     if state.snapshot.has_history(&user) {
-        publish_in_background(&state, &doc);
+        publish_in_background(&state, &user, n);
     }
     Ok(Json(doc))
 }
@@ -648,7 +672,7 @@ mod tests {
         let folder = CdnFolder::new(cdn.clone());
         folder.new_generation(1).unwrap().activate().unwrap();
         let state = state.with_publish_dir(cdn.clone());
-        let (status, _) = get(&state, "/v1/recommendations/u1").await;
+        let (status, _) = get(&state, "/v1/recommendations/u1?n=3&region=us-west").await;
         assert_eq!(status, StatusCode::OK);
         let (status, _) = get(&state, "/v1/recommendations/nobody").await;
         assert_eq!(status, StatusCode::OK);
@@ -661,6 +685,12 @@ mod tests {
         let doc: RecommendationDoc =
             serde_json::from_slice(&std::fs::read(&user_file).unwrap()).unwrap();
         assert_eq!(doc.user_id, "u1");
+        assert_eq!(doc.items.len(), DEFAULT_PUBLISH_N, "the canonical document");
+        let own = state
+            .snapshot
+            .known_user_region(&UserId::parse("u1").unwrap())
+            .unwrap();
+        assert_eq!(doc.region, own.as_str(), "the user's own region");
         assert!(!cdn.join("current/default/users/nobody.json").exists());
     }
 }

@@ -47,7 +47,7 @@ pub enum ConfigError {
     Tenant(contract::IdError),
     #[error("--region {0:?} is not one of the known regions ({1})")]
     Region(String, String),
-    #[error("--n must be 1 to {max}, not {0}", max = contract::MAX_N)]
+    #[error("--n/--publish-n must be 1 to {max}, not {0}", max = contract::MAX_N)]
     N(usize),
     #[error("--users: {0}")]
     User(contract::IdError),
@@ -111,6 +111,9 @@ pub struct ServeConfig {
     /// users are also written into its current generation.
     #[arg(long, env = "ORIGIN_PUBLISH_DIR")]
     pub publish_dir: Option<PathBuf>,
+    /// Items per document published on a miss (at least the request's `n`; 1 to 100).
+    #[arg(long, env = "ORIGIN_PUBLISH_N", default_value_t = 50)]
+    pub publish_n: usize,
     /// Seconds a document is fresh.
     #[arg(long, env = "ORIGIN_FRESH_FOR_S", default_value_t = 300)]
     pub fresh_for_s: u64,
@@ -239,6 +242,9 @@ impl ServeConfig {
                 ConfigError::Region(self.region.clone(), known.join(", "))
             })?;
         check_edge_url(&self.edge_url)?;
+        if self.publish_n == 0 || self.publish_n > contract::MAX_N {
+            return Err(ConfigError::N(self.publish_n));
+        }
         Ok((tenant, region))
     }
 }

@@ -62,7 +62,7 @@ async fn main() -> Result<()> {
                 Snapshot::build(&store, tenant, regions, freshness, train)
             })?;
             drop(store);
-            let mut state = AppState::new(Arc::new(snapshot), region);
+            let mut state = AppState::new(Arc::new(snapshot), region).with_publish_n(c.publish_n);
             match (&c.edge_url, Secret::admin_token_from_env()) {
                 (Some(url), Some(token)) => {
                     tracing::info!(edge = %url, "publish on miss to edge KV");
