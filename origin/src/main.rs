@@ -1,4 +1,184 @@
-fn main() {
-    eprintln!("origin: not built yet");
-    std::process::exit(2);
+//! The `origin` binary: parses the configuration, sets up logging and dispatches to the
+//! library. See `origin --help`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use contract::RegionMap;
+use origin::config::{Command, Config, Secret, Target};
+use origin::model::Recommender;
+use origin::publish::{CdnFolder, EdgeClient, PublishJob};
+use origin::simple_model::ItemKnn;
+use origin::snapshot::{Freshness, Snapshot};
+use origin::store::Store;
+use origin::AppState;
+
+fn train(data: &origin::model::TrainingData) -> Arc<dyn Recommender> {
+    Arc::new(ItemKnn::train(data))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::parse();
+    let regions = RegionMap::builtin();
+    match config.command {
+        Command::Serve(c) => {
+            let (tenant, region) = c.validate(&regions)?;
+            let store = Store::open(&c.store.db)
+                .with_context(|| format!("opening {}", c.store.db.display()))?;
+            let freshness = Freshness {
+                fresh_for_s: c.fresh_for_s,
+                stale_for_s: c.stale_for_s,
+            };
+            let snapshot = tokio::task::block_in_place(|| {
+                Snapshot::build(&store, tenant, regions, freshness, train)
+            })?;
+            drop(store);
+            let mut state = AppState::new(Arc::new(snapshot), region).with_publish_n(c.publish_n);
+            match (&c.edge_url, Secret::admin_token_from_env()) {
+                (Some(url), Some(token)) => {
+                    tracing::info!(edge = %url, "publish on miss to edge KV");
+                    state = state.with_edge(EdgeClient::new(url, token));
+                }
+                (Some(_), None) => {
+                    tracing::warn!(
+                        "--edge-url given but ADMIN_TOKEN is not set; not publishing to KV"
+                    )
+                }
+                _ => {}
+            }
+            if let Some(dir) = c.publish_dir.clone() {
+                tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");
+                state = state.with_publish_dir(dir);
+            }
+            let listener = tokio::net::TcpListener::bind(c.listen)
+                .await
+                .with_context(|| format!("binding {}", c.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, "origin listening");
+            origin::run(listener, state, shutdown_signal()).await?;
+        }
+        Command::DemoData(c) => {
+            c.validate()?;
+            let started = Instant::now();
+            let mut store =
+                Store::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(c.users),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            let spec = origin::demo_data::DemoSpec {
+                users: c.users,
+                items: c.items,
+                seed: c.seed,
+                interactions_per_user: c.interactions_per_user,
+            };
+            let sum = tokio::task::block_in_place(|| {
+                origin::demo_data::generate(&mut store, &spec, |done| bar.set_position(done))
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "demo data in {}: {} users, {} items, {} interactions (seed {}) in {:.2}s",
+                c.db.display(),
+                sum.users,
+                sum.items,
+                sum.interactions,
+                c.seed,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Import(c) => {
+            let started = Instant::now();
+            let mut store =
+                Store::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
+            let sum = tokio::task::block_in_place(|| {
+                origin::import::import_files(&mut store, c.format, &c.files)
+            })?;
+            println!(
+                "imported {} interactions from {} file(s) into {}: {} new users, {} new items, in {:.2}s",
+                sum.interactions,
+                sum.files,
+                c.db.display(),
+                sum.users,
+                sum.items,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Publish(c) => {
+            let token = Secret::admin_token_from_env();
+            let (tenant, users) = c.validate(token.as_ref())?;
+            let targets = c.effective_targets();
+            let store = Store::open(&c.store.db)
+                .with_context(|| format!("opening {}", c.store.db.display()))?;
+            let freshness = Freshness {
+                fresh_for_s: c.fresh_for_s,
+                stale_for_s: c.stale_for_s,
+            };
+            let snapshot = tokio::task::block_in_place(|| {
+                Snapshot::build(&store, tenant.clone(), regions, freshness, train)
+            })?;
+            drop(store);
+            let job = PublishJob {
+                tenant,
+                n: c.n,
+                users: (!users.is_empty()).then_some(users),
+                chunk: c.chunk,
+                cdn: targets
+                    .contains(&Target::Cdn)
+                    .then(|| c.out.clone().map(CdnFolder::new))
+                    .flatten(),
+                kv: match (targets.contains(&Target::Kv), &c.edge_url, token) {
+                    (true, Some(url), Some(token)) => Some(EdgeClient::new(url, token)),
+                    _ => None,
+                },
+                progress: true,
+            };
+            let report = origin::publish::publish_all(Arc::new(snapshot), job).await?;
+            println!(
+                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} popular lists, in {:.2}s",
+                report.generation,
+                report.users,
+                report.users_per_second(),
+                report.cdn_files,
+                report.kv_documents,
+                report.popular_lists,
+                report.elapsed.as_secs_f64()
+            );
+        }
+        Command::Cdn(c) => {
+            let listener = tokio::net::TcpListener::bind(c.listen)
+                .await
+                .with_context(|| format!("binding {}", c.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, dir = %c.dir.display(), "cdn listening");
+            origin::cdn::run_cdn(listener, c.dir, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
 }

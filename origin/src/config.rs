@@ -1,0 +1,359 @@
+//! Command-line and environment configuration of every `origin` subcommand.
+//!
+//! [`Config`] is the one documented configuration: each flag has a default and an
+//! `ORIGIN_*` environment variable; the edge admin token comes only from the
+//! `ADMIN_TOKEN` environment variable (never a flag, never logged — see [`Secret`]).
+//! [`Config::validate`] checks what clap cannot.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use contract::{Region, RegionMap, Tenant, UserId};
+use thiserror::Error;
+
+/// Environment variable holding the bearer token for the edge's admin routes.
+pub const ADMIN_TOKEN_ENV: &str = "ADMIN_TOKEN";
+
+/// A secret string whose `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The admin token from `ADMIN_TOKEN`, when set and not empty.
+    pub fn admin_token_from_env() -> Option<Self> {
+        std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(Secret)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--tenant: {0}")]
+    Tenant(contract::IdError),
+    #[error("--region {0:?} is not one of the known regions ({1})")]
+    Region(String, String),
+    #[error("--n/--publish-n must be 1 to {max}, not {0}", max = contract::MAX_N)]
+    N(usize),
+    #[error("--users: {0}")]
+    User(contract::IdError),
+    #[error("publishing to KV needs --edge-url and the ADMIN_TOKEN environment variable")]
+    KvNeedsEdge,
+    #[error("publishing to the CDN folder needs --out")]
+    CdnNeedsOut,
+    #[error("--edge-url must start with http:// or https://, not {0:?}")]
+    EdgeUrl(String),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+/// The origin: stores interactions, computes recommendations, serves and publishes them.
+#[derive(Debug, Parser)]
+#[command(name = "origin", version, about)]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (trains the recommender from the database at startup).
+    Serve(ServeConfig),
+    /// Fill the database with generated, deterministic demo data (replaces its content).
+    DemoData(DemoDataConfig),
+    /// Import interactions from MovieLens `u.data` or CSV files (all or nothing).
+    Import(ImportConfig),
+    /// Compute every user's recommendations and publish them to the CDN folder and/or edge KV.
+    Publish(PublishConfig),
+    /// Serve the published CDN folder (`DIR/current`) as static JSON; needs no database.
+    Cdn(CdnConfig),
+}
+
+/// Where the database is and which tenant it holds.
+#[derive(Debug, Clone, Args)]
+pub struct StoreConfig {
+    /// SQLite database file (created when missing).
+    #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
+    pub db: PathBuf,
+    /// The tenant this database holds; requests naming another tenant get 404.
+    #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+    /// Address to listen on.
+    #[arg(long, env = "ORIGIN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Region this origin runs in; also the region of users not in the database.
+    #[arg(long, env = "ORIGIN_REGION", default_value = "us-east")]
+    pub region: String,
+    /// Edge base URL for publish-on-miss (`POST {edge-url}/admin/publish`); needs ADMIN_TOKEN.
+    #[arg(long, env = "ORIGIN_EDGE_URL")]
+    pub edge_url: Option<String>,
+    /// CDN folder (as written by `origin publish --out`); answered documents of known
+    /// users are also written into its current generation.
+    #[arg(long, env = "ORIGIN_PUBLISH_DIR")]
+    pub publish_dir: Option<PathBuf>,
+    /// Items per document published on a miss (at least the request's `n`; 1 to 100).
+    #[arg(long, env = "ORIGIN_PUBLISH_N", default_value_t = 50)]
+    pub publish_n: usize,
+    /// Seconds a document is fresh.
+    #[arg(long, env = "ORIGIN_FRESH_FOR_S", default_value_t = 300)]
+    pub fresh_for_s: u64,
+    /// Seconds a document may be served stale after freshness ends.
+    #[arg(long, env = "ORIGIN_STALE_FOR_S", default_value_t = 86_400)]
+    pub stale_for_s: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoDataConfig {
+    /// SQLite database file (its content is replaced).
+    #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
+    pub db: PathBuf,
+    /// Number of users.
+    #[arg(long, env = "ORIGIN_DEMO_USERS", default_value_t = 3000)]
+    pub users: u64,
+    /// Number of items.
+    #[arg(long, env = "ORIGIN_DEMO_ITEMS", default_value_t = 1000)]
+    pub items: u64,
+    /// Random seed; the same seed gives the same database content.
+    #[arg(long, env = "ORIGIN_DEMO_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Average interactions per user.
+    #[arg(long, env = "ORIGIN_DEMO_INTERACTIONS_PER_USER", default_value_t = 30)]
+    pub interactions_per_user: u32,
+}
+
+/// Input file formats of `origin import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// MovieLens `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`.
+    Movielens,
+    /// `user,item,timestamp,weight`, header line optional.
+    Csv,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportConfig {
+    /// SQLite database file (created when missing).
+    #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
+    pub db: PathBuf,
+    /// Format of the input files.
+    #[arg(long, value_enum)]
+    pub format: ImportFormat,
+    /// Files to import.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Where `origin publish` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Target {
+    /// Edge KV, via `POST {edge-url}/admin/publish`.
+    Kv,
+    /// The CDN folder given by `--out`.
+    Cdn,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+    /// CDN folder: generations go to `OUT/generations/{gen}`, `OUT/current` points at the newest.
+    #[arg(long, env = "ORIGIN_PUBLISH_DIR")]
+    pub out: Option<PathBuf>,
+    /// Edge base URL for KV publishing; needs ADMIN_TOKEN.
+    #[arg(long, env = "ORIGIN_EDGE_URL")]
+    pub edge_url: Option<String>,
+    /// Where to publish [default: cdn when --out is given, plus kv when --edge-url is given].
+    #[arg(
+        long,
+        env = "ORIGIN_PUBLISH_TARGETS",
+        value_enum,
+        value_delimiter = ','
+    )]
+    pub targets: Vec<Target>,
+    /// Publish only these users (comma-separated ids).
+    #[arg(long, value_delimiter = ',')]
+    pub users: Vec<String>,
+    /// Items per document.
+    #[arg(long, env = "ORIGIN_PUBLISH_N", default_value_t = 50)]
+    pub n: usize,
+    /// Seconds a document is fresh.
+    #[arg(long, env = "ORIGIN_FRESH_FOR_S", default_value_t = 300)]
+    pub fresh_for_s: u64,
+    /// Seconds a document may be served stale after freshness ends.
+    #[arg(long, env = "ORIGIN_STALE_FOR_S", default_value_t = 86_400)]
+    pub stale_for_s: u64,
+    /// Users computed (and held in memory) at a time; also the KV batch size (at most 1000).
+    #[arg(long, env = "ORIGIN_PUBLISH_CHUNK", default_value_t = 500)]
+    pub chunk: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CdnConfig {
+    /// Published folder; `DIR/current` is served.
+    #[arg(long, env = "ORIGIN_CDN_DIR", default_value = "var/cdn")]
+    pub dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "ORIGIN_CDN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+}
+
+fn parse_tenant(s: &str) -> Result<Tenant, ConfigError> {
+    Tenant::parse(s).map_err(ConfigError::Tenant)
+}
+
+fn check_edge_url(url: &Option<String>) -> Result<(), ConfigError> {
+    match url {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            Err(ConfigError::EdgeUrl(u.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl ServeConfig {
+    /// Checks the tenant, region and edge URL; returns the parsed tenant and region.
+    pub fn validate(&self, regions: &RegionMap) -> Result<(Tenant, Region), ConfigError> {
+        let tenant = parse_tenant(&self.store.tenant)?;
+        let region = Region::parse(&self.region)
+            .ok()
+            .filter(|r| regions.knows(r))
+            .ok_or_else(|| {
+                let known: Vec<&str> = regions.regions().iter().map(|r| r.as_str()).collect();
+                ConfigError::Region(self.region.clone(), known.join(", "))
+            })?;
+        check_edge_url(&self.edge_url)?;
+        if self.publish_n == 0 || self.publish_n > contract::MAX_N {
+            return Err(ConfigError::N(self.publish_n));
+        }
+        Ok((tenant, region))
+    }
+}
+
+impl PublishConfig {
+    /// The targets to publish to, after defaults.
+    pub fn effective_targets(&self) -> Vec<Target> {
+        if !self.targets.is_empty() {
+            let mut t = self.targets.clone();
+            t.dedup();
+            return t;
+        }
+        let mut t = Vec::new();
+        if self.out.is_some() {
+            t.push(Target::Cdn);
+        }
+        if self.edge_url.is_some() {
+            t.push(Target::Kv);
+        }
+        t
+    }
+
+    /// Checks the flags; returns the tenant and the parsed `--users`.
+    pub fn validate(&self, token: Option<&Secret>) -> Result<(Tenant, Vec<UserId>), ConfigError> {
+        let tenant = parse_tenant(&self.store.tenant)?;
+        if self.n == 0 || self.n > contract::MAX_N {
+            return Err(ConfigError::N(self.n));
+        }
+        if self.chunk == 0 {
+            return Err(ConfigError::Zero("--chunk"));
+        }
+        check_edge_url(&self.edge_url)?;
+        let targets = self.effective_targets();
+        if targets.is_empty() || (targets.contains(&Target::Cdn) && self.out.is_none()) {
+            return Err(ConfigError::CdnNeedsOut);
+        }
+        if targets.contains(&Target::Kv) && (self.edge_url.is_none() || token.is_none()) {
+            return Err(ConfigError::KvNeedsEdge);
+        }
+        let users = self
+            .users
+            .iter()
+            .map(|u| UserId::parse(u.trim()).map_err(ConfigError::User))
+            .collect::<Result<_, _>>()?;
+        Ok((tenant, users))
+    }
+}
+
+impl DemoDataConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.users == 0 {
+            return Err(ConfigError::Zero("--users"));
+        }
+        if self.items == 0 {
+            return Err(ConfigError::Zero("--items"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::try_parse_from(["origin", "serve"]).unwrap();
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.store.db, PathBuf::from("var/origin.sqlite"));
+        assert_eq!(s.store.tenant, "default");
+        assert_eq!(s.fresh_for_s, 300);
+        assert!(s.validate(&RegionMap::builtin()).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_region_is_refused() {
+        let c = Config::try_parse_from(["origin", "serve", "--region", "mars"]).unwrap();
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
+        assert!(matches!(
+            s.validate(&RegionMap::builtin()),
+            Err(ConfigError::Region(..))
+        ));
+    }
+
+    #[test]
+    fn kv_publishing_without_a_token_is_refused() {
+        let c = Config::try_parse_from([
+            "origin",
+            "publish",
+            "--edge-url",
+            "http://127.0.0.1:1",
+            "--targets",
+            "kv",
+        ])
+        .unwrap();
+        let Command::Publish(p) = c.command else {
+            panic!("not publish")
+        };
+        assert_eq!(p.validate(None), Err(ConfigError::KvNeedsEdge));
+        assert!(p.validate(Some(&Secret::new("t"))).is_ok());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

@@ -1,0 +1,309 @@
+//! A trained, immutable view of one tenant: the model plus everything needed to turn
+//! external ids into model queries and model answers into [`RecommendationDoc`]s.
+//!
+//! The HTTP handlers and the bulk publisher share one `Arc<Snapshot>`; it never
+//! touches the database after it is built, so answering needs no locks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use contract::{ItemId, RecItem, RecommendationDoc, Region, RegionMap, Tenant, UserId};
+
+use crate::model::{Because, ItemIdx, Query, Recommender, Scored, UserIdx};
+use crate::store::{Counts, Store, StoreError};
+
+/// How long published documents stay fresh and then stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub fresh_for_s: u64,
+    pub stale_for_s: u64,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness {
+            fresh_for_s: 300,
+            stale_for_s: 86_400,
+        }
+    }
+}
+
+/// What a document is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct DocRequest<'a> {
+    pub n: usize,
+    /// An item the user is looking at (used for cold-start users).
+    pub context: Option<&'a ItemId>,
+    /// Overrides the user's region.
+    pub region: Option<&'a Region>,
+    /// Region of users not in the store (the map's default when `None`).
+    pub fallback_region: Option<&'a Region>,
+}
+
+/// A trained model with the id maps and per-user histories of one tenant.
+pub struct Snapshot {
+    pub tenant: Tenant,
+    pub model: Arc<dyn Recommender>,
+    /// Unix seconds when training finished.
+    pub trained_at: u64,
+    pub counts: Counts,
+    pub regions: RegionMap,
+    pub freshness: Freshness,
+    user_ids: Vec<String>,
+    user_index: HashMap<String, UserIdx>,
+    item_ids: Vec<String>,
+    item_index: HashMap<String, ItemIdx>,
+    /// Per user: (item, summed weight), sorted by item.
+    history: Vec<Vec<(ItemIdx, f32)>>,
+    user_region: Vec<Region>,
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Formats unix seconds as RFC 3339 UTC, e.g. `2026-11-27T10:00:00Z`.
+pub fn rfc3339(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let secs = unix_s % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+impl Snapshot {
+    /// Reads the store and trains a model with `train`, logging counts and time.
+    pub fn build(
+        store: &Store,
+        tenant: Tenant,
+        regions: RegionMap,
+        freshness: Freshness,
+        train: impl FnOnce(&crate::model::TrainingData) -> Arc<dyn Recommender>,
+    ) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let counts = store.counts()?;
+        let (mut data, maps) = store.training_data()?;
+        let user_region: Vec<Region> = maps
+            .user_country
+            .iter()
+            .map(|c| regions.region_for_country(c.as_deref()).clone())
+            .collect();
+        data.user_region = user_region
+            .iter()
+            .map(|r| Some(r.as_str().to_owned()))
+            .collect();
+        let mut history: Vec<Vec<(ItemIdx, f32)>> = vec![Vec::new(); data.n_users];
+        for it in &data.interactions {
+            history[it.user as usize].push((it.item, it.weight));
+        }
+        for row in &mut history {
+            row.sort_by_key(|&(i, _)| i);
+            row.dedup_by(|next, kept| {
+                if next.0 == kept.0 {
+                    kept.1 += next.1;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        let loaded = started.elapsed();
+        let model = train(&data);
+        tracing::info!(
+            users = counts.users,
+            items = counts.items,
+            interactions = counts.interactions,
+            model = %model.name(),
+            load_ms = loaded.as_millis() as u64,
+            train_ms = (started.elapsed() - loaded).as_millis() as u64,
+            "trained"
+        );
+        let user_index = maps
+            .user_ids
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.clone(), i as UserIdx))
+            .collect();
+        let item_index = maps
+            .item_ids
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.clone(), i as ItemIdx))
+            .collect();
+        Ok(Snapshot {
+            tenant,
+            model,
+            trained_at: now_unix(),
+            counts,
+            regions,
+            freshness,
+            user_ids: maps.user_ids,
+            user_index,
+            item_ids: maps.item_ids,
+            item_index,
+            history,
+            user_region,
+        })
+    }
+
+    /// `<RFC 3339 trained-at>#<model name>`.
+    pub fn model_version(&self) -> String {
+        format!("{}#{}", rfc3339(self.trained_at), self.model.name())
+    }
+
+    /// All user ids, in index order.
+    pub fn user_ids(&self) -> &[String] {
+        &self.user_ids
+    }
+
+    /// Whether the user is known and has at least one interaction.
+    pub fn has_history(&self, user: &UserId) -> bool {
+        self.user_index
+            .get(user.as_str())
+            .is_some_and(|&u| !self.history[u as usize].is_empty())
+    }
+
+    /// The region of a known user (from their country; the map's default when the
+    /// country is unknown), or `None` for users not in the store.
+    pub fn known_user_region(&self, user: &UserId) -> Option<&Region> {
+        self.user_index
+            .get(user.as_str())
+            .map(|&u| &self.user_region[u as usize])
+    }
+
+    fn reason(&self, because: &Because) -> String {
+        let item = |i: &ItemIdx| self.item_ids.get(*i as usize).map_or("?", |s| s.as_str());
+        match because {
+            Because::SimilarTo(i) => format!("similar to {}", item(i)),
+            Because::ContentLike(i) => format!("like {}", item(i)),
+            Because::SimilarUsers => "liked by people with similar taste".into(),
+            Because::Popular => "popular".into(),
+            Because::PopularIn(r) => format!("popular in {r}"),
+            Because::Trending => "trending".into(),
+            Because::Blend => "recommended for you".into(),
+        }
+    }
+
+    fn items(&self, scored: Vec<Scored>) -> Vec<RecItem> {
+        scored
+            .into_iter()
+            .filter_map(|s| {
+                let id = self.item_ids.get(s.item as usize)?;
+                Some(RecItem {
+                    item_id: id.clone(),
+                    score: (f64::from(s.score) * 1e6).round() / 1e6,
+                    reason: Some(self.reason(&s.because)),
+                })
+            })
+            .collect()
+    }
+
+    /// The document for one user (known or not), generated at `now`.
+    pub fn user_doc(&self, user: &UserId, req: &DocRequest<'_>, now: u64) -> RecommendationDoc {
+        let region = req
+            .region
+            .or_else(|| self.known_user_region(user))
+            .or(req.fallback_region)
+            .unwrap_or_else(|| self.regions.default_region());
+        let history: &[(ItemIdx, f32)] = self
+            .user_index
+            .get(user.as_str())
+            .map_or(&[], |&u| self.history[u as usize].as_slice());
+        let context_item = req
+            .context
+            .and_then(|c| self.item_index.get(c.as_str()).copied());
+        let scored = self.model.recommend(&Query {
+            history,
+            n: req.n,
+            exclude_seen: true,
+            context_item,
+            region: Some(region.as_str()),
+        });
+        self.doc(user.as_str(), region, self.items(scored), now)
+    }
+
+    /// The popular list of a region, with `user_id` `"*"`.
+    pub fn popular_doc(&self, region: &Region, n: usize, now: u64) -> RecommendationDoc {
+        let scored = self.model.recommend(&Query {
+            history: &[],
+            n,
+            exclude_seen: true,
+            context_item: None,
+            region: Some(region.as_str()),
+        });
+        self.doc(
+            contract::admin::POPULAR_USER_ID,
+            region,
+            self.items(scored),
+            now,
+        )
+    }
+
+    fn doc(&self, user: &str, region: &Region, items: Vec<RecItem>, now: u64) -> RecommendationDoc {
+        RecommendationDoc {
+            tenant: self.tenant.as_str().to_owned(),
+            user_id: user.to_owned(),
+            region: region.as_str().to_owned(),
+            items,
+            model_version: self.model_version(),
+            generated_at: now,
+            fresh_for_s: self.freshness.fresh_for_s,
+            stale_for_s: self.freshness.stale_for_s,
+        }
+    }
+}
+
+/// A small trained snapshot over generated demo data, for tests.
+#[cfg(test)]
+pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, Store) {
+    let mut store = Store::open(&dir.join("fixture.sqlite")).expect("open store");
+    crate::demo_data::generate(
+        &mut store,
+        &crate::demo_data::DemoSpec {
+            users: 200,
+            items: 80,
+            seed: 1,
+            interactions_per_user: 8,
+        },
+        |_| {},
+    )
+    .expect("demo data");
+    let snapshot = Snapshot::build(
+        &store,
+        Tenant::default_tenant(),
+        RegionMap::builtin(),
+        Freshness::default(),
+        |d| Arc::new(crate::simple_model::ItemKnn::train(d)),
+    )
+    .expect("snapshot");
+    (snapshot, store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_237_600), "2025-11-27T10:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

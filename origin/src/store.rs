@@ -1,0 +1,473 @@
+//! The origin's durable store: one SQLite file (WAL mode) per tenant holding the item
+//! catalogue, the users (with their country) and the interactions between them.
+//!
+//! All SQL is parameterised. Writes go in batches, each batch in one transaction, so an
+//! import either lands whole or not at all. Reads turn the tables into the dense index
+//! space the models train on ([`model::TrainingData`] plus [`IdMaps`]).
+//!
+//! # Layout
+//! - [`Store`]: open/create, migrate, batch inserts, reads.
+//! - [`Batch`], [`ItemRow`], [`UserRow`], [`InteractionRow`]: rows to write.
+//! - [`IdMaps`]: external ids of the dense user and item indices.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use thiserror::Error;
+
+use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
+
+/// Version of the schema created by [`Store::migrate`].
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create the directory of {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "database schema version {found} is newer than this program understands ({SCHEMA_VERSION})"
+    )]
+    SchemaTooNew { found: i64 },
+}
+
+/// An item of the catalogue.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemRow {
+    pub item_id: String,
+    pub title: String,
+    pub categories: Vec<String>,
+    pub tags: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A user, with an ISO country code when known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserRow {
+    pub user_id: String,
+    pub country: Option<String>,
+}
+
+/// One interaction of a user with an item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InteractionRow {
+    pub user_id: String,
+    pub item_id: String,
+    pub weight: f32,
+    /// Unix seconds.
+    pub ts: i64,
+}
+
+/// Rows written together in one transaction.
+///
+/// Items and users are upserted (a later row replaces an earlier one); users and
+/// items named only by interactions are created with empty attributes.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub items: Vec<ItemRow>,
+    pub users: Vec<UserRow>,
+    pub interactions: Vec<InteractionRow>,
+}
+
+/// How many rows each table holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub users: u64,
+    pub items: u64,
+    pub interactions: u64,
+}
+
+/// External ids of the dense indices used in [`TrainingData`].
+#[derive(Debug, Clone, Default)]
+pub struct IdMaps {
+    /// `user_ids[idx]` is the id of user `idx`.
+    pub user_ids: Vec<String>,
+    /// `item_ids[idx]` is the id of item `idx`.
+    pub item_ids: Vec<String>,
+    /// `user_country[idx]`: the country of user `idx`, when known.
+    pub user_country: Vec<Option<String>>,
+}
+
+/// A SQLite-backed store of one tenant's catalogue, users and interactions.
+pub struct Store {
+    conn: Connection,
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating when missing, along with its directory) the database at `path`
+    /// in WAL mode and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Creates the tables and indexes when missing and records the schema version.
+    pub fn migrate(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta(
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS items(
+                 item_id TEXT PRIMARY KEY,
+                 title TEXT NOT NULL DEFAULT '',
+                 categories TEXT NOT NULL DEFAULT '',
+                 tags TEXT NOT NULL DEFAULT '',
+                 created_at INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS users(
+                 user_id TEXT PRIMARY KEY,
+                 country TEXT NULL);
+             CREATE TABLE IF NOT EXISTS interactions(
+                 user_id TEXT NOT NULL,
+                 item_id TEXT NOT NULL,
+                 weight REAL NOT NULL,
+                 ts INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS interactions_by_user ON interactions(user_id, ts);",
+        )?;
+        let found: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match found {
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+            Some(_) => {}
+            None => self.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
+        }
+        Ok(())
+    }
+
+    /// Sets a value in the meta table.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Reads a value from the meta table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Deletes all items, users and interactions (the meta table stays).
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM interactions", [])?;
+        tx.execute("DELETE FROM users", [])?;
+        tx.execute("DELETE FROM items", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a batch in one transaction: all of it or, on error, none of it.
+    pub fn insert_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut item = tx.prepare_cached(
+                "INSERT INTO items(item_id, title, categories, tags, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(item_id) DO UPDATE SET title = excluded.title,
+                     categories = excluded.categories, tags = excluded.tags,
+                     created_at = excluded.created_at",
+            )?;
+            for i in &batch.items {
+                item.execute(params![
+                    i.item_id,
+                    i.title,
+                    i.categories.join(","),
+                    i.tags.join(","),
+                    i.created_at
+                ])?;
+            }
+            let mut user = tx.prepare_cached(
+                "INSERT INTO users(user_id, country) VALUES (?1, ?2)
+                 ON CONFLICT(user_id) DO UPDATE SET country = excluded.country",
+            )?;
+            for u in &batch.users {
+                user.execute(params![u.user_id, u.country])?;
+            }
+            let mut new_user =
+                tx.prepare_cached("INSERT OR IGNORE INTO users(user_id) VALUES (?1)")?;
+            let mut new_item =
+                tx.prepare_cached("INSERT OR IGNORE INTO items(item_id) VALUES (?1)")?;
+            let mut interaction = tx.prepare_cached(
+                "INSERT INTO interactions(user_id, item_id, weight, ts) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut users_done: std::collections::HashSet<&str> =
+                batch.users.iter().map(|u| u.user_id.as_str()).collect();
+            let mut items_done: std::collections::HashSet<&str> =
+                batch.items.iter().map(|i| i.item_id.as_str()).collect();
+            for r in &batch.interactions {
+                if users_done.insert(r.user_id.as_str()) {
+                    new_user.execute([&r.user_id])?;
+                }
+                if items_done.insert(r.item_id.as_str()) {
+                    new_item.execute([&r.item_id])?;
+                }
+                interaction.execute(params![r.user_id, r.item_id, f64::from(r.weight), r.ts])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Row counts of the users, items and interactions tables.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let count = |table: &str| -> Result<u64, StoreError> {
+            // Table names cannot be parameters; these are fixed literals.
+            let n: i64 =
+                self.conn
+                    .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        };
+        Ok(Counts {
+            users: count("users")?,
+            items: count("items")?,
+            interactions: count("interactions")?,
+        })
+    }
+
+    /// All user ids, sorted.
+    pub fn list_users(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT user_id FROM users ORDER BY user_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One user's interactions, oldest first.
+    pub fn user_history(&self, user_id: &str) -> Result<Vec<InteractionRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT user_id, item_id, weight, ts FROM interactions
+             WHERE user_id = ?1 ORDER BY ts, rowid",
+        )?;
+        let rows = stmt.query_map([user_id], |r| {
+            Ok(InteractionRow {
+                user_id: r.get(0)?,
+                item_id: r.get(1)?,
+                weight: r.get::<_, f64>(2)? as f32,
+                ts: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One item, when it exists.
+    pub fn item(&self, item_id: &str) -> Result<Option<ItemRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT item_id, title, categories, tags, created_at FROM items WHERE item_id = ?1",
+                [item_id],
+                |r| {
+                    Ok(ItemRow {
+                        item_id: r.get(0)?,
+                        title: r.get(1)?,
+                        categories: split_list(&r.get::<_, String>(2)?),
+                        tags: split_list(&r.get::<_, String>(3)?),
+                        created_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Everything a model trains on, in dense index space, plus the ids of the indices.
+    ///
+    /// Users and items are numbered in id order, so the same database always gives the
+    /// same indices. `user_region` is left as the user's country; callers map countries
+    /// to regions.
+    pub fn training_data(&self) -> Result<(TrainingData, IdMaps), StoreError> {
+        let mut maps = IdMaps::default();
+        let mut user_index: HashMap<String, UserIdx> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT user_id, country FROM users ORDER BY user_id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                let country: Option<String> = r.get(1)?;
+                user_index.insert(id.clone(), maps.user_ids.len() as UserIdx);
+                maps.user_ids.push(id);
+                maps.user_country.push(country);
+            }
+        }
+        let mut item_index: HashMap<String, ItemIdx> = HashMap::new();
+        let mut item_text = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT item_id, title, categories, tags FROM items ORDER BY item_id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                item_index.insert(id.clone(), maps.item_ids.len() as ItemIdx);
+                maps.item_ids.push(id);
+                item_text.push(ItemText {
+                    title: r.get(1)?,
+                    categories: split_list(&r.get::<_, String>(2)?),
+                    tags: split_list(&r.get::<_, String>(3)?),
+                });
+            }
+        }
+        let mut interactions = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT user_id, item_id, weight, ts FROM interactions")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let u: String = r.get(0)?;
+                let i: String = r.get(1)?;
+                // Both exist: inserts create missing users and items in the same transaction.
+                if let (Some(&user), Some(&item)) = (user_index.get(&u), item_index.get(&i)) {
+                    interactions.push(Interaction {
+                        user,
+                        item,
+                        weight: r.get::<_, f64>(2)? as f32,
+                        timestamp: r.get(3)?,
+                    });
+                }
+            }
+        }
+        let data = TrainingData {
+            n_users: maps.user_ids.len(),
+            n_items: maps.item_ids.len(),
+            interactions,
+            item_text,
+            user_region: maps.user_country.clone(),
+        };
+        Ok((data, maps))
+    }
+
+    /// A hash of the whole content (items, users, interactions in a fixed order), for
+    /// checking that two databases hold the same data.
+    pub fn content_hash(&self) -> Result<u64, StoreError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for sql in [
+            "SELECT item_id || '|' || title || '|' || categories || '|' || tags || '|' || created_at FROM items ORDER BY item_id",
+            "SELECT user_id || '|' || COALESCE(country, '') FROM users ORDER BY user_id",
+            "SELECT user_id || '|' || item_id || '|' || weight || '|' || ts FROM interactions ORDER BY user_id, ts, item_id, weight",
+        ] {
+            let mut stmt = self.conn.prepare(sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                r.get::<_, String>(0)?.hash(&mut h);
+            }
+            sql.hash(&mut h);
+        }
+        Ok(h.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        Batch {
+            items: vec![ItemRow {
+                item_id: "i1".into(),
+                title: "Blue Lantern".into(),
+                categories: vec!["books".into(), "travel".into()],
+                tags: vec!["cozy".into()],
+                created_at: 5,
+            }],
+            users: vec![UserRow {
+                user_id: "u1".into(),
+                country: Some("DE".into()),
+            }],
+            interactions: vec![
+                InteractionRow {
+                    user_id: "u1".into(),
+                    item_id: "i1".into(),
+                    weight: 1.0,
+                    ts: 10,
+                },
+                InteractionRow {
+                    user_id: "u2".into(),
+                    item_id: "i2".into(),
+                    weight: 2.5,
+                    ts: 11,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/origin.sqlite");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.insert_batch(&batch()).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.counts().unwrap(),
+            Counts {
+                users: 2,
+                items: 2,
+                interactions: 2
+            }
+        );
+        assert_eq!(s.list_users().unwrap(), vec!["u1", "u2"]);
+        assert_eq!(s.item("i1").unwrap().unwrap(), batch().items[0]);
+        let h = s.user_history("u2").unwrap();
+        assert_eq!(h, vec![batch().interactions[1].clone()]);
+        let (data, maps) = s.training_data().unwrap();
+        assert_eq!(data.n_users, 2);
+        assert_eq!(data.n_items, 2);
+        assert_eq!(maps.user_country[0].as_deref(), Some("DE"));
+        assert_eq!(data.interactions.len(), 2);
+        assert_eq!(data.item_text[0].categories, vec!["books", "travel"]);
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn the_database_runs_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("o.sqlite")).unwrap();
+        let mode: String = s
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
