@@ -63,7 +63,8 @@ wait_for "http://127.0.0.1:$EDGE_PORT/health" "wrangler dev" "$VAR/wrangler.log"
 
 "$ORIGIN" publish --db "$DB" --out "$PUB" --edge-url "http://127.0.0.1:$EDGE_PORT"
 
-user="$(ls "$PUB/current/default/users" | head -n1 | sed 's/\.json$//')"
+first="$(find -L "$PUB/current/default/users" -name '*.json' -print -quit)"
+user="$(basename "$first" .json)"
 cat <<MSG
 
 dev: up. Logs in var/*.log. Ctrl-C stops everything.
