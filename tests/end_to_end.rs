@@ -119,10 +119,11 @@ fn a_user_in_neither_store_is_served_by_the_origin_and_then_from_kv() {
 }
 
 #[test]
-fn with_the_origin_stopped_stored_users_are_served_and_unknown_ones_get_a_quick_503() {
+fn with_the_origin_stopped_stored_users_are_served_and_unknown_ones_get_the_popular_list() {
     let mut stack = Stack::start(StackOptions {
         users: 80,
         items: 60,
+        ..Default::default()
     });
     stack.publish("cdn", None);
     let users = stack.cdn_users();
@@ -132,7 +133,7 @@ fn with_the_origin_stopped_stored_users_are_served_and_unknown_ones_get_a_quick_
     for u in &neither {
         stack.remove_from_cdn(u);
     }
-    stack.stop_origin();
+    stack.stop_origin(0);
 
     let r = stack.get(&format!("/v1/recommendations/{kv_user}"));
     assert_eq!(
@@ -145,28 +146,42 @@ fn with_the_origin_stopped_stored_users_are_served_and_unknown_ones_get_a_quick_
         (200, "secondary-cdn".to_string())
     );
 
-    // Origin down (connection refused): a 503 JSON error, at once.
+    // Origin down (connection refused): the region's popular list from KV, at once.
     let started = Instant::now();
     let r = stack.get(&format!("/v1/recommendations/{}", neither[0]));
-    assert_eq!(r.status(), 503);
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-served-by"), "popular");
+    assert!(
+        header(&r, "server-timing").contains("popular-kv"),
+        "{}",
+        header(&r, "server-timing")
+    );
     let body = served(r);
-    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(
+        (body["source"].as_str(), body["user_id"].as_str()),
+        (Some("popular"), Some(neither[0].as_str()))
+    );
+    assert!(!body["items"].as_array().unwrap().is_empty());
     assert!(
         started.elapsed() < Duration::from_millis(SUBREQUEST_TIMEOUT_MS + 1000),
         "took {:?}",
         started.elapsed()
     );
 
-    // Origin hanging (accepts, never answers): a 503 after the timeout, not a hang.
-    let _hole = e2e::black_hole(stack.origin_port);
+    // A tenant with no list anywhere: 503 JSON, the only case left for it.
+    let r = stack.get("/v1/recommendations/u1?tenant=empty-shop");
+    assert_eq!(r.status(), 503);
+    assert_eq!(served(r)["error"]["code"], "unavailable");
+
+    // Origin hanging (accepts, never answers): cut at the timeout, then the popular list.
+    let _hole = e2e::black_hole(stack.origin_port(0));
     let started = Instant::now();
     let r = stack.get(&format!("/v1/recommendations/{}", neither[1]));
     let took = started.elapsed();
-    assert_eq!(r.status(), 503);
-    assert!(served(r)["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("timed out"));
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-served-by")),
+        (200, "popular".to_string())
+    );
     assert!(
         took >= Duration::from_millis(SUBREQUEST_TIMEOUT_MS - 100),
         "answered before the timeout: {took:?}"
@@ -174,6 +189,211 @@ fn with_the_origin_stopped_stored_users_are_served_and_unknown_ones_get_a_quick_
     assert!(
         took < Duration::from_millis(SUBREQUEST_TIMEOUT_MS + 1500),
         "hung past the timeout: {took:?}"
+    );
+}
+
+#[test]
+fn users_are_routed_by_the_country_of_their_ip() {
+    let s = shared();
+    let path = format!("/v1/recommendations/{}", s.kv_users[3]);
+    // Addresses whose country the shipped PDDL database is documented to know.
+    let cases = [
+        ("81.2.69.160", "europe"),
+        ("89.160.20.112", "europe"),
+        ("8.8.8.8", "us-east"),
+        ("2a02:cf40::1", "europe"),
+        ("2001:4860:4860::8888", "us-east"),
+        ("10.0.0.1", "us-east"),
+        ("127.0.0.1", "us-east"),
+    ];
+    for (ip, region) in cases {
+        let r = s.stack.get_as(&path, ip);
+        assert_eq!(r.status(), 200, "{ip}");
+        assert_eq!(header(&r, "x-edge-region"), region, "{ip}");
+    }
+    let h = served(s.stack.get_as("/health", "81.2.69.160"));
+    assert_eq!(
+        (h["country"].as_str(), h["geo_source"].as_str()),
+        (Some("GB"), Some("geoip")),
+        "{h}"
+    );
+    assert_eq!(h["geo_db"]["state"], "loaded");
+    let h = served(s.stack.get_as("/health", "10.0.0.1"));
+    assert_eq!(
+        (h["region"].as_str(), h["geo_source"].as_str()),
+        (Some("us-east"), Some("default")),
+        "{h}"
+    );
+    // Errors say the region too.
+    let r = s.stack.get_as("/v1/recommendations/a%2Fb", "81.2.69.160");
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-edge-region")),
+        (400, "europe".to_string())
+    );
+}
+
+#[test]
+fn cloudflare_country_wins_over_geoip() {
+    let stack = Stack::start(StackOptions {
+        users: 30,
+        items: 30,
+        cf_country: Some("JP"),
+        ..Default::default()
+    });
+    let r = stack.get_as("/v1/recommendations/anyone", "81.2.69.160");
+    assert_eq!(header(&r, "x-edge-region"), "asia");
+    let h = served(stack.get_as("/health", "81.2.69.160"));
+    assert_eq!(
+        (h["country"].as_str(), h["geo_source"].as_str()),
+        (Some("JP"), Some("cf")),
+        "{h}"
+    );
+}
+
+/// The breaker entry of the origin listening on `port`, from `/health`.
+fn breaker_of(stack: &Stack, port: u16) -> serde_json::Value {
+    let h = stack.health();
+    let url = format!("http://127.0.0.1:{port}");
+    h["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["url"] == url.as_str())
+        .cloned()
+        .unwrap_or(json!(null))
+}
+
+#[test]
+fn european_users_fail_over_to_the_next_origin_and_the_breaker_opens_and_closes() {
+    let vars = vec![
+        ("BREAKER_FAILURES", "3".to_string()),
+        ("BREAKER_OPEN_S", "3".to_string()),
+    ];
+    let mut stack = Stack::start(StackOptions {
+        users: 40,
+        items: 40,
+        origins: vec!["us-east", "europe"],
+        vars,
+        ..Default::default()
+    });
+    let europe = 1;
+    let eu_ip = "81.2.69.160";
+    let miss =
+        |stack: &Stack, i: usize| stack.get_as(&format!("/v1/recommendations/eu-probe-{i}"), eu_ip);
+
+    let r = miss(&stack, 0);
+    assert_eq!(
+        (header(&r, "x-served-by"), header(&r, "x-origin")),
+        ("origin".to_string(), "europe".to_string())
+    );
+
+    stack.stop_origin(europe);
+    for i in 1..=6 {
+        let started = Instant::now();
+        let r = miss(&stack, i);
+        assert_eq!(r.status(), 200, "miss {i}");
+        assert_eq!(
+            header(&r, "x-origin"),
+            "us-east",
+            "miss {i} after europe stopped"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(SUBREQUEST_TIMEOUT_MS),
+            "miss {i} waited {:?}",
+            started.elapsed()
+        );
+    }
+    let b = breaker_of(&stack, stack.origin_port(europe));
+    assert_eq!(b["state"], "open", "{b}");
+    assert!(
+        b["skipped"].as_u64().unwrap() >= 3,
+        "the dead origin was still contacted: {b}"
+    );
+    assert!(
+        stack.health()["counters"]["breaker_skips"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+
+    stack.start_origin(europe);
+    std::thread::sleep(Duration::from_millis(3200));
+    let r = miss(&stack, 7);
+    assert_eq!(
+        header(&r, "x-origin"),
+        "europe",
+        "the half-open probe should reach the returned origin"
+    );
+    assert_eq!(
+        breaker_of(&stack, stack.origin_port(europe))["state"],
+        "closed"
+    );
+    let r = miss(&stack, 8);
+    assert_eq!(header(&r, "x-origin"), "europe");
+}
+
+#[test]
+fn concurrent_misses_for_one_user_share_one_origin_fetch() {
+    let s = shared();
+    let before = s.stack.health()["counters"].clone();
+    let path = "/v1/recommendations/coalesce-probe-user";
+    let handles: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url) = (s.stack.client.clone(), s.stack.edge_url(path));
+            std::thread::spawn(move || client.get(url).send().map(|r| r.status().as_u16()))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().unwrap(), 200);
+    }
+    let after = s.stack.health()["counters"].clone();
+    let fetches =
+        after["origin_fetches"].as_u64().unwrap() - before["origin_fetches"].as_u64().unwrap();
+    let joined = after["coalesced"].as_u64().unwrap() - before["coalesced"].as_u64().unwrap();
+    eprintln!("coalescing: {fetches} origin fetches, {joined} joined");
+    // Other tests share this edge, so count only what this user could have caused: at
+    // most a few separate fetches, and the rest either joined one or hit the cache.
+    assert!(
+        joined >= 1,
+        "no request joined a fetch in flight ({fetches} origin fetches)"
+    );
+    assert!(
+        fetches <= 3,
+        "12 concurrent misses made {fetches} origin fetches (joined {joined})"
+    );
+}
+
+#[test]
+fn under_load_with_origin_and_cdn_restarting_nothing_fails_and_staleness_is_bounded() {
+    let vars = vec![("BREAKER_OPEN_S", "2".to_string())];
+    let mut stack = Stack::start(StackOptions {
+        users: 120,
+        items: 80,
+        vars,
+        ..Default::default()
+    });
+    stack.publish("cdn", None);
+    let users = stack.cdn_users();
+    stack.publish("kv", Some(&users[..30]));
+    for u in &users[users.len() - 30..] {
+        stack.remove_from_cdn(u);
+    }
+    let mut pool: Vec<String> = users.clone();
+    pool.extend((0..40).map(|i| format!("chaos-unknown-{i}")));
+    let report = e2e::chaos::run(&mut stack, &pool);
+    eprintln!("{}", report.markdown());
+    report.save("chaos");
+    assert_eq!(report.total, 2000);
+    assert_eq!(report.errors, 0, "transport errors: {report:?}");
+    assert_eq!(report.status_5xx, 0, "5xx answers: {report:?}");
+    assert!(
+        report.max_latency < e2e::chaos::LATENCY_BUDGET,
+        "slowest {:?} over budget",
+        report.max_latency
+    );
+    assert_eq!(
+        report.staleness_violations, 0,
+        "served past stale_for_s: {report:?}"
     );
 }
 

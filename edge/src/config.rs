@@ -6,7 +6,13 @@
 //!
 //! | var | default | meaning |
 //! |---|---|---|
-//! | `ORIGIN_URL` | unset (tier skipped) | base URL of the origin, e.g. `http://127.0.0.1:8080` |
+//! | `ORIGIN_URL` | unset | the origin's base URL when there is one origin for every region |
+//! | `ORIGINS` | unset | JSON `{"name": "url", …}`: named origins, tried per region in `REGION_ORIGINS` order |
+//! | `REGION_ORIGINS` | `geo-data/region-origins.json` | JSON `{"region": ["name", …]}`: each region's origins, in failover order |
+//! | `BREAKER_FAILURES` | 5 | consecutive failures that open an origin's circuit breaker |
+//! | `BREAKER_OPEN_S` | 60 | seconds a breaker stays open before one probe is let through |
+//! | `TRUST_X_FORWARDED_FOR` | false | use the first `X-Forwarded-For` address as the client IP (only behind a proxy of yours) |
+//! | `GEO_DB_KEY` | `geo/country.mmdb` | KV key of the MaxMind DB used when Cloudflare gives no country |
 //! | `SECONDARY_CDN_URL` | unset (tier skipped) | base URL of the static secondary CDN |
 //! | `EDGE_CACHE_TTL_S` | 300 | longest time a document stays in the edge cache (capped by its freshness) |
 //! | `SUBREQUEST_TIMEOUT_MS` | 2000 | timeout of each fetch to the secondary CDN or the origin |
@@ -17,12 +23,32 @@
 //! | `COUNTRY_REGIONS` | `geo-data/country-regions.json` | JSON override of the country → region map |
 //! | `ADMIN_TOKEN` (secret) | unset (admin routes answer 503) | bearer token for `/admin/*` |
 
-use contract::{RegionMap, MAX_N};
+use std::collections::BTreeMap;
+
+use contract::{Region, RegionMap, MAX_N};
 use thiserror::Error;
+
+use crate::breaker::BreakerConfig;
+
+/// The region → origin names map shipped in `geo-data/region-origins.json`.
+pub const BUILTIN_REGION_ORIGINS_JSON: &str = include_str!("../../geo-data/region-origins.json");
+
+/// A named origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub name: String,
+    pub url: String,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EdgeConfig {
-    pub origin_url: Option<String>,
+    /// Named origins (`ORIGINS`, or `ORIGIN_URL` as the one origin named `default`).
+    pub origins: BTreeMap<String, String>,
+    /// Region → origin names in failover order.
+    pub region_origins: BTreeMap<String, Vec<String>>,
+    pub breaker: BreakerConfig,
+    pub trust_x_forwarded_for: bool,
+    pub geo_db_key: String,
     pub secondary_cdn_url: Option<String>,
     pub edge_cache_ttl_s: u64,
     pub subrequest_timeout_ms: u64,
@@ -47,7 +73,12 @@ pub enum ConfigError {
 impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
-            origin_url: None,
+            origins: BTreeMap::new(),
+            region_origins: parse_region_origins(BUILTIN_REGION_ORIGINS_JSON)
+                .expect("geo-data/region-origins.json is validated by a unit test"),
+            breaker: BreakerConfig::default(),
+            trust_x_forwarded_for: false,
+            geo_db_key: "geo/country.mmdb".into(),
             secondary_cdn_url: None,
             edge_cache_ttl_s: 300,
             subrequest_timeout_ms: 2000,
@@ -98,7 +129,70 @@ fn base_url(var: &'static str, raw: Option<String>) -> Result<Option<String>, Co
     }
 }
 
+/// Parses and checks a region → origin names map: names are non-empty and unique per region.
+pub fn parse_region_origins(json: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for (region, names) in raw.into_iter().filter(|(k, _)| !k.starts_with('_')) {
+        Region::parse(&region).map_err(|e| e.to_string())?;
+        let names: Vec<String> =
+            serde_json::from_value(names).map_err(|e| format!("{region}: {e}"))?;
+        if names.is_empty() || names.iter().any(|n| n.is_empty()) {
+            return Err(format!(
+                "{region}: origin names must be a non-empty list of non-empty names"
+            ));
+        }
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != names.len() {
+            return Err(format!("{region}: an origin is listed twice"));
+        }
+        out.insert(region, names);
+    }
+    Ok(out)
+}
+
+fn parse_origins(json: &str) -> Result<BTreeMap<String, String>, String> {
+    let raw: BTreeMap<String, String> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    raw.into_iter()
+        .map(|(name, url)| match base_url("ORIGINS", Some(url)) {
+            Ok(Some(u)) => Ok((name, u)),
+            Ok(None) => Err(format!("origin {name} has an empty URL")),
+            Err(e) => Err(format!("origin {name}: {e}")),
+        })
+        .collect()
+}
+
 impl EdgeConfig {
+    /// The origins to try for a region, in order: the region's configured names that
+    /// are bound to a URL; when none is, every origin (sorted by name).
+    pub fn origins_for(&self, region: &Region) -> Vec<Origin> {
+        let listed: Vec<Origin> = self
+            .region_origins
+            .get(region.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|name| {
+                self.origins.get(name).map(|url| Origin {
+                    name: name.clone(),
+                    url: url.clone(),
+                })
+            })
+            .collect();
+        if !listed.is_empty() {
+            return listed;
+        }
+        self.origins
+            .iter()
+            .map(|(name, url)| Origin {
+                name: name.clone(),
+                url: url.clone(),
+            })
+            .collect()
+    }
+
     /// Reads every setting through `lookup` (var or secret name → value).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let d = EdgeConfig::default();
@@ -110,8 +204,63 @@ impl EdgeConfig {
                 got: e.to_string(),
             })?,
         };
+        let invalid = |var: &'static str, expected: &'static str| {
+            move |got: String| ConfigError::Invalid { var, expected, got }
+        };
+        let mut origins = match lookup("ORIGINS").filter(|s| !s.trim().is_empty()) {
+            Some(json) => parse_origins(&json).map_err(invalid(
+                "ORIGINS",
+                "a JSON object of origin name to http(s) URL",
+            ))?,
+            None => BTreeMap::new(),
+        };
+        if let Some(url) = base_url("ORIGIN_URL", lookup("ORIGIN_URL"))? {
+            origins.entry("default".to_string()).or_insert(url);
+        }
+        let region_origins = match lookup("REGION_ORIGINS").filter(|s| !s.trim().is_empty()) {
+            Some(json) => parse_region_origins(&json).map_err(invalid(
+                "REGION_ORIGINS",
+                "a JSON object of region to a list of origin names",
+            ))?,
+            None => d.region_origins,
+        };
+        let trust_x_forwarded_for = match lookup("TRUST_X_FORWARDED_FOR").as_deref().map(str::trim)
+        {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "TRUST_X_FORWARDED_FOR",
+                    expected: "true or false",
+                    got: other.into(),
+                })
+            }
+        };
         Ok(EdgeConfig {
-            origin_url: base_url("ORIGIN_URL", lookup("ORIGIN_URL"))?,
+            origins,
+            region_origins,
+            breaker: BreakerConfig {
+                failure_threshold: number(
+                    "BREAKER_FAILURES",
+                    lookup("BREAKER_FAILURES"),
+                    5u32,
+                    1..=1000,
+                    "a number from 1 to 1000",
+                )?,
+                open_for_ms: number(
+                    "BREAKER_OPEN_S",
+                    lookup("BREAKER_OPEN_S"),
+                    60u64,
+                    1..=86_400,
+                    "seconds from 1 to 86400",
+                )? as f64
+                    * 1000.0,
+            },
+            trust_x_forwarded_for,
+            geo_db_key: lookup("GEO_DB_KEY")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(d.geo_db_key),
             secondary_cdn_url: base_url("SECONDARY_CDN_URL", lookup("SECONDARY_CDN_URL"))?,
             edge_cache_ttl_s: number(
                 "EDGE_CACHE_TTL_S",
@@ -187,7 +336,10 @@ mod tests {
             ("ADMIN_TOKEN", "s3"),
         ])
         .unwrap();
-        assert_eq!(c.origin_url.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(
+            c.origins.get("default").map(String::as_str),
+            Some("http://127.0.0.1:8080")
+        );
         assert_eq!(c.edge_cache_ttl_s, 60);
         assert_eq!(c.admin_token.as_deref(), Some("s3"));
     }
@@ -198,5 +350,51 @@ mod tests {
         assert!(cfg(&[("SUBREQUEST_TIMEOUT_MS", "0")]).is_err());
         assert!(cfg(&[("ORIGIN_URL", "ftp://x")]).is_err());
         assert!(cfg(&[("COUNTRY_REGIONS", "{}")]).is_err());
+        assert!(cfg(&[("ORIGINS", r#"{"a":"ftp://x"}"#)]).is_err());
+        assert!(cfg(&[("REGION_ORIGINS", r#"{"europe":["a","a"]}"#)]).is_err());
+        assert!(cfg(&[("TRUST_X_FORWARDED_FOR", "yes")]).is_err());
+        assert!(cfg(&[("BREAKER_FAILURES", "0")]).is_err());
+    }
+
+    #[test]
+    fn shipped_region_origins_cover_every_region_of_the_region_map() {
+        let ro = parse_region_origins(BUILTIN_REGION_ORIGINS_JSON).unwrap();
+        for region in RegionMap::builtin().regions() {
+            let names = ro
+                .get(region.as_str())
+                .unwrap_or_else(|| panic!("{region} has no origins"));
+            assert_eq!(
+                names[0],
+                region.as_str(),
+                "a region's own origin comes first"
+            );
+        }
+    }
+
+    #[test]
+    fn each_region_tries_its_own_origin_first_then_the_others_in_order() {
+        let c = cfg(&[("ORIGINS", r#"{"us-east":"http://us","europe":"http://eu"}"#)]).unwrap();
+        let names = |r: &str| {
+            c.origins_for(&Region::parse(r).unwrap())
+                .into_iter()
+                .map(|o| o.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("europe"), ["europe", "us-east"]);
+        assert_eq!(names("us-east"), ["us-east", "europe"]);
+        assert_eq!(names("asia"), ["us-east", "europe"]);
+    }
+
+    #[test]
+    fn a_single_origin_url_serves_every_region() {
+        let c = cfg(&[("ORIGIN_URL", "http://o")]).unwrap();
+        let o = c.origins_for(&Region::parse("asia").unwrap());
+        assert_eq!(
+            o,
+            vec![Origin {
+                name: "default".into(),
+                url: "http://o".into()
+            }]
+        );
     }
 }

@@ -123,7 +123,7 @@ mod tests {
         use crate::chain::{Outcome, TierFailure};
         let e = EdgeError::Unavailable {
             attempts: vec![Attempt {
-                tier: Tier::Origin,
+                tier: Tier::Origin(0),
                 outcome: Outcome::Failed(TierFailure::Timeout),
             }],
         };

@@ -35,11 +35,15 @@ impl Freshness {
     }
 }
 
-/// Seconds the edge cache may keep `doc`: its remaining freshness capped by the
-/// configured TTL; `None` when it must not be cached (not fresh, or TTL 0).
+/// Seconds the edge cache may keep a document that is fresh now: as long as it stays
+/// usable (fresh, then stale for stale-while-revalidate), capped by the configured
+/// TTL. `None` when it must not be cached (not fresh now, or TTL 0). The cache only
+/// bounds how long a copy is kept; every hit is judged again by [`Freshness::of`].
 pub fn edge_cache_ttl(doc: &RecommendationDoc, now_s: u64, max_ttl_s: u64) -> Option<u64> {
     match Freshness::of(doc, now_s) {
-        Freshness::Fresh { remaining_s } => Some(remaining_s.min(max_ttl_s)).filter(|&t| t > 0),
+        Freshness::Fresh { .. } => {
+            Some(doc.stale_until().saturating_sub(now_s).min(max_ttl_s)).filter(|&t| t > 0)
+        }
         _ => None,
     }
 }
@@ -88,10 +92,11 @@ mod tests {
     }
 
     #[test]
-    fn cache_ttl_is_capped_by_config_and_by_freshness() {
+    fn cache_ttl_is_capped_by_config_and_by_the_stale_window() {
         let d = doc(1000, 300, 100);
         assert_eq!(edge_cache_ttl(&d, 1000, 60), Some(60));
-        assert_eq!(edge_cache_ttl(&d, 1290, 60), Some(10));
+        assert_eq!(edge_cache_ttl(&d, 1290, 60), Some(60));
+        assert_eq!(edge_cache_ttl(&d, 1290, 600), Some(110));
         assert_eq!(edge_cache_ttl(&d, 1300, 60), None);
         assert_eq!(edge_cache_ttl(&d, 1000, 0), None);
     }

@@ -18,11 +18,13 @@
 //! - [`error`]: `EdgeError`, every error answer with its status and JSON body.
 
 pub mod admin;
+pub mod breaker;
 pub mod cache_key;
 pub mod chain;
 pub mod config;
 pub mod error;
 pub mod freshness;
+pub mod geo;
 pub mod respond;
 pub mod route;
 

@@ -33,7 +33,8 @@ impl CacheStatus {
 }
 
 /// Headers the browser may read from our answers.
-pub const EXPOSED_HEADERS: &str = "X-Cache, X-Served-By, X-Edge-Region, ETag, Server-Timing";
+pub const EXPOSED_HEADERS: &str =
+    "X-Cache, X-Served-By, X-Edge-Region, X-Origin, ETag, Server-Timing";
 
 /// The body served for a request: the document cut to `n` items, with `source`/`stale`.
 pub fn served_doc(mut doc: RecommendationDoc, source: Source, stale: bool, n: usize) -> ServedDoc {

@@ -19,6 +19,8 @@ pub enum Route {
     Preflight,
     AdminPublish,
     AdminPurge,
+    /// `PUT /admin/geo-db`: upload the MaxMind DB used for GeoIP lookups.
+    AdminGeoDb,
 }
 
 /// `GET /v1/recommendations/{user_id}?n=&tenant=`, validated.
@@ -73,6 +75,8 @@ pub fn route(
         ("/admin/publish", "POST") => Ok(Route::AdminPublish),
         ("/admin/purge", "POST") => Ok(Route::AdminPurge),
         ("/admin/publish" | "/admin/purge", _) => Err(not_allowed("POST")),
+        ("/admin/geo-db", "PUT") => Ok(Route::AdminGeoDb),
+        ("/admin/geo-db", _) => Err(not_allowed("PUT")),
         _ => Err(EdgeError::NotFound {
             method,
             path: path.chars().take(200).collect(),

@@ -1,25 +1,46 @@
 //! wasm glue: converts `Request`/`Env` into the core's facts, runs the core's plan
 //! against the Cache API, Workers KV and `fetch`, and turns decisions into responses.
 //! No decision is made here that the core could make.
+//!
+//! # Layout
+//! - `convert`: core values ↔ `worker` types (headers, responses, the JS clock).
+//! - `tiers`: the I/O of each tier, GeoIP loading, KV writes.
+//! - `state`: what an isolate remembers (breakers, GeoIP DB, in-flight fetches, counters).
 
 mod convert;
+mod state;
 mod tiers;
 
+use std::sync::OnceLock;
+
 use contract::admin::{PublishResponse, PurgeResponse};
-use contract::{Region, MAX_N};
+use contract::{RecommendationDoc, Source, MAX_N};
 use worker::{event, Cache, Context, Env, Request, Response, Result};
 
 use crate::admin;
 use crate::cache_key;
-use crate::chain::{chain_for, Final, Step, Tier, Walk};
+use crate::chain::{chain_for, popular_answer, Final, PopularFrom, Step, Tier, TierResult, Walk};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
+use crate::geo::{self, Location};
 use crate::respond::{self, Timings};
 use crate::route::{self, RecRequest, Route};
 use convert::{json_response, now_ms, respond_with};
+use state::{Counters, COUNTERS};
 
 /// Name of the KV binding in `wrangler.toml`.
 const KV_BINDING: &str = "KV";
+/// KV values are at most 25 MiB.
+const MAX_GEO_DB_BYTES: usize = 25 * 1024 * 1024;
+/// The global popular list baked in at build time (`edge/baked/popular.json`).
+const BAKED_POPULAR_JSON: &str = include_str!("../../baked/popular.json");
+
+fn baked_popular() -> Option<&'static RecommendationDoc> {
+    static BAKED: OnceLock<Option<RecommendationDoc>> = OnceLock::new();
+    BAKED
+        .get_or_init(|| serde_json::from_str(BAKED_POPULAR_JSON).ok())
+        .as_ref()
+}
 
 fn lookup(env: &Env, name: &str) -> Option<String> {
     env.var(name)
@@ -28,22 +49,30 @@ fn lookup(env: &Env, name: &str) -> Option<String> {
         .or_else(|| env.secret(name).ok().map(|v| v.to_string()))
 }
 
+fn internal(e: impl std::fmt::Display) -> EdgeError {
+    EdgeError::Internal(e.to_string())
+}
+
+fn now_s() -> u64 {
+    (now_ms() / 1000.0) as u64
+}
+
 #[event(fetch)]
-pub async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     console_error_panic_hook::set_once();
     let cfg = match EdgeConfig::from_lookup(|name| lookup(&env, name)) {
         Ok(cfg) => cfg,
         Err(e) => {
-            let fallback = EdgeConfig::default();
-            return error_response(&EdgeError::Misconfigured(e.to_string()), &fallback, None);
+            return error_response(
+                &EdgeError::Misconfigured(e.to_string()),
+                &EdgeConfig::default(),
+                None,
+            )
         }
     };
-    let country = req.cf().and_then(|cf| cf.country());
-    let region = cfg
-        .region_map
-        .region_for_country(country.as_deref())
-        .clone();
+    let location = locate(&req, &env, &cfg).await;
     let url = req.url()?;
+    let worker_origin = url.origin().ascii_serialization();
     let result = match route::route(
         &req.method().to_string(),
         url.path(),
@@ -51,85 +80,196 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         cfg.default_n,
     ) {
         Ok(Route::Recommendations(r)) => {
-            recommendations(
-                &req,
-                &env,
-                &cfg,
-                &region,
-                &url.origin().ascii_serialization(),
-                r,
-            )
-            .await
+            recommendations(&req, &env, &ctx, &cfg, &location, &worker_origin, r).await
         }
-        Ok(Route::Health) => health(&cfg, &region, country.as_deref()),
+        Ok(Route::Health) => health(&cfg, &location),
         Ok(Route::Preflight) => {
             respond_with(204, &respond::preflight_headers(&cfg), None).map_err(internal)
         }
         Ok(Route::AdminPublish) => admin_publish(req, &env, &cfg).await,
-        Ok(Route::AdminPurge) => admin_purge(req, &cfg, &url.origin().ascii_serialization()).await,
+        Ok(Route::AdminPurge) => admin_purge(req, &cfg, &worker_origin).await,
+        Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, &cfg).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(resp) => Ok(resp),
-        Err(e) => error_response(&e, &cfg, Some(&region)),
+        Err(e) => error_response(&e, &cfg, Some(&location)),
     }
 }
 
-fn error_response(e: &EdgeError, cfg: &EdgeConfig, region: Option<&Region>) -> Result<Response> {
-    let mut headers = respond::error_headers(cfg, region);
+/// Cloudflare's country, else GeoIP of the client IP (the database is loaded only
+/// when needed), else the default region.
+async fn locate(req: &Request, env: &Env, cfg: &EdgeConfig) -> Location {
+    let cf_country = req
+        .cf()
+        .and_then(|cf| cf.country())
+        .filter(|c| geo::valid_country(c));
+    let mut geoip_country = None;
+    if cf_country.is_none() {
+        let header = |name: &str| req.headers().get(name).ok().flatten();
+        let ip = geo::client_ip(
+            header("CF-Connecting-IP").as_deref(),
+            header("X-Forwarded-For").as_deref(),
+            cfg.trust_x_forwarded_for,
+        );
+        if let (Some(ip), Ok(kv)) = (ip, env.kv(KV_BINDING)) {
+            if let Some(db) = tiers::geo_db(&kv, cfg).await {
+                geoip_country = db.country(ip);
+            }
+        }
+    }
+    geo::locate(cf_country.as_deref(), || geoip_country, &cfg.region_map)
+}
+
+fn error_response(
+    e: &EdgeError,
+    cfg: &EdgeConfig,
+    location: Option<&Location>,
+) -> Result<Response> {
+    let mut headers = respond::error_headers(cfg, location.map(|l| &l.region));
     headers.extend(e.extra_headers());
     json_response(e.status(), &headers, &e.body())
 }
 
-fn internal(e: impl std::fmt::Display) -> EdgeError {
-    EdgeError::Internal(e.to_string())
+async fn fetch_tier(
+    tier: Tier,
+    cache: &Cache,
+    cache_key: &str,
+    env: &Env,
+    cfg: &EdgeConfig,
+    location: &Location,
+    r: &RecRequest,
+) -> TierResult {
+    match tier {
+        Tier::EdgeCache => tiers::from_edge_cache(cache, cache_key, r).await,
+        Tier::Kv => match env.kv(KV_BINDING) {
+            Ok(kv) => tiers::from_kv(&kv, cfg, r).await,
+            Err(e) => TierResult::Failed(crate::chain::TierFailure::Storage(e.to_string())),
+        },
+        Tier::SecondaryCdn => tiers::from_secondary_cdn(cfg, r).await,
+        Tier::Origin(i) => tiers::from_origin(cfg, r, &location.region, i).await,
+    }
+}
+
+/// Walks `refresh_with` in the background and stores what it finds fresh in the edge
+/// cache (stale-while-revalidate).
+async fn refresh(
+    tiers_left: Vec<Tier>,
+    env: Env,
+    cfg: EdgeConfig,
+    location: Location,
+    cache_key: String,
+    r: RecRequest,
+) {
+    COUNTERS.with(|c| Counters::bump(&c.background_refreshes));
+    let cache = Cache::default();
+    let mut walk = Walk::new(tiers_left, cfg.edge_cache_ttl_s);
+    while let Some(tier) = walk.next_tier() {
+        let result = fetch_tier(tier, &cache, &cache_key, &env, &cfg, &location, &r).await;
+        match walk.record(tier, result, now_s()) {
+            Step::Serve {
+                doc,
+                cache_ttl_s: Some(ttl),
+                ..
+            } => return tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl).await,
+            Step::Serve { .. } | Step::ServeStaleAndRefresh { .. } => return,
+            Step::Continue => {}
+        }
+    }
 }
 
 async fn recommendations(
     req: &Request,
     env: &Env,
+    ctx: &Context,
     cfg: &EdgeConfig,
-    region: &Region,
+    location: &Location,
     worker_origin: &str,
     r: RecRequest,
 ) -> std::result::Result<Response, EdgeError> {
     let cache = Cache::default();
-    let kv = env.kv(KV_BINDING).map_err(internal)?;
     let cache_key = cache_key::user_doc_key(worker_origin, &r.tenant, &r.user);
-    let mut walk = Walk::new(chain_for(cfg), cfg.edge_cache_ttl_s);
+    let mut walk = Walk::new(chain_for(cfg, &location.region), cfg.edge_cache_ttl_s);
     let mut timings: Timings = Vec::new();
+    let mut served_by_origin: Option<String> = None;
 
     let (doc, source, stale) = loop {
         let Some(tier) = walk.next_tier() else {
             match walk.finish() {
-                Final::ServeStale { doc, .. } => break (doc, contract::Source::Stale, true),
-                Final::Unavailable { attempts } => return Err(EdgeError::Unavailable { attempts }),
+                Final::ServeStale { doc, .. } => {
+                    COUNTERS.with(|c| Counters::bump(&c.stale_served));
+                    break (doc, Source::Stale, true);
+                }
+                Final::Popular { attempts } => {
+                    let started = now_ms();
+                    let from_kv = match env.kv(KV_BINDING) {
+                        Ok(kv) => tiers::kv_popular(&kv, cfg, &r.tenant, &location.region).await,
+                        Err(_) => None,
+                    };
+                    timings.push(("popular", now_ms() - started));
+                    match popular_answer(from_kv, baked_popular(), &r.tenant, &r.user, now_s()) {
+                        Some((doc, from)) => {
+                            COUNTERS.with(|c| Counters::bump(&c.popular_served));
+                            timings.push((
+                                if from == PopularFrom::Kv {
+                                    "popular-kv"
+                                } else {
+                                    "popular-baked"
+                                },
+                                0.0,
+                            ));
+                            break (doc, Source::Popular, false);
+                        }
+                        None => return Err(EdgeError::Unavailable { attempts }),
+                    }
+                }
             }
         };
         let started = now_ms();
-        let result = match tier {
-            Tier::EdgeCache => tiers::from_edge_cache(&cache, &cache_key, &r).await,
-            Tier::Kv => tiers::from_kv(&kv, cfg, &r, now_ms()).await,
-            Tier::SecondaryCdn => tiers::from_secondary_cdn(cfg, &r).await,
-            Tier::Origin => tiers::from_origin(cfg, &r, region).await,
-        };
+        let result = fetch_tier(tier, &cache, &cache_key, env, cfg, location, &r).await;
         timings.push((tier.name(), now_ms() - started));
-        if let Step::Serve {
-            doc,
-            source,
-            cache_ttl_s,
-        } = walk.record(tier, result, now_s())
-        {
-            if let Some(ttl) = cache_ttl_s {
-                tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl).await;
+        match walk.record(tier, result, now_s()) {
+            Step::Serve {
+                doc,
+                source,
+                cache_ttl_s,
+            } => {
+                if let Some(ttl) = cache_ttl_s {
+                    tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl).await;
+                }
+                if let Tier::Origin(i) = tier {
+                    served_by_origin = cfg
+                        .origins_for(&location.region)
+                        .into_iter()
+                        .nth(i as usize)
+                        .map(|o| o.name);
+                }
+                break (doc, source, false);
             }
-            break (doc, source, false);
+            Step::ServeStaleAndRefresh { doc, refresh_with } => {
+                COUNTERS.with(|c| Counters::bump(&c.stale_served));
+                let job = refresh(
+                    refresh_with,
+                    env.clone(),
+                    cfg.clone(),
+                    location.clone(),
+                    cache_key.clone(),
+                    r.clone(),
+                );
+                ctx.wait_until(job);
+                break (doc, Source::Stale, true);
+            }
+            Step::Continue => {}
         }
     };
 
     let served = respond::served_doc(doc, source, stale, r.n.min(MAX_N));
     let etag = respond::etag(&served);
-    let headers = respond::served_headers(&served, &etag, region, now_s(), cfg, &timings);
+    let mut headers =
+        respond::served_headers(&served, &etag, &location.region, now_s(), cfg, &timings);
+    if let Some(name) = served_by_origin {
+        headers.push(("X-Origin", name));
+    }
     let if_none_match = req.headers().get("If-None-Match").ok().flatten();
     if respond::if_none_match_matches(if_none_match.as_deref(), &etag) {
         return respond_with(304, &headers, None).map_err(internal);
@@ -139,25 +279,53 @@ async fn recommendations(
     respond_with(200, &headers, body).map_err(internal)
 }
 
-fn now_s() -> u64 {
-    (now_ms() / 1000.0) as u64
-}
-
-fn health(
-    cfg: &EdgeConfig,
-    region: &Region,
-    country: Option<&str>,
-) -> std::result::Result<Response, EdgeError> {
-    let tiers: Vec<&str> = chain_for(cfg).into_iter().map(Tier::name).collect();
+fn health(cfg: &EdgeConfig, location: &Location) -> std::result::Result<Response, EdgeError> {
+    let tiers: Vec<&str> = chain_for(cfg, &location.region)
+        .into_iter()
+        .map(Tier::name)
+        .collect();
+    let origins: Vec<serde_json::Value> = cfg
+        .origins_for(&location.region)
+        .into_iter()
+        .map(|o| serde_json::json!({ "name": o.name, "url": o.url }))
+        .collect();
+    let breakers: Vec<serde_json::Value> = state::breaker_snapshot()
+        .into_iter()
+        .map(|(url, s, skipped, opened)| serde_json::json!({ "url": url, "state": s, "skipped": skipped, "opened": opened }))
+        .collect();
+    let geo_db = state::GEO.with(|g| match &*g.borrow() {
+        state::GeoState::NotLoaded => serde_json::json!({ "state": "not-loaded" }),
+        state::GeoState::Loaded { db, load_ms } => {
+            serde_json::json!({ "state": "loaded", "type": db.database_type(), "load_ms": load_ms })
+        }
+        state::GeoState::Missing { reason, .. } => {
+            serde_json::json!({ "state": "missing", "reason": reason })
+        }
+    });
+    let counters = COUNTERS.with(|c| {
+        serde_json::json!({
+            "origin_fetches": c.origin_fetches.get(),
+            "coalesced": c.coalesced.get(),
+            "breaker_skips": c.breaker_skips.get(),
+            "background_refreshes": c.background_refreshes.get(),
+            "stale_served": c.stale_served.get(),
+            "popular_served": c.popular_served.get(),
+        })
+    });
     let body = serde_json::json!({
         "status": "ok",
         "version": crate::VERSION,
-        "region": region.as_str(),
-        "country": country,
+        "region": location.region.as_str(),
+        "country": location.country,
+        "geo_source": location.source.as_str(),
         "tiers": tiers,
+        "origins": origins,
+        "breakers": breakers,
+        "geo_db": geo_db,
+        "counters": counters,
         "time": now_s(),
     });
-    let mut headers = respond::error_headers(cfg, Some(region));
+    let mut headers = respond::error_headers(cfg, Some(&location.region));
     headers.push(("X-Served-By", "edge".into()));
     json_response(200, &headers, &body).map_err(internal)
 }
@@ -165,6 +333,7 @@ fn health(
 async fn read_admin_body(
     req: &mut Request,
     cfg: &EdgeConfig,
+    max: usize,
 ) -> std::result::Result<Vec<u8>, EdgeError> {
     let auth = req.headers().get("Authorization").ok().flatten();
     admin::authorize(auth.as_deref(), cfg.admin_token.as_deref())?;
@@ -174,14 +343,17 @@ async fn read_admin_body(
         .ok()
         .flatten()
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > contract::admin::MAX_ADMIN_BODY_BYTES) {
-        return Err(EdgeError::PayloadTooLarge {
-            max: contract::admin::MAX_ADMIN_BODY_BYTES,
-        });
+    if declared.is_some_and(|len| len > max) {
+        return Err(EdgeError::PayloadTooLarge { max });
     }
-    req.bytes()
+    let bytes = req
+        .bytes()
         .await
-        .map_err(|e| EdgeError::BadBody(e.to_string()))
+        .map_err(|e| EdgeError::BadBody(e.to_string()))?;
+    if bytes.len() > max {
+        return Err(EdgeError::PayloadTooLarge { max });
+    }
+    Ok(bytes)
 }
 
 async fn admin_publish(
@@ -189,7 +361,7 @@ async fn admin_publish(
     env: &Env,
     cfg: &EdgeConfig,
 ) -> std::result::Result<Response, EdgeError> {
-    let bytes = read_admin_body(&mut req, cfg).await?;
+    let bytes = read_admin_body(&mut req, cfg, contract::admin::MAX_ADMIN_BODY_BYTES).await?;
     let body: contract::admin::PublishRequest = admin::parse_body(&bytes)?;
     let kv = env.kv(KV_BINDING).map_err(internal)?;
     let tenant =
@@ -200,7 +372,7 @@ async fn admin_publish(
     let plan = admin::publish_plan(body, current, now_s())?;
     let written = tiers::write_kv(&kv, &plan.writes).await?;
     if plan.activate {
-        tiers::activate_generation(&kv, &plan, now_ms()).await?;
+        tiers::activate_generation(&kv, &plan).await?;
     }
     let resp = PublishResponse {
         tenant: plan.tenant.to_string(),
@@ -216,7 +388,7 @@ async fn admin_purge(
     cfg: &EdgeConfig,
     worker_origin: &str,
 ) -> std::result::Result<Response, EdgeError> {
-    let bytes = read_admin_body(&mut req, cfg).await?;
+    let bytes = read_admin_body(&mut req, cfg, contract::admin::MAX_ADMIN_BODY_BYTES).await?;
     let (tenant, users) = admin::purge_plan(admin::parse_body(&bytes)?)?;
     let cache = Cache::default();
     let mut purged = 0;
@@ -231,4 +403,18 @@ async fn admin_purge(
         purged,
     };
     json_response(200, &respond::error_headers(cfg, None), &resp).map_err(internal)
+}
+
+async fn admin_geo_db(
+    mut req: Request,
+    env: &Env,
+    cfg: &EdgeConfig,
+) -> std::result::Result<Response, EdgeError> {
+    let bytes = read_admin_body(&mut req, cfg, MAX_GEO_DB_BYTES).await?;
+    let size = bytes.len();
+    let kv = env.kv(KV_BINDING).map_err(internal)?;
+    let database_type = tiers::put_geo_db(&kv, cfg, bytes).await?;
+    let body =
+        serde_json::json!({ "key": cfg.geo_db_key, "bytes": size, "database_type": database_type });
+    json_response(200, &respond::error_headers(cfg, None), &body).map_err(internal)
 }

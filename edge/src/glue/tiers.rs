@@ -1,9 +1,9 @@
-//! The I/O of each tier: Cache API, KV (with the generation pointer), and fetches
-//! with timeouts to the secondary CDN and the origin. Each returns a
-//! [`TierResult`] for the core's walk; nothing here decides what comes next.
+//! The I/O of each tier: Cache API, KV (with the generation pointer and popular
+//! lists), and coalesced fetches with timeouts to the secondary CDN and the origins
+//! (behind their circuit breakers). Each returns a [`TierResult`] for the core's walk;
+//! nothing here decides what comes next.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use contract::keys::{self, Generation};
@@ -12,18 +12,19 @@ use futures_util::future::{select, Either};
 use worker::kv::KvStore;
 use worker::{AbortController, Cache, Delay, Fetch, Method, Request, RequestInit, Response};
 
-use super::convert::respond_with;
+use super::convert::{now_ms, respond_with};
+use super::state::{self, Counters, GeoState, COUNTERS, GENERATIONS, GEO, IN_FLIGHT};
 use crate::admin::{KvWrite, PublishPlan};
+use crate::breaker::Permit;
 use crate::chain::{accept_doc, TierFailure, TierResult};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
+use crate::geo::GeoDb;
 use crate::respond;
 use crate::route::RecRequest;
 
-thread_local! {
-    /// Per isolate: tenant → (current generation, when it was read in ms).
-    static GENERATIONS: RefCell<HashMap<String, (Option<Generation>, f64)>> = RefCell::new(HashMap::new());
-}
+/// How long an isolate waits before looking for a missing GeoIP database again.
+const GEO_RETRY_MS: f64 = 60_000.0;
 
 pub async fn from_edge_cache(cache: &Cache, key: &str, r: &RecRequest) -> TierResult {
     match cache.get(key, false).await {
@@ -80,8 +81,8 @@ async fn current_generation(
     kv: &KvStore,
     tenant: &Tenant,
     cfg: &EdgeConfig,
-    now: f64,
 ) -> Result<Option<Generation>, TierFailure> {
+    let now = now_ms();
     let max_age_ms = cfg.generation_cache_s as f64 * 1000.0;
     let remembered = GENERATIONS.with(|g| g.borrow().get(tenant.as_str()).cloned());
     if let Some((generation, read_at)) = remembered {
@@ -97,8 +98,8 @@ async fn current_generation(
     Ok(generation)
 }
 
-pub async fn from_kv(kv: &KvStore, cfg: &EdgeConfig, r: &RecRequest, now: f64) -> TierResult {
-    let generation = match current_generation(kv, &r.tenant, cfg, now).await {
+pub async fn from_kv(kv: &KvStore, cfg: &EdgeConfig, r: &RecRequest) -> TierResult {
+    let generation = match current_generation(kv, &r.tenant, cfg).await {
         Ok(Some(g)) => g,
         Ok(None) => return TierResult::NotFound,
         Err(f) => return TierResult::Failed(f),
@@ -114,12 +115,24 @@ pub async fn from_kv(kv: &KvStore, cfg: &EdgeConfig, r: &RecRequest, now: f64) -
     }
 }
 
+/// The region's popular list from KV, when the tenant has a generation holding one.
+pub async fn kv_popular(
+    kv: &KvStore,
+    cfg: &EdgeConfig,
+    tenant: &Tenant,
+    region: &Region,
+) -> Option<RecommendationDoc> {
+    let generation = current_generation(kv, tenant, cfg).await.ok()??;
+    let body = kv
+        .get(&keys::kv_popular(tenant, &generation, region))
+        .text()
+        .await
+        .ok()??;
+    serde_json::from_str(&body).ok()
+}
+
 /// GETs `url` and reads its body, all within `timeout_ms`; the fetch is aborted on timeout.
-async fn get_with_timeout(
-    url: &str,
-    timeout_ms: u64,
-    traceparent: Option<&str>,
-) -> Result<(u16, String), TierFailure> {
+async fn get_with_timeout(url: String, timeout_ms: u64) -> Result<(u16, String), TierFailure> {
     let controller = AbortController::default();
     let signal = controller.signal();
     let work = async {
@@ -127,12 +140,9 @@ async fn get_with_timeout(
         init.with_method(Method::Get);
         let headers = worker::Headers::new();
         let _ = headers.set("Accept", "application/json");
-        if let Some(tp) = traceparent {
-            let _ = headers.set("traceparent", tp);
-        }
         init.with_headers(headers);
         let req =
-            Request::new_with_init(url, &init).map_err(|e| TierFailure::Network(e.to_string()))?;
+            Request::new_with_init(&url, &init).map_err(|e| TierFailure::Network(e.to_string()))?;
         let mut resp: Response = Fetch::Request(req)
             .send_with_signal(&signal)
             .await
@@ -155,6 +165,39 @@ async fn get_with_timeout(
     }
 }
 
+/// How often a waiting request looks at the result slot of the fetch it joined.
+const JOIN_POLL_MS: u64 = 5;
+
+/// Waits for the fetch of `url` already in flight in this isolate, if there is one,
+/// polling its result slot until `timeout_ms` has passed.
+async fn join_in_flight(url: &str, timeout_ms: u64) -> Option<Result<(u16, String), TierFailure>> {
+    let slot = IN_FLIGHT.with(|m| m.borrow().get(url).cloned())?;
+    COUNTERS.with(|c| Counters::bump(&c.coalesced));
+    let deadline = now_ms() + timeout_ms as f64;
+    loop {
+        if let Some(result) = slot.borrow().clone() {
+            return Some(result);
+        }
+        if now_ms() >= deadline {
+            return Some(Err(TierFailure::Timeout));
+        }
+        Delay::from(Duration::from_millis(JOIN_POLL_MS)).await;
+    }
+}
+
+/// Runs `fetch` as the one fetch of `url` that later requests join until it ends.
+async fn lead_fetch(
+    url: String,
+    fetch: impl std::future::Future<Output = Result<(u16, String), TierFailure>>,
+) -> Result<(u16, String), TierFailure> {
+    let slot: state::InFlight = Default::default();
+    IN_FLIGHT.with(|m| m.borrow_mut().insert(url.clone(), slot.clone()));
+    let out = fetch.await;
+    *slot.borrow_mut() = Some(out.clone());
+    IN_FLIGHT.with(|m| m.borrow_mut().remove(&url));
+    out
+}
+
 fn doc_from_http(result: Result<(u16, String), TierFailure>, r: &RecRequest) -> TierResult {
     match result {
         Ok((200, body)) => found(accept_doc(&body, &r.tenant, &r.user)),
@@ -169,25 +212,56 @@ pub async fn from_secondary_cdn(cfg: &EdgeConfig, r: &RecRequest) -> TierResult 
         return TierResult::NotFound;
     };
     let url = format!("{base}/{}", keys::cdn_user(&r.tenant, &r.user));
-    doc_from_http(
-        get_with_timeout(&url, cfg.subrequest_timeout_ms, None).await,
-        r,
-    )
+    let result = match join_in_flight(&url, cfg.subrequest_timeout_ms).await {
+        Some(joined) => joined,
+        None => {
+            lead_fetch(
+                url.clone(),
+                get_with_timeout(url, cfg.subrequest_timeout_ms),
+            )
+            .await
+        }
+    };
+    doc_from_http(result, r)
 }
 
-pub async fn from_origin(cfg: &EdgeConfig, r: &RecRequest, region: &Region) -> TierResult {
-    let Some(base) = &cfg.origin_url else {
+/// The `index`-th origin of the region's failover list, behind its circuit breaker.
+/// Concurrent misses of the same user share one fetch, and the breaker hears of it once.
+pub async fn from_origin(
+    cfg: &EdgeConfig,
+    r: &RecRequest,
+    region: &Region,
+    index: u8,
+) -> TierResult {
+    let Some(origin) = cfg.origins_for(region).into_iter().nth(index as usize) else {
         return TierResult::NotFound;
     };
     // The whole list is asked for, so the cached copy can serve any `n`.
     let url = format!(
-        "{base}/v1/recommendations/{}?tenant={}&region={}&n={MAX_N}",
-        r.user, r.tenant, region
+        "{}/v1/recommendations/{}?tenant={}&region={}&n={MAX_N}",
+        origin.url, r.user, r.tenant, region
     );
-    doc_from_http(
-        get_with_timeout(&url, cfg.subrequest_timeout_ms, None).await,
-        r,
-    )
+    if let Some(joined) = join_in_flight(&url, cfg.subrequest_timeout_ms).await {
+        return doc_from_http(joined, r);
+    }
+    if state::breaker_permit(&origin.url, cfg.breaker, now_ms()) == Permit::Deny {
+        COUNTERS.with(|c| Counters::bump(&c.breaker_skips));
+        return TierResult::Failed(TierFailure::CircuitOpen);
+    }
+    COUNTERS.with(|c| Counters::bump(&c.origin_fetches));
+    let (breaker_cfg, timeout_ms, origin_url, key) = (
+        cfg.breaker,
+        cfg.subrequest_timeout_ms,
+        origin.url,
+        url.clone(),
+    );
+    let fetch = async move {
+        let result = get_with_timeout(url, timeout_ms).await;
+        let answered = matches!(&result, Ok((status, _)) if *status < 500);
+        state::breaker_report(&origin_url, breaker_cfg, answered, now_ms());
+        result
+    };
+    doc_from_http(lead_fetch(key, fetch).await, r)
 }
 
 /// Writes a publish's documents, a few at a time; returns how many were written.
@@ -209,11 +283,7 @@ pub async fn write_kv(kv: &KvStore, writes: &[KvWrite]) -> Result<usize, EdgeErr
 }
 
 /// Flips the tenant's pointer to the plan's generation, and remembers it in this isolate.
-pub async fn activate_generation(
-    kv: &KvStore,
-    plan: &PublishPlan,
-    now: f64,
-) -> Result<(), EdgeError> {
+pub async fn activate_generation(kv: &KvStore, plan: &PublishPlan) -> Result<(), EdgeError> {
     kv.put(&plan.pointer_key, plan.generation.as_str())
         .map_err(|e| EdgeError::Internal(e.to_string()))?
         .execute()
@@ -222,8 +292,68 @@ pub async fn activate_generation(
     GENERATIONS.with(|g| {
         g.borrow_mut().insert(
             plan.tenant.to_string(),
-            (Some(plan.generation.clone()), now),
+            (Some(plan.generation.clone()), now_ms()),
         )
     });
     Ok(())
+}
+
+/// The GeoIP database, loaded from KV once per isolate (and looked for again a minute
+/// after it was found missing).
+pub async fn geo_db(kv: &KvStore, cfg: &EdgeConfig) -> Option<Rc<GeoDb>> {
+    let now = now_ms();
+    let ready = GEO.with(|g| match &*g.borrow() {
+        GeoState::Loaded { db, .. } => Some(Some(db.clone())),
+        GeoState::Missing { retry_after_ms, .. } if now < *retry_after_ms => Some(None),
+        _ => None,
+    });
+    if let Some(db) = ready {
+        return db;
+    }
+    let loaded = match kv.get(&cfg.geo_db_key).bytes().await {
+        Ok(Some(bytes)) => GeoDb::from_bytes(bytes).map_err(|e| e.to_string()),
+        Ok(None) => Err(format!("no GeoIP database at KV key {}", cfg.geo_db_key)),
+        Err(e) => Err(e.to_string()),
+    };
+    let state = match loaded {
+        Ok(db) => GeoState::Loaded {
+            db: Rc::new(db),
+            load_ms: now_ms() - now,
+        },
+        Err(reason) => {
+            worker::console_warn!("geo: {reason}; using the default region until it is there");
+            GeoState::Missing {
+                reason,
+                retry_after_ms: now + GEO_RETRY_MS,
+            }
+        }
+    };
+    let db = match &state {
+        GeoState::Loaded { db, .. } => Some(db.clone()),
+        _ => None,
+    };
+    GEO.with(|g| *g.borrow_mut() = state);
+    db
+}
+
+/// Stores a validated GeoIP database in KV and makes this isolate use it at once.
+pub async fn put_geo_db(
+    kv: &KvStore,
+    cfg: &EdgeConfig,
+    bytes: Vec<u8>,
+) -> Result<String, EdgeError> {
+    let db = GeoDb::from_bytes(bytes.clone()).map_err(|e| EdgeError::BadBody(e.to_string()))?;
+    let database_type = db.database_type().to_string();
+    kv.put_bytes(&cfg.geo_db_key, &bytes)
+        .map_err(|e| EdgeError::Internal(e.to_string()))?
+        .execute()
+        .await
+        .map_err(|e| EdgeError::Internal(format!("kv put {}: {e}", cfg.geo_db_key)))?;
+    GEO.with(|g| {
+        *g.borrow_mut() = GeoState::Loaded {
+            db: Rc::new(db),
+            load_ms: 0.0,
+        }
+    });
+    Ok(database_type)
 }

@@ -1,0 +1,98 @@
+//! What one isolate remembers between requests: a circuit breaker per origin, the
+//! GeoIP database (loaded from KV once), fetches in flight (for coalescing), each
+//! tenant's KV generation, and counters shown by `/health`. Workers isolates are
+//! single-threaded, so `thread_local!` + `RefCell` is enough.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use contract::keys::Generation;
+
+use crate::breaker::{Breaker, BreakerConfig, Permit};
+use crate::chain::TierFailure;
+use crate::geo::GeoDb;
+
+/// The result slot of a fetch in flight, which other requests for the same URL wait
+/// on. Waiters poll it with their own timers instead of awaiting the leader's promise:
+/// workerd cancels a request that waits on I/O of another request as hung.
+pub type InFlight = Rc<RefCell<Option<Result<(u16, String), TierFailure>>>>;
+
+/// The GeoIP database of this isolate.
+pub enum GeoState {
+    NotLoaded,
+    Loaded {
+        db: Rc<GeoDb>,
+        load_ms: f64,
+    },
+    /// Absent or invalid in KV; retried after `retry_after_ms`.
+    Missing {
+        reason: String,
+        retry_after_ms: f64,
+    },
+}
+
+/// Counters for `/health` (per isolate, since it started).
+#[derive(Default)]
+pub struct Counters {
+    pub origin_fetches: Cell<u64>,
+    pub coalesced: Cell<u64>,
+    pub breaker_skips: Cell<u64>,
+    pub background_refreshes: Cell<u64>,
+    pub stale_served: Cell<u64>,
+    pub popular_served: Cell<u64>,
+}
+
+impl Counters {
+    pub fn bump(c: &Cell<u64>) {
+        c.set(c.get() + 1);
+    }
+}
+
+thread_local! {
+    pub static BREAKERS: RefCell<HashMap<String, Breaker>> = RefCell::new(HashMap::new());
+    pub static IN_FLIGHT: RefCell<HashMap<String, InFlight>> = RefCell::new(HashMap::new());
+    pub static GENERATIONS: RefCell<HashMap<String, (Option<Generation>, f64)>> = RefCell::new(HashMap::new());
+    pub static GEO: RefCell<GeoState> = const { RefCell::new(GeoState::NotLoaded) };
+    pub static COUNTERS: Counters = Counters::default();
+}
+
+/// Asks the breaker of `origin_url` whether a request may go now.
+pub fn breaker_permit(origin_url: &str, config: BreakerConfig, now_ms: f64) -> Permit {
+    BREAKERS.with(|b| {
+        let mut b = b.borrow_mut();
+        let breaker = b
+            .entry(origin_url.to_string())
+            .or_insert_with(|| Breaker::new(config));
+        breaker.config = config;
+        breaker.permit(now_ms)
+    })
+}
+
+/// Reports an origin's answer to its breaker.
+pub fn breaker_report(origin_url: &str, config: BreakerConfig, ok: bool, now_ms: f64) {
+    BREAKERS.with(|b| {
+        let mut b = b.borrow_mut();
+        let breaker = b
+            .entry(origin_url.to_string())
+            .or_insert_with(|| Breaker::new(config));
+        if ok {
+            breaker.on_success()
+        } else {
+            breaker.on_failure(now_ms)
+        }
+    })
+}
+
+/// `(url, state, skipped, opened)` of every breaker, for `/health`.
+pub fn breaker_snapshot() -> Vec<(String, &'static str, u64, u64)> {
+    BREAKERS.with(|b| {
+        let mut v: Vec<_> = b
+            .borrow()
+            .iter()
+            .map(|(url, br)| (url.clone(), br.state.name(), br.skipped, br.opened))
+            .collect();
+        v.sort();
+        v
+    })
+}
