@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -95,6 +95,8 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("bad request body: {message}")]
     InvalidBody { status: StatusCode, message: String },
+    #[error("user id is not valid percent-encoded UTF-8")]
+    UndecodableUserId,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -114,6 +116,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidId(e) | ApiError::InvalidBatchId { source: e, .. } => e.code(),
+            ApiError::UndecodableUserId => "invalid_user_id",
             ApiError::UnknownTenant { .. } => "unknown_tenant",
             ApiError::InvalidN(_) => "invalid_n",
             ApiError::InvalidRegion(_) => "invalid_region",
@@ -261,9 +264,10 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
 
 async fn recommendations(
     State(state): State<AppState>,
-    Path(user): Path<String>,
+    user: Result<Path<String>, PathRejection>,
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
+    let Path(user) = user.map_err(|_| ApiError::UndecodableUserId)?;
     let user = UserId::parse(&user)?;
     let Query(params) = params?;
     check_tenant(&state, non_empty(&params.tenant))?;
@@ -517,6 +521,8 @@ mod tests {
             format!("/v1/recommendations/{long}"),
             "/v1/recommendations/a%0Ab".to_owned(),
             "/v1/recommendations/a%00b".to_owned(),
+            "/v1/recommendations/%FF".to_owned(),
+            "/v1/recommendations/%2E%2E".to_owned(),
         ] {
             let (status, body) = get(&state, &uri).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
