@@ -268,7 +268,24 @@ async fn recommendations(
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let Path(user) = user.map_err(|_| ApiError::UndecodableUserId)?;
-    let user = UserId::parse(&user)?;
+    answer(state, &user, params).await
+}
+
+/// `GET /v1/recommendations/batch`: the static batch route shadows the user named
+/// `batch`, so its GET is answered here.
+async fn recommendations_for_user_named_batch(
+    State(state): State<AppState>,
+    params: Result<Query<RecParams>, QueryRejection>,
+) -> Result<Json<RecommendationDoc>, ApiError> {
+    answer(state, "batch", params).await
+}
+
+async fn answer(
+    state: AppState,
+    user: &str,
+    params: Result<Query<RecParams>, QueryRejection>,
+) -> Result<Json<RecommendationDoc>, ApiError> {
+    let user = UserId::parse(user)?;
     let Query(params) = params?;
     check_tenant(&state, non_empty(&params.tenant))?;
     let n = parse_n(params.n.as_deref())?;
@@ -388,7 +405,10 @@ async fn method_not_allowed() -> ApiError {
 /// The API routes with JSON 404/405 fallbacks, without middleware.
 pub fn routes(state: AppState) -> Router {
     Router::new()
-        .route("/v1/recommendations/batch", post(batch))
+        .route(
+            "/v1/recommendations/batch",
+            post(batch).get(recommendations_for_user_named_batch),
+        )
         .route("/v1/recommendations/{user_id}", get(recommendations))
         .route(
             "/v1/recommendations/{user_id}/{*rest}",
@@ -593,6 +613,15 @@ mod tests {
         let ids: Vec<&str> = resp.results.iter().map(|d| d.user_id.as_str()).collect();
         assert_eq!(ids, ["u1", "u2", "nobody"]);
         assert!(resp.results.iter().all(|d| d.items.len() == 5));
+    }
+
+    #[tokio::test]
+    async fn a_user_named_batch_can_still_be_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _store) = state(dir.path());
+        let (status, body) = get(&state, "/v1/recommendations/batch?n=2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["user_id"], "batch");
     }
 
     #[tokio::test]
