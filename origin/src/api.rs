@@ -33,6 +33,8 @@ pub const MAX_BATCH_IDS: usize = 1000;
 pub const DEFAULT_N: usize = 10;
 /// Items per document published on a miss, unless configured otherwise.
 pub const DEFAULT_PUBLISH_N: usize = 50;
+/// Background publishes running at once, at most; more misses are answered but not published.
+pub const MAX_BACKGROUND_PUBLISHES: usize = 32;
 /// Largest request body read, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -47,6 +49,8 @@ pub struct AppState {
     pub cdn: Option<CdnFolder>,
     /// Items per document published in the background (at least the requested `n`).
     pub publish_n: usize,
+    /// Background publishes that may run at once; answers beyond that are not published.
+    pub publish_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -57,6 +61,7 @@ impl AppState {
             edge: None,
             cdn: None,
             publish_n: DEFAULT_PUBLISH_N,
+            publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
         }
     }
 
@@ -246,8 +251,13 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
     if state.edge.is_none() && state.cdn.is_none() {
         return;
     }
+    let Ok(slot) = state.publish_slots.clone().try_acquire_owned() else {
+        tracing::debug!(user = %user, "background publishes busy; not publishing");
+        return;
+    };
     let (state, user) = (state.clone(), user.clone());
     tokio::spawn(async move {
+        let _slot = slot;
         let doc = state.snapshot.user_doc(
             &user,
             &DocRequest {
