@@ -89,7 +89,8 @@ pub struct StoreConfig {
     /// SQLite database file (created when missing).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
-    /// The tenant this database holds; requests naming another tenant get 404.
+    /// The tenant this database holds: the namespace of every published key and path
+    /// (the server answers 404 to requests naming another tenant).
     #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
     pub tenant: String,
 }

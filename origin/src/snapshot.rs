@@ -301,6 +301,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_empty_store_gives_empty_documents_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("empty.sqlite")).unwrap();
+        let snap = Snapshot::build(
+            &store,
+            Tenant::default_tenant(),
+            RegionMap::builtin(),
+            Freshness::default(),
+            |d| Arc::new(crate::simple_model::ItemKnn::train(d)),
+        )
+        .unwrap();
+        let user = UserId::parse("u1").unwrap();
+        let doc = snap.user_doc(
+            &user,
+            &DocRequest {
+                n: 10,
+                ..Default::default()
+            },
+            7,
+        );
+        assert!(doc.items.is_empty());
+        assert_eq!(doc.region, "us-east");
+        assert_eq!(doc.generated_at, 7);
+        let region = Region::parse("asia").unwrap();
+        assert!(snap.popular_doc(&region, 10, 7).items.is_empty());
+    }
+
+    #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_764_237_600), "2025-11-27T10:00:00Z");
