@@ -165,24 +165,20 @@ impl Recommender for ItemKnn {
         if query.n == 0 {
             return Vec::new();
         }
-        let seen: std::collections::HashSet<ItemIdx> = if query.exclude_seen {
+        // Sorted ids for binary search: no hashing on the hot path.
+        let mut seen: Vec<ItemIdx> = if query.exclude_seen {
             query.history.iter().map(|&(i, _)| i).collect()
         } else {
-            Default::default()
+            Vec::new()
         };
-        // item -> (score, best source item, its contribution)
-        let mut scores: HashMap<ItemIdx, (f32, ItemIdx, f32)> = HashMap::new();
+        seen.sort_unstable();
+        let is_seen = |i: ItemIdx| seen.binary_search(&i).is_ok();
+        // (candidate, contribution, source item), aggregated by sorting on the candidate.
+        let mut candidates: Vec<(ItemIdx, f32, ItemIdx)> = Vec::new();
         let mut add = |source: ItemIdx, weight: f32| {
             for &(j, sim) in self.neighbours(source) {
-                if seen.contains(&j) {
-                    continue;
-                }
-                let c = weight * sim;
-                let e = scores.entry(j).or_insert((0.0, source, 0.0));
-                e.0 += c;
-                if c > e.2 {
-                    e.1 = source;
-                    e.2 = c;
+                if !is_seen(j) {
+                    candidates.push((j, weight * sim, source));
                 }
             }
         };
@@ -194,28 +190,39 @@ impl Recommender for ItemKnn {
                 add(c, 1.0);
             }
         }
-        let mut out: Vec<Scored> = scores
-            .into_iter()
-            .filter(|&(_, (s, _, _))| s > 0.0)
-            .map(|(item, (score, source, _))| Scored {
-                item,
-                score,
-                because: Because::SimilarTo(source),
-            })
-            .collect();
+        candidates.sort_unstable_by_key(|c| c.0);
+        let mut out: Vec<Scored> = Vec::new();
+        for group in candidates.chunk_by(|a, b| a.0 == b.0) {
+            let score: f32 = group.iter().map(|c| c.1).sum();
+            // The source that contributed most explains the item (ties: lowest id).
+            let best = group
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.2.cmp(&a.2)))
+                .map_or(group[0].2, |c| c.2);
+            if score > 0.0 {
+                out.push(Scored {
+                    item: group[0].0,
+                    score,
+                    because: Because::SimilarTo(best),
+                });
+            }
+        }
         out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
         out.truncate(query.n);
         if out.len() < query.n {
             // Top up with popular items, scored below every personal one.
             let floor = out.last().map_or(1.0, |s| s.score);
             let (list, because) = self.popular(query.region);
-            let taken: std::collections::HashSet<ItemIdx> = out.iter().map(|s| s.item).collect();
+            let mut taken: Vec<ItemIdx> = out.iter().map(|s| s.item).collect();
+            taken.sort_unstable();
             let personal = !out.is_empty();
             for &(item, pop) in list {
                 if out.len() >= query.n {
                     break;
                 }
-                if seen.contains(&item) || taken.contains(&item) || Some(item) == query.context_item
+                if is_seen(item)
+                    || taken.binary_search(&item).is_ok()
+                    || Some(item) == query.context_item
                 {
                     continue;
                 }
