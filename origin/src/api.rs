@@ -317,8 +317,8 @@ async fn answer(
     Ok(Json(doc))
 }
 
-async fn user_id_with_slash(Path((user, rest)): Path<(String, String)>) -> ApiError {
-    let _ = rest;
+/// A raw `/` in the user id segment: the router splits it, so it is refused here.
+async fn user_id_with_slash(Path((user, _rest)): Path<(String, String)>) -> ApiError {
     ApiError::InvalidId(IdError::BadChar {
         kind: "user id",
         found: '/',
