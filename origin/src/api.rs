@@ -318,7 +318,10 @@ async fn answer(
 }
 
 /// A raw `/` in the user id segment: the router splits it, so it is refused here.
-async fn user_id_with_slash(Path((user, _rest)): Path<(String, String)>) -> ApiError {
+async fn user_id_with_slash(path: Result<Path<(String, String)>, PathRejection>) -> ApiError {
+    let Ok(Path((user, _rest))) = path else {
+        return ApiError::UndecodableUserId;
+    };
     ApiError::InvalidId(IdError::BadChar {
         kind: "user id",
         found: '/',
@@ -552,6 +555,7 @@ mod tests {
             "/v1/recommendations/a%0Ab".to_owned(),
             "/v1/recommendations/a%00b".to_owned(),
             "/v1/recommendations/%FF".to_owned(),
+            "/v1/recommendations/%FF/x".to_owned(),
             "/v1/recommendations/%2E%2E".to_owned(),
         ] {
             let (status, body) = get(&state, &uri).await;
