@@ -135,6 +135,12 @@ impl Snapshot {
             train_ms = (started.elapsed() - loaded).as_millis() as u64,
             "trained"
         );
+        if counts.interactions == 0 {
+            tracing::warn!(
+                "the store has no interactions: every answer is empty until data is imported \
+                 (origin demo-data / origin import) and the origin restarted"
+            );
+        }
         let user_index = maps
             .user_ids
             .iter()
