@@ -58,7 +58,18 @@ impl ItemKnn {
     pub fn train_with_k(data: &TrainingData, k: usize) -> Self {
         let n_items = data.n_items;
         // Aggregate repeated (user, item) pairs into one weight per pair.
-        let mut by_user: Vec<Vec<(ItemIdx, f32)>> = vec![Vec::new(); data.n_users];
+        // Rows sized exactly (counted first), so memory stays near the data size.
+        let mut per_user = vec![0u32; data.n_users];
+        for it in &data.interactions {
+            if (it.user as usize) < data.n_users {
+                per_user[it.user as usize] += 1;
+            }
+        }
+        let mut by_user: Vec<Vec<(ItemIdx, f32)>> = per_user
+            .iter()
+            .map(|&n| Vec::with_capacity(n as usize))
+            .collect();
+        drop(per_user);
         for it in &data.interactions {
             if (it.user as usize) < data.n_users && (it.item as usize) < n_items {
                 by_user[it.user as usize].push((it.item, it.weight.max(0.0)));
@@ -74,8 +85,19 @@ impl ItemKnn {
                     false
                 }
             });
+            row.shrink_to_fit();
         });
-        let mut by_item: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_items];
+        let mut per_item = vec![0u32; n_items];
+        for row in &by_user {
+            for &(i, _) in row {
+                per_item[i as usize] += 1;
+            }
+        }
+        let mut by_item: Vec<Vec<(u32, f32)>> = per_item
+            .iter()
+            .map(|&n| Vec::with_capacity(n as usize))
+            .collect();
+        drop(per_item);
         let mut counts = vec![0.0f32; n_items];
         let mut region_counts: HashMap<String, Vec<f32>> = HashMap::new();
         for (u, row) in by_user.iter().enumerate() {

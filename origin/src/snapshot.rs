@@ -109,7 +109,15 @@ impl Snapshot {
             .iter()
             .map(|r| Some(r.as_str().to_owned()))
             .collect();
-        let mut history: Vec<Vec<(ItemIdx, f32)>> = vec![Vec::new(); data.n_users];
+        let mut per_user = vec![0u32; data.n_users];
+        for it in &data.interactions {
+            per_user[it.user as usize] += 1;
+        }
+        let mut history: Vec<Vec<(ItemIdx, f32)>> = per_user
+            .iter()
+            .map(|&n| Vec::with_capacity(n as usize))
+            .collect();
+        drop(per_user);
         for it in &data.interactions {
             history[it.user as usize].push((it.item, it.weight));
         }
@@ -123,6 +131,7 @@ impl Snapshot {
                     false
                 }
             });
+            row.shrink_to_fit();
         }
         let loaded = started.elapsed();
         let model = train(&data);

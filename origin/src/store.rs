@@ -367,7 +367,11 @@ impl Store {
                 });
             }
         }
-        let mut interactions = Vec::new();
+        // Exact capacity: at millions of rows, doubling growth would double peak memory.
+        let expected: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM interactions", [], |r| r.get(0))?;
+        let mut interactions = Vec::with_capacity(expected.max(0) as usize);
         {
             let mut stmt = self
                 .conn
