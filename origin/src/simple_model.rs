@@ -140,8 +140,16 @@ impl ItemKnn {
                             (dot > 0.0 && denom > 0.0).then(|| (j, dot / denom))
                         })
                         .collect();
-                    sims.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                    let by_similarity = |a: &(ItemIdx, f32), b: &(ItemIdx, f32)| {
+                        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+                    };
+                    if sims.len() > k && k > 0 {
+                        sims.select_nth_unstable_by(k - 1, by_similarity);
+                    }
                     sims.truncate(k);
+                    sims.sort_by(by_similarity);
+                    // Keep k entries, not the capacity of every co-occurring item.
+                    sims.shrink_to_fit();
                     sims
                 },
             )
@@ -361,6 +369,19 @@ mod tests {
         });
         assert_eq!(recs[0].item, 0);
         assert_eq!(recs[0].because, Because::SimilarTo(1));
+    }
+
+    #[test]
+    fn each_item_keeps_at_most_k_neighbours_best_first() {
+        let full = ItemKnn::train(&data());
+        let one = ItemKnn::train_with_k(&data(), 1);
+        for i in 0..4 {
+            assert!(one.neighbours(i).len() <= 1);
+            assert_eq!(one.neighbours(i).first(), full.neighbours(i).first());
+            let n = full.neighbours(i);
+            assert!(n.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+        assert_eq!(one.name(), "itemknn-k1+pop");
     }
 
     #[test]
