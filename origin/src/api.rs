@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,8 @@ pub const MAX_BATCH_IDS: usize = 1000;
 pub const DEFAULT_N: usize = 10;
 /// Items per document published on a miss, unless configured otherwise.
 pub const DEFAULT_PUBLISH_N: usize = 50;
+/// Background publishes running at once, at most; more misses are answered but not published.
+pub const MAX_BACKGROUND_PUBLISHES: usize = 32;
 /// Largest request body read, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -47,6 +49,8 @@ pub struct AppState {
     pub cdn: Option<CdnFolder>,
     /// Items per document published in the background (at least the requested `n`).
     pub publish_n: usize,
+    /// Background publishes that may run at once; answers beyond that are not published.
+    pub publish_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -57,6 +61,7 @@ impl AppState {
             edge: None,
             cdn: None,
             publish_n: DEFAULT_PUBLISH_N,
+            publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
         }
     }
 
@@ -95,6 +100,8 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("bad request body: {message}")]
     InvalidBody { status: StatusCode, message: String },
+    #[error("user id is not valid percent-encoded UTF-8")]
+    UndecodableUserId,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -114,6 +121,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidId(e) | ApiError::InvalidBatchId { source: e, .. } => e.code(),
+            ApiError::UndecodableUserId => "invalid_user_id",
             ApiError::UnknownTenant { .. } => "unknown_tenant",
             ApiError::InvalidN(_) => "invalid_n",
             ApiError::InvalidRegion(_) => "invalid_region",
@@ -243,8 +251,13 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
     if state.edge.is_none() && state.cdn.is_none() {
         return;
     }
+    let Ok(slot) = state.publish_slots.clone().try_acquire_owned() else {
+        tracing::debug!(user = %user, "background publishes busy; not publishing");
+        return;
+    };
     let (state, user) = (state.clone(), user.clone());
     tokio::spawn(async move {
+        let _slot = slot;
         let doc = state.snapshot.user_doc(
             &user,
             &DocRequest {
@@ -261,10 +274,28 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
 
 async fn recommendations(
     State(state): State<AppState>,
-    Path(user): Path<String>,
+    user: Result<Path<String>, PathRejection>,
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
-    let user = UserId::parse(&user)?;
+    let Path(user) = user.map_err(|_| ApiError::UndecodableUserId)?;
+    answer(state, &user, params).await
+}
+
+/// `GET /v1/recommendations/batch`: the static batch route shadows the user named
+/// `batch`, so its GET is answered here.
+async fn recommendations_for_user_named_batch(
+    State(state): State<AppState>,
+    params: Result<Query<RecParams>, QueryRejection>,
+) -> Result<Json<RecommendationDoc>, ApiError> {
+    answer(state, "batch", params).await
+}
+
+async fn answer(
+    state: AppState,
+    user: &str,
+    params: Result<Query<RecParams>, QueryRejection>,
+) -> Result<Json<RecommendationDoc>, ApiError> {
+    let user = UserId::parse(user)?;
     let Query(params) = params?;
     check_tenant(&state, non_empty(&params.tenant))?;
     let n = parse_n(params.n.as_deref())?;
@@ -286,8 +317,11 @@ async fn recommendations(
     Ok(Json(doc))
 }
 
-async fn user_id_with_slash(Path((user, rest)): Path<(String, String)>) -> ApiError {
-    let _ = rest;
+/// A raw `/` in the user id segment: the router splits it, so it is refused here.
+async fn user_id_with_slash(path: Result<Path<(String, String)>, PathRejection>) -> ApiError {
+    let Ok(Path((user, _rest))) = path else {
+        return ApiError::UndecodableUserId;
+    };
     ApiError::InvalidId(IdError::BadChar {
         kind: "user id",
         found: '/',
@@ -384,7 +418,10 @@ async fn method_not_allowed() -> ApiError {
 /// The API routes with JSON 404/405 fallbacks, without middleware.
 pub fn routes(state: AppState) -> Router {
     Router::new()
-        .route("/v1/recommendations/batch", post(batch))
+        .route(
+            "/v1/recommendations/batch",
+            post(batch).get(recommendations_for_user_named_batch),
+        )
         .route("/v1/recommendations/{user_id}", get(recommendations))
         .route(
             "/v1/recommendations/{user_id}/{*rest}",
@@ -517,6 +554,9 @@ mod tests {
             format!("/v1/recommendations/{long}"),
             "/v1/recommendations/a%0Ab".to_owned(),
             "/v1/recommendations/a%00b".to_owned(),
+            "/v1/recommendations/%FF".to_owned(),
+            "/v1/recommendations/%FF/x".to_owned(),
+            "/v1/recommendations/%2E%2E".to_owned(),
         ] {
             let (status, body) = get(&state, &uri).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
@@ -587,6 +627,15 @@ mod tests {
         let ids: Vec<&str> = resp.results.iter().map(|d| d.user_id.as_str()).collect();
         assert_eq!(ids, ["u1", "u2", "nobody"]);
         assert!(resp.results.iter().all(|d| d.items.len() == 5));
+    }
+
+    #[tokio::test]
+    async fn a_user_named_batch_can_still_be_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _store) = state(dir.path());
+        let (status, body) = get(&state, "/v1/recommendations/batch?n=2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["user_id"], "batch");
     }
 
     #[tokio::test]

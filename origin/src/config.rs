@@ -89,7 +89,8 @@ pub struct StoreConfig {
     /// SQLite database file (created when missing).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
-    /// The tenant this database holds; requests naming another tenant get 404.
+    /// The tenant this database holds: the namespace of every published key and path
+    /// (the server answers 404 to requests naming another tenant).
     #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
     pub tenant: String,
 }
@@ -202,7 +203,10 @@ pub struct PublishConfig {
     /// Seconds a document may be served stale after freshness ends.
     #[arg(long, env = "ORIGIN_STALE_FOR_S", default_value_t = 86_400)]
     pub stale_for_s: u64,
-    /// Users computed (and held in memory) at a time; also the KV batch size (at most 1000).
+    /// CDN generations to keep (older ones are deleted after the flip); 0 keeps all.
+    #[arg(long, env = "ORIGIN_KEEP_GENERATIONS", default_value_t = 3)]
+    pub keep_generations: usize,
+    /// Users computed (and held in memory) at a time.
     #[arg(long, env = "ORIGIN_PUBLISH_CHUNK", default_value_t = 500)]
     pub chunk: usize,
 }

@@ -153,6 +153,7 @@ pub fn generate(
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     store.clear()?;
     store.set_meta("demo_seed", &spec.seed.to_string())?;
+    store.begin_bulk_load()?;
 
     // Catalogue: category, tags and a popularity rank per item.
     let n_items = spec.items as u32;
@@ -281,6 +282,7 @@ pub fn generate(
         }
     }
     store.insert_batch(&batch)?;
+    store.end_bulk_load()?;
     progress(summary.users);
     Ok(summary)
 }

@@ -49,3 +49,35 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_server_started_on_port_0_answers_and_shuts_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = snapshot::fixture(dir.path());
+        let state = AppState::new(Arc::new(snapshot), contract::Region::parse("asia").unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, state, async {
+            let _ = rx.await;
+        }));
+        let health: api::Health = reqwest::get(format!("http://{addr}/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health.region, "asia");
+        let resp = reqwest::get(format!("http://{addr}/v1/recommendations/a%2Fb"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

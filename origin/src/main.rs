@@ -159,16 +159,18 @@ async fn main() -> Result<()> {
                     _ => None,
                 },
                 progress: true,
+                keep_generations: c.keep_generations,
             };
             let report = origin::publish::publish_all(Arc::new(snapshot), job).await?;
             println!(
-                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} popular lists, in {:.2}s",
+                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} popular lists, {} old generations pruned, in {:.2}s",
                 report.generation,
                 report.users,
                 report.users_per_second(),
                 report.cdn_files,
                 report.kv_documents,
                 report.popular_lists,
+                report.pruned_generations,
                 report.elapsed.as_secs_f64()
             );
         }

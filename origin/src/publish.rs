@@ -162,11 +162,53 @@ impl CdnFolder {
         self.root.join("current")
     }
 
-    /// Creates a new, empty generation named for `now`, with the first free counter.
+    /// Deletes all generations but the newest `keep` and the one `current` points at.
+    /// Returns how many were deleted.
+    pub fn prune(&self, keep: usize) -> Result<usize, PublishError> {
+        let gens = self.root.join("generations");
+        let current = std::fs::read_link(self.current())
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let mut names: Vec<(u64, u32, String)> = std::fs::read_dir(&gens)
+            .map_err(io(&gens))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (secs, counter) = name.strip_prefix('g')?.split_once('-')?;
+                Some((secs.parse().ok()?, counter.parse().ok()?, name))
+            })
+            .collect();
+        names.sort();
+        let old = names.len().saturating_sub(keep);
+        let mut deleted = 0;
+        for (_, _, name) in names.into_iter().take(old) {
+            if Some(&name) == current.as_ref() {
+                continue;
+            }
+            let dir = gens.join(&name);
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Creates a new, empty generation named for `now`, with a counter above those
+    /// already used in that second.
     pub fn new_generation(&self, now: u64) -> Result<CdnGeneration, PublishError> {
         let gens = self.root.join("generations");
         std::fs::create_dir_all(&gens).map_err(io(&gens))?;
-        for counter in 0..10_000 {
+        // Counters only grow within a second, even after pruning, so names sort by age.
+        let prefix = format!("g{now}-");
+        let first = std::fs::read_dir(&gens)
+            .map_err(io(&gens))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(&prefix)?.parse::<u32>().ok()
+            })
+            .max()
+            .map_or(0, |c| c.saturating_add(1));
+        for counter in first..first.saturating_add(10_000) {
             let generation = generation_name(now, counter);
             let dir = gens.join(generation.as_str());
             match std::fs::create_dir(&dir) {
@@ -260,6 +302,8 @@ pub struct PublishJob {
     pub kv: Option<EdgeClient>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// CDN generations kept after activation (older ones are deleted); 0 keeps all.
+    pub keep_generations: usize,
 }
 
 /// What a bulk publish did.
@@ -270,6 +314,8 @@ pub struct PublishReport {
     pub cdn_files: usize,
     pub kv_documents: usize,
     pub popular_lists: usize,
+    /// Old CDN generations deleted after activation.
+    pub pruned_generations: usize,
     pub elapsed: Duration,
 }
 
@@ -329,6 +375,7 @@ pub async fn publish_all(
         cdn_files: 0,
         kv_documents: 0,
         popular_lists: 0,
+        pruned_generations: 0,
         elapsed: Duration::ZERO,
     };
     let n = job.n;
@@ -403,6 +450,9 @@ pub async fn publish_all(
     }
     if let Some(g) = &generation {
         g.activate()?;
+        if let (Some(cdn), keep @ 1..) = (&job.cdn, job.keep_generations) {
+            report.pruned_generations = cdn.prune(keep)?;
+        }
     }
     bar.finish_and_clear();
     report.elapsed = started.elapsed();
@@ -462,6 +512,7 @@ mod tests {
             cdn,
             kv,
             progress: false,
+            keep_generations: 0,
         }
     }
 
@@ -513,6 +564,32 @@ mod tests {
             .join(&first.generation)
             .join("default/users/u1.json")
             .exists());
+    }
+
+    #[tokio::test]
+    async fn old_generations_are_pruned_but_current_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+        let snapshot = Arc::new(snapshot);
+        let tenant = Tenant::default_tenant();
+        let out = dir.path().join("cdn");
+        let mut last = String::new();
+        for _ in 0..4 {
+            let mut j = job(&tenant, Some(CdnFolder::new(out.clone())), None);
+            j.users = Some(vec![UserId::parse("u1").unwrap()]);
+            j.keep_generations = 2;
+            last = publish_all(snapshot.clone(), j).await.unwrap().generation;
+        }
+        let left: Vec<_> = std::fs::read_dir(out.join("generations"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(out.join("current/default/users/u1.json").exists());
+        assert_eq!(
+            std::fs::read_link(out.join("current")).unwrap(),
+            Path::new("generations").join(last)
+        );
     }
 
     #[tokio::test]

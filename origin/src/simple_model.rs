@@ -58,7 +58,18 @@ impl ItemKnn {
     pub fn train_with_k(data: &TrainingData, k: usize) -> Self {
         let n_items = data.n_items;
         // Aggregate repeated (user, item) pairs into one weight per pair.
-        let mut by_user: Vec<Vec<(ItemIdx, f32)>> = vec![Vec::new(); data.n_users];
+        // Rows sized exactly (counted first), so memory stays near the data size.
+        let mut per_user = vec![0u32; data.n_users];
+        for it in &data.interactions {
+            if (it.user as usize) < data.n_users {
+                per_user[it.user as usize] += 1;
+            }
+        }
+        let mut by_user: Vec<Vec<(ItemIdx, f32)>> = per_user
+            .iter()
+            .map(|&n| Vec::with_capacity(n as usize))
+            .collect();
+        drop(per_user);
         for it in &data.interactions {
             if (it.user as usize) < data.n_users && (it.item as usize) < n_items {
                 by_user[it.user as usize].push((it.item, it.weight.max(0.0)));
@@ -74,8 +85,19 @@ impl ItemKnn {
                     false
                 }
             });
+            row.shrink_to_fit();
         });
-        let mut by_item: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_items];
+        let mut per_item = vec![0u32; n_items];
+        for row in &by_user {
+            for &(i, _) in row {
+                per_item[i as usize] += 1;
+            }
+        }
+        let mut by_item: Vec<Vec<(u32, f32)>> = per_item
+            .iter()
+            .map(|&n| Vec::with_capacity(n as usize))
+            .collect();
+        drop(per_item);
         let mut counts = vec![0.0f32; n_items];
         let mut region_counts: HashMap<String, Vec<f32>> = HashMap::new();
         for (u, row) in by_user.iter().enumerate() {
@@ -118,8 +140,16 @@ impl ItemKnn {
                             (dot > 0.0 && denom > 0.0).then(|| (j, dot / denom))
                         })
                         .collect();
-                    sims.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                    let by_similarity = |a: &(ItemIdx, f32), b: &(ItemIdx, f32)| {
+                        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+                    };
+                    if sims.len() > k && k > 0 {
+                        sims.select_nth_unstable_by(k - 1, by_similarity);
+                    }
                     sims.truncate(k);
+                    sims.sort_by(by_similarity);
+                    // Keep k entries, not the capacity of every co-occurring item.
+                    sims.shrink_to_fit();
                     sims
                 },
             )
@@ -165,24 +195,20 @@ impl Recommender for ItemKnn {
         if query.n == 0 {
             return Vec::new();
         }
-        let seen: std::collections::HashSet<ItemIdx> = if query.exclude_seen {
+        // Sorted ids for binary search: no hashing on the hot path.
+        let mut seen: Vec<ItemIdx> = if query.exclude_seen {
             query.history.iter().map(|&(i, _)| i).collect()
         } else {
-            Default::default()
+            Vec::new()
         };
-        // item -> (score, best source item, its contribution)
-        let mut scores: HashMap<ItemIdx, (f32, ItemIdx, f32)> = HashMap::new();
+        seen.sort_unstable();
+        let is_seen = |i: ItemIdx| seen.binary_search(&i).is_ok();
+        // (candidate, contribution, source item), aggregated by sorting on the candidate.
+        let mut candidates: Vec<(ItemIdx, f32, ItemIdx)> = Vec::new();
         let mut add = |source: ItemIdx, weight: f32| {
             for &(j, sim) in self.neighbours(source) {
-                if seen.contains(&j) {
-                    continue;
-                }
-                let c = weight * sim;
-                let e = scores.entry(j).or_insert((0.0, source, 0.0));
-                e.0 += c;
-                if c > e.2 {
-                    e.1 = source;
-                    e.2 = c;
+                if !is_seen(j) {
+                    candidates.push((j, weight * sim, source));
                 }
             }
         };
@@ -194,28 +220,39 @@ impl Recommender for ItemKnn {
                 add(c, 1.0);
             }
         }
-        let mut out: Vec<Scored> = scores
-            .into_iter()
-            .filter(|&(_, (s, _, _))| s > 0.0)
-            .map(|(item, (score, source, _))| Scored {
-                item,
-                score,
-                because: Because::SimilarTo(source),
-            })
-            .collect();
+        candidates.sort_unstable_by_key(|c| c.0);
+        let mut out: Vec<Scored> = Vec::new();
+        for group in candidates.chunk_by(|a, b| a.0 == b.0) {
+            let score: f32 = group.iter().map(|c| c.1).sum();
+            // The source that contributed most explains the item (ties: lowest id).
+            let best = group
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.2.cmp(&a.2)))
+                .map_or(group[0].2, |c| c.2);
+            if score > 0.0 {
+                out.push(Scored {
+                    item: group[0].0,
+                    score,
+                    because: Because::SimilarTo(best),
+                });
+            }
+        }
         out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
         out.truncate(query.n);
         if out.len() < query.n {
             // Top up with popular items, scored below every personal one.
             let floor = out.last().map_or(1.0, |s| s.score);
             let (list, because) = self.popular(query.region);
-            let taken: std::collections::HashSet<ItemIdx> = out.iter().map(|s| s.item).collect();
+            let mut taken: Vec<ItemIdx> = out.iter().map(|s| s.item).collect();
+            taken.sort_unstable();
             let personal = !out.is_empty();
             for &(item, pop) in list {
                 if out.len() >= query.n {
                     break;
                 }
-                if seen.contains(&item) || taken.contains(&item) || Some(item) == query.context_item
+                if is_seen(item)
+                    || taken.binary_search(&item).is_ok()
+                    || Some(item) == query.context_item
                 {
                     continue;
                 }
@@ -332,6 +369,19 @@ mod tests {
         });
         assert_eq!(recs[0].item, 0);
         assert_eq!(recs[0].because, Because::SimilarTo(1));
+    }
+
+    #[test]
+    fn each_item_keeps_at_most_k_neighbours_best_first() {
+        let full = ItemKnn::train(&data());
+        let one = ItemKnn::train_with_k(&data(), 1);
+        for i in 0..4 {
+            assert!(one.neighbours(i).len() <= 1);
+            assert_eq!(one.neighbours(i).first(), full.neighbours(i).first());
+            let n = full.neighbours(i);
+            assert!(n.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+        assert_eq!(one.name(), "itemknn-k1+pop");
     }
 
     #[test]

@@ -109,7 +109,15 @@ impl Snapshot {
             .iter()
             .map(|r| Some(r.as_str().to_owned()))
             .collect();
-        let mut history: Vec<Vec<(ItemIdx, f32)>> = vec![Vec::new(); data.n_users];
+        let mut per_user = vec![0u32; data.n_users];
+        for it in &data.interactions {
+            per_user[it.user as usize] += 1;
+        }
+        let mut history: Vec<Vec<(ItemIdx, f32)>> = per_user
+            .iter()
+            .map(|&n| Vec::with_capacity(n as usize))
+            .collect();
+        drop(per_user);
         for it in &data.interactions {
             history[it.user as usize].push((it.item, it.weight));
         }
@@ -123,6 +131,7 @@ impl Snapshot {
                     false
                 }
             });
+            row.shrink_to_fit();
         }
         let loaded = started.elapsed();
         let model = train(&data);
@@ -135,6 +144,12 @@ impl Snapshot {
             train_ms = (started.elapsed() - loaded).as_millis() as u64,
             "trained"
         );
+        if counts.interactions == 0 {
+            tracing::warn!(
+                "the store has no interactions: every answer is empty until data is imported \
+                 (origin demo-data / origin import) and the origin restarted"
+            );
+        }
         let user_index = maps
             .user_ids
             .iter()
@@ -299,6 +314,34 @@ pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_store_gives_empty_documents_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("empty.sqlite")).unwrap();
+        let snap = Snapshot::build(
+            &store,
+            Tenant::default_tenant(),
+            RegionMap::builtin(),
+            Freshness::default(),
+            |d| Arc::new(crate::simple_model::ItemKnn::train(d)),
+        )
+        .unwrap();
+        let user = UserId::parse("u1").unwrap();
+        let doc = snap.user_doc(
+            &user,
+            &DocRequest {
+                n: 10,
+                ..Default::default()
+            },
+            7,
+        );
+        assert!(doc.items.is_empty());
+        assert_eq!(doc.region, "us-east");
+        assert_eq!(doc.generated_at, 7);
+        let region = Region::parse("asia").unwrap();
+        assert!(snap.popular_doc(&region, 10, 7).items.is_empty());
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {
