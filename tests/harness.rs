@@ -179,6 +179,8 @@ pub struct StackOptions {
     pub cf_country: Option<&'static str>,
     /// Extra `[vars]` for the worker.
     pub vars: Vec<(&'static str, String)>,
+    /// The built worker to run (default `edge/build/index.js`).
+    pub worker: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -189,6 +191,7 @@ impl Default for StackOptions {
             origins: vec!["us-east"],
             cf_country: None,
             vars: Vec::new(),
+            worker: None,
         }
     }
 }
@@ -223,7 +226,10 @@ impl Stack {
     /// the GeoIP database to the edge.
     pub fn start(opts: StackOptions) -> Stack {
         let root = repo_root();
-        let worker = root.join("edge/build/index.js");
+        let worker = opts
+            .worker
+            .clone()
+            .unwrap_or_else(|| root.join("edge/build/index.js"));
         assert!(
             worker.exists(),
             "{} is missing: run `make test` (it builds the worker first)",

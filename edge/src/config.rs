@@ -15,6 +15,8 @@
 //! | `GEO_DB_KEY` | `geo/country.mmdb` | KV key of the MaxMind DB used when Cloudflare gives no country |
 //! | `SECONDARY_CDN_URL` | unset (tier skipped) | base URL of the static secondary CDN |
 //! | `EDGE_CACHE_TTL_S` | 300 | longest time a document stays in the edge cache (capped by its freshness) |
+//! | `HOT_CACHE_S` | 5 | seconds a document stays in an isolate's memory in front of the Cache API (0 = off) |
+//! | `HOT_CACHE_ITEMS` | 1000 | documents an isolate keeps in memory at most |
 //! | `SUBREQUEST_TIMEOUT_MS` | 2000 | timeout of each fetch to the secondary CDN or the origin |
 //! | `BROWSER_MAX_AGE_S` | 30 | `max-age` for browsers (capped by freshness) |
 //! | `DEFAULT_N` | 10 | items returned when the request has no `n` |
@@ -51,6 +53,8 @@ pub struct EdgeConfig {
     pub geo_db_key: String,
     pub secondary_cdn_url: Option<String>,
     pub edge_cache_ttl_s: u64,
+    pub hot_cache_s: u64,
+    pub hot_cache_items: usize,
     pub subrequest_timeout_ms: u64,
     pub browser_max_age_s: u64,
     pub default_n: usize,
@@ -81,6 +85,8 @@ impl Default for EdgeConfig {
             geo_db_key: "geo/country.mmdb".into(),
             secondary_cdn_url: None,
             edge_cache_ttl_s: 300,
+            hot_cache_s: 5,
+            hot_cache_items: 1000,
             subrequest_timeout_ms: 2000,
             browser_max_age_s: 30,
             default_n: 10,
@@ -268,6 +274,20 @@ impl EdgeConfig {
                 d.edge_cache_ttl_s,
                 0..=31_536_000,
                 "seconds from 0 to 31536000",
+            )?,
+            hot_cache_s: number(
+                "HOT_CACHE_S",
+                lookup("HOT_CACHE_S"),
+                d.hot_cache_s,
+                0..=3600,
+                "seconds from 0 to 3600",
+            )?,
+            hot_cache_items: number(
+                "HOT_CACHE_ITEMS",
+                lookup("HOT_CACHE_ITEMS"),
+                d.hot_cache_items,
+                0..=100_000,
+                "a number from 0 to 100000",
             )?,
             subrequest_timeout_ms: number(
                 "SUBREQUEST_TIMEOUT_MS",

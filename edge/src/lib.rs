@@ -11,6 +11,9 @@
 //! - [`config`]: `EdgeConfig`, read once from `[vars]`/secrets through a lookup function.
 //! - [`route`]: method + path + query → a validated [`route::Route`].
 //! - [`cache_key`]: edge-cache keys (ignore `n`, query order and headers).
+//! - [`hot_cache`]: a few seconds of in-isolate memory in front of the Cache API.
+//! - [`geo`]: country from `request.cf`, else GeoIP of the client IP; the region.
+//! - [`breaker`]: a circuit breaker per origin, with time passed in.
 //! - [`freshness`]: fresh / stale / expired verdicts and cache TTLs.
 //! - [`chain`]: the source chain and the walk through it (`Walk`), with typed reasons.
 //! - [`respond`]: served body, headers (`X-Cache`, `Cache-Control`, `ETag`, CORS…), 304s.
@@ -25,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod freshness;
 pub mod geo;
+pub mod hot_cache;
 pub mod respond;
 pub mod route;
 

@@ -141,7 +141,7 @@ async fn fetch_tier(
     r: &RecRequest,
 ) -> TierResult {
     match tier {
-        Tier::EdgeCache => tiers::from_edge_cache(cache, cache_key, r).await,
+        Tier::EdgeCache => tiers::from_edge_cache(cache, cache_key, r, cfg).await,
         Tier::Kv => match env.kv(KV_BINDING) {
             Ok(kv) => tiers::from_kv(&kv, cfg, r).await,
             Err(e) => TierResult::Failed(crate::chain::TierFailure::Storage(e.to_string())),
@@ -171,7 +171,7 @@ async fn refresh(
                 doc,
                 cache_ttl_s: Some(ttl),
                 ..
-            } => return tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl).await,
+            } => return tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, &cfg).await,
             Step::Serve { .. } | Step::ServeStaleAndRefresh { .. } => return,
             Step::Continue => {}
         }
@@ -235,7 +235,7 @@ async fn recommendations(
                 cache_ttl_s,
             } => {
                 if let Some(ttl) = cache_ttl_s {
-                    tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl).await;
+                    tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, &cfg).await;
                 }
                 if let Tier::Origin(i) = tier {
                     served_by_origin = cfg
@@ -394,6 +394,7 @@ async fn admin_purge(
     let mut purged = 0;
     for user in &users {
         let key = cache_key::user_doc_key(worker_origin, &tenant, user);
+        state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| h.remove(&key));
         if let Ok(worker::CacheDeletionOutcome::Success) = cache.delete(key.as_str(), true).await {
             purged += 1;
         }

