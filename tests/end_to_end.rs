@@ -491,6 +491,39 @@ fn bad_input_gets_json_errors_and_nothing_panics() {
     );
     assert_eq!(r.status(), 400);
 
+    // Events are validated at the edge with the contract's rules before any forwarding.
+    let post_events = |body: serde_json::Value| {
+        s.stack
+            .client
+            .post(s.stack.edge_url("/v1/events"))
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let too_many: Vec<_> = (0..501)
+        .map(|i| json!({"user_id": "u1", "item_id": format!("i{i}"), "type": "view"}))
+        .collect();
+    for (body, code) in [
+        (
+            json!({"user_id": "u1", "item_id": "i1", "type": "bogus"}),
+            "invalid_event_type",
+        ),
+        (
+            json!({"user_id": "a/b", "item_id": "i1", "type": "view"}),
+            "invalid_user_id",
+        ),
+        (
+            json!({"user_id": "u1", "item_id": "i1", "type": "rating", "value": 9}),
+            "invalid_value",
+        ),
+        (json!({"events": too_many}), "too_many_events"),
+        (json!([1, 2]), "invalid_body"),
+    ] {
+        let r = post_events(body);
+        assert_eq!(r.status(), 400, "{code}");
+        assert_eq!(served(r)["error"]["code"], code);
+    }
+
     // The edge still answers normally afterwards, and no process panicked.
     assert_eq!(s.stack.get("/health").status(), 200);
     assert_eq!(s.stack.panics(), Vec::<String>::new());

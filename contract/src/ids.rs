@@ -94,8 +94,23 @@ fn check_id(kind: &'static str, s: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        /// Serde reads it through [`Self::parse`], so a deserialized id is a valid one.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
 
         impl $name {
             pub fn parse(s: &str) -> Result<Self, IdError> {
@@ -127,8 +142,24 @@ id_type!(
 );
 
 /// A validated tenant name; every key and path starts with it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Tenant(String);
+
+impl TryFrom<String> for Tenant {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Tenant> for String {
+    fn from(t: Tenant) -> String {
+        t.0
+    }
+}
 
 impl Tenant {
     pub fn parse(s: &str) -> Result<Self, IdError> {
@@ -223,6 +254,14 @@ mod tests {
         for bad in ["Shop", "-x", "a/b", "", "a.b"] {
             assert!(Tenant::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn deserializing_validates_and_serializing_is_a_plain_string() {
+        let id: UserId = serde_json::from_str("\"u1\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"u1\"");
+        assert!(serde_json::from_str::<UserId>("\"a/b\"").is_err());
+        assert!(serde_json::from_str::<Tenant>("\"Shop\"").is_err());
     }
 
     #[test]

@@ -13,9 +13,25 @@ use thiserror::Error;
 /// The map shipped in `geo-data/country-regions.json`.
 pub const BUILTIN_REGION_MAP_JSON: &str = include_str!("../../geo-data/country-regions.json");
 
-/// A region name: 1 to 32 of `a-z 0-9 -`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A region name: 1 to 32 of `a-z 0-9 -`. Serde reads it through [`Region::parse`].
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Region(String);
+
+impl TryFrom<String> for Region {
+    type Error = RegionError;
+    fn try_from(s: String) -> Result<Self, RegionError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Region> for String {
+    fn from(r: Region) -> String {
+        r.0
+    }
+}
 
 impl Region {
     pub fn parse(s: &str) -> Result<Self, RegionError> {

@@ -17,6 +17,9 @@
 //! | `EDGE_CACHE_TTL_S` | 300 | longest time a document stays in the edge cache (capped by its freshness) |
 //! | `HOT_CACHE_S` | 5 | seconds a document stays in an isolate's memory in front of the Cache API (0 = off) |
 //! | `HOT_CACHE_ITEMS` | 1000 | documents an isolate keeps in memory at most |
+//! | `IMPRESSIONS` | true | report served items to the origin as `recommendation_viewed` events |
+//! | `IMPRESSION_BATCH` | 100 | impressions sent in one background batch |
+//! | `IMPRESSION_FLUSH_MS` | 2000 | longest an impression waits in an isolate before it is sent |
 //! | `SUBREQUEST_TIMEOUT_MS` | 2000 | timeout of each fetch to the secondary CDN or the origin |
 //! | `BROWSER_MAX_AGE_S` | 30 | `max-age` for browsers (capped by freshness) |
 //! | `DEFAULT_N` | 10 | items returned when the request has no `n` |
@@ -31,6 +34,7 @@ use contract::{Region, RegionMap, MAX_N};
 use thiserror::Error;
 
 use crate::breaker::BreakerConfig;
+use crate::impressions::ImpressionConfig;
 
 /// The region → origin names map shipped in `geo-data/region-origins.json`.
 pub const BUILTIN_REGION_ORIGINS_JSON: &str = include_str!("../../geo-data/region-origins.json");
@@ -49,6 +53,7 @@ pub struct EdgeConfig {
     /// Region → origin names in failover order.
     pub region_origins: BTreeMap<String, Vec<String>>,
     pub breaker: BreakerConfig,
+    pub impressions: ImpressionConfig,
     pub trust_x_forwarded_for: bool,
     pub geo_db_key: String,
     pub secondary_cdn_url: Option<String>,
@@ -81,6 +86,7 @@ impl Default for EdgeConfig {
             region_origins: parse_region_origins(BUILTIN_REGION_ORIGINS_JSON)
                 .expect("geo-data/region-origins.json is validated by a unit test"),
             breaker: BreakerConfig::default(),
+            impressions: ImpressionConfig::default(),
             trust_x_forwarded_for: false,
             geo_db_key: "geo/country.mmdb".into(),
             secondary_cdn_url: None,
@@ -115,6 +121,19 @@ fn number<T: std::str::FromStr + PartialOrd>(
                 got: s,
             }),
         },
+    }
+}
+
+fn flag(var: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            var,
+            expected: "true or false",
+            got: other.into(),
+        }),
     }
 }
 
@@ -230,17 +249,28 @@ impl EdgeConfig {
             ))?,
             None => d.region_origins,
         };
-        let trust_x_forwarded_for = match lookup("TRUST_X_FORWARDED_FOR").as_deref().map(str::trim)
-        {
-            None | Some("") | Some("false") | Some("0") => false,
-            Some("true") | Some("1") => true,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    var: "TRUST_X_FORWARDED_FOR",
-                    expected: "true or false",
-                    got: other.into(),
-                })
-            }
+        let trust_x_forwarded_for = flag(
+            "TRUST_X_FORWARDED_FOR",
+            lookup("TRUST_X_FORWARDED_FOR"),
+            false,
+        )?;
+        let impressions = ImpressionConfig {
+            enabled: flag("IMPRESSIONS", lookup("IMPRESSIONS"), true)?,
+            batch: number(
+                "IMPRESSION_BATCH",
+                lookup("IMPRESSION_BATCH"),
+                100usize,
+                1..=500,
+                "a number from 1 to 500",
+            )?,
+            flush_ms: number(
+                "IMPRESSION_FLUSH_MS",
+                lookup("IMPRESSION_FLUSH_MS"),
+                2000u64,
+                100..=600_000,
+                "milliseconds from 100 to 600000",
+            )? as f64,
+            capacity: ImpressionConfig::default().capacity,
         };
         Ok(EdgeConfig {
             origins,
@@ -262,6 +292,7 @@ impl EdgeConfig {
                 )? as f64
                     * 1000.0,
             },
+            impressions,
             trust_x_forwarded_for,
             geo_db_key: lookup("GEO_DB_KEY")
                 .map(|s| s.trim().to_string())

@@ -26,6 +26,9 @@ pub enum EdgeError {
     AdminDisabled,
     #[error("invalid request body: {0}")]
     BadBody(String),
+    /// An events body the shared validation refused; `code` is its stable code.
+    #[error("{message}")]
+    InvalidEvents { code: &'static str, message: String },
     #[error("request body is larger than {max} bytes")]
     PayloadTooLarge { max: usize },
     #[error("no source could answer: {}", describe_attempts(.attempts))]
@@ -53,7 +56,8 @@ impl EdgeError {
             EdgeError::InvalidId(_)
             | EdgeError::InvalidN { .. }
             | EdgeError::InvalidQuery(_)
-            | EdgeError::BadBody(_) => 400,
+            | EdgeError::BadBody(_)
+            | EdgeError::InvalidEvents { .. } => 400,
             EdgeError::Unauthorized => 401,
             EdgeError::NotFound { .. } => 404,
             EdgeError::MethodNotAllowed { .. } => 405,
@@ -73,6 +77,7 @@ impl EdgeError {
             EdgeError::Unauthorized => "unauthorized",
             EdgeError::AdminDisabled => "admin_disabled",
             EdgeError::BadBody(_) => "invalid_body",
+            EdgeError::InvalidEvents { code, .. } => code,
             EdgeError::PayloadTooLarge { .. } => "payload_too_large",
             EdgeError::Unavailable { .. } => "unavailable",
             EdgeError::Misconfigured(_) => "misconfigured",

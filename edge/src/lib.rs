@@ -29,8 +29,10 @@ pub mod error;
 pub mod freshness;
 pub mod geo;
 pub mod hot_cache;
+pub mod impressions;
 pub mod respond;
 pub mod route;
+pub mod trace;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

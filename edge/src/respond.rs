@@ -87,10 +87,13 @@ pub fn cors_headers(cfg: &EdgeConfig) -> Vec<(&'static str, String)> {
 /// Headers of a `204` preflight answer.
 pub fn preflight_headers(cfg: &EdgeConfig) -> Vec<(&'static str, String)> {
     let mut h = cors_headers(cfg);
-    h.push(("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS".into()));
+    h.push((
+        "Access-Control-Allow-Methods",
+        "GET, HEAD, POST, OPTIONS".into(),
+    ));
     h.push((
         "Access-Control-Allow-Headers",
-        "If-None-Match, Content-Type".into(),
+        "If-None-Match, Content-Type, traceparent".into(),
     ));
     h.push(("Access-Control-Max-Age", "86400".into()));
     h

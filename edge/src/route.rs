@@ -21,6 +21,8 @@ pub enum Route {
     AdminPurge,
     /// `PUT /admin/geo-db`: upload the MaxMind DB used for GeoIP lookups.
     AdminGeoDb,
+    /// `POST /v1/events`: events to validate and forward to the user's regional origin.
+    Events,
 }
 
 /// `GET /v1/recommendations/{user_id}?n=&tenant=`, validated.
@@ -69,6 +71,9 @@ pub fn route(
         };
     }
     match (path, method.as_str()) {
+        ("/v1/events", "POST") => Ok(Route::Events),
+        ("/v1/events", "OPTIONS") => Ok(Route::Preflight),
+        ("/v1/events", _) => Err(not_allowed("POST, OPTIONS")),
         ("/health", "OPTIONS") => Ok(Route::Preflight),
         ("/health", _) if is_read => Ok(Route::Health),
         ("/health", _) => Err(not_allowed("GET, HEAD, OPTIONS")),

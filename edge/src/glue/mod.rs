@@ -6,8 +6,10 @@
 //! - `convert`: core values ↔ `worker` types (headers, responses, the JS clock).
 //! - `tiers`: the I/O of each tier, GeoIP loading, KV writes.
 //! - `state`: what an isolate remembers (breakers, GeoIP DB, in-flight fetches, counters).
+//! - `events`: `POST /v1/events` forwarding, impressions and hit-rate reports.
 
 mod convert;
+mod events;
 mod state;
 mod tiers;
 
@@ -53,47 +55,88 @@ fn internal(e: impl std::fmt::Display) -> EdgeError {
     EdgeError::Internal(e.to_string())
 }
 
+/// 24 random bytes for trace ids (not secrets: `Math.random` is enough).
+fn random_bytes() -> [u8; 24] {
+    let mut out = [0u8; 24];
+    for b in out.iter_mut() {
+        *b = (js_sys::Math::random() * 256.0) as u8;
+    }
+    out
+}
+
 fn now_s() -> u64 {
     (now_ms() / 1000.0) as u64
+}
+
+thread_local! {
+    /// The isolate's config: vars and secrets do not change during an isolate's life.
+    static CONFIG: std::cell::RefCell<Option<std::rc::Rc<EdgeConfig>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The config, read from `Env` on an isolate's first request and kept.
+fn config(env: &Env) -> std::result::Result<std::rc::Rc<EdgeConfig>, EdgeError> {
+    if let Some(cfg) = CONFIG.with(|c| c.borrow().clone()) {
+        return Ok(cfg);
+    }
+    let cfg = EdgeConfig::from_lookup(|name| lookup(env, name))
+        .map_err(|e| EdgeError::Misconfigured(e.to_string()))?;
+    let cfg = std::rc::Rc::new(cfg);
+    CONFIG.with(|c| *c.borrow_mut() = Some(cfg.clone()));
+    Ok(cfg)
 }
 
 #[event(fetch)]
 pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     console_error_panic_hook::set_once();
-    let cfg = match EdgeConfig::from_lookup(|name| lookup(&env, name)) {
+    let cfg = match config(&env) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            return error_response(
-                &EdgeError::Misconfigured(e.to_string()),
-                &EdgeConfig::default(),
-                None,
-            )
-        }
+        Err(e) => return error_response(&e, &EdgeConfig::default(), None),
     };
-    let location = locate(&req, &env, &cfg).await;
+    let cfg: &EdgeConfig = &cfg;
     let url = req.url()?;
     let worker_origin = url.origin().ascii_serialization();
-    let result = match route::route(
+    let route = route::route(
         &req.method().to_string(),
         url.path(),
         url.query(),
         cfg.default_n,
-    ) {
+    );
+    // Only answers to users need their location; admin calls and preflights do not.
+    let location = match &route {
+        Ok(Route::Recommendations(_) | Route::Health | Route::Events) | Err(_) => {
+            locate(&req, &env, cfg).await
+        }
+        Ok(_) => geo::locate(None, || None, &cfg.region_map),
+    };
+    let incoming_trace = req.headers().get("traceparent").ok().flatten();
+    let traceparent = crate::trace::child_of(incoming_trace.as_deref(), random_bytes()).header();
+    let result = match route {
         Ok(Route::Recommendations(r)) => {
-            recommendations(&req, &env, &ctx, &cfg, &location, &worker_origin, r).await
+            recommendations(
+                &req,
+                &env,
+                &ctx,
+                cfg,
+                &location,
+                &worker_origin,
+                r,
+                &traceparent,
+            )
+            .await
         }
-        Ok(Route::Health) => health(&cfg, &location),
+        Ok(Route::Health) => health(cfg, &location),
         Ok(Route::Preflight) => {
-            respond_with(204, &respond::preflight_headers(&cfg), None).map_err(internal)
+            respond_with(204, &respond::preflight_headers(cfg), None).map_err(internal)
         }
-        Ok(Route::AdminPublish) => admin_publish(req, &env, &cfg).await,
-        Ok(Route::AdminPurge) => admin_purge(req, &cfg, &worker_origin).await,
-        Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, &cfg).await,
+        Ok(Route::AdminPublish) => admin_publish(req, &env, cfg).await,
+        Ok(Route::AdminPurge) => admin_purge(req, cfg, &worker_origin).await,
+        Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
+        Ok(Route::Events) => events::accept(req, cfg, &location, traceparent).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(resp) => Ok(resp),
-        Err(e) => error_response(&e, &cfg, Some(&location)),
+        Err(e) => error_response(&e, cfg, Some(&location)),
     }
 }
 
@@ -139,6 +182,7 @@ async fn fetch_tier(
     cfg: &EdgeConfig,
     location: &Location,
     r: &RecRequest,
+    traceparent: &str,
 ) -> TierResult {
     match tier {
         Tier::EdgeCache => tiers::from_edge_cache(cache, cache_key, r, cfg).await,
@@ -147,7 +191,7 @@ async fn fetch_tier(
             Err(e) => TierResult::Failed(crate::chain::TierFailure::Storage(e.to_string())),
         },
         Tier::SecondaryCdn => tiers::from_secondary_cdn(cfg, r).await,
-        Tier::Origin(i) => tiers::from_origin(cfg, r, &location.region, i).await,
+        Tier::Origin(i) => tiers::from_origin(cfg, r, &location.region, i, traceparent).await,
     }
 }
 
@@ -160,12 +204,23 @@ async fn refresh(
     location: Location,
     cache_key: String,
     r: RecRequest,
+    traceparent: String,
 ) {
     COUNTERS.with(|c| Counters::bump(&c.background_refreshes));
     let cache = Cache::default();
     let mut walk = Walk::new(tiers_left, cfg.edge_cache_ttl_s);
     while let Some(tier) = walk.next_tier() {
-        let result = fetch_tier(tier, &cache, &cache_key, &env, &cfg, &location, &r).await;
+        let result = fetch_tier(
+            tier,
+            &cache,
+            &cache_key,
+            &env,
+            &cfg,
+            &location,
+            &r,
+            &traceparent,
+        )
+        .await;
         match walk.record(tier, result, now_s()) {
             Step::Serve {
                 doc,
@@ -186,6 +241,7 @@ async fn recommendations(
     location: &Location,
     worker_origin: &str,
     r: RecRequest,
+    traceparent: &str,
 ) -> std::result::Result<Response, EdgeError> {
     let cache = Cache::default();
     let cache_key = cache_key::user_doc_key(worker_origin, &r.tenant, &r.user);
@@ -226,7 +282,17 @@ async fn recommendations(
             }
         };
         let started = now_ms();
-        let result = fetch_tier(tier, &cache, &cache_key, env, cfg, location, &r).await;
+        let result = fetch_tier(
+            tier,
+            &cache,
+            &cache_key,
+            env,
+            cfg,
+            location,
+            &r,
+            traceparent,
+        )
+        .await;
         timings.push((tier.name(), now_ms() - started));
         match walk.record(tier, result, now_s()) {
             Step::Serve {
@@ -255,6 +321,7 @@ async fn recommendations(
                     location.clone(),
                     cache_key.clone(),
                     r.clone(),
+                    traceparent.to_string(),
                 );
                 ctx.wait_until(job);
                 break (doc, Source::Stale, true);
@@ -270,13 +337,16 @@ async fn recommendations(
     if let Some(name) = served_by_origin {
         headers.push(("X-Origin", name));
     }
+    let hit = served.source == Source::EdgeCache;
     let if_none_match = req.headers().get("If-None-Match").ok().flatten();
     if respond::if_none_match_matches(if_none_match.as_deref(), &etag) {
+        events::record_served(ctx, cfg, location, None, hit);
         return respond_with(304, &headers, None).map_err(internal);
     }
     let body = serde_json::to_vec(&served).map_err(internal)?;
-    let body = (req.method() != worker::Method::Head).then_some(body);
-    respond_with(200, &headers, body).map_err(internal)
+    let shown = req.method() != worker::Method::Head;
+    events::record_served(ctx, cfg, location, shown.then_some(&served), hit);
+    respond_with(200, &headers, shown.then_some(body)).map_err(internal)
 }
 
 fn health(cfg: &EdgeConfig, location: &Location) -> std::result::Result<Response, EdgeError> {

@@ -13,6 +13,7 @@ use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::chain::TierFailure;
 use crate::geo::GeoDb;
 use crate::hot_cache::HotCache;
+use crate::impressions::ImpressionBuffer;
 
 /// The result slot of a fetch in flight, which other requests for the same URL wait
 /// on. Waiters poll it with their own timers instead of awaiting the leader's promise:
@@ -57,6 +58,7 @@ thread_local! {
     pub static GEO: RefCell<GeoState> = const { RefCell::new(GeoState::NotLoaded) };
     pub static COUNTERS: Counters = Counters::default();
     pub static HOT: RefCell<Option<HotCache>> = const { RefCell::new(None) };
+    pub static IMPRESSIONS: RefCell<ImpressionBuffer> = RefCell::new(ImpressionBuffer::default());
 }
 
 /// Runs `f` on the isolate's hot cache, creating it from the config on first use.

@@ -160,16 +160,29 @@ pub async fn kv_popular(
     serde_json::from_str(&body).ok()
 }
 
-/// GETs `url` and reads its body, all within `timeout_ms`; the fetch is aborted on timeout.
-async fn get_with_timeout(url: String, timeout_ms: u64) -> Result<(u16, String), TierFailure> {
+/// Sends a request to `url` and reads the answer's body, all within `timeout_ms`; the
+/// fetch is aborted on timeout.
+pub async fn send_with_timeout(
+    method: Method,
+    url: String,
+    body: Option<String>,
+    headers: Vec<(&'static str, String)>,
+    timeout_ms: u64,
+) -> Result<(u16, String), TierFailure> {
     let controller = AbortController::default();
     let signal = controller.signal();
     let work = async {
         let mut init = RequestInit::new();
-        init.with_method(Method::Get);
-        let headers = worker::Headers::new();
-        let _ = headers.set("Accept", "application/json");
-        init.with_headers(headers);
+        init.with_method(method);
+        let h = worker::Headers::new();
+        let _ = h.set("Accept", "application/json");
+        for (name, value) in &headers {
+            let _ = h.set(name, value);
+        }
+        init.with_headers(h);
+        if let Some(b) = body {
+            init.with_body(Some(wasm_bindgen::JsValue::from_str(&b)));
+        }
         let req =
             Request::new_with_init(&url, &init).map_err(|e| TierFailure::Network(e.to_string()))?;
         let mut resp: Response = Fetch::Request(req)
@@ -177,11 +190,11 @@ async fn get_with_timeout(url: String, timeout_ms: u64) -> Result<(u16, String),
             .await
             .map_err(|e| TierFailure::Network(e.to_string()))?;
         let status = resp.status_code();
-        let body = resp
+        let text = resp
             .text()
             .await
             .map_err(|e| TierFailure::Network(e.to_string()))?;
-        Ok((status, body))
+        Ok((status, text))
     };
     let timeout = Delay::from(Duration::from_millis(timeout_ms));
     futures_util::pin_mut!(work);
@@ -192,6 +205,17 @@ async fn get_with_timeout(url: String, timeout_ms: u64) -> Result<(u16, String),
             Err(TierFailure::Timeout)
         }
     }
+}
+
+async fn get_with_timeout(
+    url: String,
+    timeout_ms: u64,
+    traceparent: Option<String>,
+) -> Result<(u16, String), TierFailure> {
+    let headers = traceparent
+        .map(|t| vec![("traceparent", t)])
+        .unwrap_or_default();
+    send_with_timeout(Method::Get, url, None, headers, timeout_ms).await
 }
 
 /// How often a waiting request looks at the result slot of the fetch it joined.
@@ -246,7 +270,7 @@ pub async fn from_secondary_cdn(cfg: &EdgeConfig, r: &RecRequest) -> TierResult 
         None => {
             lead_fetch(
                 url.clone(),
-                get_with_timeout(url, cfg.subrequest_timeout_ms),
+                get_with_timeout(url, cfg.subrequest_timeout_ms, None),
             )
             .await
         }
@@ -261,6 +285,7 @@ pub async fn from_origin(
     r: &RecRequest,
     region: &Region,
     index: u8,
+    traceparent: &str,
 ) -> TierResult {
     let Some(origin) = cfg.origins_for(region).into_iter().nth(index as usize) else {
         return TierResult::NotFound;
@@ -284,8 +309,9 @@ pub async fn from_origin(
         origin.url,
         url.clone(),
     );
+    let traceparent = traceparent.to_string();
     let fetch = async move {
-        let result = get_with_timeout(url, timeout_ms).await;
+        let result = get_with_timeout(url, timeout_ms, Some(traceparent)).await;
         let answered = matches!(&result, Ok((status, _)) if *status < 500);
         state::breaker_report(&origin_url, breaker_cfg, answered, now_ms());
         result
@@ -395,11 +421,7 @@ pub async fn put_geo_db(
         .execute()
         .await
         .map_err(|e| EdgeError::Internal(format!("kv put {}: {e}", cfg.geo_db_key)))?;
-    GEO.with(|g| {
-        *g.borrow_mut() = GeoState::Loaded {
-            db: Rc::new(db),
-            load_ms: 0.0,
-        }
-    });
+    drop(db);
+    GEO.with(|g| *g.borrow_mut() = GeoState::NotLoaded);
     Ok(database_type)
 }
