@@ -1,0 +1,143 @@
+//! EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data").
+//!
+//! `P = (XᵀX + λI)⁻¹`, `B = I − P·diag(1/diag(P))`, i.e. `B_ij = −P_ij / P_jj` off the
+//! diagonal and `B_ii = 0`. A user's scores are `x_u · B`: the sum of `B`'s rows for the
+//! history items. The Gram matrix is built densely (`f64`) from the sparse matrix in
+//! parallel, factored once by Cholesky (`faer`), and inverted; `B` is kept as row-major
+//! `f32` (`4·I²` bytes) so a query reads `|history|` contiguous rows.
+
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
+use rayon::prelude::*;
+
+use super::itemknn::best_contributor;
+use super::{user_item_matrix, Scorer};
+use crate::model::{Because, ItemIdx, TrainingData};
+
+/// Why EASE could not be trained.
+#[derive(Debug, thiserror::Error)]
+pub enum EaseError {
+    #[error("EASE needs lambda > 0, got {0}")]
+    BadLambda(f64),
+    #[error("the regularised Gram matrix is not positive definite: {0:?}")]
+    NotPositiveDefinite(faer::linalg::solvers::LltError),
+}
+
+pub struct Ease {
+    lambda: f64,
+    n: usize,
+    /// Row-major `n × n`.
+    b: Vec<f32>,
+}
+
+impl Ease {
+    pub fn train(data: &TrainingData, lambda: f64) -> Result<Ease, EaseError> {
+        if lambda.is_nan() || lambda <= 0.0 {
+            return Err(EaseError::BadLambda(lambda));
+        }
+        let n = data.n_items;
+        let x = user_item_matrix(data);
+        let xt = x.transpose();
+        // Gram matrix, one column per task (symmetric, so column j is row j).
+        let mut g = Mat::<f64>::zeros(n, n);
+        g.par_col_iter_mut().enumerate().for_each(|(j, col)| {
+            let col = col
+                .try_as_col_major_mut()
+                .expect("owned columns are contiguous")
+                .as_slice_mut();
+            for (u, xuj) in xt.row_iter(j) {
+                for (i, xui) in x.row_iter(u as usize) {
+                    col[i as usize] += f64::from(xuj) * f64::from(xui);
+                }
+            }
+            col[j] += lambda;
+        });
+        drop((x, xt));
+        let llt = g.llt(Side::Lower).map_err(EaseError::NotPositiveDefinite)?;
+        drop(g);
+        let p = llt.inverse();
+        drop(llt);
+        let diag: Vec<f64> = (0..n).map(|j| p[(j, j)]).collect();
+        let mut b = vec![0f32; n * n];
+        if n > 0 {
+            b.par_chunks_mut(n).enumerate().for_each(|(h, row)| {
+                // B[h, j] = −P[h, j] / P[j, j], and P[h, j] = P[j, h] is column h of P.
+                let pcol = p.col_as_slice(h);
+                for (j, out) in row.iter_mut().enumerate() {
+                    *out = if j == h {
+                        0.0
+                    } else {
+                        (-pcol[j] / diag[j]) as f32
+                    };
+                }
+            });
+        }
+        Ok(Ease { lambda, n, b })
+    }
+
+    /// `B[h, j]`.
+    pub fn weight(&self, h: ItemIdx, j: ItemIdx) -> f32 {
+        self.b[h as usize * self.n + j as usize]
+    }
+}
+
+impl Scorer for Ease {
+    fn name(&self) -> String {
+        format!("ease-l{}", self.lambda)
+    }
+
+    fn n_items(&self) -> usize {
+        self.n
+    }
+
+    fn score(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, out: &mut [f32]) {
+        for &(h, w) in history {
+            let h = h as usize;
+            if h < self.n {
+                let row = &self.b[h * self.n..(h + 1) * self.n];
+                for (o, b) in out.iter_mut().zip(row) {
+                    *o += w * b;
+                }
+            }
+        }
+    }
+
+    fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
+        best_contributor(history, |h| {
+            ((h as usize) < self.n && (item as usize) < self.n).then(|| self.weight(h, item))
+        })
+        .map_or(Because::Popular, Because::SimilarTo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::itemknn::tests::tiny;
+
+    #[test]
+    fn matches_the_closed_form_on_a_two_item_case() {
+        // Two items, both viewed by the same 2 users (users 0 and 1 of `tiny` restricted):
+        // G = [[2,2],[2,2]] + λI with λ = 1 → [[3,2],[2,3]], det 5,
+        // P = (1/5)[[3,−2],[−2,3]], B_01 = −P_01/P_11 = (2/5)/(3/5) = 2/3.
+        let mut d = tiny();
+        d.interactions.retain(|x| x.user < 2);
+        d.n_items = 2;
+        d.n_users = 2;
+        let m = Ease::train(&d, 1.0).unwrap();
+        assert!((m.weight(0, 1) - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(m.weight(0, 0), 0.0);
+        let mut out = vec![0.0; 2];
+        m.score(&[(0, 1.0)], None, &mut out);
+        assert!((out[1] - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(m.because(&[(0, 1.0)], None, 1), Because::SimilarTo(0));
+    }
+
+    #[test]
+    fn rejects_a_non_positive_lambda() {
+        assert!(matches!(
+            Ease::train(&tiny(), 0.0),
+            Err(EaseError::BadLambda(_))
+        ));
+    }
+}

@@ -1,0 +1,261 @@
+//! Arguments and runners for `origin eval` and `origin split`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Map, Value};
+
+use super::data::{self, Format, IdMap};
+use super::metrics::{Accumulator, Metrics};
+use super::{evaluate, holdout, split};
+use crate::engine::{self, tune::TuneOptions, ModelSpec};
+use crate::model::{ItemIdx, Recommender};
+
+/// `origin eval`: train a model on --train, score its top K on --test.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Format of the interaction files.
+    #[arg(long, value_enum, default_value = "lists")]
+    pub format: Format,
+    /// Training interactions (models train on this file only).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Validation interactions (used by `--model auto` for tuning only).
+    #[arg(long)]
+    pub valid: Option<PathBuf>,
+    /// Test interactions (read for the final score only).
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Cut-off of the top-K metrics.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// popularity, trending, itemknn, userknn, ease, content, hybrid, or auto (tuned on --valid).
+    #[arg(long, default_value = "auto")]
+    pub model: String,
+    /// MovieLens `u.item` with titles and genres, for the content model and hybrids.
+    #[arg(long)]
+    pub items: Option<PathBuf>,
+    /// Score ranked lists from this file (`lists` format, best first) instead of a model,
+    /// e.g. another library's output; training items are removed from each list first.
+    #[arg(long)]
+    pub score_lists: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed (recorded in the output; the models and protocol are deterministic).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// `origin split`: a reproducible per-user train/validation/test split in `lists` format.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SplitArgs {
+    /// Interactions to split (MovieLens `u.data` by default).
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long, value_enum, default_value = "movielens")]
+    pub format: Format,
+    /// Folder for train.txt, valid.txt and test.txt (created).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Share of each user's items for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub valid: f64,
+    /// Share of each user's items for test.
+    #[arg(long, default_value_t = 0.1)]
+    pub test: f64,
+}
+
+pub fn run_split(args: SplitArgs) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&(args.valid + args.test)) || args.valid < 0.0 || args.test < 0.0 {
+        bail!("--valid and --test must be non-negative and sum to less than 1");
+    }
+    let parsed = data::load(&args.input, args.format)?;
+    let (tr, va, te) = split::split(&parsed.records, args.valid, args.test, args.seed);
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    for (name, lists) in [("train.txt", &tr), ("valid.txt", &va), ("test.txt", &te)] {
+        let path = args.out_dir.join(name);
+        std::fs::write(&path, split::render(lists))
+            .with_context(|| format!("writing {}", path.display()))?;
+        let n: usize = lists.iter().map(|(_, i)| i.len()).sum();
+        eprintln!(
+            "split: {} users, {n} interactions → {}",
+            lists.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn metrics_json(m: &Metrics, k: usize) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert(format!("recall@{k}"), json!(m.recall));
+    o.insert(format!("ndcg@{k}"), json!(m.ndcg));
+    o.insert(format!("precision@{k}"), json!(m.precision));
+    o.insert(format!("map@{k}"), json!(m.map));
+    o.insert("coverage".into(), json!(m.coverage));
+    o.insert("users".into(), json!(m.users));
+    o
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if args.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let started = Instant::now();
+    let mut ids = IdMap::default();
+    let mut text = HashMap::new();
+    if let Some(items) = &args.items {
+        for (ext, t) in data::load_movielens_items(items)? {
+            ids.add_item(ext);
+            text.insert(ext, t);
+        }
+    }
+    let train_parsed = data::load(&args.train, args.format)?;
+    let (train_x, train_report) = data::map_records(
+        &args.train.display().to_string(),
+        &train_parsed,
+        &mut ids,
+        true,
+    );
+    let valid = match &args.valid {
+        Some(v) => {
+            let p = data::load(v, args.format)?;
+            Some(data::map_records(
+                &v.display().to_string(),
+                &p,
+                &mut ids,
+                false,
+            ))
+        }
+        None => None,
+    };
+    let test_parsed = data::load(&args.test, args.format)?;
+    let (test_x, test_report) = data::map_records(
+        &args.test.display().to_string(),
+        &test_parsed,
+        &mut ids,
+        false,
+    );
+    let train = data::training_data(&ids, train_x, &text);
+    let mut reports = vec![train_report];
+    reports.extend(valid.as_ref().map(|v| v.1.clone()));
+    reports.push(test_report);
+    for r in &reports {
+        eprintln!(
+            "data: {}: {} records, {} kept, {} duplicates merged, {} unknown items dropped, {} cold users",
+            r.file, r.records, r.kept, r.duplicates, r.unknown_items, r.cold_users
+        );
+    }
+    let hist = engine::histories(&train);
+    let (truth, seen_dropped) = holdout(&hist, &test_x, train.n_items);
+    if seen_dropped > 0 {
+        eprintln!("data: {seen_dropped} test pairs already in training dropped (they are masked)");
+    }
+    eprintln!(
+        "data: {} users, {} items, {} training interactions, {} test users (loaded in {:.2}s)",
+        train.n_users,
+        train.n_items,
+        train.interactions.len(),
+        truth.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let clock = Instant::now();
+    let mut out = Map::new();
+    let metrics;
+    if let Some(lists) = &args.score_lists {
+        let parsed = data::load(lists, Format::Lists)?;
+        let mut ranked: HashMap<u32, Vec<ItemIdx>> = HashMap::new();
+        let mut unknown = 0usize;
+        for r in &parsed.records {
+            let (Some(&u), Some(&i)) = (ids.users.get(&r.user), ids.items.get(&r.item)) else {
+                unknown += 1;
+                continue;
+            };
+            let seen = hist[u as usize].binary_search_by_key(&i, |p| p.0).is_ok();
+            let list = ranked.entry(u).or_default();
+            if !seen && !list.contains(&i) {
+                list.push(i);
+            }
+        }
+        if unknown > 0 {
+            eprintln!("score-lists: {unknown} entries with unknown users or items skipped");
+        }
+        let mut acc = Accumulator::new(args.k, train.n_items);
+        for (u, relevant) in &truth {
+            acc.add(ranked.get(u).map_or(&[][..], Vec::as_slice), relevant);
+        }
+        metrics = acc.finish();
+        out.insert("model".into(), json!(format!("lists:{}", lists.display())));
+        out.insert("params".into(), json!({}));
+    } else {
+        let (model, spec): (std::sync::Arc<dyn Recommender>, ModelSpec) =
+            match (args.model.as_str(), &valid) {
+                ("auto", Some((vx, _))) => {
+                    eprintln!("tune: tuning every model and the hybrid blend on --valid");
+                    let opts = TuneOptions {
+                        k: args.k,
+                        verbose: true,
+                        ..TuneOptions::default()
+                    };
+                    let tuned = engine::train_best(&train, vx, &opts)?;
+                    eprintln!(
+                        "tune: best on validation: {} (ndcg@{} {:.4})",
+                        tuned.model.name(),
+                        args.k,
+                        tuned.validation.ndcg
+                    );
+                    out.insert(
+                        "validation".into(),
+                        Value::Object(metrics_json(&tuned.validation, args.k)),
+                    );
+                    out.insert("trials".into(), json!(tuned.trials.len()));
+                    (tuned.model, tuned.spec)
+                }
+                ("auto", None) => {
+                    eprintln!("eval: --model auto without --valid: using the default hybrid");
+                    let spec = ModelSpec::parse("hybrid")?;
+                    (engine::build(&spec, &train)?, spec)
+                }
+                (name, _) => {
+                    let spec = ModelSpec::parse(name)?;
+                    (engine::build(&spec, &train)?, spec)
+                }
+            };
+        eprintln!(
+            "eval: trained {} in {:.2}s; ranking",
+            model.name(),
+            clock.elapsed().as_secs_f64()
+        );
+        metrics = evaluate(model.as_ref(), &train, &hist, &truth, args.k);
+        out.insert("model".into(), json!(model.name()));
+        out.insert("params".into(), spec.params());
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    let mut obj = metrics_json(&metrics, args.k);
+    obj.extend(out);
+    obj.insert("seconds".into(), json!(seconds));
+    obj.insert("seed".into(), json!(args.seed));
+    obj.insert("data".into(), json!(reports));
+    obj.insert("test_pairs_already_in_train".into(), json!(seen_dropped));
+    if args.json {
+        println!("{}", Value::Object(obj));
+    } else {
+        let k = args.k;
+        println!("model        {}", obj["model"].as_str().unwrap_or_default());
+        println!("users        {}", metrics.users);
+        println!("recall@{k:<5} {:.4}", metrics.recall);
+        println!("ndcg@{k:<7} {:.4}", metrics.ndcg);
+        println!("precision@{k:<2} {:.4}", metrics.precision);
+        println!("map@{k:<8} {:.4}", metrics.map);
+        println!("coverage     {:.4}", metrics.coverage);
+        println!("seconds      {seconds:.2}");
+    }
+    Ok(())
+}
