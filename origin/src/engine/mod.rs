@@ -17,6 +17,7 @@
 //! - `hybrid`: a weighted blend of min-max-normalised scores of other models.
 //! - `spec`: [`ModelSpec`], names, and [`build`].
 //! - `tune`: [`train_best`], a grid search on a validation set.
+//! - `synthetic`: MovieLens-shaped generated data for benchmarks and demos.
 //!
 //! # How a query is answered
 //! A model is a [`Scorer`] (scores every item for a history) wrapped in an [`Engine`],
@@ -43,6 +44,7 @@ pub mod popularity;
 pub mod rank;
 pub mod sparse;
 pub mod spec;
+pub mod synthetic;
 pub mod tune;
 pub mod userknn;
 
