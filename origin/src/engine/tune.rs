@@ -23,6 +23,8 @@ pub struct TuneOptions {
     pub k: usize,
     /// Families to try (the hybrid is tried when two or more are).
     pub families: Vec<ModelKind>,
+    /// Pick the best of this family only (e.g. the best hybrid), not the best overall.
+    pub pick: Option<ModelKind>,
     /// Print each trial to stderr.
     pub verbose: bool,
 }
@@ -38,6 +40,7 @@ impl Default for TuneOptions {
                 ModelKind::Ease,
                 ModelKind::Content,
             ],
+            pick: None,
             verbose: false,
         }
     }
@@ -171,6 +174,7 @@ pub fn train_best(
 
     let winner = trials
         .iter()
+        .filter(|t| opts.pick.is_none_or(|k| t.spec.kind() == k))
         .max_by(|x, y| x.metrics.ndcg.total_cmp(&y.metrics.ndcg))
         .cloned()
         .ok_or(SpecError::EmptyHybrid)?;

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::data::{self, Format, IdMap};
 use super::metrics::{Accumulator, Metrics};
 use super::{evaluate, holdout, split};
-use crate::engine::{self, tune::TuneOptions, ModelSpec};
+use crate::engine::{self, tune::TuneOptions, ModelKind, ModelSpec};
 use crate::model::{ItemIdx, Recommender};
 
 /// `origin eval`: train a model on --train, score its top K on --test.
@@ -41,6 +41,12 @@ pub struct EvalArgs {
     /// e.g. another library's output; training items are removed from each list first.
     #[arg(long)]
     pub score_lists: Option<PathBuf>,
+    /// With a single model name: tune that model's hyperparameters on --valid.
+    #[arg(long)]
+    pub tune: bool,
+    /// Override model parameters with a JSON object, e.g. '{"lambda": 400}'.
+    #[arg(long)]
+    pub params: Option<String>,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +96,20 @@ pub fn run_split(args: SplitArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `spec` with the fields of the JSON object `params` replaced.
+fn with_params(spec: ModelSpec, params: Option<&str>) -> anyhow::Result<ModelSpec> {
+    let Some(params) = params else {
+        return Ok(spec);
+    };
+    let extra: Map<String, Value> =
+        serde_json::from_str(params).context("--params must be a JSON object")?;
+    let mut v = spec.params();
+    if let Value::Object(o) = &mut v {
+        o.extend(extra);
+    }
+    serde_json::from_value(v).context("--params does not fit the model")
 }
 
 fn metrics_json(m: &Metrics, k: usize) -> Map<String, Value> {
@@ -195,14 +215,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         out.insert("model".into(), json!(format!("lists:{}", lists.display())));
         out.insert("params".into(), json!({}));
     } else {
+        let tune_families = match (args.model.as_str(), args.tune) {
+            ("auto", _) => Some((TuneOptions::default().families, None)),
+            ("hybrid", true) => Some((TuneOptions::default().families, Some(ModelKind::Hybrid))),
+            (name, true) => Some((vec![ModelSpec::parse(name)?.kind()], None)),
+            _ => None,
+        };
         let (model, spec): (std::sync::Arc<dyn Recommender>, ModelSpec) =
-            match (args.model.as_str(), &valid) {
-                ("auto", Some((vx, _))) => {
-                    eprintln!("tune: tuning every model and the hybrid blend on --valid");
+            match (tune_families, &valid) {
+                (Some((families, pick)), Some((vx, _))) => {
+                    eprintln!("tune: tuning {families:?} on --valid");
                     let opts = TuneOptions {
                         k: args.k,
                         verbose: true,
-                        ..TuneOptions::default()
+                        families,
+                        pick,
                     };
                     let tuned = engine::train_best(&train, vx, &opts)?;
                     eprintln!(
@@ -218,13 +245,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                     out.insert("trials".into(), json!(tuned.trials.len()));
                     (tuned.model, tuned.spec)
                 }
-                ("auto", None) => {
-                    eprintln!("eval: --model auto without --valid: using the default hybrid");
-                    let spec = ModelSpec::parse("hybrid")?;
+                (Some(_), None) => {
+                    let name = if args.model == "auto" {
+                        "hybrid"
+                    } else {
+                        args.model.as_str()
+                    };
+                    eprintln!("eval: tuning needs --valid: using the default {name}");
+                    let spec = with_params(ModelSpec::parse(name)?, args.params.as_deref())?;
                     (engine::build(&spec, &train)?, spec)
                 }
-                (name, _) => {
-                    let spec = ModelSpec::parse(name)?;
+                (None, _) => {
+                    let spec = with_params(ModelSpec::parse(&args.model)?, args.params.as_deref())?;
                     (engine::build(&spec, &train)?, spec)
                 }
             };
