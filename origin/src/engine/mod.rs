@@ -29,8 +29,8 @@
 //! # Memory bounds (`U` users, `I` items, `N` interactions, `T` text terms)
 //! - interaction matrix and its transpose: `2 · (8·U + 8·N)` bytes (user-kNN keeps both).
 //! - item-kNN: `8·k·I` bytes of neighbours; training peaks at one `I`-float accumulator per thread.
-//! - EASE: `4·I²` bytes for `B` (55 MB at 3,700 items); training peaks at about `20·I²`
-//!   bytes (the `f64` Gram matrix, its inverse, and `B`).
+//! - EASE: `4·I²` bytes for `B` (55 MB at 3,700 items); training peaks at about `12·I²`
+//!   bytes (the `f32` Gram matrix or its factor, the inverse, and `B`).
 //! - content: `8·(nnz of the TF-IDF matrix)` twice (rows and postings).
 //! - popularity: `4·I` per region plus one for trending.
 //! - per query: one `I`-float buffer per thread (user-kNN adds one `U`-float buffer; the
