@@ -75,11 +75,7 @@ impl Ease {
                 // B[h, j] = −P[h, j] / P[j, j], and P[h, j] = P[j, h] is column h of P.
                 let pcol = p.col_as_slice(h);
                 for (j, out) in row.iter_mut().enumerate() {
-                    *out = if j == h {
-                        0.0
-                    } else {
-                        (-pcol[j] / diag[j]) as f32
-                    };
+                    *out = if j == h { 0.0 } else { -pcol[j] / diag[j] };
                 }
             });
         }
