@@ -38,7 +38,10 @@ fn setup() -> Setup {
             shrink: 10.0,
         },
         ModelSpec::UserKnn { k: 50 },
-        ModelSpec::Ease { lambda: 500.0 },
+        ModelSpec::Ease {
+            lambda: 500.0,
+            alpha: 0.0,
+        },
         ModelSpec::Content,
         ModelSpec::default_for(engine::ModelKind::Hybrid),
     ];

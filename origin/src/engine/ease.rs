@@ -27,21 +27,35 @@ type F = f32;
 pub enum EaseError {
     #[error("EASE needs lambda > 0, got {0}")]
     BadLambda(f64),
+    #[error("EASE needs alpha >= 0, got {0}")]
+    BadAlpha(f64),
     #[error("the regularised Gram matrix is not positive definite: {0:?}")]
     NotPositiveDefinite(faer::linalg::solvers::LltError),
 }
 
 pub struct Ease {
     lambda: f64,
+    alpha: f64,
     n: usize,
     /// Row-major `n × n`.
     b: Vec<f32>,
 }
 
 impl Ease {
+    /// Plain EASE: `λ` added to every diagonal entry of the Gram matrix.
     pub fn train(data: &TrainingData, lambda: f64) -> Result<Ease, EaseError> {
+        Ease::train_scaled(data, lambda, 0.0)
+    }
+
+    /// EASE with popularity-scaled regularisation: item `j` gets `λ + α·G_jj` on the
+    /// diagonal (`α = p/(1−p)` is the emphasis of dropout-denoising, Steck 2020), so
+    /// popular items are shrunk more. `α = 0` is plain EASE.
+    pub fn train_scaled(data: &TrainingData, lambda: f64, alpha: f64) -> Result<Ease, EaseError> {
         if lambda.is_nan() || lambda <= 0.0 {
             return Err(EaseError::BadLambda(lambda));
+        }
+        if alpha.is_nan() || alpha < 0.0 {
+            return Err(EaseError::BadAlpha(alpha));
         }
         let n = data.n_items;
         let x = user_item_matrix(data);
@@ -61,7 +75,7 @@ impl Ease {
                     col[i as usize] += F::from(xuj * xui);
                 }
             }
-            col[j] += lambda as F;
+            col[j] += lambda as F + alpha as F * col[j];
         });
         drop((x, xt));
         let llt = g.llt(Side::Lower).map_err(EaseError::NotPositiveDefinite)?;
@@ -79,7 +93,12 @@ impl Ease {
                 }
             });
         }
-        Ok(Ease { lambda, n, b })
+        Ok(Ease {
+            lambda,
+            alpha,
+            n,
+            b,
+        })
     }
 
     /// `B[h, j]`.
@@ -90,7 +109,11 @@ impl Ease {
 
 impl Scorer for Ease {
     fn name(&self) -> String {
-        format!("ease-l{}", self.lambda)
+        if self.alpha > 0.0 {
+            format!("ease-l{}-a{}", self.lambda, self.alpha)
+        } else {
+            format!("ease-l{}", self.lambda)
+        }
     }
 
     fn n_items(&self) -> usize {

@@ -77,8 +77,12 @@ pub enum ModelSpec {
     UserKnn {
         k: usize,
     },
+    /// `alpha > 0` adds `alpha·G_jj` to item j's regularisation (see
+    /// [`Ease::train_scaled`]).
     Ease {
         lambda: f64,
+        #[serde(default)]
+        alpha: f64,
     },
     Content,
     /// Weighted blend; parts that cannot be built (content without item text) are skipped.
@@ -113,11 +117,20 @@ impl ModelSpec {
                 shrink: 10.0,
             },
             ModelKind::UserKnn => ModelSpec::UserKnn { k: 50 },
-            ModelKind::Ease => ModelSpec::Ease { lambda: 500.0 },
+            ModelKind::Ease => ModelSpec::Ease {
+                lambda: 500.0,
+                alpha: 0.0,
+            },
             ModelKind::Content => ModelSpec::Content,
             ModelKind::Hybrid => ModelSpec::Hybrid {
                 parts: vec![
-                    (ModelSpec::Ease { lambda: 500.0 }, 0.7),
+                    (
+                        ModelSpec::Ease {
+                            lambda: 500.0,
+                            alpha: 0.0,
+                        },
+                        0.7,
+                    ),
                     (
                         ModelSpec::ItemKnn {
                             k: 100,
@@ -205,7 +218,7 @@ impl<'a> Trainer<'a> {
             )),
             ModelSpec::ItemKnn { k, shrink } => Arc::new(ItemKnn::train(d, *k, *shrink)),
             ModelSpec::UserKnn { k } => Arc::new(UserKnn::train(d, *k)),
-            ModelSpec::Ease { lambda } => Arc::new(Ease::train(d, *lambda)?),
+            ModelSpec::Ease { lambda, alpha } => Arc::new(Ease::train_scaled(d, *lambda, *alpha)?),
             ModelSpec::Content => self.content.clone().ok_or(SpecError::NoItemText)?,
             ModelSpec::Hybrid { parts } => {
                 let mut built = Vec::new();
@@ -281,11 +294,16 @@ mod tests {
 
     #[test]
     fn specs_serialise_with_their_kind_and_parameters() {
-        let s = ModelSpec::Ease { lambda: 250.0 };
+        let s = ModelSpec::Ease {
+            lambda: 250.0,
+            alpha: 0.0,
+        };
         assert_eq!(
             s.params(),
-            serde_json::json!({"kind": "ease", "lambda": 250.0})
+            serde_json::json!({"kind": "ease", "lambda": 250.0, "alpha": 0.0})
         );
+        let old: ModelSpec = serde_json::from_str(r#"{"kind": "ease", "lambda": 250.0}"#).unwrap();
+        assert_eq!(old, s);
         assert_eq!(
             ModelSpec::parse("itemknn").unwrap().kind(),
             ModelKind::ItemKnn

@@ -87,9 +87,17 @@ pub fn grid(kind: ModelKind) -> Vec<ModelSpec> {
         ModelKind::UserKnn => [20, 50, 100, 200]
             .map(|k| ModelSpec::UserKnn { k })
             .to_vec(),
-        ModelKind::Ease => [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0]
-            .map(|lambda| ModelSpec::Ease { lambda })
-            .to_vec(),
+        ModelKind::Ease => {
+            let plain = [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0].map(|lambda| (lambda, 0.0));
+            let scaled = [0.5, 1.0, 2.0]
+                .into_iter()
+                .flat_map(|alpha| [100.0, 200.0, 400.0].map(|lambda| (lambda, alpha)));
+            plain
+                .into_iter()
+                .chain(scaled)
+                .map(|(lambda, alpha)| ModelSpec::Ease { lambda, alpha })
+                .collect()
+        }
         ModelKind::Content => vec![ModelSpec::Content],
         ModelKind::Hybrid => vec![],
     }
