@@ -65,11 +65,10 @@ for p in "${PEERS[@]}"; do
         --score-lists "$OUT/lists/$p.txt" --json
 done
 
-LAMBDA=$("$PY" -c "import json;print(json.load(open('$OUT/runs/q-ease.json'))['params']['lambda'])")
 PLAMBDA=$("$PY" -c "import json;print(json.load(open('$OUT/runs/p-ease-numpy.json'))['params']['lambda'])")
 KNN=$("$PY" -c "import json;print(json.load(open('$OUT/runs/p-implicit-itemknn.json'))['params']['k'])")
 
-echo "== cost: train + all-user top-20, fixed parameters, $REPEAT runs each" >&2
+echo "== cost: train + all-user top-20, fixed parameters (plain EASE at the peer's lambda), $REPEAT runs each" >&2
 # ML-100K, and synthetic MovieLens-1M-sized data (6,040 users × 3,706 items, ~1M interactions).
 "$BIN" synth --users 6040 --items 3706 --mean-per-user 165 --seed 42 --out "$OUT/synth-1m.data" >&2
 "$BIN" split --input "$OUT/synth-1m.data" --out-dir "$OUT/synth1m" --seed 42 >&2
@@ -77,7 +76,7 @@ for ds in ml100k synth1m; do
     D="$OUT/$ds"
     for r in $(seq 1 "$REPEAT"); do
         run "t-$ds-ease-$r" "$BIN" eval --train "$D/train.txt" --test "$D/test.txt" --model ease \
-            --params "{\"lambda\": $LAMBDA}" --json
+            --params "{\"lambda\": $PLAMBDA}" --json
         run "t-$ds-itemknn-$r" "$BIN" eval --train "$D/train.txt" --test "$D/test.txt" --model itemknn \
             --params "{\"k\": $KNN, \"shrink\": 0}" --json
         run "tp-$ds-ease-numpy-$r" "$PY" bench/peers.py --train "$D/train.txt" --test "$D/test.txt" \

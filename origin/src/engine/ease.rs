@@ -164,6 +164,19 @@ mod tests {
     }
 
     #[test]
+    fn popularity_scaled_regularisation_adds_alpha_times_the_gram_diagonal() {
+        // Same two items: G = [[2,2],[2,2]], λ = 1, α = 0.5 → diagonal 2 + 1 + 0.5·2 = 4,
+        // [[4,2],[2,4]], det 12, P = (1/12)[[4,−2],[−2,4]], B_01 = (2/12)/(4/12) = 0.5.
+        let mut d = tiny();
+        d.interactions.retain(|x| x.user < 2);
+        d.n_items = 2;
+        d.n_users = 2;
+        let m = Ease::train_scaled(&d, 1.0, 0.5).unwrap();
+        assert!((m.weight(0, 1) - 0.5).abs() < 1e-6);
+        assert_eq!(m.name(), "ease-l1-a0.5");
+    }
+
+    #[test]
     fn rejects_a_non_positive_lambda() {
         assert!(matches!(
             Ease::train(&tiny(), 0.0),

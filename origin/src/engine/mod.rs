@@ -6,6 +6,29 @@
 //! validation set. Answer many users at once with [`recommend_batch`] (parallel, the
 //! publisher's path) or one user with [`Recommender::recommend`] (the cache-miss path).
 //!
+//! # Use
+//! ```
+//! use origin::engine::{self, synthetic::synthetic, ModelSpec, TuneOptions};
+//! use origin::model::Query;
+//!
+//! let data = synthetic(200, 100, 30, 7); // any TrainingData
+//! // A named model with its parameters (serde-serialisable, e.g. kept in config):
+//! let ease = engine::build(&ModelSpec::Ease { lambda: 200.0, alpha: 0.0 }, &data)?;
+//! assert_eq!(ease.name(), "ease-l200");
+//! // Or tune every model and the hybrid on held-out interactions:
+//! let (train, valid) = (data.clone(), data.interactions[..50].to_vec());
+//! let best = engine::train_best(&train, &valid, &TuneOptions::default())?;
+//! // One user (the cache-miss path):
+//! let history = [(3, 1.0), (5, 1.0)];
+//! let top = best.model.recommend(&Query { history: &history, n: 10, exclude_seen: true,
+//!                                         context_item: None, region: Some("europe") });
+//! assert!(top.len() <= 10 && top.iter().all(|s| s.item != 3 && s.item != 5));
+//! // Every user, in parallel (the publisher's path):
+//! let all = engine::recommend_all(best.model.as_ref(), &data, 20, true);
+//! assert_eq!(all.len(), data.n_users);
+//! # Ok::<(), engine::SpecError>(())
+//! ```
+//!
 //! # Layout
 //! - `sparse`: a CSR matrix over `Vec`s (u32 indices, f32 values).
 //! - `rank`: per-thread score buffers and partial-sort top-N.
