@@ -293,6 +293,47 @@ mod tests {
     }
 
     #[test]
+    fn a_cold_user_looking_at_an_item_gets_its_content_neighbours_then_regional_popularity() {
+        use crate::model::ItemText;
+        let mut data = tiny();
+        let text = |t: &str, c: &str| ItemText {
+            title: t.into(),
+            categories: vec![c.into()],
+            tags: vec![],
+        };
+        data.item_text = vec![
+            text("Alpha", "drama"),
+            text("Beta", "comedy"),
+            text("Gamma", "drama"),
+            text("Delta", "horror"),
+        ];
+        data.user_region = vec![None, None, None, Some("asia".into())];
+        let model = build(&ModelSpec::default_for(ModelKind::Ease), &data).unwrap();
+        let q = Query {
+            n: 1,
+            context_item: Some(0),
+            ..Query::default()
+        };
+        // item 2 shares the rare category "drama" with item 0; item 0 itself is left out.
+        let got = model.recommend(&q);
+        assert_eq!(
+            (got[0].item, &got[0].because),
+            (2, &Because::ContentLike(0))
+        );
+        // no history, no context: the region's list (only item 3 was viewed in asia).
+        let q = Query {
+            n: 1,
+            region: Some("asia"),
+            ..Query::default()
+        };
+        let got = model.recommend(&q);
+        assert_eq!(
+            (got[0].item, &got[0].because),
+            (3, &Because::PopularIn("asia".into()))
+        );
+    }
+
+    #[test]
     fn specs_serialise_with_their_kind_and_parameters() {
         let s = ModelSpec::Ease {
             lambda: 250.0,
