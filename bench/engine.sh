@@ -139,6 +139,9 @@ try:
     lat = open(f"{out}/latency.txt").read().splitlines()
     print("\n### Single recommendation latency (synthetic 6,040 users × 3,706 items, ~1M interactions)\n")
     print("\n".join(l for l in lat if l.startswith("|") or l.startswith("single")))
+    means = re.findall(r"recommend_top20/(\S+)\s+time:\s+\[\S+ \S+ (\S+ \S+) \S+ \S+\]", "\n".join(lat))
+    if means:
+        print("\ncriterion mean (same queries): " + "; ".join(f"{m} {t}" for m, t in means))
 except FileNotFoundError:
     pass
 PYEOF
