@@ -85,6 +85,7 @@ fn a_malformed_line_fails_with_file_and_line() {
         err.contains(&format!("{train}:3: item id \"ten\"")),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
