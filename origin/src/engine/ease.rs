@@ -121,12 +121,29 @@ impl Scorer for Ease {
     }
 
     fn score(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, out: &mut [f32]) {
-        for &(h, w) in history {
-            let h = h as usize;
-            if h < self.n {
-                let row = &self.b[h * self.n..(h + 1) * self.n];
-                for (o, b) in out.iter_mut().zip(row) {
-                    *o += w * b;
+        // Four rows per pass over `out`: a quarter of the loads and stores of `out`, and
+        // four independent streams of `B` for the prefetcher.
+        let n = self.n;
+        let row = |h: ItemIdx| &self.b[h as usize * n..(h as usize + 1) * n];
+        let valid: &mut dyn Iterator<Item = &(ItemIdx, f32)> =
+            &mut history.iter().filter(|(h, _)| (*h as usize) < n);
+        loop {
+            let batch: [Option<&(ItemIdx, f32)>; 4] =
+                [valid.next(), valid.next(), valid.next(), valid.next()];
+            match batch {
+                [Some(&(h0, w0)), Some(&(h1, w1)), Some(&(h2, w2)), Some(&(h3, w3))] => {
+                    let (r0, r1, r2, r3) = (row(h0), row(h1), row(h2), row(h3));
+                    for ((((o, a), b), c), d) in out.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                        *o += w0 * a + w1 * b + w2 * c + w3 * d;
+                    }
+                }
+                rest => {
+                    for &(h, w) in rest.into_iter().flatten() {
+                        for (o, b) in out.iter_mut().zip(row(h)) {
+                            *o += w * b;
+                        }
+                    }
+                    break;
                 }
             }
         }
