@@ -5,8 +5,8 @@
 //! are kept, and item `i` scores `Σ_v sim(q, v) · x_vi`. Nothing is precomputed beyond
 //! the matrix and its transpose, so training is instant and memory is `O(N)`.
 //!
-//! A query built from a training user's own history finds that user as its closest
-//! neighbour; it only adds to items the user has seen, which serving masks.
+//! Users whose history is identical to the query (cosine 1, e.g. the querying user's own
+//! training row) are skipped: they could only add items the user has already seen.
 
 use std::cell::RefCell;
 
@@ -67,7 +67,8 @@ impl Scorer for UserKnn {
                     dots.iter()
                         .enumerate()
                         .filter(|(_, d)| **d > 0.0)
-                        .map(|(u, d)| (u as u32, d / (q_norm * self.user_norms[u]))),
+                        .map(|(u, d)| (u as u32, d / (q_norm * self.user_norms[u])))
+                        .filter(|(_, sim)| *sim < 1.0 - 1e-5),
                 );
                 rank::keep_largest(&mut nb, self.k);
                 for &(v, sim) in nb.iter() {
@@ -95,13 +96,14 @@ mod tests {
     use crate::engine::itemknn::tests::tiny;
 
     #[test]
-    fn scores_come_from_the_closest_users() {
+    fn scores_come_from_the_closest_users_other_than_an_identical_one() {
         let m = UserKnn::train(&tiny(), 1);
         let mut out = vec![0.0; 4];
-        // history {1,2} is user 2 exactly (cosine 1); with k=1 only user 2 counts.
+        // history {1,2} is user 2 exactly (cosine 1, skipped); next are users 0 and 1
+        // (items {0,1}): cosine 1/(√2·√2) = 0.5, k = 1 keeps user 0 (ties by index).
         m.score(&[(1, 1.0), (2, 1.0)], None, &mut out);
-        assert!((out[1] - 1.0).abs() < 1e-6 && (out[2] - 1.0).abs() < 1e-6);
-        assert_eq!((out[0], out[3]), (0.0, 0.0));
+        assert!((out[0] - 0.5).abs() < 1e-6 && (out[1] - 0.5).abs() < 1e-6);
+        assert_eq!((out[2], out[3]), (0.0, 0.0));
         let m = UserKnn::train(&tiny(), 3);
         let mut out = vec![0.0; 4];
         m.score(&[(2, 1.0)], None, &mut out);
