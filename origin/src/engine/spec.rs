@@ -240,6 +240,12 @@ impl<'a> Trainer<'a> {
         Ok(s)
     }
 
+    /// Drops the trained scorer for `spec` from the cache (its memory is freed once no
+    /// engine holds it).
+    pub fn forget(&mut self, spec: &ModelSpec) {
+        self.trained.remove(&spec.key());
+    }
+
     /// The servable model for `spec`.
     pub fn engine(&mut self, spec: &ModelSpec) -> Result<Engine, SpecError> {
         let main = self.scorer(spec)?;
