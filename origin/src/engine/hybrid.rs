@@ -32,12 +32,13 @@ impl Hybrid {
 
 impl Scorer for Hybrid {
     fn name(&self) -> String {
+        // Path- and URL-safe (`[a-z0-9.-]`): weight, then the part's own name.
         let parts: Vec<String> = self
             .parts
             .iter()
-            .map(|(s, w)| format!("{}={}", s.name(), (w * 100.0).round() / 100.0))
+            .map(|(s, w)| format!("{}{}", (w * 100.0).round() / 100.0, s.name()))
             .collect();
-        format!("hybrid[{}]", parts.join(","))
+        format!("hybrid-{}", parts.join("-"))
     }
 
     fn n_items(&self) -> usize {
@@ -106,5 +107,6 @@ mod tests {
         // 0.5·a + 0.5·b = [0.5, 0.5, 0.5]; item 0 (history) gets nothing.
         assert_eq!(out, vec![0.0, 0.5, 0.5, 0.5]);
         assert_eq!(h.because(&[], None, 1), Because::Blend);
+        assert_eq!(h.name(), "hybrid-0.5fixed-0.5fixed");
     }
 }

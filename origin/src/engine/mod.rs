@@ -37,7 +37,8 @@
 //! - `userknn`: user-user cosine, top-k neighbours found per query.
 //! - `ease`: EASE (Steck 2019), closed form via one Cholesky solve (`faer`).
 //! - `content`: TF-IDF over item text, cosine to the user's profile.
-//! - `hybrid`: a weighted blend of min-max-normalised scores of other models.
+//! - `hybrid`: a weighted blend of min-max-normalised scores of other models, named
+//!   like `hybrid-0.9ease-l400-0.1userknn-k100`.
 //! - `spec`: [`ModelSpec`], names, and [`build`].
 //! - `tune`: [`train_best`], a grid search on a validation set.
 //! - `synthetic`: MovieLens-shaped generated data for benchmarks and demos.
