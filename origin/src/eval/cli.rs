@@ -22,7 +22,7 @@ pub struct EvalArgs {
     /// Training interactions (models train on this file only).
     #[arg(long)]
     pub train: PathBuf,
-    /// Validation interactions (used by `--model auto` for tuning only).
+    /// Validation interactions (read only for tuning: `--model auto`, `--tune`).
     #[arg(long)]
     pub valid: Option<PathBuf>,
     /// Test interactions (read for the final score only).
