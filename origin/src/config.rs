@@ -81,6 +81,12 @@ pub enum Command {
     Publish(PublishConfig),
     /// Serve the published CDN folder (`DIR/current`) as static JSON; needs no database.
     Cdn(CdnConfig),
+    /// Train a model and score its top-K recommendations on held-out interactions.
+    Eval(crate::eval::cli::EvalArgs),
+    /// Write a reproducible per-user train/validation/test split in `lists` format.
+    Split(crate::eval::cli::SplitArgs),
+    /// Write synthetic MovieLens-shaped interactions (for benchmarks and demos).
+    Synth(crate::eval::cli::SynthArgs),
 }
 
 /// Where the database is and which tenant it holds.
@@ -99,6 +105,8 @@ pub struct StoreConfig {
 pub struct ServeConfig {
     #[command(flatten)]
     pub store: StoreConfig,
+    #[command(flatten)]
+    pub model: crate::training::ModelConfig,
     /// Address to listen on.
     #[arg(long, env = "ORIGIN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -177,6 +185,8 @@ pub enum Target {
 pub struct PublishConfig {
     #[command(flatten)]
     pub store: StoreConfig,
+    #[command(flatten)]
+    pub model: crate::training::ModelConfig,
     /// CDN folder: generations go to `OUT/generations/{gen}`, `OUT/current` points at the newest.
     #[arg(long, env = "ORIGIN_PUBLISH_DIR")]
     pub out: Option<PathBuf>,

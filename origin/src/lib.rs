@@ -10,6 +10,10 @@
 //! - `store`: the SQLite store (items, users, interactions, meta).
 //! - `model`: the interface between serving/publishing code and the recommendation models.
 //! - `simple_model`: item-kNN + regional popularity, the first [`model::Recommender`].
+//! - `engine`: the models (item/user kNN, EASE, content, popularity, hybrid), building by
+//!   name, tuning, batch top-N.
+//! - `eval`: offline evaluation (loaders, split, metrics) and the `eval`/`split`/`synth` commands.
+//! - `training`: which model the service and the publisher train (`--model`).
 //! - `snapshot`: a trained model with id maps; builds recommendation documents.
 //! - `api`: the HTTP API (`app` adds middleware around it).
 //! - `publish`: bulk and on-miss publishing to edge KV and the CDN folder.
@@ -21,12 +25,15 @@ pub mod api;
 pub mod cdn;
 pub mod config;
 pub mod demo_data;
+pub mod engine;
+pub mod eval;
 pub mod import;
 pub mod model;
 pub mod publish;
 pub mod simple_model;
 pub mod snapshot;
 pub mod store;
+pub mod training;
 
 use std::future::Future;
 

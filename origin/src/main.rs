@@ -8,16 +8,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use contract::RegionMap;
 use origin::config::{Command, Config, Secret, Target};
-use origin::model::Recommender;
 use origin::publish::{CdnFolder, EdgeClient, PublishJob};
-use origin::simple_model::ItemKnn;
 use origin::snapshot::{Freshness, Snapshot};
 use origin::store::Store;
 use origin::AppState;
-
-fn train(data: &origin::model::TrainingData) -> Arc<dyn Recommender> {
-    Arc::new(ItemKnn::train(data))
-}
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -59,7 +53,9 @@ async fn main() -> Result<()> {
                 stale_for_s: c.stale_for_s,
             };
             let snapshot = tokio::task::block_in_place(|| {
-                Snapshot::build(&store, tenant, regions, freshness, train)
+                Snapshot::build(&store, tenant, regions, freshness, |data| {
+                    origin::training::train_or_popularity(data, &c.model.choice)
+                })
             })?;
             drop(store);
             let mut state = AppState::new(Arc::new(snapshot), region).with_publish_n(c.publish_n);
@@ -142,7 +138,9 @@ async fn main() -> Result<()> {
                 stale_for_s: c.stale_for_s,
             };
             let snapshot = tokio::task::block_in_place(|| {
-                Snapshot::build(&store, tenant.clone(), regions, freshness, train)
+                Snapshot::build(&store, tenant.clone(), regions, freshness, |data| {
+                    origin::training::train_or_popularity(data, &c.model.choice)
+                })
             })?;
             drop(store);
             let job = PublishJob {
@@ -181,6 +179,9 @@ async fn main() -> Result<()> {
             tracing::info!(addr = %listener.local_addr()?, dir = %c.dir.display(), "cdn listening");
             origin::cdn::run_cdn(listener, c.dir, shutdown_signal()).await?;
         }
+        Command::Eval(a) => tokio::task::block_in_place(|| origin::eval::cli::run(a))?,
+        Command::Split(a) => tokio::task::block_in_place(|| origin::eval::cli::run_split(a))?,
+        Command::Synth(a) => tokio::task::block_in_place(|| origin::eval::cli::run_synth(a))?,
     }
     Ok(())
 }

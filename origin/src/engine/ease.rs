@@ -1,0 +1,203 @@
+//! EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data").
+//!
+//! `P = (XᵀX + λI)⁻¹`, `B = I − P·diag(1/diag(P))`, i.e. `B_ij = −P_ij / P_jj` off the
+//! diagonal and `B_ii = 0`. A user's scores are `x_u · B`: the sum of `B`'s rows for the
+//! history items. The lower triangle of the Gram matrix is built densely from the sparse
+//! matrix in parallel, factored once by Cholesky (`faer`), and inverted; `B` is kept as
+//! row-major `f32` (`4·I²` bytes) so a query reads `|history|` contiguous rows.
+//!
+//! The linear algebra runs in `f32`: it halves time and memory against `f64`, and on
+//! MovieLens 100K gives the same NDCG@20/Recall@20, to every printed digit, as a numpy
+//! `f64` reference at λ = 50 and λ = 400 (`bench/peers.py`). Training peaks at about
+//! `12·I²` bytes (Gram matrix or factor, inverse, and `B`).
+
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
+use rayon::prelude::*;
+
+use super::itemknn::best_contributor;
+use super::{user_item_matrix, Scorer};
+use crate::model::{Because, ItemIdx, TrainingData};
+
+/// Precision of the Gram matrix, the factorisation and the inverse (see the module docs).
+type F = f32;
+
+/// Why EASE could not be trained.
+#[derive(Debug, thiserror::Error)]
+pub enum EaseError {
+    #[error("EASE needs lambda > 0, got {0}")]
+    BadLambda(f64),
+    #[error("EASE needs alpha >= 0, got {0}")]
+    BadAlpha(f64),
+    #[error("the regularised Gram matrix is not positive definite: {0:?}")]
+    NotPositiveDefinite(faer::linalg::solvers::LltError),
+}
+
+pub struct Ease {
+    lambda: f64,
+    alpha: f64,
+    n: usize,
+    /// Row-major `n × n`.
+    b: Vec<f32>,
+}
+
+impl Ease {
+    /// Plain EASE: `λ` added to every diagonal entry of the Gram matrix.
+    pub fn train(data: &TrainingData, lambda: f64) -> Result<Ease, EaseError> {
+        Ease::train_scaled(data, lambda, 0.0)
+    }
+
+    /// EASE with popularity-scaled regularisation: item `j` gets `λ + α·G_jj` on the
+    /// diagonal (`α = p/(1−p)` is the emphasis of dropout-denoising, Steck 2020), so
+    /// popular items are shrunk more. `α = 0` is plain EASE.
+    pub fn train_scaled(data: &TrainingData, lambda: f64, alpha: f64) -> Result<Ease, EaseError> {
+        if lambda.is_nan() || lambda <= 0.0 {
+            return Err(EaseError::BadLambda(lambda));
+        }
+        if alpha.is_nan() || alpha < 0.0 {
+            return Err(EaseError::BadAlpha(alpha));
+        }
+        let n = data.n_items;
+        let x = user_item_matrix(data);
+        let xt = x.transpose();
+        // Lower triangle of the Gram matrix (all the Cholesky factorisation reads), one
+        // column per task: column j gets Σ_u x_uj · x_ui for i ≥ j.
+        let mut g = Mat::<F>::zeros(n, n);
+        g.par_col_iter_mut().enumerate().for_each(|(j, col)| {
+            let col = col
+                .try_as_col_major_mut()
+                .expect("owned columns are contiguous")
+                .as_slice_mut();
+            for (u, xuj) in xt.row_iter(j) {
+                let (items, weights) = x.row(u as usize);
+                let start = items.partition_point(|&i| (i as usize) < j);
+                for (&i, &xui) in items[start..].iter().zip(&weights[start..]) {
+                    col[i as usize] += F::from(xuj * xui);
+                }
+            }
+            col[j] += lambda as F + alpha as F * col[j];
+        });
+        drop((x, xt));
+        let llt = g.llt(Side::Lower).map_err(EaseError::NotPositiveDefinite)?;
+        drop(g);
+        let p = llt.inverse();
+        drop(llt);
+        let diag: Vec<F> = (0..n).map(|j| p[(j, j)]).collect();
+        let mut b = vec![0f32; n * n];
+        if n > 0 {
+            b.par_chunks_mut(n).enumerate().for_each(|(h, row)| {
+                // B[h, j] = −P[h, j] / P[j, j], and P[h, j] = P[j, h] is column h of P.
+                let pcol = p.col_as_slice(h);
+                for (j, out) in row.iter_mut().enumerate() {
+                    *out = if j == h { 0.0 } else { -pcol[j] / diag[j] };
+                }
+            });
+        }
+        Ok(Ease {
+            lambda,
+            alpha,
+            n,
+            b,
+        })
+    }
+
+    /// `B[h, j]`.
+    pub fn weight(&self, h: ItemIdx, j: ItemIdx) -> f32 {
+        self.b[h as usize * self.n + j as usize]
+    }
+}
+
+impl Scorer for Ease {
+    fn name(&self) -> String {
+        if self.alpha > 0.0 {
+            format!("ease-l{}-a{}", self.lambda, self.alpha)
+        } else {
+            format!("ease-l{}", self.lambda)
+        }
+    }
+
+    fn n_items(&self) -> usize {
+        self.n
+    }
+
+    fn score(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, out: &mut [f32]) {
+        // Four rows per pass over `out`: a quarter of the loads and stores of `out`, and
+        // four independent streams of `B` for the prefetcher.
+        let n = self.n;
+        let row = |h: ItemIdx| &self.b[h as usize * n..(h as usize + 1) * n];
+        let valid: &mut dyn Iterator<Item = &(ItemIdx, f32)> =
+            &mut history.iter().filter(|(h, _)| (*h as usize) < n);
+        loop {
+            let batch: [Option<&(ItemIdx, f32)>; 4] =
+                [valid.next(), valid.next(), valid.next(), valid.next()];
+            match batch {
+                [Some(&(h0, w0)), Some(&(h1, w1)), Some(&(h2, w2)), Some(&(h3, w3))] => {
+                    let (r0, r1, r2, r3) = (row(h0), row(h1), row(h2), row(h3));
+                    for ((((o, a), b), c), d) in out.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                        *o += w0 * a + w1 * b + w2 * c + w3 * d;
+                    }
+                }
+                rest => {
+                    for &(h, w) in rest.into_iter().flatten() {
+                        for (o, b) in out.iter_mut().zip(row(h)) {
+                            *o += w * b;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
+        best_contributor(history, |h| {
+            ((h as usize) < self.n && (item as usize) < self.n).then(|| self.weight(h, item))
+        })
+        .map_or(Because::Popular, Because::SimilarTo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::itemknn::tests::tiny;
+
+    #[test]
+    fn matches_the_closed_form_on_a_two_item_case() {
+        // Two items, both viewed by the same 2 users (users 0 and 1 of `tiny` restricted):
+        // G = [[2,2],[2,2]] + λI with λ = 1 → [[3,2],[2,3]], det 5,
+        // P = (1/5)[[3,−2],[−2,3]], B_01 = −P_01/P_11 = (2/5)/(3/5) = 2/3.
+        let mut d = tiny();
+        d.interactions.retain(|x| x.user < 2);
+        d.n_items = 2;
+        d.n_users = 2;
+        let m = Ease::train(&d, 1.0).unwrap();
+        assert!((m.weight(0, 1) - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(m.weight(0, 0), 0.0);
+        let mut out = vec![0.0; 2];
+        m.score(&[(0, 1.0)], None, &mut out);
+        assert!((out[1] - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(m.because(&[(0, 1.0)], None, 1), Because::SimilarTo(0));
+    }
+
+    #[test]
+    fn popularity_scaled_regularisation_adds_alpha_times_the_gram_diagonal() {
+        // Same two items: G = [[2,2],[2,2]], λ = 1, α = 0.5 → diagonal 2 + 1 + 0.5·2 = 4,
+        // [[4,2],[2,4]], det 12, P = (1/12)[[4,−2],[−2,4]], B_01 = (2/12)/(4/12) = 0.5.
+        let mut d = tiny();
+        d.interactions.retain(|x| x.user < 2);
+        d.n_items = 2;
+        d.n_users = 2;
+        let m = Ease::train_scaled(&d, 1.0, 0.5).unwrap();
+        assert!((m.weight(0, 1) - 0.5).abs() < 1e-6);
+        assert_eq!(m.name(), "ease-l1-a0.5");
+    }
+
+    #[test]
+    fn rejects_a_non_positive_lambda() {
+        assert!(matches!(
+            Ease::train(&tiny(), 0.0),
+            Err(EaseError::BadLambda(_))
+        ));
+    }
+}
