@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contract::admin::{PublishRequest, PublishResponse};
+use contract::admin::{PublishRequest, PublishResponse, PurgeRequest, PurgeResponse};
 use contract::keys::{cdn_popular, cdn_user, generation_name, Generation};
 use contract::{ErrorBody, IdError, RecommendationDoc, Region, Tenant, UserId};
 use rayon::prelude::*;
@@ -69,6 +69,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
 pub struct EdgeClient {
     client: reqwest::Client,
     url: String,
+    purge_url: String,
     token: Secret,
 }
 
@@ -83,6 +84,7 @@ impl EdgeClient {
         EdgeClient {
             client,
             url: format!("{}/admin/publish", base_url.trim_end_matches('/')),
+            purge_url: format!("{}/admin/purge", base_url.trim_end_matches('/')),
             token,
         }
     }
@@ -90,18 +92,46 @@ impl EdgeClient {
     /// Sends one publish request; a non-2xx answer becomes [`PublishError::Edge`] with
     /// the edge's JSON error message.
     pub async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse, PublishError> {
+        self.publish_traced(req, None).await
+    }
+
+    /// [`EdgeClient::publish`] carrying a W3C `traceparent` header.
+    pub async fn publish_traced(
+        &self,
+        req: &PublishRequest,
+        traceparent: Option<&str>,
+    ) -> Result<PublishResponse, PublishError> {
+        self.post(&self.url, req, traceparent).await
+    }
+
+    /// Drops the edge-cache entries of some users (`POST {edge}/admin/purge`).
+    pub async fn purge(
+        &self,
+        req: &PurgeRequest,
+        traceparent: Option<&str>,
+    ) -> Result<PurgeResponse, PublishError> {
+        self.post(&self.purge_url, req, traceparent).await
+    }
+
+    async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        req: &Req,
+        traceparent: Option<&str>,
+    ) -> Result<Resp, PublishError> {
         let http = |source| PublishError::Http {
-            url: self.url.clone(),
+            url: url.to_owned(),
             source,
         };
-        let resp = self
+        let mut builder = self
             .client
-            .post(&self.url)
+            .post(url)
             .bearer_auth(self.token.expose())
-            .json(req)
-            .send()
-            .await
-            .map_err(http)?;
+            .json(req);
+        if let Some(tp) = traceparent {
+            builder = builder.header("traceparent", tp);
+        }
+        let resp = builder.send().await.map_err(http)?;
         let status = resp.status();
         let text = resp.text().await.map_err(http)?;
         if !status.is_success() {
@@ -110,7 +140,7 @@ impl EdgeClient {
                 Err(_) => ("http_error".into(), text.chars().take(300).collect()),
             };
             return Err(PublishError::Edge {
-                url: self.url.clone(),
+                url: url.to_owned(),
                 status: status.as_u16(),
                 code,
                 message,
