@@ -312,7 +312,12 @@ fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
 /// The published document is the user's canonical one (their own region, no context,
 /// at least `publish_n` items), not the answer as asked for: the edge serves it to
 /// every later request of the user, whatever `n`, `context` or `region` they name.
-fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
+fn publish_in_background(
+    state: &AppState,
+    user: &UserId,
+    n: usize,
+    trace: Option<&crate::observability::TraceContext>,
+) {
     if state.edge.is_none() && state.cdn.is_none() {
         return;
     }
@@ -321,6 +326,7 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
         return;
     };
     let (state, user) = (state.clone(), user.clone());
+    let traceparent = trace.map(|t| t.child().header_value());
     tokio::spawn(async move {
         let _slot = slot;
         let snapshot = state.snapshot();
@@ -334,32 +340,53 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
             now_unix(),
         );
         let tenant = &snapshot.tenant;
-        crate::publish::publish_one(state.edge.as_ref(), state.cdn.as_ref(), tenant, doc).await;
+        let outcome = crate::publish::publish_one_traced(
+            state.edge.as_ref(),
+            state.cdn.as_ref(),
+            tenant,
+            doc,
+            traceparent.as_deref(),
+        )
+        .await;
+        if let Some(live) = &state.live {
+            if let Some(r) = &outcome.cdn {
+                live.health.record("cdn", r);
+            }
+            if let Some(r) = &outcome.kv {
+                live.health.record("kv", r);
+            }
+        }
     });
 }
 
+/// The trace context the middleware put into the request, when it ran.
+type Trace = Option<axum::Extension<crate::observability::TraceContext>>;
+
 async fn recommendations(
     State(state): State<AppState>,
+    trace: Trace,
     user: Result<Path<String>, PathRejection>,
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let Path(user) = user.map_err(|_| ApiError::UndecodableUserId)?;
-    answer(state, &user, params).await
+    answer(state, &user, params, trace).await
 }
 
 /// `GET /v1/recommendations/batch`: the static batch route shadows the user named
 /// `batch`, so its GET is answered here.
 async fn recommendations_for_user_named_batch(
     State(state): State<AppState>,
+    trace: Trace,
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
-    answer(state, "batch", params).await
+    answer(state, "batch", params, trace).await
 }
 
 async fn answer(
     state: AppState,
     user: &str,
     params: Result<Query<RecParams>, QueryRejection>,
+    trace: Trace,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let user = UserId::parse(user)?;
     let Query(params) = params?;
@@ -379,7 +406,7 @@ async fn answer(
         now_unix(),
     );
     if snapshot.has_history(&user) {
-        publish_in_background(&state, &user, n);
+        publish_in_background(&state, &user, n, trace.as_ref().map(|t| &t.0));
     }
     Ok(Json(doc))
 }

@@ -309,6 +309,11 @@ mod tests {
     }
 
     fn fixture(token: Option<&str>) -> Fixture {
+        fixture_with(token, None)
+    }
+
+    /// With `cdn`, touched users are republished into that CDN folder after 20 ms.
+    fn fixture_with(token: Option<&str>, cdn: Option<std::path::PathBuf>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (snapshot, _store) = crate::snapshot::fixture(dir.path());
         let path = dir.path().join("fixture.sqlite");
@@ -326,6 +331,20 @@ mod tests {
             Arc::new(|d| Arc::new(crate::simple_model::ItemKnn::train(d))),
             state.snapshot.clone(),
         )));
+        live.republisher = cdn.map(|dir| {
+            Republisher::spawn(
+                crate::freshness::Targets {
+                    log: live.log.clone(),
+                    snapshot: state.snapshot.clone(),
+                    edge: None,
+                    cdn: Some(crate::publish::CdnFolder::new(dir)),
+                    region: state.region.clone(),
+                    publish_n: 10,
+                    health: live.health.clone(),
+                },
+                std::time::Duration::from_millis(20),
+            )
+        });
         Fixture {
             state: state.with_live(live),
             _dir: dir,
@@ -541,6 +560,35 @@ mod tests {
         assert_eq!(r["edge_cache"]["hit_rate"], 0.7);
         assert_eq!(r["store"]["ok"], true);
         assert!(r["requests_per_second"].as_f64().unwrap() > 0.0);
+    }
+
+    #[tokio::test]
+    async fn an_event_republishes_the_users_document_without_the_item_just_bought() {
+        let root = tempfile::tempdir().unwrap();
+        let cdn = root.path().join("cdn");
+        let folder = crate::publish::CdnFolder::new(cdn.clone());
+        folder.new_generation(1).unwrap().activate().unwrap();
+        let f = fixture_with(None, Some(cdn.clone()));
+        let (_, doc) = call(&f.state, "GET", "/v1/recommendations/u1?n=1", None, "").await;
+        let top = doc["items"][0]["item_id"].as_str().unwrap().to_owned();
+        let body = format!(r#"{{"user_id":"u1","item_id":"{top}","type":"purchase"}}"#);
+        let (status, _) = call(&f.state, "POST", "/v1/events", None, &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let file = cdn.join("current/default/users/u1.json");
+        let mut waited = 0;
+        while !file.exists() && waited < 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        let doc: contract::RecommendationDoc =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(doc.items.len(), 10);
+        assert!(
+            doc.items.iter().all(|i| i.item_id != top),
+            "the bought item {top} is now in the history, so it is not recommended"
+        );
+        let health = f.state.live.as_ref().unwrap().health.snapshot();
+        assert_eq!(health["cdn"].successes, 1);
     }
 
     #[tokio::test]

@@ -66,10 +66,13 @@ async fn main() -> Result<()> {
                 fresh_for_s: c.fresh_for_s,
                 stale_for_s: c.stale_for_s,
             };
+            let training = Instant::now();
             let snapshot = tokio::task::block_in_place(|| {
                 Snapshot::build(&store, tenant.clone(), regions.clone(), freshness, train)
             })?;
             drop(store);
+            metrics::histogram!("origin_model_train_seconds")
+                .record(training.elapsed().as_secs_f64());
             origin::retrain::record_model_version(None, &snapshot.model_version());
             let log = EventLog::open(&c.store.db, c.event_group_max)
                 .with_context(|| format!("opening the event log in {}", c.store.db.display()))?;

@@ -206,6 +206,7 @@ pub async fn track(
     span.record("status", status);
     let class = status_class(status);
     let elapsed = started.elapsed().as_secs_f64();
+    span.in_scope(|| tracing::debug!(status, latency_ms = elapsed * 1e3, "answered"));
     metrics::histogram!(
         "origin_http_request_duration_seconds",
         "route" => route.clone(),

@@ -489,24 +489,55 @@ pub async fn publish_all(
     Ok(report)
 }
 
+/// What [`publish_one`] did per target (`None`: the target is not configured).
+#[derive(Debug, Default)]
+pub struct PublishOneOutcome {
+    pub cdn: Option<Result<(), String>>,
+    pub kv: Option<Result<(), String>>,
+}
+
 /// Publishes one answered document into the edge KV's current generation and the CDN
-/// folder's current generation. Failures are logged, never returned.
+/// folder's current generation. Failures are logged and reported, never raised.
 pub async fn publish_one(
     edge: Option<&EdgeClient>,
     cdn: Option<&CdnFolder>,
     tenant: &Tenant,
     doc: RecommendationDoc,
-) {
+) -> PublishOneOutcome {
+    publish_one_traced(edge, cdn, tenant, doc, None).await
+}
+
+/// [`publish_one`], passing a W3C `traceparent` on to the edge.
+pub async fn publish_one_traced(
+    edge: Option<&EdgeClient>,
+    cdn: Option<&CdnFolder>,
+    tenant: &Tenant,
+    doc: RecommendationDoc,
+    traceparent: Option<&str>,
+) -> PublishOneOutcome {
+    let mut outcome = PublishOneOutcome::default();
     if let Some(cdn) = cdn {
         let (cdn, tenant, doc) = (cdn.clone(), tenant.clone(), doc.clone());
         let user = doc.user_id.clone();
-        match tokio::task::spawn_blocking(move || cdn.write_current_user(&tenant, &doc)).await {
+        let result = match tokio::task::spawn_blocking(move || {
+            cdn.write_current_user(&tenant, &doc)
+        })
+        .await
+        {
             Ok(Ok(path)) => {
-                tracing::debug!(user = %user, path = %path.display(), "wrote to CDN folder")
+                tracing::debug!(user = %user, path = %path.display(), "wrote to CDN folder");
+                Ok(())
             }
-            Ok(Err(e)) => tracing::warn!(user = %user, error = %e, "CDN write after miss failed"),
-            Err(e) => tracing::warn!(user = %user, error = %e, "CDN write task failed"),
-        }
+            Ok(Err(e)) => {
+                tracing::warn!(user = %user, error = %e, "CDN write after miss failed");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "CDN write task failed");
+                Err(e.to_string())
+            }
+        };
+        outcome.cdn = Some(result);
     }
     if let Some(edge) = edge {
         let user = doc.user_id.clone();
@@ -517,11 +548,19 @@ pub async fn publish_one(
             documents: vec![doc],
             popular: Vec::new(),
         };
-        match edge.publish(&req).await {
-            Ok(r) => tracing::debug!(user = %user, generation = %r.generation, "published to KV"),
-            Err(e) => tracing::warn!(user = %user, error = %e, "KV publish after miss failed"),
-        }
+        let result = match edge.publish_traced(&req, traceparent).await {
+            Ok(r) => {
+                tracing::debug!(user = %user, generation = %r.generation, "published to KV");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "KV publish after miss failed");
+                Err(e.to_string())
+            }
+        };
+        outcome.kv = Some(result);
     }
+    outcome
 }
 
 #[cfg(test)]
@@ -756,7 +795,10 @@ mod tests {
             fresh_for_s: 300,
             stale_for_s: 86_400,
         };
-        publish_one(Some(&client), None, &Tenant::default_tenant(), doc.clone()).await;
+        let outcome =
+            publish_one(Some(&client), None, &Tenant::default_tenant(), doc.clone()).await;
+        assert!(matches!(outcome.kv, Some(Ok(()))));
+        assert!(outcome.cdn.is_none());
         let seen = edge.seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
         let req = &seen[0].1;
