@@ -12,10 +12,12 @@
 //! - `ids`: validation of ids that end up in keys and paths (tenant isolation).
 //! - `keys`: KV keys and secondary-CDN paths, all namespaced by tenant.
 //! - `admin`: bodies of `POST /admin/publish` and `POST /admin/purge`.
+//! - `events`: bodies of the origin's `POST /v1/events` and edge-report routes.
 //! - `region`: the country → region map shipped in `geo-data/`.
 
 pub mod admin;
 pub mod doc;
+pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod region;

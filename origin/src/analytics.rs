@@ -227,15 +227,7 @@ pub fn recommendations(
     })
 }
 
-/// A report of the edge's cache counters (`POST /v1/analytics/edge-report`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EdgeReport {
-    pub requests: u64,
-    pub hits: u64,
-    #[serde(default)]
-    pub region: Option<String>,
-}
+pub use contract::events::EdgeReport;
 
 /// Edge cache figures of a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -6,18 +6,18 @@
 //! client never has to guess which part was stored.
 //!
 //! # Layout
-//! - [`EventType`]: the closed set of event types and their interaction weights.
-//! - [`RawEvent`]: an event as sent; [`Event`]: an event after validation.
+//! - [`EventType`], [`RawEvent`] (from `contract::events`): an event as sent.
+//! - [`weight`]: what an event counts for in a user's history.
+//! - [`validate`], [`Event`]: an event after validation.
 //! - [`parse_body`]: body bytes to validated events, or an [`EventError`].
 
 use contract::{IdError, ItemId, Region, RegionMap, UserId};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Most events one request may carry.
-pub const MAX_EVENTS_PER_BATCH: usize = 500;
-/// Largest `context` object, serialized, in bytes.
-pub const MAX_CONTEXT_BYTES: usize = 2048;
+pub use contract::events::{
+    EventBatch, EventType, EventsAccepted, RawEvent, MAX_CONTEXT_BYTES, MAX_EVENTS_PER_BATCH,
+};
+
 /// Longest `source` label.
 pub const MAX_SOURCE_LEN: usize = 64;
 /// Earliest accepted timestamp (2000-01-01T00:00:00Z).
@@ -25,77 +25,18 @@ pub const MIN_TIMESTAMP: i64 = 946_684_800;
 /// Largest accepted `value` of non-rating events (a price, a score, a dwell time).
 pub const MAX_VALUE: f64 = 1e9;
 
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventType {
-    View,
-    Click,
-    AddToCart,
-    Purchase,
-    Rating,
-    /// The user was shown a recommended item: an impression, not an interaction.
-    RecommendationViewed,
-}
-
-impl EventType {
-    pub const ALL: [EventType; 6] = [
-        EventType::View,
-        EventType::Click,
-        EventType::AddToCart,
-        EventType::Purchase,
-        EventType::Rating,
-        EventType::RecommendationViewed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::View => "view",
-            EventType::Click => "click",
-            EventType::AddToCart => "add_to_cart",
-            EventType::Purchase => "purchase",
-            EventType::Rating => "rating",
-            EventType::RecommendationViewed => "recommendation_viewed",
-        }
+/// The interaction weight of an event of type `kind` with `value`, or `None` for
+/// impressions (counted by analytics, not part of a history): view 1, click 2,
+/// add_to_cart 3, purchase 5, rating = its value.
+pub fn weight(kind: EventType, value: Option<f64>) -> Option<f32> {
+    match kind {
+        EventType::View => Some(1.0),
+        EventType::Click => Some(2.0),
+        EventType::AddToCart => Some(3.0),
+        EventType::Purchase => Some(5.0),
+        EventType::Rating => Some(value.unwrap_or(0.0) as f32),
+        EventType::RecommendationViewed => None,
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// The interaction weight of an event of this type with `value`, or `None` for
-    /// impressions (which are counted by analytics but are not part of a history).
-    pub fn weight(self, value: Option<f64>) -> Option<f32> {
-        match self {
-            EventType::View => Some(1.0),
-            EventType::Click => Some(2.0),
-            EventType::AddToCart => Some(3.0),
-            EventType::Purchase => Some(5.0),
-            EventType::Rating => Some(value.unwrap_or(0.0) as f32),
-            EventType::RecommendationViewed => None,
-        }
-    }
-}
-
-/// An event as sent by a client or the edge (validated by [`RawEvent::validate`]).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEvent {
-    pub user_id: String,
-    pub item_id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub value: Option<f64>,
-    /// Unix seconds; the receive time when absent.
-    #[serde(default)]
-    pub timestamp: Option<i64>,
-    #[serde(default)]
-    pub context: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    pub source: Option<String>,
-    #[serde(default)]
-    pub region: Option<String>,
 }
 
 /// A validated event, as stored in the log.
@@ -116,7 +57,7 @@ pub struct Event {
 impl Event {
     /// The interaction weight, `None` for impressions.
     pub fn weight(&self) -> Option<f32> {
-        self.kind.weight(self.value)
+        weight(self.kind, self.value)
     }
 }
 
@@ -192,86 +133,81 @@ pub struct Limits<'a> {
     pub regions: &'a RegionMap,
 }
 
-impl RawEvent {
-    /// Checks every field; the result is what the log stores.
-    pub fn validate(self, limits: &Limits<'_>) -> Result<Event, FieldError> {
-        let user_id = UserId::parse(&self.user_id)?;
-        let item_id = ItemId::parse(&self.item_id)?;
-        let kind = EventType::parse(&self.kind)
-            .ok_or_else(|| FieldError::Type(self.kind.chars().take(40).collect()))?;
-        match (kind, self.value) {
-            (EventType::Rating, Some(v)) if (0.0..=5.0).contains(&v) => {}
-            (EventType::Rating, _) => return Err(FieldError::RatingValue),
-            (EventType::RecommendationViewed, Some(v))
-                if !(v.is_finite() && v.abs() <= MAX_VALUE) =>
-            {
-                return Err(FieldError::Value {
-                    min: -MAX_VALUE,
-                    max: MAX_VALUE,
-                    found: v,
-                })
-            }
-            (_, Some(v)) if !(v.is_finite() && (0.0..=MAX_VALUE).contains(&v)) => {
-                return Err(FieldError::Value {
-                    min: 0.0,
-                    max: MAX_VALUE,
-                    found: v,
-                })
-            }
-            _ => {}
+/// Checks every field of an event; the result is what the log stores.
+pub fn validate(raw: RawEvent, limits: &Limits<'_>) -> Result<Event, FieldError> {
+    let user_id = UserId::parse(&raw.user_id)?;
+    let item_id = ItemId::parse(&raw.item_id)?;
+    let kind = EventType::parse(&raw.kind)
+        .ok_or_else(|| FieldError::Type(raw.kind.chars().take(40).collect()))?;
+    match (kind, raw.value) {
+        (EventType::Rating, Some(v)) if (0.0..=5.0).contains(&v) => {}
+        (EventType::Rating, _) => return Err(FieldError::RatingValue),
+        (EventType::RecommendationViewed, Some(v)) if !(v.is_finite() && v.abs() <= MAX_VALUE) => {
+            return Err(FieldError::Value {
+                min: -MAX_VALUE,
+                max: MAX_VALUE,
+                found: v,
+            })
         }
-        let latest = limits.now.saturating_add(limits.max_future_s);
-        let timestamp = self.timestamp.unwrap_or(limits.now);
-        if !(MIN_TIMESTAMP..=latest).contains(&timestamp) {
-            return Err(FieldError::Timestamp {
-                found: timestamp,
-                latest,
-            });
+        (_, Some(v)) if !(v.is_finite() && (0.0..=MAX_VALUE).contains(&v)) => {
+            return Err(FieldError::Value {
+                min: 0.0,
+                max: MAX_VALUE,
+                found: v,
+            })
         }
-        let context = match self.context {
-            None => None,
-            Some(map) => {
-                let s = serde_json::Value::Object(map).to_string();
-                if s.len() > MAX_CONTEXT_BYTES {
-                    return Err(FieldError::ContextTooLarge(s.len()));
-                }
-                Some(s)
-            }
-        };
-        let source = match self.source {
-            None => None,
-            Some(s) => {
-                let ok = !s.is_empty()
-                    && s.len() <= MAX_SOURCE_LEN
-                    && s.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    });
-                if !ok {
-                    return Err(FieldError::Source);
-                }
-                Some(s)
-            }
-        };
-        let region = match self.region {
-            None => None,
-            Some(r) => Some(
-                Region::parse(&r)
-                    .ok()
-                    .filter(|r| limits.regions.knows(r))
-                    .ok_or_else(|| FieldError::Region(r.chars().take(40).collect()))?,
-            ),
-        };
-        Ok(Event {
-            user_id,
-            item_id,
-            kind,
-            value: self.value,
-            timestamp,
-            context,
-            source,
-            region,
-        })
+        _ => {}
     }
+    let latest = limits.now.saturating_add(limits.max_future_s);
+    let timestamp = raw.timestamp.unwrap_or(limits.now);
+    if !(MIN_TIMESTAMP..=latest).contains(&timestamp) {
+        return Err(FieldError::Timestamp {
+            found: timestamp,
+            latest,
+        });
+    }
+    let context = match raw.context {
+        None => None,
+        Some(map) => {
+            let s = serde_json::Value::Object(map).to_string();
+            if s.len() > MAX_CONTEXT_BYTES {
+                return Err(FieldError::ContextTooLarge(s.len()));
+            }
+            Some(s)
+        }
+    };
+    let source = match raw.source {
+        None => None,
+        Some(s) => {
+            let ok = !s.is_empty()
+                && s.len() <= MAX_SOURCE_LEN
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+            if !ok {
+                return Err(FieldError::Source);
+            }
+            Some(s)
+        }
+    };
+    let region = match raw.region {
+        None => None,
+        Some(r) => Some(
+            Region::parse(&r)
+                .ok()
+                .filter(|r| limits.regions.knows(r))
+                .ok_or_else(|| FieldError::Region(r.chars().take(40).collect()))?,
+        ),
+    };
+    Ok(Event {
+        user_id,
+        item_id,
+        kind,
+        value: raw.value,
+        timestamp,
+        context,
+        source,
+        region,
+    })
 }
 
 /// Parses a request body: one event, or `{"events":[...]}` with 1 to
@@ -309,7 +245,7 @@ pub fn parse_body(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>, Event
         .map(|(index, v)| {
             serde_json::from_value::<RawEvent>(v)
                 .map_err(|e| FieldError::Json(e.to_string()))
-                .and_then(|r| r.validate(limits))
+                .and_then(|r| validate(r, limits))
                 .map_err(|source| EventError::Invalid { index, source })
         })
         .collect()
@@ -366,10 +302,10 @@ mod tests {
 
     #[test]
     fn interaction_weights_follow_the_documented_table() {
-        assert_eq!(EventType::Click.weight(None), Some(2.0));
-        assert_eq!(EventType::AddToCart.weight(None), Some(3.0));
-        assert_eq!(EventType::Purchase.weight(Some(99.0)), Some(5.0));
-        assert_eq!(EventType::Rating.weight(Some(3.0)), Some(3.0));
+        assert_eq!(weight(EventType::Click, None), Some(2.0));
+        assert_eq!(weight(EventType::AddToCart, None), Some(3.0));
+        assert_eq!(weight(EventType::Purchase, Some(99.0)), Some(5.0));
+        assert_eq!(weight(EventType::Rating, Some(3.0)), Some(3.0));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use contract::admin::{PublishRequest, PurgeRequest};
+use contract::admin::PurgeRequest;
 use contract::{Region, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -210,34 +210,22 @@ pub async fn republish(targets: &Targets, user: &UserId, trace: Option<&TraceCon
         now_unix(),
     );
     let tenant = snapshot.tenant.clone();
-    if let Some(cdn) = &targets.cdn {
-        let (cdn, tenant, doc) = (cdn.clone(), tenant.clone(), doc.clone());
-        let result = tokio::task::spawn_blocking(move || cdn.write_current_user(&tenant, &doc))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
-        if let Err(e) = &result {
-            tracing::warn!(user = %user, error = %e, "CDN republish failed");
-        }
-        targets.health.record("cdn", &result);
+    // The same code as publish-on-miss: CDN folder's current generation, then KV.
+    let outcome = crate::publish::publish_one_traced(
+        targets.edge.as_ref(),
+        targets.cdn.as_ref(),
+        &tenant,
+        doc,
+        trace.map(|t| t.child().header_value()).as_deref(),
+    )
+    .await;
+    if let Some(r) = &outcome.cdn {
+        targets.health.record("cdn", r);
+    }
+    if let Some(r) = &outcome.kv {
+        targets.health.record("kv", r);
     }
     if let Some(edge) = &targets.edge {
-        let header = trace.map(|t| t.child().header_value());
-        let req = PublishRequest {
-            tenant: Some(tenant.as_str().to_owned()),
-            generation: None,
-            activate: false,
-            documents: vec![doc],
-            popular: Vec::new(),
-        };
-        let published = edge
-            .publish_traced(&req, header.as_deref())
-            .await
-            .map(|_| ());
-        if let Err(e) = &published {
-            tracing::warn!(user = %user, error = %e, "KV republish failed");
-        }
-        targets.health.record("kv", &published);
         let purge = PurgeRequest {
             tenant: Some(tenant.as_str().to_owned()),
             user_ids: vec![user.as_str().to_owned()],

@@ -69,12 +69,7 @@ fn live(state: &AppState) -> Result<&Arc<Live>, ApiError> {
 }
 
 /// Answer of `POST /v1/events`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Accepted {
-    pub accepted: usize,
-    pub first_seq: i64,
-    pub last_seq: i64,
-}
+pub use contract::events::EventsAccepted as Accepted;
 
 fn body_error(r: BytesRejection) -> ApiError {
     ApiError::InvalidBody {
@@ -444,6 +439,24 @@ mod tests {
             .await
             .unwrap();
         assert!(logged.is_empty(), "nothing of a refused batch is stored");
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_with_context_fits_the_events_body_limit() {
+        let f = fixture(None);
+        let context = "x".repeat(1500);
+        let one = format!(
+            r#"{{"user_id":"u1","item_id":"i1","type":"view","context":{{"note":"{context}"}}}}"#
+        );
+        let body = format!(r#"{{"events":[{}]}}"#, vec![one; 500].join(","));
+        assert!(body.len() > crate::api::MAX_BODY_BYTES);
+        let (status, json) = call(&f.state, "POST", "/v1/events", None, &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+        assert_eq!(json["accepted"], 500);
+        let huge = "y".repeat(EVENTS_MAX_BODY_BYTES + 1);
+        let (status, json) = call(&f.state, "POST", "/v1/events", None, &huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json["error"]["code"], "body_too_large");
     }
 
     #[tokio::test]
