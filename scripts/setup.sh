@@ -23,3 +23,10 @@ if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.
   echo "setup: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+if ! command -v promtool >/dev/null 2>&1; then
+  # Optional: checks ops/prometheus/alerts.yml in origin/tests/alerts.rs (skipped without it).
+  echo "setup: installing promtool (Debian package prometheus)"
+  if ! { apt-get update -qq && apt-get install -y -qq prometheus; } >/dev/null 2>&1; then
+    echo "setup: could not install prometheus (no root or no apt); the alert-rule test will skip"
+  fi
+fi

@@ -1,29 +1,22 @@
-//! Live events as clients send them to `POST /v1/events`: the wire shape, the rules
-//! an event must follow, and how an event type counts as an interaction.
+//! Live events, shared by the edge and the origin so both apply the same rules.
 //!
-//! Parsing is all or nothing: a body is one event or `{"events":[...]}` with at most
-//! [`MAX_EVENTS_PER_BATCH`]; one bad event refuses the whole body with its index, so a
-//! client never has to guess which part was stored.
-//!
-//! # Layout
-//! - [`EventType`]: the closed set of event types and their interaction weights.
-//! - [`RawEvent`]: an event as sent; [`Event`]: an event after validation.
-//! - [`parse_body`]: body bytes to validated events, or an [`EventError`].
+//! - `POST /v1/events` (edge and origin): one [`RawEvent`] or an [`EventBatch`] of at most
+//!   [`MAX_EVENTS_PER_BATCH`]; [`parse_body`] validates the whole body (one bad event
+//!   refuses it, with its index); the origin answers `202` with [`EventsAccepted`] once the
+//!   batch is committed.
+//! - `POST /v1/analytics/edge-report`: an [`EdgeReport`] of the edge's cache counters
+//!   (`Authorization: Bearer <ADMIN_TOKEN>`).
+//! - [`weight`]: what an event counts for in a user's history.
 
-use crate::{IdError, ItemId, Region, RegionMap, UserId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::{IdError, ItemId, Region, RegionMap, UserId};
 
 /// Most events one request may carry.
 pub const MAX_EVENTS_PER_BATCH: usize = 500;
 /// Largest `context` object, serialized, in bytes.
 pub const MAX_CONTEXT_BYTES: usize = 2048;
-/// Longest `source` label.
-pub const MAX_SOURCE_LEN: usize = 64;
-/// Earliest accepted timestamp (2000-01-01T00:00:00Z).
-pub const MIN_TIMESTAMP: i64 = 946_684_800;
-/// Largest accepted `value` of non-rating events (a price, a score, a dwell time).
-pub const MAX_VALUE: f64 = 1e9;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,8 +26,10 @@ pub enum EventType {
     Click,
     AddToCart,
     Purchase,
+    /// `value` is the rating, 0 to 5.
     Rating,
     /// The user was shown a recommended item: an impression, not an interaction.
+    /// `value`, when given, is the item's score.
     RecommendationViewed,
 }
 
@@ -62,44 +57,80 @@ impl EventType {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
-
-    /// The interaction weight of an event of this type with `value`, or `None` for
-    /// impressions (which are counted by analytics but are not part of a history).
-    pub fn weight(self, value: Option<f64>) -> Option<f32> {
-        match self {
-            EventType::View => Some(1.0),
-            EventType::Click => Some(2.0),
-            EventType::AddToCart => Some(3.0),
-            EventType::Purchase => Some(5.0),
-            EventType::Rating => Some(value.unwrap_or(0.0) as f32),
-            EventType::RecommendationViewed => None,
-        }
-    }
 }
 
-/// An event as sent by a client or the edge (validated by [`RawEvent::validate`]).
+/// An event as sent (the origin validates every field).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEvent {
     pub user_id: String,
     pub item_id: String,
+    /// One of [`EventType`]'s names; a string so an unknown type gets a precise error.
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     /// Unix seconds; the receive time when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
+    /// Where the recommendation was served from (the edge fills it, e.g. `kv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    #[serde(default)]
+    /// The edge region of the request (the edge fills it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 }
 
+/// `{"events":[...]}`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub events: Vec<RawEvent>,
+}
+
+/// `202` answer of `POST /v1/events`: the batch is committed at `first_seq..=last_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsAccepted {
+    pub accepted: usize,
+    pub first_seq: i64,
+    pub last_seq: i64,
+}
+
+/// The edge's cache counters since its last report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeReport {
+    pub requests: u64,
+    pub hits: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// Longest `source` label.
+pub const MAX_SOURCE_LEN: usize = 64;
+/// Earliest accepted timestamp (2000-01-01T00:00:00Z).
+pub const MIN_TIMESTAMP: i64 = 946_684_800;
+/// Largest accepted `value` of non-rating events (a price, a score, a dwell time).
+pub const MAX_VALUE: f64 = 1e9;
+
+/// The interaction weight of an event of type `kind` with `value`, or `None` for
+/// impressions (counted by analytics, not part of a history): view 1, click 2,
+/// add_to_cart 3, purchase 5, rating = its value.
+pub fn weight(kind: EventType, value: Option<f64>) -> Option<f32> {
+    match kind {
+        EventType::View => Some(1.0),
+        EventType::Click => Some(2.0),
+        EventType::AddToCart => Some(3.0),
+        EventType::Purchase => Some(5.0),
+        EventType::Rating => Some(value.unwrap_or(0.0) as f32),
+        EventType::RecommendationViewed => None,
+    }
+}
+
 /// A validated event, as stored in the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub user_id: UserId,
     pub item_id: ItemId,
@@ -116,24 +147,7 @@ pub struct Event {
 impl Event {
     /// The interaction weight, `None` for impressions.
     pub fn weight(&self) -> Option<f32> {
-        self.kind.weight(self.value)
-    }
-
-    /// The event in its wire form again (what the edge forwards to the origin).
-    pub fn to_raw(&self) -> RawEvent {
-        RawEvent {
-            user_id: self.user_id.to_string(),
-            item_id: self.item_id.to_string(),
-            kind: self.kind.as_str().to_string(),
-            value: self.value,
-            timestamp: Some(self.timestamp),
-            context: self
-                .context
-                .as_deref()
-                .and_then(|c| serde_json::from_str(c).ok()),
-            source: self.source.clone(),
-            region: self.region.as_ref().map(|r| r.to_string()),
-        }
+        weight(self.kind, self.value)
     }
 }
 
@@ -209,86 +223,81 @@ pub struct Limits<'a> {
     pub regions: &'a RegionMap,
 }
 
-impl RawEvent {
-    /// Checks every field; the result is what the log stores.
-    pub fn validate(self, limits: &Limits<'_>) -> Result<Event, FieldError> {
-        let user_id = UserId::parse(&self.user_id)?;
-        let item_id = ItemId::parse(&self.item_id)?;
-        let kind = EventType::parse(&self.kind)
-            .ok_or_else(|| FieldError::Type(self.kind.chars().take(40).collect()))?;
-        match (kind, self.value) {
-            (EventType::Rating, Some(v)) if (0.0..=5.0).contains(&v) => {}
-            (EventType::Rating, _) => return Err(FieldError::RatingValue),
-            (EventType::RecommendationViewed, Some(v))
-                if !(v.is_finite() && v.abs() <= MAX_VALUE) =>
-            {
-                return Err(FieldError::Value {
-                    min: -MAX_VALUE,
-                    max: MAX_VALUE,
-                    found: v,
-                })
-            }
-            (_, Some(v)) if !(v.is_finite() && (0.0..=MAX_VALUE).contains(&v)) => {
-                return Err(FieldError::Value {
-                    min: 0.0,
-                    max: MAX_VALUE,
-                    found: v,
-                })
-            }
-            _ => {}
+/// Checks every field of an event; the result is what the log stores.
+pub fn validate(raw: RawEvent, limits: &Limits<'_>) -> Result<Event, FieldError> {
+    let user_id = UserId::parse(&raw.user_id)?;
+    let item_id = ItemId::parse(&raw.item_id)?;
+    let kind = EventType::parse(&raw.kind)
+        .ok_or_else(|| FieldError::Type(raw.kind.chars().take(40).collect()))?;
+    match (kind, raw.value) {
+        (EventType::Rating, Some(v)) if (0.0..=5.0).contains(&v) => {}
+        (EventType::Rating, _) => return Err(FieldError::RatingValue),
+        (EventType::RecommendationViewed, Some(v)) if !(v.is_finite() && v.abs() <= MAX_VALUE) => {
+            return Err(FieldError::Value {
+                min: -MAX_VALUE,
+                max: MAX_VALUE,
+                found: v,
+            })
         }
-        let latest = limits.now.saturating_add(limits.max_future_s);
-        let timestamp = self.timestamp.unwrap_or(limits.now);
-        if !(MIN_TIMESTAMP..=latest).contains(&timestamp) {
-            return Err(FieldError::Timestamp {
-                found: timestamp,
-                latest,
-            });
+        (_, Some(v)) if !(v.is_finite() && (0.0..=MAX_VALUE).contains(&v)) => {
+            return Err(FieldError::Value {
+                min: 0.0,
+                max: MAX_VALUE,
+                found: v,
+            })
         }
-        let context = match self.context {
-            None => None,
-            Some(map) => {
-                let s = serde_json::Value::Object(map).to_string();
-                if s.len() > MAX_CONTEXT_BYTES {
-                    return Err(FieldError::ContextTooLarge(s.len()));
-                }
-                Some(s)
-            }
-        };
-        let source = match self.source {
-            None => None,
-            Some(s) => {
-                let ok = !s.is_empty()
-                    && s.len() <= MAX_SOURCE_LEN
-                    && s.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    });
-                if !ok {
-                    return Err(FieldError::Source);
-                }
-                Some(s)
-            }
-        };
-        let region = match self.region {
-            None => None,
-            Some(r) => Some(
-                Region::parse(&r)
-                    .ok()
-                    .filter(|r| limits.regions.knows(r))
-                    .ok_or_else(|| FieldError::Region(r.chars().take(40).collect()))?,
-            ),
-        };
-        Ok(Event {
-            user_id,
-            item_id,
-            kind,
-            value: self.value,
-            timestamp,
-            context,
-            source,
-            region,
-        })
+        _ => {}
     }
+    let latest = limits.now.saturating_add(limits.max_future_s);
+    let timestamp = raw.timestamp.unwrap_or(limits.now);
+    if !(MIN_TIMESTAMP..=latest).contains(&timestamp) {
+        return Err(FieldError::Timestamp {
+            found: timestamp,
+            latest,
+        });
+    }
+    let context = match raw.context {
+        None => None,
+        Some(map) => {
+            let s = serde_json::Value::Object(map).to_string();
+            if s.len() > MAX_CONTEXT_BYTES {
+                return Err(FieldError::ContextTooLarge(s.len()));
+            }
+            Some(s)
+        }
+    };
+    let source = match raw.source {
+        None => None,
+        Some(s) => {
+            let ok = !s.is_empty()
+                && s.len() <= MAX_SOURCE_LEN
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+            if !ok {
+                return Err(FieldError::Source);
+            }
+            Some(s)
+        }
+    };
+    let region = match raw.region {
+        None => None,
+        Some(r) => Some(
+            Region::parse(&r)
+                .ok()
+                .filter(|r| limits.regions.knows(r))
+                .ok_or_else(|| FieldError::Region(r.chars().take(40).collect()))?,
+        ),
+    };
+    Ok(Event {
+        user_id,
+        item_id,
+        kind,
+        value: raw.value,
+        timestamp,
+        context,
+        source,
+        region,
+    })
 }
 
 /// Parses a request body: one event, or `{"events":[...]}` with 1 to
@@ -326,14 +335,66 @@ pub fn parse_body(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>, Event
         .map(|(index, v)| {
             serde_json::from_value::<RawEvent>(v)
                 .map_err(|e| FieldError::Json(e.to_string()))
-                .and_then(|r| r.validate(limits))
+                .and_then(|r| validate(r, limits))
                 .map_err(|source| EventError::Invalid { index, source })
         })
         .collect()
 }
 
+impl Event {
+    /// The event in its wire form again (what the edge forwards to the origin).
+    pub fn to_raw(&self) -> RawEvent {
+        RawEvent {
+            user_id: self.user_id.to_string(),
+            item_id: self.item_id.to_string(),
+            kind: self.kind.as_str().to_string(),
+            value: self.value,
+            timestamp: Some(self.timestamp),
+            context: self
+                .context
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
+            source: self.source.clone(),
+            region: self.region.as_ref().map(|r| r.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_round_trip_through_their_wire_names() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+        }
+        assert_eq!(EventType::parse("like"), None);
+    }
+
+    #[test]
+    fn a_minimal_event_serializes_without_absent_fields() {
+        let e = RawEvent {
+            user_id: "u1".into(),
+            item_id: "i1".into(),
+            kind: "view".into(),
+            value: None,
+            timestamp: None,
+            context: None,
+            source: None,
+            region: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"user_id":"u1","item_id":"i1","type":"view"}"#
+        );
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
     use super::*;
 
     const NOW: i64 = 1_764_237_600;
@@ -383,10 +444,10 @@ mod tests {
 
     #[test]
     fn interaction_weights_follow_the_documented_table() {
-        assert_eq!(EventType::Click.weight(None), Some(2.0));
-        assert_eq!(EventType::AddToCart.weight(None), Some(3.0));
-        assert_eq!(EventType::Purchase.weight(Some(99.0)), Some(5.0));
-        assert_eq!(EventType::Rating.weight(Some(3.0)), Some(3.0));
+        assert_eq!(weight(EventType::Click, None), Some(2.0));
+        assert_eq!(weight(EventType::AddToCart, None), Some(3.0));
+        assert_eq!(weight(EventType::Purchase, Some(99.0)), Some(5.0));
+        assert_eq!(weight(EventType::Rating, Some(3.0)), Some(3.0));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - `ids`: validation of ids that end up in keys and paths (tenant isolation).
 //! - `keys`: KV keys and secondary-CDN paths, all namespaced by tenant.
 //! - `admin`: bodies of `POST /admin/publish` and `POST /admin/purge`.
-//! - `events`: live events (`POST /v1/events` at edge and origin) and their validation.
+//! - `events`: live events (`POST /v1/events` at edge and origin): wire types, validation,
+//!   interaction weights; and the edge's cache report.
 //! - `region`: the country → region map shipped in `geo-data/`.
 
 pub mod admin;

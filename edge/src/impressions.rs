@@ -184,7 +184,8 @@ mod tests {
             regions: &regions,
         };
         assert!(
-            ev.into_iter().all(|e| e.validate(&limits).is_ok()),
+            ev.into_iter()
+                .all(|e| contract::events::validate(e, &limits).is_ok()),
             "impressions must pass the origin's validation"
         );
     }

@@ -24,7 +24,9 @@ use contract::{ErrorBody, IdError, ItemId, RecommendationDoc, Region, Tenant, Us
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::observability::RequestRate;
 use crate::publish::{CdnFolder, EdgeClient};
+use crate::retrain::SharedSnapshot;
 use crate::snapshot::{now_unix, DocRequest, Snapshot};
 
 /// Most user ids one batch request may name.
@@ -41,7 +43,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub snapshot: Arc<Snapshot>,
+    /// The snapshot being served; a retrain replaces it in one atomic store.
+    pub snapshot: SharedSnapshot,
     /// Region this origin runs in; the region of users not in the store.
     pub region: Region,
     /// Where answers for known users are published in the background, if anywhere.
@@ -51,18 +54,35 @@ pub struct AppState {
     pub publish_n: usize,
     /// Background publishes that may run at once; answers beyond that are not published.
     pub publish_slots: Arc<tokio::sync::Semaphore>,
+    /// Event log, freshness, retrain and analytics; `None` turns those routes off (503).
+    pub live: Option<Arc<crate::live::Live>>,
+    /// Requests per second over the last minute (counted by the middleware).
+    pub requests: Arc<RequestRate>,
 }
 
 impl AppState {
     pub fn new(snapshot: Arc<Snapshot>, region: Region) -> Self {
         AppState {
-            snapshot,
+            snapshot: Arc::new(arc_swap::ArcSwap::new(snapshot)),
             region,
             edge: None,
             cdn: None,
             publish_n: DEFAULT_PUBLISH_N,
             publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
+            live: None,
+            requests: Arc::new(RequestRate::default()),
         }
+    }
+
+    /// The snapshot serving now (held for the whole of one answer).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Turns on the live routes (events, analytics, retrain).
+    pub fn with_live(mut self, live: crate::live::Live) -> Self {
+        self.live = Some(Arc::new(live));
+        self
     }
 
     pub fn with_publish_n(mut self, n: usize) -> Self {
@@ -106,6 +126,37 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("{0}")]
+    Events(#[from] crate::events::EventError),
+    #[error("{0}")]
+    InvalidRange(#[from] crate::analytics::RangeError),
+    #[error("bad edge report: {0}")]
+    InvalidEdgeReport(String),
+    #[error("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)")]
+    Unauthorized,
+    #[error("admin routes are off: the origin has no ADMIN_TOKEN")]
+    AdminDisabled,
+    #[error("this origin runs without an event log")]
+    LiveDisabled,
+    #[error("the event log is unavailable: {0}")]
+    EventLog(String),
+    #[error("retrain failed: {0}")]
+    Retrain(String),
+}
+
+impl From<crate::auth::AuthFailure> for ApiError {
+    fn from(f: crate::auth::AuthFailure) -> Self {
+        match f {
+            crate::auth::AuthFailure::Disabled => ApiError::AdminDisabled,
+            crate::auth::AuthFailure::Unauthorized => ApiError::Unauthorized,
+        }
+    }
+}
+
+impl From<crate::event_log::EventLogError> for ApiError {
+    fn from(e: crate::event_log::EventLogError) -> Self {
+        ApiError::EventLog(e.to_string())
+    }
 }
 
 impl ApiError {
@@ -114,6 +165,11 @@ impl ApiError {
             ApiError::UnknownTenant { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidBody { status, .. } => *status,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminDisabled | ApiError::LiveDisabled | ApiError::EventLog(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Retrain(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -133,6 +189,14 @@ impl ApiError {
             ApiError::InvalidBody { .. } => "invalid_body",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Events(e) => e.code(),
+            ApiError::InvalidRange(_) => "invalid_range",
+            ApiError::InvalidEdgeReport(_) => "invalid_edge_report",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::AdminDisabled => "admin_disabled",
+            ApiError::LiveDisabled => "events_disabled",
+            ApiError::EventLog(_) => "event_log_unavailable",
+            ApiError::Retrain(_) => "retrain_failed",
         }
     }
 }
@@ -225,10 +289,11 @@ pub fn parse_n(raw: Option<&str>) -> Result<usize, ApiError> {
 fn check_tenant(state: &AppState, raw: Option<&str>) -> Result<(), ApiError> {
     if let Some(t) = raw {
         let t = Tenant::parse(t)?;
-        if t != state.snapshot.tenant {
+        let served = state.snapshot().tenant.clone();
+        if t != served {
             return Err(ApiError::UnknownTenant {
                 asked: t.as_str().to_owned(),
-                served: state.snapshot.tenant.as_str().to_owned(),
+                served: served.as_str().to_owned(),
             });
         }
     }
@@ -238,7 +303,7 @@ fn check_tenant(state: &AppState, raw: Option<&str>) -> Result<(), ApiError> {
 /// A region parameter that names a known region; anything else is ignored.
 fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
     raw.and_then(|r| Region::parse(r).ok())
-        .filter(|r| state.snapshot.regions.knows(r))
+        .filter(|r| state.snapshot().regions.knows(r))
 }
 
 /// Publishes the document of a user with history in the background; never delays or
@@ -247,7 +312,12 @@ fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
 /// The published document is the user's canonical one (their own region, no context,
 /// at least `publish_n` items), not the answer as asked for: the edge serves it to
 /// every later request of the user, whatever `n`, `context` or `region` they name.
-fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
+fn publish_in_background(
+    state: &AppState,
+    user: &UserId,
+    n: usize,
+    trace: Option<&crate::observability::TraceContext>,
+) {
     if state.edge.is_none() && state.cdn.is_none() {
         return;
     }
@@ -256,9 +326,11 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
         return;
     };
     let (state, user) = (state.clone(), user.clone());
+    let traceparent = trace.map(|t| t.child().header_value());
     tokio::spawn(async move {
         let _slot = slot;
-        let doc = state.snapshot.user_doc(
+        let snapshot = state.snapshot();
+        let doc = snapshot.user_doc(
             &user,
             &DocRequest {
                 n: n.max(state.publish_n),
@@ -267,33 +339,54 @@ fn publish_in_background(state: &AppState, user: &UserId, n: usize) {
             },
             now_unix(),
         );
-        let tenant = &state.snapshot.tenant;
-        crate::publish::publish_one(state.edge.as_ref(), state.cdn.as_ref(), tenant, doc).await;
+        let tenant = &snapshot.tenant;
+        let outcome = crate::publish::publish_one_traced(
+            state.edge.as_ref(),
+            state.cdn.as_ref(),
+            tenant,
+            doc,
+            traceparent.as_deref(),
+        )
+        .await;
+        if let Some(live) = &state.live {
+            if let Some(r) = &outcome.cdn {
+                live.health.record("cdn", r);
+            }
+            if let Some(r) = &outcome.kv {
+                live.health.record("kv", r);
+            }
+        }
     });
 }
 
+/// The trace context the middleware put into the request, when it ran.
+type Trace = Option<axum::Extension<crate::observability::TraceContext>>;
+
 async fn recommendations(
     State(state): State<AppState>,
+    trace: Trace,
     user: Result<Path<String>, PathRejection>,
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let Path(user) = user.map_err(|_| ApiError::UndecodableUserId)?;
-    answer(state, &user, params).await
+    answer(state, &user, params, trace).await
 }
 
 /// `GET /v1/recommendations/batch`: the static batch route shadows the user named
 /// `batch`, so its GET is answered here.
 async fn recommendations_for_user_named_batch(
     State(state): State<AppState>,
+    trace: Trace,
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
-    answer(state, "batch", params).await
+    answer(state, "batch", params, trace).await
 }
 
 async fn answer(
     state: AppState,
     user: &str,
     params: Result<Query<RecParams>, QueryRejection>,
+    trace: Trace,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let user = UserId::parse(user)?;
     let Query(params) = params?;
@@ -301,7 +394,8 @@ async fn answer(
     let n = parse_n(params.n.as_deref())?;
     let context = non_empty(&params.context).map(ItemId::parse).transpose()?;
     let region = known_region(&state, non_empty(&params.region));
-    let doc = state.snapshot.user_doc(
+    let snapshot = state.snapshot();
+    let doc = snapshot.user_doc(
         &user,
         &DocRequest {
             n,
@@ -311,8 +405,8 @@ async fn answer(
         },
         now_unix(),
     );
-    if state.snapshot.has_history(&user) {
-        publish_in_background(&state, &user, n);
+    if snapshot.has_history(&user) {
+        publish_in_background(&state, &user, n, trace.as_ref().map(|t| &t.0));
     }
     Ok(Json(doc))
 }
@@ -353,7 +447,7 @@ async fn batch(
         .collect::<Result<Vec<_>, _>>()?;
     let region = known_region(&state, non_empty(&body.region));
     let now = now_unix();
-    let snapshot = state.snapshot.clone();
+    let snapshot = state.snapshot();
     let fallback = state.region.clone();
     let results = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
@@ -390,11 +484,11 @@ async fn popular(
         Some(r) => known_region(&state, Some(r))
             .ok_or_else(|| ApiError::InvalidRegion(r.chars().take(40).collect()))?,
     };
-    Ok(Json(state.snapshot.popular_doc(&region, n, now_unix())))
+    Ok(Json(state.snapshot().popular_doc(&region, n, now_unix())))
 }
 
 async fn health(State(state): State<AppState>) -> Json<Health> {
-    let s = &state.snapshot;
+    let s = state.snapshot();
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -429,6 +523,7 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/v1/popular", get(popular))
         .route("/health", get(health))
+        .merge(crate::live::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -735,8 +830,8 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&user_file).unwrap()).unwrap();
         assert_eq!(doc.user_id, "u1");
         assert_eq!(doc.items.len(), DEFAULT_PUBLISH_N, "the canonical document");
-        let own = state
-            .snapshot
+        let snapshot = state.snapshot();
+        let own = snapshot
             .known_user_region(&UserId::parse("u1").unwrap())
             .unwrap();
         assert_eq!(doc.region, own.as_str(), "the user's own region");

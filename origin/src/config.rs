@@ -87,6 +87,16 @@ pub enum Command {
     Split(crate::eval::cli::SplitArgs),
     /// Write synthetic MovieLens-shaped interactions (for benchmarks and demos).
     Synth(crate::eval::cli::SynthArgs),
+    /// Rebuild every projection of the event log (history, popularity, trending,
+    /// co-occurrence, training interactions) from the log alone.
+    Replay(ReplayConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayConfig {
+    /// SQLite database file holding the event log.
+    #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
+    pub db: PathBuf,
 }
 
 /// Where the database is and which tenant it holds.
@@ -129,6 +139,24 @@ pub struct ServeConfig {
     /// Seconds a document may be served stale after freshness ends.
     #[arg(long, env = "ORIGIN_STALE_FOR_S", default_value_t = 86_400)]
     pub stale_for_s: u64,
+    /// Address of the Prometheus `/metrics` listener (its own port).
+    #[arg(long, env = "ORIGIN_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Seconds between background full retrains; 0 turns scheduled retrains off.
+    #[arg(long, env = "ORIGIN_RETRAIN_EVERY_S", default_value_t = 3600)]
+    pub retrain_every_s: u64,
+    /// Milliseconds without new events for a user before their document is republished.
+    #[arg(long, env = "ORIGIN_REPUBLISH_DEBOUNCE_MS", default_value_t = 200)]
+    pub republish_debounce_ms: u64,
+    /// Seconds an event timestamp may be ahead of the origin's clock.
+    #[arg(long, env = "ORIGIN_EVENT_MAX_FUTURE_S", default_value_t = 300)]
+    pub event_max_future_s: u32,
+    /// Most events committed in one group-commit transaction.
+    #[arg(long, env = "ORIGIN_EVENT_GROUP_MAX", default_value_t = 5000)]
+    pub event_group_max: usize,
+    /// OpenTelemetry OTLP endpoint (needs the `otel` cargo feature; currently a stub).
+    #[arg(long, env = "ORIGIN_OTEL_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -259,6 +287,9 @@ impl ServeConfig {
         if self.publish_n == 0 || self.publish_n > contract::MAX_N {
             return Err(ConfigError::N(self.publish_n));
         }
+        if self.event_group_max == 0 {
+            return Err(ConfigError::Zero("--event-group-max"));
+        }
         Ok((tenant, region))
     }
 }
@@ -333,6 +364,12 @@ mod tests {
         assert_eq!(s.store.db, PathBuf::from("var/origin.sqlite"));
         assert_eq!(s.store.tenant, "default");
         assert_eq!(s.fresh_for_s, 300);
+        assert_eq!(s.metrics_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(s.retrain_every_s, 3600);
+        assert_eq!(s.republish_debounce_ms, 200);
+        assert_eq!(s.event_max_future_s, 300);
+        assert_eq!(s.event_group_max, 5000);
+        assert_eq!(s.otel_endpoint, None);
         assert!(s.validate(&RegionMap::builtin()).is_ok());
     }
 

@@ -21,16 +21,32 @@
 //! - `cdn`: the static server over the published CDN folder.
 //! - `demo_data`: deterministic generated demo data.
 //! - `import`: MovieLens/CSV import, all or nothing.
+//! - `events`: the live event wire format and its validation.
+//! - `event_log`: the durable, group-committed event log and its projections.
+//! - `live`: the event, analytics and admin routes.
+//! - `freshness`: debounced per-user republish and purge after events.
+//! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
+//! - `analytics`: the recommendation funnel and real-time figures.
+//! - `auth`: constant-time admin bearer checks.
+//! - `observability`: metrics, request middleware, W3C trace context.
 
+pub mod analytics;
 pub mod api;
+pub mod auth;
 pub mod cdn;
 pub mod config;
 pub mod demo_data;
 pub mod engine;
 pub mod eval;
+pub mod event_log;
+pub mod events;
+pub mod freshness;
 pub mod import;
+pub mod live;
 pub mod model;
+pub mod observability;
 pub mod publish;
+pub mod retrain;
 pub mod simple_model;
 pub mod snapshot;
 pub mod store;
@@ -40,11 +56,16 @@ use std::future::Future;
 
 pub use api::{ApiError, AppState};
 
-/// The HTTP API with its middleware: request tracing and a body size limit.
+/// The HTTP API with its middleware: a body size limit, and per request a span with
+/// the W3C trace id, latency and status metrics ([`observability::track`]).
 pub fn app(state: AppState) -> axum::Router {
+    let requests = state.requests.clone();
     api::routes(state)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            requests,
+            observability::track,
+        ))
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contract::admin::{PublishRequest, PublishResponse};
+use contract::admin::{PublishRequest, PublishResponse, PurgeRequest, PurgeResponse};
 use contract::keys::{cdn_popular, cdn_user, generation_name, Generation};
 use contract::{ErrorBody, IdError, RecommendationDoc, Region, Tenant, UserId};
 use rayon::prelude::*;
@@ -69,6 +69,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
 pub struct EdgeClient {
     client: reqwest::Client,
     url: String,
+    purge_url: String,
     token: Secret,
 }
 
@@ -83,6 +84,7 @@ impl EdgeClient {
         EdgeClient {
             client,
             url: format!("{}/admin/publish", base_url.trim_end_matches('/')),
+            purge_url: format!("{}/admin/purge", base_url.trim_end_matches('/')),
             token,
         }
     }
@@ -90,18 +92,46 @@ impl EdgeClient {
     /// Sends one publish request; a non-2xx answer becomes [`PublishError::Edge`] with
     /// the edge's JSON error message.
     pub async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse, PublishError> {
+        self.publish_traced(req, None).await
+    }
+
+    /// [`EdgeClient::publish`] carrying a W3C `traceparent` header.
+    pub async fn publish_traced(
+        &self,
+        req: &PublishRequest,
+        traceparent: Option<&str>,
+    ) -> Result<PublishResponse, PublishError> {
+        self.post(&self.url, req, traceparent).await
+    }
+
+    /// Drops the edge-cache entries of some users (`POST {edge}/admin/purge`).
+    pub async fn purge(
+        &self,
+        req: &PurgeRequest,
+        traceparent: Option<&str>,
+    ) -> Result<PurgeResponse, PublishError> {
+        self.post(&self.purge_url, req, traceparent).await
+    }
+
+    async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        req: &Req,
+        traceparent: Option<&str>,
+    ) -> Result<Resp, PublishError> {
         let http = |source| PublishError::Http {
-            url: self.url.clone(),
+            url: url.to_owned(),
             source,
         };
-        let resp = self
+        let mut builder = self
             .client
-            .post(&self.url)
+            .post(url)
             .bearer_auth(self.token.expose())
-            .json(req)
-            .send()
-            .await
-            .map_err(http)?;
+            .json(req);
+        if let Some(tp) = traceparent {
+            builder = builder.header("traceparent", tp);
+        }
+        let resp = builder.send().await.map_err(http)?;
         let status = resp.status();
         let text = resp.text().await.map_err(http)?;
         if !status.is_success() {
@@ -110,7 +140,7 @@ impl EdgeClient {
                 Err(_) => ("http_error".into(), text.chars().take(300).collect()),
             };
             return Err(PublishError::Edge {
-                url: self.url.clone(),
+                url: url.to_owned(),
                 status: status.as_u16(),
                 code,
                 message,
@@ -459,24 +489,55 @@ pub async fn publish_all(
     Ok(report)
 }
 
+/// What [`publish_one`] did per target (`None`: the target is not configured).
+#[derive(Debug, Default)]
+pub struct PublishOneOutcome {
+    pub cdn: Option<Result<(), String>>,
+    pub kv: Option<Result<(), String>>,
+}
+
 /// Publishes one answered document into the edge KV's current generation and the CDN
-/// folder's current generation. Failures are logged, never returned.
+/// folder's current generation. Failures are logged and reported, never raised.
 pub async fn publish_one(
     edge: Option<&EdgeClient>,
     cdn: Option<&CdnFolder>,
     tenant: &Tenant,
     doc: RecommendationDoc,
-) {
+) -> PublishOneOutcome {
+    publish_one_traced(edge, cdn, tenant, doc, None).await
+}
+
+/// [`publish_one`], passing a W3C `traceparent` on to the edge.
+pub async fn publish_one_traced(
+    edge: Option<&EdgeClient>,
+    cdn: Option<&CdnFolder>,
+    tenant: &Tenant,
+    doc: RecommendationDoc,
+    traceparent: Option<&str>,
+) -> PublishOneOutcome {
+    let mut outcome = PublishOneOutcome::default();
     if let Some(cdn) = cdn {
         let (cdn, tenant, doc) = (cdn.clone(), tenant.clone(), doc.clone());
         let user = doc.user_id.clone();
-        match tokio::task::spawn_blocking(move || cdn.write_current_user(&tenant, &doc)).await {
+        let result = match tokio::task::spawn_blocking(move || {
+            cdn.write_current_user(&tenant, &doc)
+        })
+        .await
+        {
             Ok(Ok(path)) => {
-                tracing::debug!(user = %user, path = %path.display(), "wrote to CDN folder")
+                tracing::debug!(user = %user, path = %path.display(), "wrote to CDN folder");
+                Ok(())
             }
-            Ok(Err(e)) => tracing::warn!(user = %user, error = %e, "CDN write after miss failed"),
-            Err(e) => tracing::warn!(user = %user, error = %e, "CDN write task failed"),
-        }
+            Ok(Err(e)) => {
+                tracing::warn!(user = %user, error = %e, "CDN write after miss failed");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "CDN write task failed");
+                Err(e.to_string())
+            }
+        };
+        outcome.cdn = Some(result);
     }
     if let Some(edge) = edge {
         let user = doc.user_id.clone();
@@ -487,11 +548,19 @@ pub async fn publish_one(
             documents: vec![doc],
             popular: Vec::new(),
         };
-        match edge.publish(&req).await {
-            Ok(r) => tracing::debug!(user = %user, generation = %r.generation, "published to KV"),
-            Err(e) => tracing::warn!(user = %user, error = %e, "KV publish after miss failed"),
-        }
+        let result = match edge.publish_traced(&req, traceparent).await {
+            Ok(r) => {
+                tracing::debug!(user = %user, generation = %r.generation, "published to KV");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "KV publish after miss failed");
+                Err(e.to_string())
+            }
+        };
+        outcome.kv = Some(result);
     }
+    outcome
 }
 
 #[cfg(test)]
@@ -726,7 +795,10 @@ mod tests {
             fresh_for_s: 300,
             stale_for_s: 86_400,
         };
-        publish_one(Some(&client), None, &Tenant::default_tenant(), doc.clone()).await;
+        let outcome =
+            publish_one(Some(&client), None, &Tenant::default_tenant(), doc.clone()).await;
+        assert!(matches!(outcome.kv, Some(Ok(()))));
+        assert!(outcome.cdn.is_none());
         let seen = edge.seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
         let req = &seen[0].1;

@@ -241,6 +241,48 @@ impl Snapshot {
             .user_index
             .get(user.as_str())
             .map_or(&[], |&u| self.history[u as usize].as_slice());
+        self.doc_with(user, region, history, req, now)
+    }
+
+    /// The document for one user scored with `history` (item id, weight) instead of
+    /// the history this snapshot was built with: used to republish a user right after
+    /// new events, before the next retrain. Items the model does not know are left out.
+    pub fn user_doc_with_history(
+        &self,
+        user: &UserId,
+        history: &[(String, f32)],
+        req: &DocRequest<'_>,
+        now: u64,
+    ) -> RecommendationDoc {
+        let region = req
+            .region
+            .or_else(|| self.known_user_region(user))
+            .or(req.fallback_region)
+            .unwrap_or_else(|| self.regions.default_region());
+        let mut indexed: Vec<(ItemIdx, f32)> = history
+            .iter()
+            .filter_map(|(item, w)| Some((*self.item_index.get(item.as_str())?, *w)))
+            .collect();
+        indexed.sort_by_key(|&(i, _)| i);
+        indexed.dedup_by(|next, kept| {
+            if next.0 == kept.0 {
+                kept.1 += next.1;
+                true
+            } else {
+                false
+            }
+        });
+        self.doc_with(user, region, &indexed, req, now)
+    }
+
+    fn doc_with(
+        &self,
+        user: &UserId,
+        region: &Region,
+        history: &[(ItemIdx, f32)],
+        req: &DocRequest<'_>,
+        now: u64,
+    ) -> RecommendationDoc {
         let context_item = req
             .context
             .and_then(|c| self.item_index.get(c.as_str()).copied());
