@@ -581,3 +581,86 @@ fn browsers_get_cors_headers_and_conditional_requests_get_304() {
         .unwrap();
     assert_eq!(other.status(), 200);
 }
+
+#[test]
+fn an_event_sent_to_the_edge_is_stored_and_changes_the_users_answer_within_seconds() {
+    let s = shared();
+    let user = &s.kv_users[4];
+    let path = format!("/v1/recommendations/{user}");
+    let before = served(s.stack.get(&path));
+    let bought = before["items"][0]["item_id"].as_str().unwrap().to_string();
+
+    let sent = Instant::now();
+    let r = s
+        .stack
+        .client
+        .post(s.stack.edge_url("/v1/events"))
+        .json(&json!({ "user_id": user, "item_id": bought, "type": "purchase", "source": "kv" }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    assert_eq!(served(r)["accepted"], 1);
+
+    // The origin rescores the user, republishes to KV and purges the edge cache: the
+    // bought item leaves the answer at the edge.
+    let took = loop {
+        let now = served(s.stack.get(&path));
+        let items: Vec<&str> = now["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["item_id"].as_str())
+            .collect();
+        if !items.contains(&bought.as_str()) {
+            break sent.elapsed();
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(15),
+            "the answer still holds {bought} 15 s after the purchase"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("event to changed answer at the edge: {took:?}");
+    let report = format!(
+        "| event → changed answer at the edge | {:.0} ms |\n",
+        took.as_secs_f64() * 1e3
+    );
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| e2e::repo_root().join("target"));
+    let _ = std::fs::create_dir_all(target.join("e2e-reports"));
+    let _ = std::fs::write(target.join("e2e-reports/freshness.md"), report);
+
+    // The purchase and the edge's impressions (sent in the background) reach analytics.
+    let analytics = format!(
+        "http://127.0.0.1:{}/v1/analytics/recommendations?range=1h",
+        s.stack.origin_port(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a: serde_json::Value = s
+            .stack
+            .client
+            .get(&analytics)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if a["conversions"].as_u64().unwrap_or(0) >= 1
+            && a["impressions"].as_u64().unwrap_or(0) >= 1
+        {
+            assert!(
+                a["by_region"].as_object().is_some_and(|m| !m.is_empty()),
+                "{a}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "analytics never showed the purchase and impressions: {a}"
+        );
+        // Batches leave with later traffic (every answer checks whether one is due).
+        let _ = s.stack.get(&path);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
