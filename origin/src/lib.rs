@@ -20,6 +20,7 @@
 pub mod api;
 pub mod cdn;
 pub mod config;
+pub mod dashboard;
 pub mod demo_data;
 pub mod import;
 pub mod model;
