@@ -30,3 +30,11 @@ if ! command -v promtool >/dev/null 2>&1; then
     echo "setup: could not install prometheus (no root or no apt); the alert-rule test will skip"
   fi
 fi
+if [ ! -x /usr/bin/chromium ]; then
+  # For the browser test (tests/browser/demo_click.mjs): playwright-core drives Debian's
+  # chromium, since Playwright's own browser download does not work offline.
+  echo "setup: installing Debian's chromium for the browser test (apt-get install -y chromium)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+    echo "setup: could not install chromium (no root or no apt); the browser test will not run"
+  fi
+fi

@@ -664,3 +664,44 @@ fn an_event_sent_to_the_edge_is_stored_and_changes_the_users_answer_within_secon
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn a_click_on_the_demo_page_shows_up_on_the_dashboard() {
+    let s = shared();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: scripts/setup.sh installs Debian's chromium for this test"
+    );
+    let root = e2e::repo_root();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let out = target.join("e2e-reports/browser");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let origin_url = format!("http://127.0.0.1:{}", s.stack.origin_port(0));
+    let run = std::process::Command::new("node")
+        .arg(root.join("tests/browser/demo_click.mjs"))
+        .args([
+            s.stack.edge_url("").as_str(),
+            origin_url.as_str(),
+            out.to_str().unwrap(),
+            s.kv_users[5].as_str(),
+        ])
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node runs the browser driver");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "browser test failed:\n{said}");
+    for shot in ["demo.png", "dashboard.png"] {
+        let len = std::fs::metadata(out.join(shot))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 1000, "{shot} was not saved ({len} bytes)");
+    }
+}

@@ -156,6 +156,20 @@ pub fn error_headers(cfg: &EdgeConfig, region: Option<&Region>) -> Vec<(&'static
     h
 }
 
+/// Headers of the demo page: HTML, cached briefly, and a policy allowing only its own
+/// inline script and style and calls back to this worker.
+pub fn page_headers() -> Vec<(&'static str, String)> {
+    vec![
+        ("Content-Type", "text/html; charset=utf-8".to_string()),
+        ("Cache-Control", "public, max-age=60".to_string()),
+        (
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:".to_string(),
+        ),
+        ("X-Content-Type-Options", "nosniff".to_string()),
+    ]
+}
+
 /// Headers of a document stored in the edge cache (the stored, uncut document).
 pub fn cache_entry_headers(ttl_s: u64) -> Vec<(&'static str, String)> {
     vec![

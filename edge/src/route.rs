@@ -23,6 +23,8 @@ pub enum Route {
     AdminGeoDb,
     /// `POST /v1/events`: events to validate and forward to the user's regional origin.
     Events,
+    /// `GET /`: the demo page.
+    DemoPage,
 }
 
 /// `GET /v1/recommendations/{user_id}?n=&tenant=`, validated.
@@ -71,6 +73,8 @@ pub fn route(
         };
     }
     match (path, method.as_str()) {
+        ("/", _) if is_read => Ok(Route::DemoPage),
+        ("/", _) => Err(not_allowed("GET, HEAD")),
         ("/v1/events", "POST") => Ok(Route::Events),
         ("/v1/events", "OPTIONS") => Ok(Route::Preflight),
         ("/v1/events", _) => Err(not_allowed("POST, OPTIONS")),

@@ -523,6 +523,7 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/v1/popular", get(popular))
         .route("/health", get(health))
+        .route("/dashboard", get(crate::dashboard::dashboard_page))
         .merge(crate::live::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

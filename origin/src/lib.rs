@@ -35,6 +35,7 @@ pub mod api;
 pub mod auth;
 pub mod cdn;
 pub mod config;
+pub mod dashboard;
 pub mod demo_data;
 pub mod engine;
 pub mod eval;

@@ -34,6 +34,8 @@ use state::{Counters, COUNTERS};
 const KV_BINDING: &str = "KV";
 /// KV values are at most 25 MiB.
 const MAX_GEO_DB_BYTES: usize = 25 * 1024 * 1024;
+/// The demo page served at `/` (`edge/static/demo.html`).
+const DEMO_PAGE_HTML: &str = include_str!("../../static/demo.html");
 /// The global popular list baked in at build time (`edge/baked/popular.json`).
 const BAKED_POPULAR_JSON: &str = include_str!("../../baked/popular.json");
 
@@ -132,6 +134,11 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(Route::AdminPurge) => admin_purge(req, cfg, &worker_origin).await,
         Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
         Ok(Route::Events) => events::accept(req, cfg, &location, traceparent).await,
+        Ok(Route::DemoPage) => {
+            let body =
+                (req.method() != worker::Method::Head).then(|| DEMO_PAGE_HTML.as_bytes().to_vec());
+            respond_with(200, &respond::page_headers(), body).map_err(internal)
+        }
         Err(e) => Err(e),
     };
     match result {

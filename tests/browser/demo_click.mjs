@@ -1,0 +1,160 @@
+// Browser test of the demo page and the dashboard, in Debian's chromium driven by
+// playwright-core:
+//
+//   node tests/browser/demo_click.mjs EDGE_URL ORIGIN_URL OUT_DIR USER
+//
+// Opens EDGE_URL/, loads USER's recommendations, clicks the first item, waits for the
+// page to say the click event was accepted, then opens ORIGIN_URL/dashboard and polls
+// (up to 20 s) until the clicks total is at least 1. Saves OUT_DIR/demo.png and
+// OUT_DIR/dashboard.png, prints one line of JSON, exits 0 on success and 1 with a
+// message on stderr otherwise (2 on bad arguments). Uncaught page errors fail the test.
+// CHROMIUM overrides the browser path (default /usr/bin/chromium).
+
+import { mkdirSync, mkdtempSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const [edgeArg, originArg, outArg, user] = process.argv.slice(2);
+if (!edgeArg || !originArg || !outArg || !user) {
+  console.error("usage: node tests/browser/demo_click.mjs EDGE_URL ORIGIN_URL OUT_DIR USER");
+  process.exit(2);
+}
+const EDGE = edgeArg.replace(/\/+$/, "");
+const ORIGIN = originArg.replace(/\/+$/, "");
+const OUT = resolve(outArg);
+const EXECUTABLE = process.env.CHROMIUM || "/usr/bin/chromium";
+const DASHBOARD_WAIT_MS = 20_000;
+
+const summary = { ok: false, user, edge: EDGE, origin: ORIGIN };
+const problems = { page_errors: [], console_errors: [] };
+
+class TestFailure extends Error {}
+const fail = (msg) => { throw new TestFailure(msg); };
+
+function watch(page, name) {
+  page.on("pageerror", (e) => problems.page_errors.push(`${name}: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.console_errors.push(`${name}: ${m.text()}`);
+  });
+}
+
+const text = async (page, testid) =>
+  ((await page.getByTestId(testid).first().textContent()) ?? "").trim();
+
+async function screenshot(page, file) {
+  if (!page || page.isClosed()) return;
+  try {
+    await page.screenshot({ path: join(OUT, file), fullPage: true });
+    (summary.screenshots ??= []).push(join(OUT, file));
+  } catch (e) {
+    console.error(`could not save ${file}: ${e.message}`);
+  }
+}
+
+async function demo(context) {
+  const page = await context.newPage();
+  watch(page, "demo");
+  const resp = await page.goto(`${EDGE}/`, { waitUntil: "domcontentloaded", timeout: 15_000 });
+  if (!resp || !resp.ok()) fail(`GET ${EDGE}/ answered ${resp ? resp.status() : "nothing"}, not the demo page`);
+  await page.getByTestId("user-input").fill(user);
+  await page.getByTestId("load").click();
+  // Either items appear or the page reports an error.
+  const status = page.getByTestId("status");
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="rec-item"]') ||
+      document.querySelector('[data-testid="status"]')?.getAttribute("data-state") === "error",
+    null, { timeout: 15_000 },
+  ).catch(() => null);
+  if (!(await page.getByTestId("rec-item").count()) && (await status.getAttribute("data-state")) !== "error") {
+    fail(`no recommendations for ${user} within 15 s (status: ${(await status.textContent())?.trim()})`);
+  }
+  if ((await status.getAttribute("data-state")) === "error") {
+    fail(`loading ${user} failed: ${(await status.textContent())?.trim()}`);
+  }
+  const first = page.getByTestId("rec-item").first();
+  summary.items = await page.getByTestId("rec-item").count();
+  summary.item_id = await first.getAttribute("data-item-id");
+  summary.source = await text(page, "source");
+  summary.region = await text(page, "region");
+  summary.cache = await text(page, "cache");
+  summary.freshness = await text(page, "freshness");
+
+  await first.click();
+  await page.waitForFunction(
+    () => ["event-accepted", "error"].includes(
+      document.querySelector('[data-testid="status"]')?.getAttribute("data-state")),
+    null, { timeout: 10_000 },
+  ).catch(() => fail("the page did not report the click event's outcome within 10 s"));
+  const after = (await status.textContent())?.trim();
+  if ((await status.getAttribute("data-state")) === "error") fail(`the click was not accepted: ${after}`);
+  summary.event_status = after;
+  // The page reloads the list ~1.5 s after an accepted click; wait for it (best effort).
+  await page.waitForFunction(
+    () => /after the click/.test(document.querySelector('[data-testid="status"]')?.textContent ?? ""),
+    null, { timeout: 8_000 },
+  ).then(async () => { summary.reloaded = (await status.textContent())?.trim(); })
+    .catch(() => { summary.reloaded = null; });
+  await screenshot(page, "demo.png");
+  return page;
+}
+
+async function dashboard(context) {
+  const page = await context.newPage();
+  watch(page, "dashboard");
+  const resp = await page.goto(`${ORIGIN}/dashboard`, { waitUntil: "domcontentloaded", timeout: 15_000 });
+  if (!resp || !resp.ok()) fail(`GET ${ORIGIN}/dashboard answered ${resp ? resp.status() : "nothing"}`);
+  const deadline = Date.now() + DASHBOARD_WAIT_MS;
+  let clicks = NaN;
+  for (;;) {
+    const raw = await text(page, "clicks-total");
+    clicks = Number(raw.replace(/[^0-9.]/g, "") || NaN);
+    if (clicks >= 1) break;
+    if (Date.now() > deadline) {
+      await screenshot(page, "dashboard.png");
+      fail(`the dashboard's clicks total stayed at ${JSON.stringify(raw)} for ${DASHBOARD_WAIT_MS / 1000} s ` +
+        `(poll status: ${await text(page, "poll-status")})`);
+    }
+    await page.waitForTimeout(500);
+  }
+  summary.clicks_total = clicks;
+  summary.impressions_total = await text(page, "impressions-total");
+  summary.ctr = await text(page, "ctr");
+  // Let one more poll land so the charts have at least two points.
+  await page.waitForTimeout(2_500);
+  await screenshot(page, "dashboard.png");
+  return page;
+}
+
+let context;
+let userDataDir;
+let code = 1;
+let page = null;
+try {
+  if (!existsSync(EXECUTABLE)) fail(`no browser at ${EXECUTABLE}: run scripts/setup.sh (installs Debian's chromium)`);
+  mkdirSync(OUT, { recursive: true });
+  userDataDir = mkdtempSync(join(tmpdir(), "edge-recs-browser-"));
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: EXECUTABLE,
+    headless: true,
+    viewport: { width: 1100, height: 900 },
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  page = await demo(context);
+  page = await dashboard(context);
+  if (problems.page_errors.length) fail(`uncaught errors in the pages: ${problems.page_errors.join(" | ")}`);
+  summary.ok = true;
+  code = 0;
+} catch (e) {
+  summary.error = e instanceof TestFailure ? e.message : `${e.name}: ${e.message}`;
+  const open = context?.pages().filter((p) => !p.isClosed()) ?? [];
+  if (open.length) await screenshot(open[open.length - 1], "failure.png");
+  console.error(`browser test failed: ${summary.error}`);
+} finally {
+  await context?.close().catch(() => {});
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+}
+Object.assign(summary, problems);
+console.log(JSON.stringify(summary));
+process.exit(code);
