@@ -631,6 +631,24 @@ fn an_event_sent_to_the_edge_is_stored_and_changes_the_users_answer_within_secon
     let _ = std::fs::create_dir_all(target.join("e2e-reports"));
     let _ = std::fs::write(target.join("e2e-reports/freshness.md"), report);
 
+    // The origin's Prometheus endpoint (its own port) counts what it ingested.
+    let metrics = s
+        .stack
+        .client
+        .get(format!(
+            "http://127.0.0.1:{}/metrics",
+            s.stack.origins[0].metrics_port
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().unwrap();
+    assert!(
+        text.contains("# TYPE") && text.contains("events"),
+        "no event metrics in /metrics:\n{}",
+        &text[..text.len().min(2000)]
+    );
+
     // The purchase and the edge's impressions (sent in the background) reach analytics.
     let analytics = format!(
         "http://127.0.0.1:{}/v1/analytics/recommendations?range=1h",

@@ -200,6 +200,8 @@ impl Default for StackOptions {
 pub struct OriginSlot {
     pub name: &'static str,
     pub port: u16,
+    /// Port of its Prometheus `/metrics` listener.
+    pub metrics_port: u16,
     pub proc: Option<Proc>,
 }
 
@@ -263,6 +265,7 @@ impl Stack {
             .map(|&name| OriginSlot {
                 name,
                 port: free_port(),
+                metrics_port: free_port(),
                 proc: None,
             })
             .collect();
@@ -383,6 +386,7 @@ impl Stack {
     /// Starts (or restarts) origin `i` on its port.
     pub fn start_origin(&mut self, i: usize) {
         let (name, port) = (self.origins[i].name, self.origins[i].port);
+        let metrics_listen = format!("127.0.0.1:{}", self.origins[i].metrics_port);
         let proc = Proc::spawn(
             &format!("origin {name}"),
             Command::new(origin_bin())
@@ -401,6 +405,7 @@ impl Stack {
                     "--publish-dir",
                     self.publish_dir.to_str().unwrap(),
                 ])
+                .args(["--metrics-listen", metrics_listen.as_str()])
                 .env("ADMIN_TOKEN", ADMIN_TOKEN)
                 .env("RUST_LOG", "info"),
             self.dir
