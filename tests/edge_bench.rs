@@ -84,53 +84,62 @@ fn main() {
     };
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10);
 
-    let stack = Stack::start(StackOptions {
-        users: 200,
-        items: 120,
-        ..Default::default()
-    });
-    let (geo_kv_first, geo_kv_next) = geo_first_request(&stack);
-    stack.publish("kv", None);
-    let user = "u1";
-    let path = format!("/v1/recommendations/{user}");
-    let warm = stack.get(&path);
-    let _ = stack.get(&path);
-    let hit = stack.get(&path);
-    assert_eq!(
-        header(&hit, "x-cache"),
-        "HIT",
-        "warm-up did not reach the edge cache ({})",
-        header(&warm, "x-served-by")
-    );
-
-    let (mut floor, mut hits) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        floor.push(wrk(&stack.edge_url("/health"), seconds));
-        hits.push(wrk(&stack.edge_url(&path), seconds));
+    // Impressions off first (the cache hit alone), then on (the default: each answer also
+    // records its items, and every tenth request sends a batch to the origin).
+    let mut rows = Vec::new();
+    let mut geo_kv = (f64::NAN, f64::NAN);
+    for impressions in [false, true] {
+        let vars = vec![("IMPRESSIONS", impressions.to_string())];
+        let stack = Stack::start(StackOptions {
+            users: 200,
+            items: 120,
+            vars,
+            ..Default::default()
+        });
+        if !impressions {
+            geo_kv = geo_first_request(&stack);
+        }
+        stack.publish("kv", None);
+        let path = "/v1/recommendations/u1".to_string();
+        let warm = stack.get(&path);
+        let _ = stack.get(&path);
+        let hit = stack.get(&path);
+        let by = header(&warm, "x-served-by");
+        assert_eq!(
+            header(&hit, "x-cache"),
+            "HIT",
+            "warm-up did not reach the edge cache ({by})"
+        );
+        let (mut floor, mut hits) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            floor.push(wrk(&stack.edge_url("/health"), seconds));
+            hits.push(wrk(&stack.edge_url(&path), seconds));
+        }
+        let m = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
+        let f = (
+            m(&floor, |r| r.rps),
+            m(&floor, |r| r.p50_ms),
+            m(&floor, |r| r.p99_ms),
+        );
+        let h = (
+            m(&hits, |r| r.rps),
+            m(&hits, |r| r.p50_ms),
+            m(&hits, |r| r.p99_ms),
+        );
+        rows.push((impressions, f, h));
     }
-    let m = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
-    let (f_rps, f_p50, f_p99) = (
-        m(&floor, |r| r.rps),
-        m(&floor, |r| r.p50_ms),
-        m(&floor, |r| r.p99_ms),
-    );
-    let (h_rps, h_p50, h_p99) = (
-        m(&hits, |r| r.rps),
-        m(&hits, |r| r.p50_ms),
-        m(&hits, |r| r.p99_ms),
-    );
-    drop(stack);
+    let (geo_kv_first, geo_kv_next) = geo_kv;
 
     println!("### Edge-cache hit vs the runtime's floor (wrk -t2 -c32 -d{seconds}s, median of 2 alternating runs)\n");
-    println!("| route | req/s | p50 ms | p99 ms |\n|---|---|---|---|");
-    println!("| `/health` (floor) | {f_rps:.0} | {f_p50:.1} | {f_p99:.1} |");
-    println!("| edge-cache hit `{path}` | {h_rps:.0} | {h_p50:.1} | {h_p99:.1} |");
-    println!(
-        "| hit / floor | {:.2}× throughput | {:.2}× | {:.2}× |\n",
-        h_rps / f_rps,
-        h_p50 / f_p50,
-        h_p99 / f_p99
-    );
+    println!("| impressions | route | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
+    for (impressions, (f_rps, f_p50, f_p99), (h_rps, h_p50, h_p99)) in rows {
+        let on = if impressions { "on (default)" } else { "off" };
+        println!("| {on} | `/health` (floor) | {f_rps:.0} | {f_p50:.1} | {f_p99:.1} |");
+        println!("| {on} | edge-cache hit | {h_rps:.0} | {h_p50:.1} | {h_p99:.1} |");
+        let (r, p50, p99) = (h_rps / f_rps, h_p50 / f_p50, h_p99 / f_p99);
+        println!("| {on} | **hit / floor** | {r:.2}× throughput | {p50:.2}× | {p99:.2}× |");
+    }
+    println!();
 
     println!("### GeoIP database: first request in a fresh isolate state\n");
     println!("| build | first GeoIP request ms (loads the DB) | next request ms | load cost ms |\n|---|---|---|---|");
