@@ -329,16 +329,7 @@ mod tests {
     ];
 
     fn doc(generated_at: u64, fresh: u64) -> RecommendationDoc {
-        RecommendationDoc {
-            tenant: "default".into(),
-            user_id: "u1".into(),
-            region: "us-east".into(),
-            items: vec![],
-            model_version: "m".into(),
-            generated_at,
-            fresh_for_s: fresh,
-            stale_for_s: 1000,
-        }
+        crate::test_support::doc(generated_at, fresh, 1000)
     }
 
     fn full_cfg() -> EdgeConfig {

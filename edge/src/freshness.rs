@@ -52,18 +52,7 @@ pub fn edge_cache_ttl(doc: &RecommendationDoc, now_s: u64, max_ttl_s: u64) -> Op
 mod tests {
     use super::*;
 
-    pub(crate) fn doc(generated_at: u64, fresh: u64, stale: u64) -> RecommendationDoc {
-        RecommendationDoc {
-            tenant: "default".into(),
-            user_id: "u1".into(),
-            region: "us-east".into(),
-            items: vec![],
-            model_version: "m".into(),
-            generated_at,
-            fresh_for_s: fresh,
-            stale_for_s: stale,
-        }
-    }
+    use crate::test_support::doc;
 
     #[test]
     fn a_document_is_fresh_then_stale_then_expired() {

@@ -34,6 +34,9 @@ pub mod respond;
 pub mod route;
 pub mod trace;
 
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod test_support;
+
 #[cfg(target_arch = "wasm32")]
 mod glue;
 

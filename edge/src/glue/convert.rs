@@ -40,6 +40,31 @@ pub fn json_response<T: Serialize>(
     respond_with(status, headers, Some(bytes))
 }
 
+/// The request body, refused with 413 when its declared or actual size passes `max`.
+pub async fn read_body(
+    req: &mut worker::Request,
+    max: usize,
+) -> std::result::Result<Vec<u8>, crate::error::EdgeError> {
+    use crate::error::EdgeError;
+    let declared = req
+        .headers()
+        .get("Content-Length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(EdgeError::PayloadTooLarge { max });
+    }
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|e| EdgeError::BadBody(e.to_string()))?;
+    if bytes.len() > max {
+        return Err(EdgeError::PayloadTooLarge { max });
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

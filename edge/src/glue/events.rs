@@ -77,26 +77,7 @@ pub async fn accept(
     location: &Location,
     traceparent: String,
 ) -> Result<Response, EdgeError> {
-    let declared = req
-        .headers()
-        .get("Content-Length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_EVENTS_BODY_BYTES) {
-        return Err(EdgeError::PayloadTooLarge {
-            max: MAX_EVENTS_BODY_BYTES,
-        });
-    }
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|e| EdgeError::BadBody(e.to_string()))?;
-    if bytes.len() > MAX_EVENTS_BODY_BYTES {
-        return Err(EdgeError::PayloadTooLarge {
-            max: MAX_EVENTS_BODY_BYTES,
-        });
-    }
+    let bytes = super::convert::read_body(&mut req, MAX_EVENTS_BODY_BYTES).await?;
     let limits = Limits {
         now: (now_ms() / 1000.0) as i64,
         max_future_s: MAX_FUTURE_S,

@@ -414,23 +414,7 @@ async fn read_admin_body(
 ) -> std::result::Result<Vec<u8>, EdgeError> {
     let auth = req.headers().get("Authorization").ok().flatten();
     admin::authorize(auth.as_deref(), cfg.admin_token.as_deref())?;
-    let declared = req
-        .headers()
-        .get("Content-Length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > max) {
-        return Err(EdgeError::PayloadTooLarge { max });
-    }
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|e| EdgeError::BadBody(e.to_string()))?;
-    if bytes.len() > max {
-        return Err(EdgeError::PayloadTooLarge { max });
-    }
-    Ok(bytes)
+    convert::read_body(req, max).await
 }
 
 async fn admin_publish(
