@@ -81,9 +81,16 @@ async fn main() -> Result<()> {
     match config.command {
         Command::Serve(c) => {
             let (tenant, region) = c.validate(&regions)?;
-            origin::observability::install_metrics(c.metrics_listen)
-                .map_err(|e| anyhow::anyhow!("metrics exporter on {}: {e}", c.metrics_listen))?;
-            tracing::info!(addr = %c.metrics_listen, "metrics listening");
+            // Not fatal: several origins on one host (tests, dev) must not fail on the
+            // shared default port; the API matters more than its metrics.
+            match origin::observability::install_metrics(c.metrics_listen) {
+                Ok(()) => tracing::info!(addr = %c.metrics_listen, "metrics listening"),
+                Err(e) => tracing::error!(
+                    addr = %c.metrics_listen,
+                    error = %e,
+                    "metrics exporter not started; set --metrics-listen to a free address"
+                ),
+            }
             let store = Store::open(&c.store.db)
                 .with_context(|| format!("opening {}", c.store.db.display()))?;
             let freshness = Freshness {
