@@ -154,7 +154,8 @@ pub struct ServeConfig {
     /// Most events committed in one group-commit transaction.
     #[arg(long, env = "ORIGIN_EVENT_GROUP_MAX", default_value_t = 5000)]
     pub event_group_max: usize,
-    /// OpenTelemetry OTLP endpoint (needs the `otel` cargo feature; currently a stub).
+    /// OpenTelemetry OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces
+    /// (exported only when built with the `otel` cargo feature).
     #[arg(long, env = "ORIGIN_OTEL_ENDPOINT")]
     pub otel_endpoint: Option<String>,
 }

@@ -36,24 +36,55 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+/// Logs to stderr (filter from `RUST_LOG`), plus OpenTelemetry export when built with
+/// the `otel` feature and given an endpoint.
+fn init_tracing(otel_endpoint: Option<&str>) {
+    use tracing_subscriber::prelude::*;
+    let registry = tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    #[cfg(feature = "otel")]
+    if let Some(endpoint) = otel_endpoint {
+        match origin::observability::otel_layer(endpoint) {
+            Ok(layer) => {
+                registry.with(layer).init();
+                tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+            }
+            Err(e) => {
+                registry.init();
+                tracing::error!(endpoint, error = %e, "cannot start the OTLP exporter");
+            }
+        }
+        return;
+    }
+    registry.init();
+    origin::observability::warn_if_otel_missing(otel_endpoint);
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
     let config = Config::parse();
+    init_tracing(match &config.command {
+        Command::Serve(c) => c.otel_endpoint.as_deref(),
+        _ => None,
+    });
     let regions = RegionMap::builtin();
     match config.command {
         Command::Serve(c) => {
             let (tenant, region) = c.validate(&regions)?;
-            origin::observability::install_metrics(c.metrics_listen)
-                .map_err(|e| anyhow::anyhow!("metrics exporter on {}: {e}", c.metrics_listen))?;
-            tracing::info!(addr = %c.metrics_listen, "metrics listening");
-            origin::observability::init_otel(c.otel_endpoint.as_deref());
+            // Not fatal: several origins on one host (tests, dev) must not fail on the
+            // shared default port; the API matters more than its metrics.
+            match origin::observability::install_metrics(c.metrics_listen) {
+                Ok(()) => tracing::info!(addr = %c.metrics_listen, "metrics listening"),
+                Err(e) => tracing::error!(
+                    addr = %c.metrics_listen,
+                    error = %e,
+                    "metrics exporter not started; set --metrics-listen to a free address"
+                ),
+            }
             let store = Store::open(&c.store.db)
                 .with_context(|| format!("opening {}", c.store.db.display()))?;
             let freshness = Freshness {

@@ -16,7 +16,8 @@
 //! - [`TraceContext`]: a parsed `traceparent`.
 //! - [`RequestRate`]: requests per second over the last minute, for real-time analytics.
 //! - [`track`]: the axum middleware.
-//! - [`install_metrics`], [`init_otel`]: process-wide setup for the binary.
+//! - [`install_metrics`]: process-wide metrics setup for the binary.
+//! - `otel_layer` (feature `otel`): OpenTelemetry span export over OTLP/HTTP.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +200,8 @@ pub async fn track(
         span_id = %trace.span_id,
         status = tracing::field::Empty,
     );
+    #[cfg(feature = "otel")]
+    set_otel_parent(&span, &trace);
     req.extensions_mut().insert(trace);
     rate.record(crate::snapshot::now_unix());
     let resp = next.run(req).instrument(span.clone()).await;
@@ -319,27 +322,65 @@ pub fn install_metrics(listen: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the OpenTelemetry trace exporter when built with the `otel` feature and an
-/// endpoint is configured.
-///
-/// This is a stub: the exporter crates are not compiled in. With an endpoint given it
-/// only logs that export is unavailable; traces still carry W3C `traceparent` ids in
-/// the logs and on outgoing calls.
-pub fn init_otel(endpoint: Option<&str>) {
-    let Some(endpoint) = endpoint else {
-        return;
-    };
-    if cfg!(feature = "otel") {
+/// Warns when an OTLP endpoint is configured but this binary was built without the
+/// `otel` feature (so no spans are exported; trace ids still appear in the logs and
+/// on outgoing calls).
+pub fn warn_if_otel_missing(endpoint: Option<&str>) {
+    if let (Some(endpoint), false) = (endpoint, cfg!(feature = "otel")) {
         tracing::warn!(
             endpoint,
-            "otel feature compiled as a stub: no OpenTelemetry exporter is implemented yet"
-        );
-    } else {
-        tracing::warn!(
-            endpoint,
-            "otel feature not compiled: rebuild with --features otel (currently a stub)"
+            "otel feature not compiled: rebuild with `--features otel` to export traces"
         );
     }
+}
+
+/// A tracing layer exporting spans over OTLP/HTTP (protobuf) to `endpoint`, e.g.
+/// `http://127.0.0.1:4318/v1/traces`, with W3C trace-context propagation.
+#[cfg(feature = "otel")]
+pub fn otel_layer<S>(endpoint: &str) -> Result<impl tracing_subscriber::Layer<S>, String>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let endpoint = endpoint.to_owned();
+    // The blocking HTTP client must not be built on a runtime thread.
+    let provider = std::thread::spawn(move || {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("origin")
+                        .build(),
+                )
+                .build(),
+        )
+    })
+    .join()
+    .map_err(|_| "the OTLP exporter setup panicked".to_owned())??;
+    let tracer = provider.tracer("origin");
+    opentelemetry::global::set_tracer_provider(provider);
+    Ok(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
+/// Makes `trace` the OpenTelemetry parent of `span`, so exported spans carry the same
+/// trace id as the logs and the outgoing calls.
+#[cfg(feature = "otel")]
+fn set_otel_parent(span: &tracing::Span, trace: &TraceContext) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let carrier: std::collections::HashMap<String, String> =
+        [("traceparent".to_owned(), trace.header_value())].into();
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    span.set_parent(parent);
 }
 
 #[cfg(test)]
