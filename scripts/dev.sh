@@ -40,8 +40,11 @@ fi
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  echo; echo "dev: stopping"
+  # Stop the services first: when output goes through a pipe that Ctrl-C also ended,
+  # printing could kill this script before it stops anything.
+  trap '' PIPE
   for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  { echo; echo "dev: stopping"; } 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
