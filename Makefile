@@ -15,9 +15,10 @@ setup:
 edge: setup
 	scripts/build-edge.sh
 
-# The origin binary the end-to-end tests start (target/debug/origin).
+# The origin binary the end-to-end tests start (target/debug/origin), with the same
+# features as scripts/test.sh builds it so neither rebuild replaces the other's binary.
 origin:
-	cargo build -p origin
+	cargo build -p origin --features otel
 
 bench: setup edge
 	scripts/bench.sh
@@ -28,6 +29,7 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p origin --all-targets --features otel -- -D warnings
 
 clean:
 	rm -rf target edge/build var node_modules

@@ -16,7 +16,9 @@ run() {
   [ "$rc" -eq 0 ] || { echo "==> FAILED ($rc): $*"; status=1; }
 }
 
-run cargo test --workspace --exclude e2e
+# The origin is built with its `otel` feature everywhere in the tests (here and in
+# `make origin`), so tests/otel.rs runs and target/debug/origin is one binary.
+run cargo test --workspace --exclude e2e --features origin/otel
 run cargo test -p e2e -- --test-threads 4
 run cargo test -p edge --target wasm32-unknown-unknown --lib
 

@@ -14,9 +14,10 @@
 //! times.
 //!
 //! # Layout
-//! - [`parse_range`]: `1h`, `24h`, `7d`, … to seconds.
+//! - [`parse_range`], [`parse_step`]: `1h`, `24h`, `7d`, … to seconds; steps of a series.
 //! - [`Tally`], [`Funnel`]: the arithmetic, pure.
-//! - [`recommendations`], [`real_time_counts`], [`record_edge_report`]: the queries.
+//! - [`recommendations`], [`timeline`], [`real_time_counts`], [`record_edge_report`]: the
+//!   queries.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +62,57 @@ pub fn parse_range(raw: &str) -> Result<u64, RangeError> {
     n.checked_mul(per)
         .filter(|s| *s <= MAX_RANGE_S)
         .ok_or_else(bad)
+}
+
+/// Most points one timeline may hold.
+pub const MAX_TIMELINE_POINTS: u64 = 500;
+/// Points a timeline gets when no step is asked for (about).
+pub const DEFAULT_TIMELINE_POINTS: u64 = 60;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StepError {
+    #[error("step must be whole seconds, a multiple of {multiple_of}, at most the range, giving at most {max_points} points; not {raw:?}")]
+    Invalid {
+        raw: String,
+        multiple_of: u64,
+        max_points: u64,
+    },
+}
+
+/// The step of a series over `range_s`: `raw` (whole seconds, a multiple of
+/// `multiple_of`, at most the range, at most `max_points` points), or by default the
+/// range in about [`DEFAULT_TIMELINE_POINTS`] points rounded up to a multiple.
+pub fn parse_step(
+    raw: Option<&str>,
+    range_s: u64,
+    multiple_of: u64,
+    max_points: u64,
+) -> Result<u64, StepError> {
+    let Some(raw) = raw else {
+        return Ok((range_s / DEFAULT_TIMELINE_POINTS)
+            .div_ceil(multiple_of)
+            .max(1)
+            * multiple_of);
+    };
+    raw.parse::<u64>()
+        .ok()
+        .filter(|s| *s >= multiple_of && *s % multiple_of == 0 && *s <= range_s.max(multiple_of))
+        .filter(|s| range_s.div_ceil(*s) <= max_points)
+        .ok_or_else(|| StepError::Invalid {
+            raw: raw.chars().take(20).collect(),
+            multiple_of,
+            max_points,
+        })
+}
+
+/// The steps of a series of `range_s` ending with the step that holds `now`: the
+/// first step's start and the number of steps. Steps start at multiples of `step_s`,
+/// so the points of successive polls line up.
+pub fn steps(range_s: u64, step_s: u64, now: i64) -> (i64, u64) {
+    let step = step_s as i64;
+    let last = now - now.rem_euclid(step);
+    let n = range_s.div_ceil(step_s).max(1);
+    (last - (n as i64 - 1) * step, n)
 }
 
 /// Raw counts of one slice of events.
@@ -224,6 +276,105 @@ pub fn recommendations(
         top_items,
         by_source: by_source.into_iter().map(|(k, v)| (k, v.into())).collect(),
         by_region: by_region.into_iter().map(|(k, v)| (k, v.into())).collect(),
+    })
+}
+
+/// One step of a [`Timeline`]: events with `ts` in `[t, t + step_s)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Unix second at which the step starts.
+    pub t: i64,
+    #[serde(flatten)]
+    pub funnel: Funnel,
+    /// Impressions per region (regions without any are left out).
+    pub impressions_by_region: BTreeMap<String, u64>,
+    /// Edge reports received during the step.
+    pub edge_cache: EdgeCache,
+}
+
+/// Answer of `GET /v1/analytics/timeline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub range: String,
+    pub step_s: u64,
+    /// Oldest step first; the last holds `until`.
+    pub points: Vec<TimelinePoint>,
+    pub until: i64,
+}
+
+/// The funnel, impressions per region and the edge cache hit rate per step, over
+/// `range_s` up to `now` (unix seconds).
+pub fn timeline(
+    conn: &Connection,
+    range: &str,
+    range_s: u64,
+    step_s: u64,
+    now: i64,
+) -> Result<Timeline, EventLogError> {
+    let (first, n) = steps(range_s, step_s, now);
+    let step = step_s as i64;
+    let end = first + n as i64 * step;
+    let mut tallies = vec![Tally::default(); n as usize];
+    let mut regions: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); n as usize];
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT (ts - ?1) / ?3, coalesce(region, ?4), type, COUNT(*),
+                    coalesce(SUM(value), 0.0), COUNT(value)
+             FROM events WHERE ts >= ?1 AND ts < ?2
+               AND type IN ('recommendation_viewed', 'click', 'purchase')
+             GROUP BY 1, 2, 3",
+        )?;
+        let mut rows = stmt.query(params![first, end, step, UNKNOWN])?;
+        while let Some(r) = rows.next()? {
+            let i: i64 = r.get(0)?;
+            let Some(tally) = usize::try_from(i).ok().and_then(|i| tallies.get_mut(i)) else {
+                continue;
+            };
+            let (region, kind): (String, String) = (r.get(1)?, r.get(2)?);
+            let (count, sum, valued): (i64, f64, i64) = (r.get(3)?, r.get(4)?, r.get(5)?);
+            let count = count.max(0) as u64;
+            tally.add(&kind, count, sum, valued.max(0) as u64);
+            if kind == "recommendation_viewed" {
+                *regions[i as usize].entry(region).or_default() += count;
+            }
+        }
+    }
+    let mut edge = vec![(0u64, 0u64); n as usize];
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT (received_at / 1000 - ?1) / ?3, SUM(requests), SUM(hits) FROM edge_reports
+             WHERE received_at >= ?1 * 1000 AND received_at < ?2 * 1000 GROUP BY 1",
+        )?;
+        let mut rows = stmt.query(params![first, end, step])?;
+        while let Some(r) = rows.next()? {
+            let i: i64 = r.get(0)?;
+            if let Some(e) = usize::try_from(i).ok().and_then(|i| edge.get_mut(i)) {
+                *e = (
+                    r.get::<_, i64>(1)?.max(0) as u64,
+                    r.get::<_, i64>(2)?.max(0) as u64,
+                );
+            }
+        }
+    }
+    let points = tallies
+        .into_iter()
+        .zip(regions)
+        .zip(edge)
+        .enumerate()
+        .map(
+            |(i, ((tally, by_region), (requests, hits)))| TimelinePoint {
+                t: first + i as i64 * step,
+                funnel: tally.into(),
+                impressions_by_region: by_region,
+                edge_cache: EdgeCache::new(requests, hits),
+            },
+        )
+        .collect();
+    Ok(Timeline {
+        range: range.to_owned(),
+        step_s,
+        points,
+        until: now,
     })
 }
 
@@ -466,6 +617,69 @@ mod tests {
         let rt = real_time_counts(&conn, i64::MAX / 2).unwrap();
         assert_eq!(rt.active_users, 0);
         assert_eq!(rt.last_event_seq, 8);
+    }
+
+    #[test]
+    fn steps_line_up_on_multiples_of_the_step() {
+        assert_eq!(steps(3600, 60, 7_259), (3_660, 60));
+        assert_eq!(steps(3600, 60, 7_260), (3_720, 60));
+        assert_eq!(steps(90, 60, 600), (540, 2), "a partial step counts");
+        assert_eq!(parse_step(None, 3600, 60, 500), Ok(60));
+        assert_eq!(parse_step(None, 86_400, 60, 500), Ok(1440));
+        assert_eq!(parse_step(None, 900, 10, 360), Ok(20));
+        assert_eq!(parse_step(None, 60, 10, 360), Ok(10));
+        assert_eq!(parse_step(Some("300"), 3600, 60, 500), Ok(300));
+        for bad in ["0", "30", "90", "7200", "x", "-60", ""] {
+            assert!(parse_step(Some(bad), 3600, 60, 500).is_err(), "{bad}");
+        }
+        assert!(
+            parse_step(Some("60"), 86_400, 60, 500).is_err(),
+            "1440 points"
+        );
+    }
+
+    #[test]
+    fn the_timeline_counts_each_step_and_the_edge_reports_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_writer(&dir.path().join("o.sqlite")).unwrap();
+        let now = 1_764_000_030; // steps of 60 s: ..., 1_763_999_940, 1_764_000_000
+        use EventType::*;
+        let batch = vec![
+            ev("a", RecommendationViewed, None, "kv", "europe", now - 90),
+            ev("b", RecommendationViewed, None, "kv", "asia", now - 85),
+            ev("a", Click, None, "kv", "europe", now - 80),
+            ev("a", RecommendationViewed, None, "kv", "europe", now - 10),
+            ev("a", Purchase, None, "kv", "europe", now - 5),
+            ev("z", Click, None, "kv", "europe", now - 7200),
+        ];
+        append_batches(&mut conn, &[&batch]).unwrap();
+        let report = |requests, hits| EdgeReport {
+            requests,
+            hits,
+            region: None,
+        };
+        record_edge_report(&conn, &report(10, 9), (now - 20) * 1000).unwrap();
+        record_edge_report(&conn, &report(10, 5), (now - 3000) * 1000).unwrap();
+        let t = timeline(&conn, "1h", 3600, 60, now).unwrap();
+        assert_eq!(t.points.len(), 60);
+        let last = &t.points[59];
+        let before = &t.points[58];
+        assert_eq!((last.t, before.t), (1_764_000_000, 1_763_999_940));
+        assert_eq!(
+            (
+                before.funnel.impressions,
+                before.funnel.clicks,
+                before.funnel.ctr
+            ),
+            (2, 1, 0.5)
+        );
+        assert_eq!(before.impressions_by_region["asia"], 1);
+        assert_eq!((last.funnel.impressions, last.funnel.conversions), (1, 1));
+        assert_eq!(last.edge_cache, EdgeCache::new(10, 9));
+        let sum: u64 = t.points.iter().map(|p| p.funnel.clicks).sum();
+        assert_eq!(sum, 1, "the click two hours ago is outside the range");
+        let edge: u64 = t.points.iter().map(|p| p.edge_cache.requests).sum();
+        assert_eq!(edge, 20);
     }
 
     #[test]

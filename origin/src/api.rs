@@ -24,7 +24,7 @@ use contract::{ErrorBody, IdError, ItemId, RecommendationDoc, Region, Tenant, Us
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::observability::RequestRate;
+use crate::observability::Traffic;
 use crate::publish::{CdnFolder, EdgeClient};
 use crate::retrain::SharedSnapshot;
 use crate::snapshot::{now_unix, DocRequest, Snapshot};
@@ -56,8 +56,8 @@ pub struct AppState {
     pub publish_slots: Arc<tokio::sync::Semaphore>,
     /// Event log, freshness, retrain and analytics; `None` turns those routes off (503).
     pub live: Option<Arc<crate::live::Live>>,
-    /// Requests per second over the last minute (counted by the middleware).
-    pub requests: Arc<RequestRate>,
+    /// Request rate and latency (counted by the middleware).
+    pub traffic: Arc<Traffic>,
 }
 
 impl AppState {
@@ -70,7 +70,7 @@ impl AppState {
             publish_n: DEFAULT_PUBLISH_N,
             publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
             live: None,
-            requests: Arc::new(RequestRate::default()),
+            traffic: Arc::new(Traffic::default()),
         }
     }
 
@@ -130,6 +130,10 @@ pub enum ApiError {
     Events(#[from] crate::events::EventError),
     #[error("{0}")]
     InvalidRange(#[from] crate::analytics::RangeError),
+    #[error("{0}")]
+    InvalidStep(#[from] crate::analytics::StepError),
+    #[error("{0}")]
+    InvalidLatencyQuery(#[from] crate::latency::LatencyQueryError),
     #[error("bad edge report: {0}")]
     InvalidEdgeReport(String),
     #[error("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)")]
@@ -191,6 +195,17 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Events(e) => e.code(),
             ApiError::InvalidRange(_) => "invalid_range",
+            ApiError::InvalidStep(_) => "invalid_step",
+            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Range(_))
+            | ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::RangeTooLong) => {
+                "invalid_range"
+            }
+            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Step(_)) => {
+                "invalid_step"
+            }
+            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Route) => {
+                "invalid_route"
+            }
             ApiError::InvalidEdgeReport(_) => "invalid_edge_report",
             ApiError::Unauthorized => "unauthorized",
             ApiError::AdminDisabled => "admin_disabled",

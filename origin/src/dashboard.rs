@@ -1,11 +1,18 @@
 //! The analytics dashboard: one self-contained HTML page (inline CSS, JS and SVG
 //! charts, no network but the origin's own analytics routes) served at `GET /dashboard`.
 //!
-//! The page polls `GET /v1/analytics/recommendations?range=1h` and
-//! `GET /v1/analytics/real-time` every 2 s, keeps a time series in the browser since it
-//! was opened, and charts CTR, clicks and conversions, request and event rates, poll
-//! latency, the edge cache hit rate and the region mix. Fields the answers lack show
-//! "–". The source is `origin/static/dashboard.html`, compiled in with `include_str!`.
+//! The page polls every 2 s:
+//! - `GET /v1/analytics/timeline?range=1h`: CTR, clicks and conversions, the edge cache
+//!   hit rate and the region mix per minute over the last hour, from the event log;
+//! - `GET /v1/analytics/latency?range=15m`: p50/p95/p99 of the origin's requests over
+//!   time (all routes or one picked) and a table per route;
+//! - `GET /v1/analytics/recommendations?range=1h`: the totals and tables;
+//! - `GET /v1/analytics/real-time`: active users, request and event rates (charted since
+//!   the page opened, as the origin keeps only the last minute of them).
+//!
+//! So every chart but the rates shows history from the first poll. Fields the answers
+//! lack show "–". The source is `origin/static/dashboard.html`, compiled in with
+//! `include_str!`.
 
 use axum::response::Html;
 
@@ -26,6 +33,9 @@ mod tests {
         assert!(DASHBOARD_HTML.starts_with("<!doctype html>"));
         assert!(DASHBOARD_HTML.contains("/v1/analytics/recommendations?range=1h"));
         assert!(DASHBOARD_HTML.contains("/v1/analytics/real-time"));
+        assert!(DASHBOARD_HTML.contains("/v1/analytics/latency?range=15m"));
+        assert!(DASHBOARD_HTML.contains("/v1/analytics/timeline?range=1h"));
+        assert!(DASHBOARD_HTML.contains(r#"data-testid="latency-by-route""#));
         assert!(DASHBOARD_HTML.contains(r#"data-testid="clicks-total""#));
         for external in ["<script src", "<link ", "https://", "@import"] {
             assert!(

@@ -27,6 +27,7 @@
 //! - `freshness`: debounced per-user republish and purge after events.
 //! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
 //! - `analytics`: the recommendation funnel and real-time figures.
+//! - `latency`: request latency per route over the last hour (`/v1/analytics/latency`).
 //! - `auth`: constant-time admin bearer checks.
 //! - `observability`: metrics, request middleware, W3C trace context.
 
@@ -43,6 +44,7 @@ pub mod event_log;
 pub mod events;
 pub mod freshness;
 pub mod import;
+pub mod latency;
 pub mod live;
 pub mod model;
 pub mod observability;
@@ -60,11 +62,11 @@ pub use api::{ApiError, AppState};
 /// The HTTP API with its middleware: a body size limit, and per request a span with
 /// the W3C trace id, latency and status metrics ([`observability::track`]).
 pub fn app(state: AppState) -> axum::Router {
-    let requests = state.requests.clone();
+    let traffic = state.traffic.clone();
     api::routes(state)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            requests,
+            traffic,
             observability::track,
         ))
 }

@@ -264,14 +264,66 @@ async fn real_time(State(state): State<AppState>) -> Result<Json<RealTime>, ApiE
         ),
     };
     Ok(Json(RealTime {
-        requests_per_second: state.requests.per_second(now),
-        requests_total: state.requests.total(),
+        requests_per_second: state.traffic.rate.per_second(now),
+        requests_total: state.traffic.rate.total(),
         counts,
         store,
         publishers: live.health.snapshot(),
         model_version: state.snapshot().model_version(),
         generated_at: now,
     }))
+}
+
+/// Query of `GET /v1/analytics/timeline`.
+#[derive(Debug, Deserialize)]
+pub struct TimelineParams {
+    pub range: Option<String>,
+    pub step: Option<String>,
+}
+
+/// Whole minutes: timeline steps are multiples of this.
+const TIMELINE_STEP_MULTIPLE_S: u64 = 60;
+
+/// The funnel, region mix and edge hit rate per step (default: the last hour by minute).
+async fn timeline_analytics(
+    State(state): State<AppState>,
+    params: Result<Query<TimelineParams>, QueryRejection>,
+) -> Result<Json<analytics::Timeline>, ApiError> {
+    let live = live(&state)?;
+    let Query(p) = params?;
+    let range = p.range.unwrap_or_else(|| "1h".into());
+    let range_s = analytics::parse_range(&range)?;
+    let step_s = analytics::parse_step(
+        p.step.as_deref(),
+        range_s,
+        TIMELINE_STEP_MULTIPLE_S,
+        analytics::MAX_TIMELINE_POINTS,
+    )?;
+    let now = now_unix() as i64;
+    let timeline = live
+        .log
+        .read(move |conn| analytics::timeline(conn, &range, range_s, step_s, now))
+        .await?;
+    Ok(Json(timeline))
+}
+
+/// Query of `GET /v1/analytics/latency`.
+#[derive(Debug, Deserialize)]
+pub struct LatencyParams {
+    pub range: Option<String>,
+    pub step: Option<String>,
+    pub route: Option<String>,
+}
+
+/// Request latency per step and route, from the middleware's in-memory window (works
+/// without an event log too).
+async fn latency_analytics(
+    State(state): State<AppState>,
+    params: Result<Query<LatencyParams>, QueryRejection>,
+) -> Result<Json<crate::latency::LatencySeries>, ApiError> {
+    let Query(p) = params?;
+    let q = crate::latency::parse_query(p.range.as_deref(), p.step.as_deref(), p.route.as_deref())?;
+    Ok(Json(state.traffic.latency.series(&q, now_unix())))
 }
 
 /// The live routes (merged into the API router by `api::routes`).
@@ -286,6 +338,8 @@ pub fn routes() -> Router<AppState> {
             get(recommendations_analytics),
         )
         .route("/v1/analytics/real-time", get(real_time))
+        .route("/v1/analytics/latency", get(latency_analytics))
+        .route("/v1/analytics/timeline", get(timeline_analytics))
         .route("/v1/analytics/edge-report", post(edge_report))
         .route("/v1/admin/retrain", post(retrain))
 }
@@ -619,5 +673,114 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["code"], "events_disabled");
+    }
+
+    #[tokio::test]
+    async fn latency_per_route_is_reported_after_requests() {
+        let f = fixture(None);
+        for _ in 0..3 {
+            call(
+                &f.state,
+                "POST",
+                "/v1/events",
+                None,
+                r#"{"user_id":"u1","item_id":"i1","type":"view"}"#,
+            )
+            .await;
+        }
+        call(&f.state, "GET", "/health", None, "").await;
+        let (status, body) = call(
+            &f.state,
+            "GET",
+            "/v1/analytics/latency?range=5m&route=/v1/events",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["step_s"], 10);
+        assert_eq!(body["points"].as_array().unwrap().len(), 30);
+        assert_eq!(body["total"]["requests"], 3, "only /v1/events: {body}");
+        assert!(body["total"]["p99_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(body["by_route"]["/health"]["requests"], 1);
+        assert_eq!(body["by_route"]["/v1/events"]["requests"], 3);
+        let last = body["points"].as_array().unwrap().last().unwrap().clone();
+        assert!(last["t"].as_u64().unwrap() + 10 > crate::snapshot::now_unix() - 10);
+    }
+
+    #[tokio::test]
+    async fn a_bad_latency_query_is_a_400_naming_the_parameter() {
+        let f = fixture(None);
+        for (query, code) in [
+            ("range=2h", "invalid_range"),
+            ("range=soon", "invalid_range"),
+            ("step=7", "invalid_step"),
+            ("route=nope", "invalid_route"),
+        ] {
+            let (status, body) = call(
+                &f.state,
+                "GET",
+                &format!("/v1/analytics/latency?{query}"),
+                None,
+                "",
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        }
+        for (query, code) in [
+            ("range=100d", "invalid_range"),
+            ("step=59", "invalid_step"),
+            ("range=1d&step=60", "invalid_step"),
+        ] {
+            let (status, body) = call(
+                &f.state,
+                "GET",
+                &format!("/v1/analytics/timeline?{query}"),
+                None,
+                "",
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_timeline_puts_a_click_in_the_current_minute() {
+        let f = fixture(None);
+        let (status, _) = call(
+            &f.state,
+            "POST",
+            "/v1/events",
+            None,
+            r#"{"events":[{"user_id":"u1","item_id":"i1","type":"recommendation_viewed"},
+                          {"user_id":"u1","item_id":"i1","type":"click"}]}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let (status, body) = call(&f.state, "GET", "/v1/analytics/timeline", None, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            (body["range"].as_str(), body["step_s"].as_u64()),
+            (Some("1h"), Some(60))
+        );
+        let points = body["points"].as_array().unwrap();
+        assert_eq!(points.len(), 60);
+        // The events are stamped with the receive time: the last step, or the one
+        // before it if the minute turned between the two calls.
+        let clicks: Vec<u64> = points
+            .iter()
+            .map(|p| p["clicks"].as_u64().unwrap())
+            .collect();
+        assert_eq!(clicks.iter().sum::<u64>(), 1, "{clicks:?}");
+        assert!(clicks[58] + clicks[59] == 1, "{clicks:?}");
+        let with_click = points.iter().find(|p| p["clicks"] == 1).unwrap();
+        assert_eq!(with_click["ctr"], 1.0);
+        // Events sent straight to the origin take the origin's region.
+        assert_eq!(
+            with_click["impressions_by_region"]["us-east"], 1,
+            "{with_click}"
+        );
     }
 }

@@ -169,6 +169,8 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("binding {}", c.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "origin listening");
             origin::run(listener, state, shutdown_signal()).await?;
+            // Spans still queued for OTLP export go out before the process ends.
+            tokio::task::spawn_blocking(origin::observability::flush_traces).await?;
         }
         Command::DemoData(c) => {
             c.validate()?;

@@ -15,6 +15,8 @@
 //! # Layout
 //! - [`TraceContext`]: a parsed `traceparent`.
 //! - [`RequestRate`]: requests per second over the last minute, for real-time analytics.
+//! - [`Traffic`]: what the middleware keeps in memory (the rate and the latency window
+//!   of [`crate::latency`]).
 //! - [`track`]: the axum middleware.
 //! - [`install_metrics`]: process-wide metrics setup for the binary.
 //! - `otel_layer` (feature `otel`): OpenTelemetry span export over OTLP/HTTP.
@@ -162,6 +164,15 @@ impl RequestRate {
     }
 }
 
+/// What the middleware counts in memory for the analytics routes.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Requests per second over the last minute (`/v1/analytics/real-time`).
+    pub rate: RequestRate,
+    /// Latency per route over the last hour (`/v1/analytics/latency`).
+    pub latency: crate::latency::LatencyWindow,
+}
+
 /// `2xx`, `4xx`, `5xx`, …
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -175,18 +186,17 @@ pub fn status_class(status: u16) -> &'static str {
 
 /// The middleware: trace context in, span with trace id, latency and status metrics.
 pub async fn track(
-    State(rate): State<std::sync::Arc<RequestRate>>,
+    State(traffic): State<std::sync::Arc<Traffic>>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let started = std::time::Instant::now();
-    let trace = req
+    let started_s = crate::snapshot::now_unix();
+    let incoming = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceContext::new_root);
+        .and_then(TraceContext::parse);
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -196,20 +206,22 @@ pub async fn track(
         "request",
         method = %method,
         route = %route,
-        trace_id = %trace.trace_id,
-        span_id = %trace.span_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    #[cfg(feature = "otel")]
-    set_otel_parent(&span, &trace);
+    let trace = request_trace(&span, incoming.as_ref());
+    span.record("trace_id", trace.trace_id.as_str());
+    span.record("span_id", trace.span_id.as_str());
     req.extensions_mut().insert(trace);
-    rate.record(crate::snapshot::now_unix());
+    traffic.rate.record(started_s);
     let resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     span.record("status", status);
     let class = status_class(status);
     let elapsed = started.elapsed().as_secs_f64();
     span.in_scope(|| tracing::debug!(status, latency_ms = elapsed * 1e3, "answered"));
+    traffic.latency.record(&route, started_s, elapsed);
     metrics::histogram!(
         "origin_http_request_duration_seconds",
         "route" => route.clone(),
@@ -367,20 +379,61 @@ where
     })
     .join()
     .map_err(|_| "the OTLP exporter setup panicked".to_owned())??;
+    let _ = OTEL_PROVIDER.set(provider.clone());
     let tracer = provider.tracer("origin");
     opentelemetry::global::set_tracer_provider(provider);
     Ok(tracing_opentelemetry::layer().with_tracer(tracer))
 }
 
-/// Makes `trace` the OpenTelemetry parent of `span`, so exported spans carry the same
-/// trace id as the logs and the outgoing calls.
+/// The provider [`otel_layer`] installed, kept so [`flush_traces`] can shut it down.
 #[cfg(feature = "otel")]
-fn set_otel_parent(span: &tracing::Span, trace: &TraceContext) {
+static OTEL_PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> =
+    std::sync::OnceLock::new();
+
+/// Exports the spans still queued and stops the exporter; a no-op without OpenTelemetry
+/// export. Blocks until the export is done: call it outside the async runtime's
+/// threads (e.g. in `spawn_blocking`) once the server has stopped.
+pub fn flush_traces() {
+    #[cfg(feature = "otel")]
+    if let Some(provider) = OTEL_PROVIDER.get() {
+        if let Err(e) = provider.shutdown() {
+            tracing::warn!(error = %e, "flushing OTLP spans at shutdown failed");
+        }
+    }
+}
+
+/// The trace context of a request's span: a child of the incoming context (or a new
+/// trace), whose span id names this request in the logs and in outgoing calls.
+#[cfg(not(feature = "otel"))]
+fn request_trace(_span: &tracing::Span, incoming: Option<&TraceContext>) -> TraceContext {
+    incoming.map_or_else(TraceContext::new_root, TraceContext::child)
+}
+
+/// The trace context of a request's span. With OpenTelemetry export on, the incoming
+/// context becomes the exported span's parent and the exported span's own ids are
+/// the ones logged and passed on, so logs, exported spans and outgoing calls agree.
+#[cfg(feature = "otel")]
+fn request_trace(span: &tracing::Span, incoming: Option<&TraceContext>) -> TraceContext {
+    use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let carrier: std::collections::HashMap<String, String> =
-        [("traceparent".to_owned(), trace.header_value())].into();
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
-    span.set_parent(parent);
+    if let Some(incoming) = incoming {
+        let carrier: std::collections::HashMap<String, String> =
+            [("traceparent".to_owned(), incoming.header_value())].into();
+        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+        span.set_parent(parent);
+    }
+    let cx = span.context();
+    let otel = cx.span().span_context().clone();
+    if otel.is_valid() {
+        TraceContext {
+            trace_id: otel.trace_id().to_string(),
+            span_id: otel.span_id().to_string(),
+            sampled: otel.is_sampled(),
+        }
+    } else {
+        // No OpenTelemetry layer installed (no --otel-endpoint).
+        incoming.map_or_else(TraceContext::new_root, TraceContext::child)
+    }
 }
 
 #[cfg(test)]

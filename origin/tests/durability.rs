@@ -4,7 +4,6 @@
 //! from the log (`origin replay`) must equal the live ones. Also measures ingest
 //! throughput with durability on (printed; run with `--nocapture` to see it).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,17 +13,12 @@ use std::time::{Duration, Instant};
 use origin::event_log::{read_events, Projections};
 use origin::events::EventType;
 
+mod common;
+use common::free_port;
+
 const TASKS: usize = 4;
 const BATCH: usize = 50;
 const BURST: usize = 10_000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Origin {
     child: Child,

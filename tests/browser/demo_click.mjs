@@ -5,7 +5,11 @@
 //
 // Opens EDGE_URL/, loads USER's recommendations, clicks the first item, waits for the
 // page to say the click event was accepted, then opens ORIGIN_URL/dashboard and polls
-// (up to 20 s) until the clicks total is at least 1. Saves OUT_DIR/demo.png and
+// (up to 20 s) until the clicks total is at least 1, and checks that the clicks-per-minute
+// chart counts it. Then checks the latency card: the
+// per-route table lists the origin's /v1/events (where the edge forwarded the click)
+// with a p99, the chart has a p99 line, and picking that route redraws the chart for
+// it. Saves OUT_DIR/demo.png and
 // OUT_DIR/dashboard.png, prints one line of JSON, exits 0 on success and 1 with a
 // message on stderr otherwise (2 on bad arguments). Uncaught page errors fail the test.
 // CHROMIUM overrides the browser path (default /usr/bin/chromium).
@@ -120,10 +124,39 @@ async function dashboard(context) {
   summary.clicks_total = clicks;
   summary.impressions_total = await text(page, "impressions-total");
   summary.ctr = await text(page, "ctr");
+  // The per-minute chart (from /v1/analytics/timeline) has the click in its hour.
+  const conv = page.getByTestId("conversions-chart").locator("svg");
+  summary.clicks_chart = await conv.getAttribute("aria-label");
+  if (!/in range: clicks [1-9]/.test(summary.clicks_chart ?? "")) {
+    fail(`the clicks-per-minute chart does not count the click: ${summary.clicks_chart}`);
+  }
+  await latency(page);
   // Let one more poll land so the charts have at least two points.
   await page.waitForTimeout(2_500);
   await screenshot(page, "dashboard.png");
   return page;
+}
+
+// The latency card shows the origin's own series: the click reached the origin's
+// POST /v1/events through the edge, so that route has measured requests.
+async function latency(page) {
+  const row = page.getByTestId("latency-by-route").locator("tr", { hasText: "/v1/events" });
+  await row.first().waitFor({ timeout: 10_000 })
+    .catch(() => fail("the latency table has no /v1/events row within 10 s"));
+  const cells = (await row.first().locator("td").allTextContents()).map((c) => c.trim());
+  summary.latency_events = cells;
+  if (!(Number(cells[1].replace(/[^0-9]/g, "")) >= 1)) fail(`/v1/events shows ${cells[1]} requests`);
+  if (!/^[0-9.,]+$/.test(cells[4])) fail(`/v1/events has no p99: ${JSON.stringify(cells)}`);
+  const chart = page.getByTestId("latency-chart").locator("svg");
+  const label = (await chart.getAttribute("aria-label")) ?? "";
+  if (!/p99 [0-9]/.test(label)) fail(`the latency chart has no p99 line: ${label}`);
+  await page.getByTestId("latency-route").selectOption("/v1/events");
+  await page.waitForFunction(
+    () => /of \/v1\/events; latest: .*p99 [0-9]/.test(
+      document.querySelector('[data-testid="latency-chart"] svg')?.getAttribute("aria-label") ?? ""),
+    null, { timeout: 10_000 },
+  ).catch(async () => fail(`picking /v1/events did not redraw the chart: ${await chart.getAttribute("aria-label")}`));
+  summary.latency_chart = await page.getByTestId("latency-chart").locator("svg").getAttribute("aria-label");
 }
 
 let context;
