@@ -4,7 +4,8 @@
 #   1. worker size, raw and gzip, with the GeoIP DB in KV (default) and embedded;
 #   2. GeoIP lookup cost natively (criterion);
 #   3. edge: wrk against wrangler dev — edge-cache hit vs /health, GeoIP first request;
-#   4. engine: quality and speed vs peers (bench/engine.sh), when present.
+#   4. engine: quality and speed vs peers (bench/engine.sh), when present;
+#   5. the origin middleware's latency accounting vs its Prometheus histogram (criterion).
 # Set BENCH_SECONDS (default 10) for the wrk runs; BENCH_SKIP_ENGINE=1 to skip part 4.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -37,7 +38,8 @@ cargo bench -p edge --bench geo 2>&1 | grep -E '^geo_|time:'
 echo
 
 echo "## 3. Edge under wrangler dev"
-cargo build -p origin -p e2e --bins
+# The origin with the features `make test` builds it with, so neither replaces the other.
+cargo build -p origin -p e2e --bins --features origin/otel
 cp target/debug/origin "$out/origin"
 ORIGIN_BIN="$out/origin" target/debug/edge-bench --seconds "${BENCH_SECONDS:-10}" --embedded-worker "$out/edge-embedded/index.js"
 echo
@@ -46,3 +48,7 @@ if [ -x bench/engine.sh ] && [ "${BENCH_SKIP_ENGINE:-0}" != 1 ]; then
   echo "## 4. Engine"
   bench/engine.sh
 fi
+echo
+
+echo "## 5. Origin request accounting (criterion)"
+cargo bench -p origin --bench request_accounting 2>&1 | grep -E '^request_accounting/|time:'
