@@ -9,8 +9,6 @@
 //! - `config`: the clap/env configuration of every subcommand.
 //! - `store`: the SQLite store (items, users, interactions, meta).
 //! - `model`: the interface between serving/publishing code and the recommendation models.
-//! - `simple_model`: the skeleton's item-kNN + regional popularity, kept as the fixture model
-//!   of the API tests (the service trains `engine` models, see `training`).
 //! - `engine`: the models (item/user kNN, EASE, content, popularity, hybrid), building by
 //!   name, tuning, batch top-N.
 //! - `eval`: offline evaluation (loaders, split, metrics) and the `eval`/`split`/`synth` commands.
@@ -50,7 +48,6 @@ pub mod model;
 pub mod observability;
 pub mod publish;
 pub mod retrain;
-pub mod simple_model;
 pub mod snapshot;
 pub mod store;
 pub mod training;

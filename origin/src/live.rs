@@ -377,7 +377,7 @@ mod tests {
             contract::Tenant::default_tenant(),
             contract::RegionMap::builtin(),
             crate::snapshot::Freshness::default(),
-            Arc::new(|d| Arc::new(crate::simple_model::ItemKnn::train(d))),
+            Arc::new(crate::snapshot::fixture_model),
             state.snapshot.clone(),
         )));
         live.republisher = cdn.map(|dir| {

@@ -173,7 +173,7 @@ mod tests {
             Tenant::default_tenant(),
             RegionMap::builtin(),
             Freshness::default(),
-            Arc::new(|d| Arc::new(crate::simple_model::ItemKnn::train(d))),
+            Arc::new(crate::snapshot::fixture_model),
             shared.clone(),
         );
         store

@@ -327,6 +327,22 @@ impl Snapshot {
     }
 }
 
+/// The model of the test fixtures: the engine's item-kNN (k = 50, shrink 10), small and
+/// quick to train, with "similar to …" reasons that tests can check.
+#[cfg(test)]
+pub(crate) fn fixture_model(
+    data: &crate::model::TrainingData,
+) -> Arc<dyn crate::model::Recommender> {
+    crate::engine::build(
+        &crate::engine::ModelSpec::ItemKnn {
+            k: 50,
+            shrink: 10.0,
+        },
+        data,
+    )
+    .expect("item-kNN builds on any data")
+}
+
 /// A small trained snapshot over generated demo data, for tests.
 #[cfg(test)]
 pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, Store) {
@@ -347,7 +363,7 @@ pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, Store) {
         Tenant::default_tenant(),
         RegionMap::builtin(),
         Freshness::default(),
-        |d| Arc::new(crate::simple_model::ItemKnn::train(d)),
+        fixture_model,
     )
     .expect("snapshot");
     (snapshot, store)
@@ -366,7 +382,7 @@ mod tests {
             Tenant::default_tenant(),
             RegionMap::builtin(),
             Freshness::default(),
-            |d| Arc::new(crate::simple_model::ItemKnn::train(d)),
+            fixture_model,
         )
         .unwrap();
         let user = UserId::parse("u1").unwrap();
