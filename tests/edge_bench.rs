@@ -85,11 +85,16 @@ fn main() {
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10);
 
     // Impressions off first (the cache hit alone), then on (the default: each answer also
-    // records its items, and every tenth request sends a batch to the origin).
+    // records its items and a batch goes to the origin when IMPRESSION_BATCH are waiting),
+    // with batches of 100 and of 500 events (10-item answers: a send every 10th or 50th
+    // request).
     let mut rows = Vec::new();
     let mut geo_kv = (f64::NAN, f64::NAN);
-    for impressions in [false, true] {
-        let vars = vec![("IMPRESSIONS", impressions.to_string())];
+    for (impressions, batch) in [(false, None), (true, Some(100)), (true, Some(500))] {
+        let mut vars = vec![("IMPRESSIONS", impressions.to_string())];
+        if let Some(b) = batch {
+            vars.push(("IMPRESSION_BATCH", b.to_string()));
+        }
         let stack = Stack::start(StackOptions {
             users: 200,
             items: 120,
@@ -126,14 +131,17 @@ fn main() {
             m(&hits, |r| r.p50_ms),
             m(&hits, |r| r.p99_ms),
         );
-        rows.push((impressions, f, h));
+        rows.push((batch, f, h));
     }
     let (geo_kv_first, geo_kv_next) = geo_kv;
 
     println!("### Edge-cache hit vs the runtime's floor (wrk -t2 -c32 -d{seconds}s, median of 2 alternating runs)\n");
     println!("| impressions | route | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
-    for (impressions, (f_rps, f_p50, f_p99), (h_rps, h_p50, h_p99)) in rows {
-        let on = if impressions { "on (default)" } else { "off" };
+    for (batch, (f_rps, f_p50, f_p99), (h_rps, h_p50, h_p99)) in rows {
+        let on = match batch {
+            None => "off".to_string(),
+            Some(b) => format!("on, batch {b}"),
+        };
         println!("| {on} | `/health` (floor) | {f_rps:.0} | {f_p50:.1} | {f_p99:.1} |");
         println!("| {on} | edge-cache hit | {h_rps:.0} | {h_p50:.1} | {h_p99:.1} |");
         let (r, p50, p99) = (h_rps / f_rps, h_p50 / f_p50, h_p99 / f_p99);

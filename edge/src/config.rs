@@ -18,7 +18,7 @@
 //! | `HOT_CACHE_S` | 5 | seconds a document stays in an isolate's memory in front of the Cache API (0 = off) |
 //! | `HOT_CACHE_ITEMS` | 1000 | documents an isolate keeps in memory at most |
 //! | `IMPRESSIONS` | true | report served items to the origin as `recommendation_viewed` events |
-//! | `IMPRESSION_BATCH` | 100 | impressions sent in one background batch |
+//! | `IMPRESSION_BATCH` | 500 | impressions sent in one background batch (at most 500) |
 //! | `IMPRESSION_FLUSH_MS` | 2000 | longest an impression waits in an isolate before it is sent |
 //! | `SUBREQUEST_TIMEOUT_MS` | 2000 | timeout of each fetch to the secondary CDN or the origin |
 //! | `BROWSER_MAX_AGE_S` | 30 | `max-age` for browsers (capped by freshness) |
@@ -259,7 +259,7 @@ impl EdgeConfig {
             batch: number(
                 "IMPRESSION_BATCH",
                 lookup("IMPRESSION_BATCH"),
-                100usize,
+                500usize,
                 1..=500,
                 "a number from 1 to 500",
             )?,

@@ -24,7 +24,7 @@ impl Default for ImpressionConfig {
     fn default() -> Self {
         ImpressionConfig {
             enabled: true,
-            batch: 100,
+            batch: 500,
             flush_ms: 2000.0,
             capacity: 5000,
         }
