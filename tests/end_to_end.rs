@@ -337,10 +337,25 @@ fn concurrent_misses_for_one_user_share_one_origin_fetch() {
     let s = shared();
     let before = s.stack.health()["counters"].clone();
     let path = "/v1/recommendations/coalesce-probe-user";
-    let handles: Vec<_> = (0..12)
+    // Each thread opens its own connection first (a /health call) and all send at once
+    // behind a barrier, so the 12 misses overlap even on a busy machine: started cold,
+    // connection setup alone spread them over longer than one origin fetch takes.
+    const CONCURRENT: usize = 12;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CONCURRENT));
+    let handles: Vec<_> = (0..CONCURRENT)
         .map(|_| {
-            let (client, url) = (s.stack.client.clone(), s.stack.edge_url(path));
-            std::thread::spawn(move || client.get(url).send().map(|r| r.status().as_u16()))
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let (health, url) = (s.stack.edge_url("/health"), s.stack.edge_url(path));
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                client.get(health).send().and_then(|r| r.bytes())?;
+                barrier.wait();
+                client.get(url).send().map(|r| r.status().as_u16())
+            })
         })
         .collect();
     for h in handles {
