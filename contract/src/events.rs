@@ -4,6 +4,10 @@
 //!   [`MAX_EVENTS_PER_BATCH`]; [`parse_body`] validates the whole body (one bad event
 //!   refuses it, with its index); the origin answers `202` with [`EventsAccepted`] once the
 //!   batch is committed.
+//! - `POST /v1/impressions` (origin): the edge's impressions in compact form, a
+//!   [`ShownBatch`] of whole answers ([`Shown`]: one user, source, region and time, the
+//!   items in order); [`parse_impressions`] validates it all or nothing and expands each
+//!   item into the `recommendation_viewed` [`Event`] `/v1/events` would have stored.
 //! - `POST /v1/analytics/edge-report`: an [`EdgeReport`] of the edge's cache counters
 //!   (`Authorization: Bearer <ADMIN_TOKEN>`).
 //! - [`weight`]: what an event counts for in a user's history.
@@ -17,6 +21,10 @@ use crate::{IdError, ItemId, Region, RegionMap, UserId};
 pub const MAX_EVENTS_PER_BATCH: usize = 500;
 /// Largest `context` object, serialized, in bytes.
 pub const MAX_CONTEXT_BYTES: usize = 2048;
+/// Most answers one `POST /v1/impressions` may carry.
+pub const MAX_SHOWN_PER_BATCH: usize = 1000;
+/// Most impressions (items over all answers) one `POST /v1/impressions` may carry.
+pub const MAX_IMPRESSIONS_PER_BATCH: usize = 10_000;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -88,6 +96,35 @@ pub struct RawEvent {
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
     pub events: Vec<RawEvent>,
+}
+
+/// One item of a [`Shown`] answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShownItem {
+    pub item_id: String,
+    /// The item's score in the answer (stored as the impression's `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+/// One answer the edge served: `user_id` was shown `items` (1 to [`crate::MAX_N`]), from
+/// `source`, in `region`, at `timestamp` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shown {
+    pub user_id: String,
+    pub source: String,
+    pub region: String,
+    pub timestamp: i64,
+    pub items: Vec<ShownItem>,
+}
+
+/// `{"shown":[...]}`: the body of `POST /v1/impressions`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShownBatch {
+    pub shown: Vec<Shown>,
 }
 
 /// `202` answer of `POST /v1/events`: the batch is committed at `first_seq..=last_seq`.
@@ -162,6 +199,14 @@ pub enum EventError {
     Body(String),
     #[error("events[{index}]: {source}")]
     Invalid { index: usize, source: FieldError },
+    #[error("at most {MAX_SHOWN_PER_BATCH} answers and {MAX_IMPRESSIONS_PER_BATCH} impressions per request, not {answers} and {impressions}")]
+    TooManyShown { answers: usize, impressions: usize },
+    #[error("shown[{index}]{}: {source}", item.map(|i| format!(".items[{i}]")).unwrap_or_default())]
+    InvalidShown {
+        index: usize,
+        item: Option<usize>,
+        source: FieldError,
+    },
 }
 
 impl EventError {
@@ -170,7 +215,10 @@ impl EventError {
             EventError::TooMany(_) => "too_many_events",
             EventError::Empty => "no_events",
             EventError::Body(_) => "invalid_body",
-            EventError::Invalid { source, .. } => source.code(),
+            EventError::Invalid { source, .. } | EventError::InvalidShown { source, .. } => {
+                source.code()
+            }
+            EventError::TooManyShown { .. } => "too_many_events",
         }
     }
 }
@@ -196,6 +244,8 @@ pub enum FieldError {
     Source,
     #[error("region {0:?} is not one of the known regions")]
     Region(String),
+    #[error("an answer shows 1 to {max} items, not {0}", max = crate::MAX_N)]
+    ShownItems(usize),
 }
 
 impl FieldError {
@@ -209,6 +259,7 @@ impl FieldError {
             FieldError::ContextTooLarge(_) => "context_too_large",
             FieldError::Source => "invalid_source",
             FieldError::Region(_) => "invalid_region",
+            FieldError::ShownItems(_) => "invalid_items",
         }
     }
 }
@@ -339,6 +390,79 @@ pub fn parse_body(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>, Event
                 .map_err(|source| EventError::Invalid { index, source })
         })
         .collect()
+}
+
+/// Parses a `POST /v1/impressions` body (a [`ShownBatch`]) into one
+/// `recommendation_viewed` event per item shown, each checked by [`validate`] like an event
+/// sent to `/v1/events`. All or nothing; an error names the answer and the item.
+pub fn parse_impressions(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>, EventError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| EventError::Body(e.to_string()))?;
+    let raw = match value {
+        serde_json::Value::Object(mut map) if map.len() == 1 => match map.remove("shown") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => {
+                return Err(EventError::Body(
+                    "the body must be {\"shown\":[...]}".into(),
+                ))
+            }
+        },
+        _ => {
+            return Err(EventError::Body(
+                "the body must be {\"shown\":[...]}".into(),
+            ))
+        }
+    };
+    if raw.is_empty() {
+        return Err(EventError::Empty);
+    }
+    let shown: Vec<Shown> = raw
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| {
+            serde_json::from_value(v).map_err(|e| EventError::InvalidShown {
+                index,
+                item: None,
+                source: FieldError::Json(e.to_string()),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let impressions: usize = shown.iter().map(|s| s.items.len()).sum();
+    if shown.len() > MAX_SHOWN_PER_BATCH || impressions > MAX_IMPRESSIONS_PER_BATCH {
+        return Err(EventError::TooManyShown {
+            answers: shown.len(),
+            impressions,
+        });
+    }
+    let mut events = Vec::with_capacity(impressions);
+    for (index, answer) in shown.into_iter().enumerate() {
+        if answer.items.is_empty() || answer.items.len() > crate::MAX_N {
+            return Err(EventError::InvalidShown {
+                index,
+                item: None,
+                source: FieldError::ShownItems(answer.items.len()),
+            });
+        }
+        for (item, shown_item) in answer.items.into_iter().enumerate() {
+            let raw = RawEvent {
+                user_id: answer.user_id.clone(),
+                item_id: shown_item.item_id,
+                kind: EventType::RecommendationViewed.as_str().to_string(),
+                value: shown_item.score,
+                timestamp: Some(answer.timestamp),
+                context: None,
+                source: Some(answer.source.clone()),
+                region: Some(answer.region.clone()),
+            };
+            let event = validate(raw, limits).map_err(|source| EventError::InvalidShown {
+                index,
+                item: Some(item),
+                source,
+            })?;
+            events.push(event);
+        }
+    }
+    Ok(events)
 }
 
 impl Event {
@@ -547,5 +671,125 @@ mod validation_tests {
         assert_eq!(code(r#"{"events":[]}"#), "no_events");
         assert_eq!(code(r#"{"events":{}}"#), "invalid_body");
         assert_eq!(code(r#"{"events":[],"x":1}"#), "invalid_body");
+    }
+
+    fn impressions(body: &str) -> Result<Vec<Event>, EventError> {
+        let regions = RegionMap::builtin();
+        parse_impressions(
+            body.as_bytes(),
+            &Limits {
+                now: NOW,
+                max_future_s: 300,
+                regions: &regions,
+            },
+        )
+    }
+
+    #[test]
+    fn a_shown_answer_becomes_one_impression_per_item_in_order() {
+        let events = impressions(
+            r#"{"shown":[
+                {"user_id":"u1","source":"kv","region":"europe","timestamp":1764237000,
+                 "items":[{"item_id":"i1","score":0.9},{"item_id":"i2"}]},
+                {"user_id":"u2","source":"edge-cache","region":"asia","timestamp":1764237001,
+                 "items":[{"item_id":"i3","score":0.5}]}]}"#,
+        )
+        .unwrap();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| (e.user_id.as_str(), e.item_id.as_str(), e.value))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("u1", "i1", Some(0.9)),
+                ("u1", "i2", None),
+                ("u2", "i3", Some(0.5))
+            ]
+        );
+        assert!(events
+            .iter()
+            .all(|e| e.kind == EventType::RecommendationViewed && e.weight().is_none()));
+        assert_eq!(events[0].source.as_deref(), Some("kv"));
+        assert_eq!(events[2].region.as_ref().unwrap().as_str(), "asia");
+        assert_eq!(events[2].timestamp, 1_764_237_001);
+    }
+
+    #[test]
+    fn a_bad_impression_is_named_by_answer_and_item_and_nothing_is_kept() {
+        let ok = r#"{"user_id":"u1","source":"kv","region":"europe","timestamp":1764237000,"items":[{"item_id":"i1"}]}"#;
+        let bad_item = r#"{"user_id":"u1","source":"kv","region":"europe","timestamp":1764237000,"items":[{"item_id":"i1"},{"item_id":"no/slash"}]}"#;
+        let e = impressions(&format!(r#"{{"shown":[{ok},{bad_item}]}}"#)).unwrap_err();
+        assert!(e.to_string().starts_with("shown[1].items[1]: "), "{e}");
+        let bad_region = ok.replace("europe", "mars");
+        let e = impressions(&format!(r#"{{"shown":[{bad_region}]}}"#)).unwrap_err();
+        assert_eq!(e.code(), "invalid_region");
+        let empty = ok.replace(r#"{"item_id":"i1"}"#, "");
+        let e = impressions(&format!(r#"{{"shown":[{empty}]}}"#)).unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            (
+                "invalid_items",
+                "shown[0]: an answer shows 1 to 100 items, not 0"
+            )
+        );
+        let unknown = ok.replace(r#""source""#, r#""extra":1,"source""#);
+        let e = impressions(&format!(r#"{{"shown":[{unknown}]}}"#)).unwrap_err();
+        assert_eq!(e.code(), "invalid_event");
+        let future = ok.replace("1764237000", "1864237000");
+        assert_eq!(
+            impressions(&format!(r#"{{"shown":[{future}]}}"#))
+                .unwrap_err()
+                .code(),
+            "invalid_timestamp"
+        );
+        for body in [
+            r#"{"shown":[]}"#,
+            r#"{"events":[]}"#,
+            "[]",
+            r#"{"shown":{}}"#,
+            "{",
+        ] {
+            assert!(impressions(body).is_err(), "{body} was accepted");
+        }
+    }
+
+    #[test]
+    fn impression_batches_are_bounded_in_answers_and_in_items() {
+        let answer = |n: usize| {
+            let items: Vec<String> = (0..n).map(|i| format!(r#"{{"item_id":"i{i}"}}"#)).collect();
+            format!(
+                r#"{{"user_id":"u1","source":"kv","region":"europe","timestamp":1764237000,"items":[{}]}}"#,
+                items.join(",")
+            )
+        };
+        let body = |answers: usize, items: usize| {
+            format!(
+                r#"{{"shown":[{}]}}"#,
+                vec![answer(items); answers].join(",")
+            )
+        };
+        assert_eq!(
+            impressions(&body(100, 100)).unwrap().len(),
+            MAX_IMPRESSIONS_PER_BATCH
+        );
+        assert_eq!(
+            impressions(&body(101, 100)).unwrap_err().code(),
+            "too_many_events"
+        );
+        assert_eq!(
+            impressions(&body(MAX_SHOWN_PER_BATCH, 1)).unwrap().len(),
+            MAX_SHOWN_PER_BATCH
+        );
+        assert_eq!(
+            impressions(&body(MAX_SHOWN_PER_BATCH + 1, 1))
+                .unwrap_err()
+                .code(),
+            "too_many_events"
+        );
+        assert_eq!(
+            impressions(&body(1, 101)).unwrap_err().code(),
+            "invalid_items"
+        );
     }
 }

@@ -17,8 +17,8 @@
 //! | `EDGE_CACHE_TTL_S` | 300 | longest time a document stays in the edge cache (capped by its freshness) |
 //! | `HOT_CACHE_S` | 5 | seconds a document stays in an isolate's memory in front of the Cache API (0 = off) |
 //! | `HOT_CACHE_ITEMS` | 1000 | documents an isolate keeps in memory at most |
-//! | `IMPRESSIONS` | true | report served items to the origin as `recommendation_viewed` events |
-//! | `IMPRESSION_BATCH` | 500 | impressions sent in one background batch (at most 500) |
+//! | `IMPRESSIONS` | true | report served items to the origin (stored as `recommendation_viewed` events) |
+//! | `IMPRESSION_BATCH` | 2000 | impressions (items shown) waiting that make a background batch due (1–10000) |
 //! | `IMPRESSION_FLUSH_MS` | 2000 | longest an impression waits in an isolate before it is sent |
 //! | `SUBREQUEST_TIMEOUT_MS` | 2000 | timeout of each fetch to the secondary CDN or the origin |
 //! | `BROWSER_MAX_AGE_S` | 30 | `max-age` for browsers (capped by freshness) |
@@ -259,9 +259,9 @@ impl EdgeConfig {
             batch: number(
                 "IMPRESSION_BATCH",
                 lookup("IMPRESSION_BATCH"),
-                500usize,
-                1..=500,
-                "a number from 1 to 500",
+                ImpressionConfig::default().batch,
+                1..=contract::events::MAX_IMPRESSIONS_PER_BATCH,
+                "a number from 1 to 10000",
             )?,
             flush_ms: number(
                 "IMPRESSION_FLUSH_MS",

@@ -1,20 +1,27 @@
 //! Impressions and cache-hit counts the edge reports to the origin without slowing
-//! answers down: what it served (`recommendation_viewed` events, one per item shown)
-//! goes into an in-isolate buffer, and a batch is sent in the background
-//! (`ctx.waitUntil`) once `batch` events are waiting or the oldest has waited
-//! `flush_ms`. The buffer is bounded: when the origin cannot take them, the oldest
-//! impressions are dropped and counted (they are analytics, not user data).
+//! answers down. What it served goes into an in-isolate buffer as whole answers
+//! ([`Shown`]: one user, source, region and time, the items in order; the origin's
+//! `POST /v1/impressions` stores one `recommendation_viewed` event per item). A batch is
+//! sent in the background (`ctx.waitUntil`) once `batch` impressions are waiting or the
+//! oldest has waited `flush_ms`. Whole answers instead of one event per item make a batch
+//! about a quarter of the bytes, so one send carries ten times the impressions of the
+//! 500-event `/v1/events` limit; each send is what costs the edge (docs/benchmarks.md).
+//! The buffer is bounded: when the origin cannot take them, the oldest answers are
+//! dropped and counted (they are analytics, not user data).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
-use contract::events::{RawEvent, MAX_EVENTS_PER_BATCH};
+use contract::events::{Shown, ShownItem, MAX_IMPRESSIONS_PER_BATCH, MAX_SHOWN_PER_BATCH};
 use contract::RecommendationDoc;
 
 /// Impression settings (`IMPRESSIONS`, `IMPRESSION_BATCH`, `IMPRESSION_FLUSH_MS`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ImpressionConfig {
     pub enabled: bool,
+    /// Impressions (items shown) waiting that make a batch due.
     pub batch: usize,
+    /// Longest the oldest waiting answer waits before a batch is due; also the shortest
+    /// time between two hit-rate reports.
     pub flush_ms: f64,
     /// Most impressions kept while the origin does not take them.
     pub capacity: usize,
@@ -24,28 +31,29 @@ impl Default for ImpressionConfig {
     fn default() -> Self {
         ImpressionConfig {
             enabled: true,
-            batch: 500,
+            batch: 2000,
             flush_ms: 2000.0,
-            capacity: 5000,
+            capacity: 20_000,
         }
     }
 }
 
-/// The `recommendation_viewed` events for the items of a served answer.
-pub fn impressions_of(doc: &RecommendationDoc, source: &str, now_s: u64) -> Vec<RawEvent> {
-    doc.items
-        .iter()
-        .map(|item| RawEvent {
-            user_id: doc.user_id.clone(),
-            item_id: item.item_id.clone(),
-            kind: "recommendation_viewed".into(),
-            value: item.score.is_finite().then_some(item.score),
-            timestamp: Some(now_s as i64),
-            context: None,
-            source: Some(source.to_string()),
-            region: Some(doc.region.clone()),
-        })
-        .collect()
+/// What an answer showed: its items in order, with their scores.
+pub fn impressions_of(doc: &RecommendationDoc, source: &str, now_s: u64) -> Shown {
+    Shown {
+        user_id: doc.user_id.clone(),
+        source: source.to_string(),
+        region: doc.region.clone(),
+        timestamp: now_s as i64,
+        items: doc
+            .items
+            .iter()
+            .map(|item| ShownItem {
+                item_id: item.item_id.clone(),
+                score: item.score.is_finite().then_some(item.score),
+            })
+            .collect(),
+    }
 }
 
 /// Requests and edge-cache hits per region since the last report.
@@ -53,17 +61,28 @@ pub type HitCounts = BTreeMap<String, (u64, u64)>;
 
 #[derive(Debug, Default)]
 pub struct ImpressionBuffer {
-    events: Vec<RawEvent>,
+    shown: VecDeque<Shown>,
+    /// Items over all of `shown`.
+    impressions: usize,
     oldest_ms: Option<f64>,
+    /// Impressions dropped because the buffer was full.
     pub dropped: u64,
     hits: HitCounts,
+    last_report_ms: Option<f64>,
 }
 
 /// What to send now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flush {
-    pub events: Vec<RawEvent>,
+    pub shown: Vec<Shown>,
+    /// Hit counts to report, empty when the last report is under `flush_ms` old.
     pub hits: HitCounts,
+}
+
+impl Flush {
+    pub fn impressions(&self) -> usize {
+        self.shown.iter().map(|s| s.items.len()).sum()
+    }
 }
 
 impl ImpressionBuffer {
@@ -74,61 +93,82 @@ impl ImpressionBuffer {
         e.1 += edge_cache_hit as u64;
     }
 
-    /// Adds impressions, dropping the oldest beyond `cfg.capacity`.
-    pub fn push(&mut self, events: Vec<RawEvent>, now_ms: f64, cfg: &ImpressionConfig) {
-        if !cfg.enabled || events.is_empty() {
+    /// Adds an answer's impressions, dropping the oldest answers beyond `cfg.capacity`.
+    pub fn push(&mut self, shown: Shown, now_ms: f64, cfg: &ImpressionConfig) {
+        if !cfg.enabled || shown.items.is_empty() {
             return;
         }
         self.oldest_ms.get_or_insert(now_ms);
-        self.events.extend(events);
-        if self.events.len() > cfg.capacity {
-            let excess = self.events.len() - cfg.capacity;
-            self.events.drain(..excess);
-            self.dropped += excess as u64;
+        self.impressions += shown.items.len();
+        self.shown.push_back(shown);
+        self.drop_beyond_capacity(cfg);
+    }
+
+    fn drop_beyond_capacity(&mut self, cfg: &ImpressionConfig) {
+        while self.impressions > cfg.capacity {
+            let Some(oldest) = self.shown.pop_front() else {
+                break;
+            };
+            self.impressions -= oldest.items.len();
+            self.dropped += oldest.items.len() as u64;
         }
     }
 
-    /// A batch to send when one is due (enough waiting, or waited long enough): at most
-    /// [`MAX_EVENTS_PER_BATCH`] events, and the hit counts gathered so far (which ride
-    /// along with impressions, so a quiet edge sends nothing).
+    /// A batch to send when one is due (enough waiting, or waited long enough): the
+    /// oldest answers, at most [`MAX_SHOWN_PER_BATCH`] of them and
+    /// [`MAX_IMPRESSIONS_PER_BATCH`] impressions, and the hit counts gathered so far when
+    /// the last report is `flush_ms` old (they ride along with impressions, so a quiet
+    /// edge sends nothing).
     pub fn take_due(&mut self, now_ms: f64, cfg: &ImpressionConfig) -> Option<Flush> {
         let waited_long = self.oldest_ms.is_some_and(|t| now_ms - t >= cfg.flush_ms);
-        if !(self.events.len() >= cfg.batch || waited_long) {
+        if !(self.impressions >= cfg.batch || waited_long) {
             return None;
         }
-        let n = self.events.len().min(MAX_EVENTS_PER_BATCH);
-        let events: Vec<RawEvent> = self.events.drain(..n).collect();
-        self.oldest_ms = if self.events.is_empty() {
+        let (mut answers, mut items) = (0, 0);
+        for s in &self.shown {
+            if answers == MAX_SHOWN_PER_BATCH || items + s.items.len() > MAX_IMPRESSIONS_PER_BATCH {
+                break;
+            }
+            answers += 1;
+            items += s.items.len();
+        }
+        let shown: Vec<Shown> = self.shown.drain(..answers).collect();
+        self.impressions -= items;
+        self.oldest_ms = if self.shown.is_empty() {
             None
         } else {
             Some(now_ms)
         };
-        Some(Flush {
-            events,
-            hits: std::mem::take(&mut self.hits),
-        })
+        let report_due = self
+            .last_report_ms
+            .is_none_or(|t| now_ms - t >= cfg.flush_ms);
+        let hits = if report_due {
+            self.last_report_ms = Some(now_ms);
+            std::mem::take(&mut self.hits)
+        } else {
+            HitCounts::new()
+        };
+        Some(Flush { shown, hits })
     }
 
     /// Puts back a batch the origin did not take (it is retried with the next flush).
     pub fn put_back(&mut self, flush: Flush, now_ms: f64, cfg: &ImpressionConfig) {
-        let mut events = flush.events;
-        events.append(&mut self.events);
-        self.events = events;
+        self.impressions += flush.impressions();
+        for s in flush.shown.into_iter().rev() {
+            self.shown.push_front(s);
+        }
         self.oldest_ms.get_or_insert(now_ms);
         for (region, (r, h)) in flush.hits {
             let e = self.hits.entry(region).or_default();
             e.0 += r;
             e.1 += h;
         }
-        if self.events.len() > cfg.capacity {
-            let excess = self.events.len() - cfg.capacity;
-            self.events.drain(..excess);
-            self.dropped += excess as u64;
-        }
+        self.drop_beyond_capacity(cfg);
     }
 
+    /// Impressions waiting to be sent.
     pub fn waiting(&self) -> usize {
-        self.events.len()
+        self.impressions
     }
 }
 
@@ -166,16 +206,13 @@ mod tests {
     }
 
     #[test]
-    fn each_served_item_is_one_recommendation_viewed_event_with_source_and_region() {
-        let ev = impressions_of(&doc(3), "kv", 1_764_237_600);
-        assert_eq!(ev.len(), 3);
+    fn an_answer_is_its_items_in_order_and_passes_the_origins_validation() {
+        let shown = impressions_of(&doc(3), "kv", 1_764_237_600);
+        assert_eq!(shown.items.len(), 3);
+        assert_eq!(shown.items[1].item_id, "i1");
         assert_eq!(
-            (ev[1].item_id.as_str(), ev[1].kind.as_str()),
-            ("i1", "recommendation_viewed")
-        );
-        assert_eq!(
-            (ev[0].source.as_deref(), ev[0].region.as_deref()),
-            (Some("kv"), Some("europe"))
+            (shown.source.as_str(), shown.region.as_str()),
+            ("kv", "europe")
         );
         let regions = contract::RegionMap::builtin();
         let limits = contract::events::Limits {
@@ -183,31 +220,85 @@ mod tests {
             max_future_s: 300,
             regions: &regions,
         };
-        assert!(
-            ev.into_iter()
-                .all(|e| contract::events::validate(e, &limits).is_ok()),
-            "impressions must pass the origin's validation"
-        );
+        let body =
+            serde_json::to_vec(&contract::events::ShownBatch { shown: vec![shown] }).unwrap();
+        let events = contract::events::parse_impressions(&body, &limits)
+            .expect("impressions must pass the origin's validation");
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[2].item_id.as_str(), "i2");
+        assert_eq!(events[0].value, Some(0.5));
     }
 
     #[test]
-    fn a_batch_is_due_when_full_or_when_the_oldest_waited_long_enough() {
+    fn a_batch_is_due_when_enough_impressions_wait_or_the_oldest_waited_long_enough() {
         let mut b = ImpressionBuffer::default();
         b.push(impressions_of(&doc(4), "kv", 0), 0.0, &cfg());
         assert_eq!(b.take_due(500.0, &cfg()), None);
         let f = b.take_due(1000.0, &cfg()).expect("due after flush_ms");
-        assert_eq!(f.events.len(), 4);
-        b.push(impressions_of(&doc(10), "kv", 0), 2000.0, &cfg());
-        assert_eq!(b.take_due(2001.0, &cfg()).unwrap().events.len(), 10);
+        assert_eq!(f.impressions(), 4);
+        b.push(impressions_of(&doc(6), "kv", 0), 2000.0, &cfg());
+        assert_eq!(b.take_due(2001.0, &cfg()), None, "6 of 10 waiting");
+        b.push(impressions_of(&doc(4), "kv", 0), 2002.0, &cfg());
+        let f = b.take_due(2003.0, &cfg()).expect("10 waiting");
+        assert_eq!((f.shown.len(), f.impressions()), (2, 10));
         assert_eq!(b.waiting(), 0);
+    }
+
+    #[test]
+    fn a_batch_stays_within_the_origins_limits() {
+        let big = ImpressionConfig {
+            batch: 1,
+            capacity: 100_000,
+            ..cfg()
+        };
+        let mut b = ImpressionBuffer::default();
+        for _ in 0..150 {
+            b.push(impressions_of(&doc(100), "kv", 0), 0.0, &big);
+        }
+        let f = b.take_due(0.0, &big).unwrap();
+        assert_eq!(f.impressions(), MAX_IMPRESSIONS_PER_BATCH);
+        assert_eq!(b.waiting(), 5000);
+        let mut b = ImpressionBuffer::default();
+        for _ in 0..MAX_SHOWN_PER_BATCH + 5 {
+            b.push(impressions_of(&doc(1), "kv", 0), 0.0, &big);
+        }
+        assert_eq!(
+            b.take_due(0.0, &big).unwrap().shown.len(),
+            MAX_SHOWN_PER_BATCH
+        );
+        assert_eq!(b.waiting(), 5);
     }
 
     #[test]
     fn the_buffer_is_bounded_and_counts_what_it_drops() {
         let mut b = ImpressionBuffer::default();
-        b.push(impressions_of(&doc(20), "kv", 0), 0.0, &cfg());
-        b.push(impressions_of(&doc(20), "kv", 0), 0.0, &cfg());
-        assert_eq!((b.waiting(), b.dropped), (25, 15));
+        for _ in 0..4 {
+            b.push(impressions_of(&doc(10), "kv", 0), 0.0, &cfg());
+        }
+        assert_eq!((b.waiting(), b.dropped), (20, 20));
+    }
+
+    #[test]
+    fn hit_counts_are_reported_at_most_once_per_flush_interval() {
+        let mut b = ImpressionBuffer::default();
+        b.count_request("europe", true);
+        b.push(impressions_of(&doc(10), "kv", 0), 0.0, &cfg());
+        assert_eq!(
+            b.take_due(0.0, &cfg()).unwrap().hits.get("europe"),
+            Some(&(1, 1))
+        );
+        b.count_request("europe", false);
+        b.push(impressions_of(&doc(10), "kv", 0), 10.0, &cfg());
+        assert!(
+            b.take_due(10.0, &cfg()).unwrap().hits.is_empty(),
+            "reported 10 ms ago"
+        );
+        b.count_request("europe", true);
+        b.push(impressions_of(&doc(10), "kv", 0), 1000.0, &cfg());
+        assert_eq!(
+            b.take_due(1000.0, &cfg()).unwrap().hits.get("europe"),
+            Some(&(2, 1))
+        );
     }
 
     #[test]
@@ -218,11 +309,17 @@ mod tests {
         b.push(impressions_of(&doc(10), "kv", 0), 0.0, &cfg());
         let f = b.take_due(0.0, &cfg()).unwrap();
         assert_eq!(f.hits.get("europe"), Some(&(2, 1)));
+        b.push(impressions_of(&doc(3), "later", 0), 5.0, &cfg());
         b.put_back(f, 10.0, &cfg());
+        assert_eq!(b.waiting(), 13);
         let again = b.take_due(2000.0, &cfg()).unwrap();
         assert_eq!(
-            (again.events.len(), again.hits.get("europe")),
-            (10, Some(&(2, 1)))
+            (
+                again.shown[0].source.as_str(),
+                again.impressions(),
+                again.hits.get("europe")
+            ),
+            ("kv", 13, Some(&(2, 1)))
         );
     }
 

@@ -4,6 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/events` | one event or `{"events":[...]}` (≤ 500); `202` after commit |
+//! | `POST /v1/impressions` | the edge's impressions, `{"shown":[...]}` whole answers (≤ 1,000 answers, ≤ 10,000 items); `202` after commit |
 //! | `GET /v1/analytics/recommendations?range=24h` | the recommendation funnel |
 //! | `GET /v1/analytics/real-time` | request rate, active users, edge hit rate, health |
 //! | `POST /v1/analytics/edge-report` | the edge's cache counters (admin token) |
@@ -27,7 +28,7 @@ use crate::api::{ApiError, AppState};
 use crate::auth::check_bearer;
 use crate::config::Secret;
 use crate::event_log::EventLog;
-use crate::events::{parse_body, Limits};
+use crate::events::{parse_body, parse_impressions, Event, EventError, Limits};
 use crate::freshness::{PublishHealth, Republisher, TargetHealth};
 use crate::observability::TraceContext;
 use crate::retrain::{RetrainReport, Retrainer};
@@ -82,15 +83,37 @@ fn body_error(r: BytesRejection) -> ApiError {
     }
 }
 
+/// `POST /v1/events`: one event or a batch, from browsers (through the edge) or backends.
 async fn post_events(
     State(state): State<AppState>,
     trace: Option<Extension<TraceContext>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    ingest(state, trace, body, parse_body).await
+}
+
+/// `POST /v1/impressions`: the edge's impressions as whole answers, stored as the same
+/// `recommendation_viewed` events `/v1/events` would store, one per item.
+async fn post_impressions(
+    State(state): State<AppState>,
+    trace: Option<Extension<TraceContext>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    ingest(state, trace, body, parse_impressions).await
+}
+
+/// Validates a body with `parse` (all or nothing), commits its events to the log, and
+/// republishes the users whose history they changed.
+async fn ingest(
+    state: AppState,
+    trace: Option<Extension<TraceContext>>,
+    body: Result<Bytes, BytesRejection>,
+    parse: fn(&[u8], &Limits<'_>) -> Result<Vec<Event>, EventError>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let live = live(&state)?.clone();
     let body = body.map_err(body_error)?;
     let snapshot = state.snapshot();
-    let mut events = parse_body(
+    let mut events = parse(
         &body,
         &Limits {
             now: now_unix() as i64,
@@ -334,6 +357,10 @@ pub fn routes() -> Router<AppState> {
             post(post_events).route_layer(DefaultBodyLimit::max(EVENTS_MAX_BODY_BYTES)),
         )
         .route(
+            "/v1/impressions",
+            post(post_impressions).route_layer(DefaultBodyLimit::max(EVENTS_MAX_BODY_BYTES)),
+        )
+        .route(
             "/v1/analytics/recommendations",
             get(recommendations_analytics),
         )
@@ -563,6 +590,53 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn impressions_in_compact_form_are_stored_as_recommendation_viewed_events() {
+        let f = fixture(None);
+        let now = now_unix();
+        let body = format!(
+            r#"{{"shown":[
+              {{"user_id":"u1","source":"edge-cache","region":"europe","timestamp":{now},
+                "items":[{{"item_id":"i1","score":0.8}},{{"item_id":"i2","score":0.4}}]}},
+              {{"user_id":"u2","source":"kv","region":"asia","timestamp":{now},
+                "items":[{{"item_id":"i3","score":0.6}}]}}]}}"#
+        );
+        let (status, json) = call(&f.state, "POST", "/v1/impressions", None, &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+        assert_eq!(json["accepted"], 3);
+        let (_, r) = call(
+            &f.state,
+            "GET",
+            "/v1/analytics/recommendations?range=1h",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(r["impressions"], 3, "{r}");
+        assert_eq!(r["by_source"]["edge-cache"]["impressions"], 2, "{r}");
+        assert_eq!(r["by_region"]["asia"]["impressions"], 1, "{r}");
+        assert!((r["avg_impression_score"].as_f64().unwrap() - 0.6).abs() < 1e-9);
+
+        // One bad item refuses the whole body, named by answer and item.
+        let bad = body.replace(r#""item_id":"i3""#, r#""item_id":"bad id""#);
+        let (status, json) = call(&f.state, "POST", "/v1/impressions", None, &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("shown[1].items[0]: "), "{message}");
+        let (_, r) = call(
+            &f.state,
+            "GET",
+            "/v1/analytics/recommendations?range=1h",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(
+            r["impressions"], 3,
+            "nothing of the refused body was stored: {r}"
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! rules, then forwarded to the user's regional origin, failing over like reads), and
 //! the impressions and cache-hit counts it reports in the background.
 
-use contract::events::{self, Limits, RawEvent};
+use contract::events::{self, Limits, RawEvent, Shown};
 use contract::{Region, ServedDoc, Source};
 use worker::{Context, Method, Request, Response};
 
@@ -140,15 +140,37 @@ pub fn record_served(
     }
 }
 
-/// Sends a batch of impressions, then the hit counts; a batch the origins did not take
-/// goes back into the buffer.
+/// `{"shown":[...]}` (the contract's `ShownBatch`), serialized from the buffer's batch
+/// without moving it, so a failed send can put it back.
+#[derive(serde::Serialize)]
+struct ShownBatchBody<'a> {
+    shown: &'a [Shown],
+}
+
+/// Sends a batch of impressions (`POST /v1/impressions`), then the hit counts when a
+/// report is due; a batch the origins did not answer goes back into the buffer.
 async fn send(flush: Flush, cfg: EdgeConfig, region: Region) {
-    let body = serde_json::json!({ "events": flush.events }).to_string();
-    if post_to_origins(&cfg, &region, "/v1/events", body, Vec::new())
-        .await
-        .is_err()
-    {
-        IMPRESSIONS.with(|b| b.borrow_mut().put_back(flush, now_ms(), &cfg.impressions));
+    let body = match serde_json::to_string(&ShownBatchBody {
+        shown: &flush.shown,
+    }) {
+        Ok(body) => body,
+        Err(e) => {
+            worker::console_error!("impressions not serializable, dropped: {e}");
+            return;
+        }
+    };
+    match post_to_origins(&cfg, &region, "/v1/impressions", body, Vec::new()).await {
+        Ok((status, _)) if status < 300 => {}
+        // Refused: the same batch would be refused again.
+        Ok((status, text)) => {
+            worker::console_warn!("impressions refused by the origin ({status}): {text}")
+        }
+        Err(_) => {
+            IMPRESSIONS.with(|b| b.borrow_mut().put_back(flush, now_ms(), &cfg.impressions));
+            return;
+        }
+    }
+    if flush.hits.is_empty() {
         return;
     }
     let Some(token) = cfg.admin_token.clone() else {

@@ -389,6 +389,10 @@ fn health(cfg: &EdgeConfig, location: &Location) -> std::result::Result<Response
             "popular_served": c.popular_served.get(),
         })
     });
+    let impressions = state::IMPRESSIONS.with(|b| {
+        let b = b.borrow();
+        serde_json::json!({ "waiting": b.waiting(), "dropped": b.dropped })
+    });
     let body = serde_json::json!({
         "status": "ok",
         "version": crate::VERSION,
@@ -398,6 +402,7 @@ fn health(cfg: &EdgeConfig, location: &Location) -> std::result::Result<Response
         "tiers": tiers,
         "origins": origins,
         "breakers": breakers,
+        "impressions": impressions,
         "geo_db": geo_db,
         "counters": counters,
         "time": now_s(),
