@@ -181,6 +181,9 @@ pub struct StackOptions {
     pub vars: Vec<(&'static str, String)>,
     /// The built worker to run (default `edge/build/index.js`).
     pub worker: Option<PathBuf>,
+    /// Network latency between the edge and its origins: the edge reaches each origin
+    /// through a [`laggy_link`] that holds every request this long.
+    pub origin_latency: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -192,6 +195,7 @@ impl Default for StackOptions {
             cf_country: None,
             vars: Vec::new(),
             worker: None,
+            origin_latency: None,
         }
     }
 }
@@ -272,7 +276,13 @@ impl Stack {
         let (cdn_port, edge_port, inspector_port) = (free_port(), free_port(), free_port());
         let origin_urls: String = origins
             .iter()
-            .map(|o| format!("\"{}\":\"http://127.0.0.1:{}\"", o.name, o.port))
+            .map(|o| {
+                let port = match opts.origin_latency {
+                    Some(latency) => laggy_link(o.port, latency),
+                    None => o.port,
+                };
+                format!("\"{}\":\"http://127.0.0.1:{port}\"", o.name)
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut vars = format!(
@@ -637,4 +647,44 @@ pub fn black_hole(port: u16) -> TcpListener {
         }
     });
     l
+}
+
+/// A TCP link to `127.0.0.1:upstream` on a free local port that holds each chunk the
+/// client sends for `latency` before passing it on (a far-away origin: every request,
+/// also on a kept-alive connection, arrives `latency` late). Returns the port.
+pub fn laggy_link(upstream: u16, latency: Duration) -> u16 {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind link");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], upstream)))
+            else {
+                continue; // the origin is down: the client sees its connection closed
+            };
+            let (client_in, server_out) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pump(client_in, server_out, latency));
+            std::thread::spawn(move || pump(server, client, Duration::ZERO));
+        }
+    });
+    port
+}
+
+/// Copies `from` to `to` chunk by chunk, each held `delay`, until either side closes.
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                std::thread::sleep(delay);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
 }
