@@ -399,19 +399,13 @@ pub fn parse_impressions(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| EventError::Body(e.to_string()))?;
     let raw = match value {
-        serde_json::Value::Object(mut map) if map.len() == 1 => match map.remove("shown") {
-            Some(serde_json::Value::Array(a)) => a,
-            _ => {
-                return Err(EventError::Body(
-                    "the body must be {\"shown\":[...]}".into(),
-                ))
-            }
-        },
-        _ => {
-            return Err(EventError::Body(
-                "the body must be {\"shown\":[...]}".into(),
-            ))
-        }
+        serde_json::Value::Object(mut map) if map.len() == 1 => map.remove("shown"),
+        _ => None,
+    };
+    let Some(serde_json::Value::Array(raw)) = raw else {
+        return Err(EventError::Body(
+            "the body must be {\"shown\":[...]}".into(),
+        ));
     };
     if raw.is_empty() {
         return Err(EventError::Empty);
