@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{IdError, ItemId, Region, RegionMap, UserId};
+use crate::{EventId, IdError, ItemId, Region, RegionMap, UserId};
 
 /// Most events one request may carry.
 pub const MAX_EVENTS_PER_BATCH: usize = 500;
@@ -89,6 +89,11 @@ pub struct RawEvent {
     /// The edge region of the request (the edge fills it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Idempotency key (the id rules of [`EventId`]): an event whose id the tenant's log
+    /// already holds is acknowledged again but not stored twice. The edge sets one when
+    /// the client does not, so a failover to a second origin cannot double-count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 /// `{"events":[...]}`.
@@ -113,6 +118,11 @@ pub struct ShownItem {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shown {
+    /// The answer's idempotency key: item `j` is stored with event id `{id}-{j}`, so a
+    /// batch the edge sends again after a timeout is stored once. At most
+    /// [`MAX_SHOWN_ID_LEN`] bytes of the id rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub user_id: String,
     pub source: String,
     pub region: String,
@@ -144,6 +154,9 @@ pub struct EdgeReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 }
+
+/// Longest [`Shown::id`] (leaves room for the `-{j}` suffix within the id rules).
+pub const MAX_SHOWN_ID_LEN: usize = 120;
 
 /// Longest `source` label.
 pub const MAX_SOURCE_LEN: usize = 64;
@@ -179,6 +192,8 @@ pub struct Event {
     pub context: Option<String>,
     pub source: Option<String>,
     pub region: Option<Region>,
+    /// The client's idempotency key, if it sent one.
+    pub event_id: Option<EventId>,
 }
 
 impl Event {
@@ -246,6 +261,8 @@ pub enum FieldError {
     Region(String),
     #[error("an answer shows 1 to {max} items, not {0}", max = crate::MAX_N)]
     ShownItems(usize),
+    #[error("an answer's id is {0} bytes long; at most {MAX_SHOWN_ID_LEN} are allowed")]
+    ShownId(usize),
 }
 
 impl FieldError {
@@ -260,6 +277,7 @@ impl FieldError {
             FieldError::Source => "invalid_source",
             FieldError::Region(_) => "invalid_region",
             FieldError::ShownItems(_) => "invalid_items",
+            FieldError::ShownId(_) => "invalid_event_id",
         }
     }
 }
@@ -278,6 +296,7 @@ pub struct Limits<'a> {
 pub fn validate(raw: RawEvent, limits: &Limits<'_>) -> Result<Event, FieldError> {
     let user_id = UserId::parse(&raw.user_id)?;
     let item_id = ItemId::parse(&raw.item_id)?;
+    let event_id = raw.event_id.as_deref().map(EventId::parse).transpose()?;
     let kind = EventType::parse(&raw.kind)
         .ok_or_else(|| FieldError::Type(raw.kind.chars().take(40).collect()))?;
     match (kind, raw.value) {
@@ -348,6 +367,7 @@ pub fn validate(raw: RawEvent, limits: &Limits<'_>) -> Result<Event, FieldError>
         context,
         source,
         region,
+        event_id,
     })
 }
 
@@ -437,6 +457,22 @@ pub fn parse_impressions(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>
                 source: FieldError::ShownItems(answer.items.len()),
             });
         }
+        if let Some(id) = &answer.id {
+            let checked = EventId::parse(id).map_err(FieldError::from).and_then(|_| {
+                if id.len() > MAX_SHOWN_ID_LEN {
+                    Err(FieldError::ShownId(id.len()))
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(source) = checked {
+                return Err(EventError::InvalidShown {
+                    index,
+                    item: None,
+                    source,
+                });
+            }
+        }
         for (item, shown_item) in answer.items.into_iter().enumerate() {
             let raw = RawEvent {
                 user_id: answer.user_id.clone(),
@@ -447,6 +483,7 @@ pub fn parse_impressions(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>
                 context: None,
                 source: Some(answer.source.clone()),
                 region: Some(answer.region.clone()),
+                event_id: answer.id.as_ref().map(|id| format!("{id}-{item}")),
             };
             let event = validate(raw, limits).map_err(|source| EventError::InvalidShown {
                 index,
@@ -474,6 +511,7 @@ impl Event {
                 .and_then(|c| serde_json::from_str(c).ok()),
             source: self.source.clone(),
             region: self.region.as_ref().map(|r| r.to_string()),
+            event_id: self.event_id.as_ref().map(|id| id.to_string()),
         }
     }
 }
@@ -503,6 +541,7 @@ mod tests {
             context: None,
             source: None,
             region: None,
+            event_id: None,
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
@@ -665,6 +704,46 @@ mod validation_tests {
         assert_eq!(code(r#"{"events":[]}"#), "no_events");
         assert_eq!(code(r#"{"events":{}}"#), "invalid_body");
         assert_eq!(code(r#"{"events":[],"x":1}"#), "invalid_body");
+    }
+
+    #[test]
+    fn an_event_id_is_kept_and_a_bad_one_refuses_the_batch() {
+        let events = parse(
+            r#"{"events":[{"user_id":"u1","item_id":"i1","type":"view","event_id":"e-1"},
+                          {"user_id":"u1","item_id":"i2","type":"view"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(events[0].event_id.as_ref().unwrap().as_str(), "e-1");
+        assert_eq!(events[1].event_id, None);
+        assert_eq!(events[0].to_raw().event_id.as_deref(), Some("e-1"));
+        assert_eq!(
+            code(r#"{"user_id":"u1","item_id":"i1","type":"view","event_id":"a/b"}"#),
+            "invalid_event_id"
+        );
+        assert_eq!(
+            code(r#"{"user_id":"u1","item_id":"i1","type":"view","event_id":""}"#),
+            "invalid_event_id"
+        );
+    }
+
+    #[test]
+    fn an_answer_id_gives_each_impression_its_own_event_id() {
+        let body = |id: &str| {
+            format!(
+                r#"{{"shown":[{{"id":"{id}","user_id":"u1","source":"kv","region":"europe",
+                 "timestamp":1764237000,"items":[{{"item_id":"i1"}},{{"item_id":"i2"}}]}}]}}"#
+            )
+        };
+        let events = impressions(&body("a7")).unwrap();
+        let ids: Vec<_> = events
+            .iter()
+            .map(|e| e.event_id.as_ref().unwrap().as_str())
+            .collect();
+        assert_eq!(ids, ["a7-0", "a7-1"]);
+        let e = impressions(&body(&"x".repeat(MAX_SHOWN_ID_LEN + 1))).unwrap_err();
+        assert_eq!(e.code(), "invalid_event_id");
+        assert!(e.to_string().starts_with("shown[0]: "), "{e}");
+        assert_eq!(impressions(&body("a..b")).unwrap_err().code(), "invalid_event_id");
     }
 
     fn impressions(body: &str) -> Result<Vec<Event>, EventError> {

@@ -46,6 +46,7 @@ impl IdError {
         match self.kind() {
             "user id" => "invalid_user_id",
             "item id" => "invalid_item_id",
+            "event id" => "invalid_event_id",
             _ => "invalid_tenant",
         }
     }
@@ -139,6 +140,12 @@ id_type!(
     /// A validated item id, safe to put in keys and paths.
     ItemId,
     "item id"
+);
+id_type!(
+    /// A client's idempotency key for one event, unique per tenant in the event log:
+    /// a retried or failed-over batch stores each event once. Same rules as user ids.
+    EventId,
+    "event id"
 );
 
 /// A validated tenant name; every key and path starts with it.

@@ -24,7 +24,7 @@ pub mod keys;
 pub mod region;
 
 pub use doc::{ErrorBody, ErrorDetail, RecItem, RecommendationDoc, ServedDoc, Source};
-pub use ids::{IdError, ItemId, Tenant, UserId};
+pub use ids::{EventId, IdError, ItemId, Tenant, UserId};
 pub use region::{Region, RegionMap};
 
 /// Tenant used when a request names none.

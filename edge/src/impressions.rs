@@ -41,6 +41,7 @@ impl Default for ImpressionConfig {
 /// What an answer showed: its items in order, with their scores.
 pub fn impressions_of(doc: &RecommendationDoc, source: &str, now_s: u64) -> Shown {
     Shown {
+        id: None,
         user_id: doc.user_id.clone(),
         source: source.to_string(),
         region: doc.region.clone(),

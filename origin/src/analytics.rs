@@ -542,6 +542,7 @@ mod tests {
             context: None,
             source: Some(source.into()),
             region: Some(Region::parse(region).unwrap()),
+            event_id: None,
         }
     }
 

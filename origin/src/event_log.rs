@@ -295,6 +295,7 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Result<Event, S
             region: region
                 .map(|s| Region::parse(&s).map_err(|e| e.to_string()))
                 .transpose()?,
+            event_id: None,
         })
     })();
     Ok((seq, parsed))
@@ -555,6 +556,7 @@ mod tests {
             context: None,
             source: None,
             region: Some(Region::parse("europe").unwrap()),
+            event_id: None,
         }
     }
 

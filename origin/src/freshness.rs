@@ -321,6 +321,7 @@ mod tests {
                 context: None,
                 source: None,
                 region: None,
+                event_id: None,
             }])
             .await
             .unwrap();
