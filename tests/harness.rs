@@ -52,7 +52,8 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn origin_bin() -> PathBuf {
+/// The `origin` binary the tests run.
+pub fn origin_bin() -> PathBuf {
     if let Ok(p) = std::env::var("ORIGIN_BIN") {
         return PathBuf::from(p);
     }
@@ -84,7 +85,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+    /// Starts `cmd` in its own process group, output to `log`.
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
         register_exit_hook();
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -133,7 +135,8 @@ impl Drop for Proc {
     }
 }
 
-fn wait_for_http(url: &str, what: &Proc, timeout: Duration) {
+/// Waits until `url` answers at all (any status).
+pub fn wait_for_http(url: &str, what: &Proc, timeout: Duration) {
     let client = Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -422,11 +425,7 @@ impl Stack {
                 .path()
                 .join(format!("origin-{name}-{}.log", now_nanos())),
         );
-        wait_for_http(
-            &format!("http://127.0.0.1:{port}/health"),
-            &proc,
-            Duration::from_secs(60),
-        );
+        wait_for_trained(port, &proc, Duration::from_secs(60));
         self.origins[i].proc = Some(proc);
     }
 
@@ -687,4 +686,93 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
     let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// Waits until the origin on `port` has trained its first model (`/health` status no
+/// longer `loading`; it listens before training).
+pub fn wait_for_trained(port: u16, what: &Proc, timeout: Duration) {
+    let url = format!("http://127.0.0.1:{port}/health");
+    wait_for_http(&url, what, timeout);
+    let client = Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let status = client
+            .get(&url)
+            .send()
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .and_then(|h| h["status"].as_str().map(str::to_owned));
+        if status.as_deref().is_some_and(|s| s != "loading") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{} did not train its model within {timeout:?}; log:\n{}",
+        what.name,
+        what.log_tail()
+    );
+}
+
+impl Proc {
+    /// The process id (also its process group's).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the process and waits up to `timeout` for it to exit; returns
+    /// how long it took, or `None` if it was still running (it is then left running).
+    pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        // SAFETY: signals the process this Proc started.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        while started.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// One `origin serve` on its own (no edge, no CDN), on a free port, over `db`, with
+/// `ADMIN_TOKEN` set and `extra` arguments.
+pub struct LoneOrigin {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl LoneOrigin {
+    pub fn start(db: &Path, logs: &Path, extra: &[&str]) -> LoneOrigin {
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let proc = Proc::spawn(
+            "lone origin",
+            Command::new(origin_bin())
+                .args(["serve", "--db", db.to_str().unwrap()])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--metrics-listen", &metrics, "--retrain-every-s", "0"])
+                .args(extra)
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("RUST_LOG", "info"),
+            logs.join(format!("origin-{port}-{}.log", now_nanos())),
+        );
+        LoneOrigin { proc, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn health(&self) -> serde_json::Value {
+        Client::new()
+            .get(self.url("/health"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("health: {e}; log:\n{}", self.proc.log_tail()))
+    }
 }

@@ -143,6 +143,9 @@ pub struct EventsAccepted {
     pub accepted: usize,
     pub first_seq: i64,
     pub last_seq: i64,
+    /// Of `accepted`, events whose `event_id` the log already held (stored once).
+    #[serde(default)]
+    pub duplicates: usize,
 }
 
 /// The edge's cache counters since its last report.
@@ -458,13 +461,11 @@ pub fn parse_impressions(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>
             });
         }
         if let Some(id) = &answer.id {
-            let checked = EventId::parse(id).map_err(FieldError::from).and_then(|_| {
-                if id.len() > MAX_SHOWN_ID_LEN {
-                    Err(FieldError::ShownId(id.len()))
-                } else {
-                    Ok(())
-                }
-            });
+            let checked = match EventId::parse(id) {
+                Err(e) => Err(FieldError::from(e)),
+                Ok(_) if id.len() > MAX_SHOWN_ID_LEN => Err(FieldError::ShownId(id.len())),
+                Ok(_) => Ok(()),
+            };
             if let Err(source) = checked {
                 return Err(EventError::InvalidShown {
                     index,
@@ -743,7 +744,10 @@ mod validation_tests {
         let e = impressions(&body(&"x".repeat(MAX_SHOWN_ID_LEN + 1))).unwrap_err();
         assert_eq!(e.code(), "invalid_event_id");
         assert!(e.to_string().starts_with("shown[0]: "), "{e}");
-        assert_eq!(impressions(&body("a..b")).unwrap_err().code(), "invalid_event_id");
+        assert_eq!(
+            impressions(&body("a..b")).unwrap_err().code(),
+            "invalid_event_id"
+        );
     }
 
     fn impressions(body: &str) -> Result<Vec<Event>, EventError> {

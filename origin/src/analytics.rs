@@ -5,7 +5,9 @@
 //! Definitions (also in the answers' field docs):
 //! - impressions: `recommendation_viewed` events; `value`, when given, is the score of
 //!   the impressed item and averages into `avg_impression_score`.
-//! - clicks: `click` events; `ctr = clicks / impressions`.
+//! - clicks: `click` events on an item the user was shown (an impression of the same
+//!   user and item at or before the click); `ctr = clicks / impressions`, so clicks
+//!   on items nobody served cannot raise it.
 //! - conversions: `purchase` events; `conversion_rate = conversions / clicks`.
 //! - Ratios are 0 when their denominator is 0.
 //! - Breakdowns use the event's `source` and `region` (`"unknown"` when absent).
@@ -26,6 +28,16 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::event_log::EventLogError;
+
+/// Counts a click only for an item the user was shown before (an impression of the same
+/// user and item at or before the click); every other row counts as it is.
+const SERVED: &str = "(type != 'click' OR EXISTS (SELECT 1 FROM events v
+     WHERE v.type = 'recommendation_viewed' AND v.user_id = events.user_id
+       AND v.item_id = events.item_id AND v.ts <= events.ts))";
+
+/// Largest count one edge report may carry: an isolate reports every few seconds, so
+/// more than this is a broken or hostile sender, not traffic.
+pub const MAX_EDGE_REPORT_COUNT: u64 = 1_000_000_000;
 
 /// Longest analytics range: 90 days.
 pub const MAX_RANGE_S: u64 = 90 * 86_400;
@@ -215,13 +227,13 @@ pub fn recommendations(
     let mut by_source: BTreeMap<String, Tally> = BTreeMap::new();
     let mut by_region: BTreeMap<String, Tally> = BTreeMap::new();
     {
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT coalesce(source, ?3), coalesce(region, ?3), type, COUNT(*),
                     coalesce(SUM(value), 0.0), COUNT(value)
              FROM events WHERE ts BETWEEN ?1 AND ?2
-               AND type IN ('recommendation_viewed', 'click', 'purchase')
-             GROUP BY 1, 2, 3",
-        )?;
+               AND type IN ('recommendation_viewed', 'click', 'purchase') AND {SERVED}
+             GROUP BY 1, 2, 3"
+        ))?;
         let mut rows = stmt.query(params![since, now, UNKNOWN])?;
         while let Some(r) = rows.next()? {
             let (source, region, kind): (String, String, String) =
@@ -246,17 +258,17 @@ pub fn recommendations(
         |r| r.get(0),
     )?;
     let top_items = {
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT item_id,
                     SUM(type = 'recommendation_viewed') AS impressions,
                     SUM(type = 'click') AS clicks,
                     SUM(type = 'purchase') AS conversions
              FROM events WHERE ts BETWEEN ?1 AND ?2
-               AND type IN ('recommendation_viewed', 'click', 'purchase')
+               AND type IN ('recommendation_viewed', 'click', 'purchase') AND {SERVED}
              GROUP BY item_id
              ORDER BY clicks DESC, conversions DESC, impressions DESC, item_id
-             LIMIT ?3",
-        )?;
+             LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(params![since, now, TOP_ITEMS as i64], |r| {
             Ok(TopItem {
                 item_id: r.get(0)?,
@@ -317,13 +329,13 @@ pub fn timeline(
     let mut tallies = vec![Tally::default(); n as usize];
     let mut regions: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); n as usize];
     {
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT (ts - ?1) / ?3, coalesce(region, ?4), type, COUNT(*),
                     coalesce(SUM(value), 0.0), COUNT(value)
              FROM events WHERE ts >= ?1 AND ts < ?2
-               AND type IN ('recommendation_viewed', 'click', 'purchase')
-             GROUP BY 1, 2, 3",
-        )?;
+               AND type IN ('recommendation_viewed', 'click', 'purchase') AND {SERVED}
+             GROUP BY 1, 2, 3"
+        ))?;
         let mut rows = stmt.query(params![first, end, step, UNKNOWN])?;
         while let Some(r) = rows.next()? {
             let i: i64 = r.get(0)?;
@@ -342,7 +354,7 @@ pub fn timeline(
     let mut edge = vec![(0u64, 0u64); n as usize];
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT (received_at / 1000 - ?1) / ?3, SUM(requests), SUM(hits) FROM edge_reports
+            "SELECT (received_at / 1000 - ?1) / ?3, TOTAL(requests), TOTAL(hits) FROM edge_reports
              WHERE received_at >= ?1 * 1000 AND received_at < ?2 * 1000 GROUP BY 1",
         )?;
         let mut rows = stmt.query(params![first, end, step])?;
@@ -350,8 +362,8 @@ pub fn timeline(
             let i: i64 = r.get(0)?;
             if let Some(e) = usize::try_from(i).ok().and_then(|i| edge.get_mut(i)) {
                 *e = (
-                    r.get::<_, i64>(1)?.max(0) as u64,
-                    r.get::<_, i64>(2)?.max(0) as u64,
+                    r.get::<_, f64>(1)?.max(0.0) as u64,
+                    r.get::<_, f64>(2)?.max(0.0) as u64,
                 );
             }
         }
@@ -448,16 +460,17 @@ pub fn real_time_counts(conn: &Connection, now_ms: i64) -> Result<RealTimeCounts
     let mut edge_cache_by_region = BTreeMap::new();
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT coalesce(region, ?2), SUM(requests), SUM(hits) FROM edge_reports
+            "SELECT coalesce(region, ?2), TOTAL(requests), TOTAL(hits) FROM edge_reports
              WHERE received_at >= ?1 GROUP BY 1",
         )?;
         let mut rows = stmt.query(params![now_ms - EDGE_WINDOW_S * 1000, UNKNOWN])?;
         while let Some(r) = rows.next()? {
             let region: String = r.get(0)?;
-            let req = r.get::<_, i64>(1)?.max(0) as u64;
-            let hits = r.get::<_, i64>(2)?.max(0) as u64;
-            edge_total.0 += req;
-            edge_total.1 += hits;
+            // TOTAL is a float sum: it cannot overflow, and `as` saturates.
+            let req = r.get::<_, f64>(1)?.max(0.0) as u64;
+            let hits = r.get::<_, f64>(2)?.max(0.0) as u64;
+            edge_total.0 = edge_total.0.saturating_add(req);
+            edge_total.1 = edge_total.1.saturating_add(hits);
             edge_cache_by_region.insert(region, EdgeCache::new(req, hits));
         }
     }
@@ -473,7 +486,7 @@ pub fn real_time_counts(conn: &Connection, now_ms: i64) -> Result<RealTimeCounts
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event_log::{append_batches, open_writer};
+    use crate::event_log::{append_batches, open_writer, Sender};
     use crate::events::{Event, EventType};
     use contract::{ItemId, Region, UserId};
 
@@ -552,7 +565,7 @@ mod tests {
         let mut conn = open_writer(&dir.path().join("o.sqlite")).unwrap();
         let now = 1_764_000_000;
         use EventType::*;
-        let batch = vec![
+        let batch = [
             ev(
                 "a",
                 RecommendationViewed,
@@ -590,7 +603,7 @@ mod tests {
             ev("c", Click, None, "edge-cache", "asia", now - 3),
             ev("z", Click, None, "kv", "europe", now - 7200),
         ];
-        append_batches(&mut conn, &[&batch]).unwrap();
+        append_batches(&mut conn, &[(&batch[..], Sender::default())]).unwrap();
         let r = recommendations(&conn, "1h", 3600, now).unwrap();
         assert_eq!(r.total.impressions, 4);
         assert_eq!(
@@ -645,7 +658,7 @@ mod tests {
         let mut conn = open_writer(&dir.path().join("o.sqlite")).unwrap();
         let now = 1_764_000_030; // steps of 60 s: ..., 1_763_999_940, 1_764_000_000
         use EventType::*;
-        let batch = vec![
+        let batch = [
             ev("a", RecommendationViewed, None, "kv", "europe", now - 90),
             ev("b", RecommendationViewed, None, "kv", "asia", now - 85),
             ev("a", Click, None, "kv", "europe", now - 80),
@@ -653,7 +666,7 @@ mod tests {
             ev("a", Purchase, None, "kv", "europe", now - 5),
             ev("z", Click, None, "kv", "europe", now - 7200),
         ];
-        append_batches(&mut conn, &[&batch]).unwrap();
+        append_batches(&mut conn, &[(&batch[..], Sender::default())]).unwrap();
         let report = |requests, hits| EdgeReport {
             requests,
             hits,

@@ -58,6 +58,8 @@ pub struct AppState {
     pub live: Option<Arc<crate::live::Live>>,
     /// Request rate and latency (counted by the middleware).
     pub traffic: Arc<Traffic>,
+    /// Per-client request limits (off unless configured).
+    pub limits: crate::clients::RateLimits,
 }
 
 impl AppState {
@@ -71,7 +73,13 @@ impl AppState {
             publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
             live: None,
             traffic: Arc::new(Traffic::default()),
+            limits: crate::clients::RateLimits::off(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: crate::clients::RateLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The snapshot serving now (held for the whole of one answer).
@@ -146,6 +154,10 @@ pub enum ApiError {
     EventLog(String),
     #[error("retrain failed: {0}")]
     Retrain(String),
+    #[error("the model is still being trained; retry shortly")]
+    ModelLoading,
+    #[error("answering failed: {0}")]
+    Internal(String),
 }
 
 impl From<crate::auth::AuthFailure> for ApiError {
@@ -173,7 +185,8 @@ impl ApiError {
             ApiError::AdminDisabled | ApiError::LiveDisabled | ApiError::EventLog(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Retrain(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Retrain(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ModelLoading => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -212,18 +225,35 @@ impl ApiError {
             ApiError::LiveDisabled => "events_disabled",
             ApiError::EventLog(_) => "event_log_unavailable",
             ApiError::Retrain(_) => "retrain_failed",
+            ApiError::ModelLoading => "model_loading",
+            ApiError::Internal(_) => "internal",
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let retry = matches!(self, ApiError::ModelLoading);
+        let mut resp = (
             self.status(),
             Json(ErrorBody::new(self.code(), self.to_string())),
         )
-            .into_response()
+            .into_response();
+        if retry {
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+        }
+        resp
     }
+}
+
+/// The snapshot serving now, or `503 model_loading` while the first model trains.
+fn trained(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
+    let snapshot = state.snapshot();
+    if snapshot.loading {
+        return Err(ApiError::ModelLoading);
+    }
+    Ok(snapshot)
 }
 
 impl From<QueryRejection> for ApiError {
@@ -254,8 +284,9 @@ pub struct RecParams {
     pub region: Option<String>,
 }
 
-/// Body of `POST /v1/recommendations/batch`.
+/// Body of `POST /v1/recommendations/batch` (unknown fields are refused).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub user_ids: Vec<String>,
     #[serde(default)]
@@ -275,7 +306,16 @@ pub struct BatchResponse {
 /// Answer of `GET /health`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`; `loading` until the first model is trained; `degraded` when the store
+    /// refuses writes (events are then answered 503).
     pub status: String,
+    /// Whether the last write to the store (event commit or probe) succeeded, and why not.
+    #[serde(default)]
+    pub store: Option<StoreHealth>,
+    /// Items the model trained on, those left out (too few users, over the cap) and
+    /// the cap; absent while loading.
+    #[serde(default)]
+    pub model_items: Option<crate::admission::Admission>,
     pub version: String,
     pub tenant: String,
     pub region: String,
@@ -409,7 +449,7 @@ async fn answer(
     let n = parse_n(params.n.as_deref())?;
     let context = non_empty(&params.context).map(ItemId::parse).transpose()?;
     let region = known_region(&state, non_empty(&params.region));
-    let snapshot = state.snapshot();
+    let snapshot = trained(&state)?;
     let doc = snapshot.user_doc(
         &user,
         &DocRequest {
@@ -462,7 +502,7 @@ async fn batch(
         .collect::<Result<Vec<_>, _>>()?;
     let region = known_region(&state, non_empty(&body.region));
     let now = now_unix();
-    let snapshot = state.snapshot();
+    let snapshot = trained(&state)?;
     let fallback = state.region.clone();
     let results = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
@@ -483,7 +523,10 @@ async fn batch(
             .collect::<Vec<_>>()
     })
     .await
-    .unwrap_or_default();
+    .map_err(|e| {
+        tracing::error!(error = %e, "a batch answer failed");
+        ApiError::Internal("a worker failed while answering the batch".into())
+    })?;
     Ok(Json(BatchResponse { results }))
 }
 
@@ -499,13 +542,37 @@ async fn popular(
         Some(r) => known_region(&state, Some(r))
             .ok_or_else(|| ApiError::InvalidRegion(r.chars().take(40).collect()))?,
     };
-    Ok(Json(state.snapshot().popular_doc(&region, n, now_unix())))
+    Ok(Json(trained(&state)?.popular_doc(&region, n, now_unix())))
+}
+
+/// Whether the store takes writes (see [`crate::event_log::WriteHealth`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreHealth {
+    pub writable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 async fn health(State(state): State<AppState>) -> Json<Health> {
     let s = state.snapshot();
+    let store = state.live.as_ref().map(|l| {
+        let w = l.log.write_health();
+        StoreHealth {
+            writable: w.writable,
+            error: w.error,
+        }
+    });
+    let status = if store.as_ref().is_some_and(|w| !w.writable) {
+        "degraded"
+    } else if s.loading {
+        "loading"
+    } else {
+        "ok"
+    };
     Json(Health {
-        status: "ok".into(),
+        status: status.into(),
+        store,
+        model_items: s.admission.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         tenant: s.tenant.as_str().into(),
         region: state.region.as_str().into(),

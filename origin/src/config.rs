@@ -111,12 +111,85 @@ pub struct StoreConfig {
     pub tenant: String,
 }
 
+/// What may enter a model (see `admission`): shared by `serve` and `publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyConfig {
+    /// Distinct users an item seen only in live events needs before it is trained on
+    /// (catalogue items, imported or loaded, always are).
+    #[arg(long, env = "ORIGIN_MIN_ITEM_USERS", default_value_t = 2)]
+    pub min_item_users: u32,
+    /// Most items in a model; past it the items with the most users win.
+    #[arg(long, env = "ORIGIN_MAX_ITEMS", default_value_t = 20_000)]
+    pub max_items: usize,
+    /// Memory a model may use while training, in MiB: lowers the item cap to what a
+    /// dense item x item model (EASE) fits, checked before allocating.
+    #[arg(long, env = "ORIGIN_TRAIN_MEMORY_MB", default_value_t = 4096)]
+    pub train_memory_mb: u64,
+    /// Users one client (one IP, as the edge reports it) may introduce at full weight
+    /// in popularity; each of a client's users counts this / its users beyond it.
+    #[arg(long, env = "ORIGIN_USERS_PER_CLIENT", default_value_t = 20)]
+    pub users_per_client: u32,
+}
+
+impl PolicyConfig {
+    pub fn policy(&self) -> crate::admission::TrainingPolicy {
+        crate::admission::TrainingPolicy {
+            min_item_users: self.min_item_users,
+            max_items: self.max_items.max(1),
+            memory_budget_mb: self.train_memory_mb.max(1),
+            users_per_client: self.users_per_client.max(1),
+        }
+    }
+}
+
+/// How the origin protects itself from clients: rate limits and timeouts.
+#[derive(Debug, Clone, Args)]
+pub struct GuardConfig {
+    /// Requests per second one client may make (clients are keyed by IP; calls with the
+    /// admin token, i.e. from the edge, are not limited here); 0 turns limits off.
+    #[arg(long, env = "ORIGIN_RATE_LIMIT_RPS", default_value_t = 50)]
+    pub rate_limit_rps: u32,
+    /// Requests one client may make at once above its rate.
+    #[arg(long, env = "ORIGIN_RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+    /// Milliseconds a client has to send a request's headers.
+    #[arg(long, env = "ORIGIN_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body.
+    #[arg(long, env = "ORIGIN_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// Milliseconds a request may take in all (admin routes excepted: a retrain may run
+    /// longer); past it the answer is 503 `timeout`.
+    #[arg(long, env = "ORIGIN_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Milliseconds after SIGTERM that requests in flight may still finish; then they
+    /// are dropped and the process exits (acknowledged events are already committed).
+    #[arg(long, env = "ORIGIN_SHUTDOWN_DEADLINE_MS", default_value_t = 10_000)]
+    pub shutdown_deadline_ms: u64,
+}
+
+impl GuardConfig {
+    pub fn serve_options(&self) -> crate::server::ServeOptions {
+        use std::time::Duration;
+        crate::server::ServeOptions {
+            header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            body_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     #[command(flatten)]
     pub store: StoreConfig,
     #[command(flatten)]
     pub model: crate::training::ModelConfig,
+    #[command(flatten)]
+    pub policy: PolicyConfig,
+    #[command(flatten)]
+    pub guard: GuardConfig,
     /// Address to listen on.
     #[arg(long, env = "ORIGIN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -216,6 +289,8 @@ pub struct PublishConfig {
     pub store: StoreConfig,
     #[command(flatten)]
     pub model: crate::training::ModelConfig,
+    #[command(flatten)]
+    pub policy: PolicyConfig,
     /// CDN folder: generations go to `OUT/generations/{gen}`, `OUT/current` points at the newest.
     #[arg(long, env = "ORIGIN_PUBLISH_DIR")]
     pub out: Option<PathBuf>,

@@ -70,12 +70,46 @@ pub enum EventLogError {
 pub struct Appended {
     pub first_seq: i64,
     pub last_seq: i64,
+    /// Events whose `event_id` the log already held: acknowledged, not stored again
+    /// (their seq is the stored one's).
+    pub duplicates: usize,
+}
+
+/// Events to append, with the client that sent them (a hash the edge reports, or the
+/// peer address): recorded per event, and per user for [`crate::admission`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sender<'a> {
+    pub client: Option<&'a str>,
 }
 
 struct Job {
     events: Vec<Event>,
+    client: Option<String>,
+    /// A write probe (no events): checks that the store takes writes again.
+    probe: bool,
     reply: oneshot::Sender<Result<Appended, String>>,
 }
+
+/// Whether the store takes writes: the outcome of the last commit or probe. While it
+/// does not (a full disk, a read-only file), a probe write is tried every
+/// [`PROBE_EVERY`], so `/health` recovers on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteHealth {
+    pub writable: bool,
+    pub error: Option<String>,
+}
+
+impl Default for WriteHealth {
+    fn default() -> Self {
+        WriteHealth {
+            writable: true,
+            error: None,
+        }
+    }
+}
+
+/// How often a store that refused a write is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// The durable event log of one database file.
 #[derive(Clone)]
@@ -83,6 +117,7 @@ pub struct EventLog {
     path: PathBuf,
     tx: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
+    write_health: Arc<Mutex<WriteHealth>>,
 }
 
 fn now_ms() -> i64 {
@@ -135,6 +170,26 @@ pub fn migrate(conn: &Connection) -> Result<(), EventLogError> {
     if !has_seq {
         conn.execute_batch("ALTER TABLE interactions ADD COLUMN event_seq INTEGER NULL")?;
     }
+    for column in ["event_id", "client"] {
+        let has: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = ?1")?
+            .exists([column])?;
+        if !has {
+            // Fixed literals, never input.
+            conn.execute_batch(&format!("ALTER TABLE events ADD COLUMN {column} TEXT NULL"))?;
+        }
+    }
+    // Impressions by user and item: analytics counts a click only on an item served.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS events_impressions ON events(user_id, item_id, ts)
+             WHERE type = 'recommendation_viewed';",
+    )?;
+    // The idempotency key: one event per id (one database per tenant today; the
+    // server store keys it by tenant too).
+    conn.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS events_by_event_id ON events(event_id)
+             WHERE event_id IS NOT NULL;",
+    )?;
     Ok(())
 }
 
@@ -154,12 +209,21 @@ pub fn open_writer(path: &Path) -> Result<Connection, EventLogError> {
     Ok(conn)
 }
 
-fn insert_event(tx: &Transaction<'_>, received_at: i64, e: &Event) -> Result<i64, EventLogError> {
+/// Inserts one event; `Ok((seq, false))` when its `event_id` was already stored (the
+/// stored event's seq, nothing written).
+fn insert_event(
+    tx: &Transaction<'_>,
+    received_at: i64,
+    e: &Event,
+    client: Option<&str>,
+) -> Result<(i64, bool), EventLogError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO events(received_at, user_id, item_id, type, value, ts, context, source, region)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR IGNORE INTO events(received_at, user_id, item_id, type, value, ts, context,
+             source, region, event_id, client)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    stmt.execute(params![
+    let event_id = e.event_id.as_ref().map(|id| id.as_str());
+    let inserted = stmt.execute(params![
         received_at,
         e.user_id.as_str(),
         e.item_id.as_str(),
@@ -169,16 +233,30 @@ fn insert_event(tx: &Transaction<'_>, received_at: i64, e: &Event) -> Result<i64
         e.context,
         e.source,
         e.region.as_ref().map(|r| r.as_str()),
+        event_id,
+        client,
     ])?;
-    Ok(tx.last_insert_rowid())
+    if inserted == 1 {
+        return Ok((tx.last_insert_rowid(), true));
+    }
+    let seq = tx
+        .prepare_cached("SELECT seq FROM events WHERE event_id = ?1")?
+        .query_row([event_id], |r| r.get(0))?;
+    Ok((seq, false))
 }
 
 fn decay(dt_s: i64) -> f64 {
     0.5f64.powf(dt_s as f64 / TRENDING_HALF_LIFE_S)
 }
 
-/// Applies one logged event to every projection (inside the caller's transaction).
-pub fn project(tx: &Transaction<'_>, seq: i64, e: &Event) -> Result<(), EventLogError> {
+/// Applies one logged event, sent by `client`, to every projection (inside the
+/// caller's transaction).
+pub fn project(
+    tx: &Transaction<'_>,
+    seq: i64,
+    e: &Event,
+    client: Option<&str>,
+) -> Result<(), EventLogError> {
     let Some(w) = e.weight() else {
         return Ok(());
     };
@@ -238,7 +316,21 @@ pub fn project(tx: &Transaction<'_>, seq: i64, e: &Event) -> Result<(), EventLog
     .execute(params![item, score, as_of])?;
     tx.prepare_cached("INSERT OR IGNORE INTO users(user_id) VALUES (?1)")?
         .execute([user])?;
-    tx.prepare_cached("INSERT OR IGNORE INTO items(item_id) VALUES (?1)")?
+    if let Some(client) = client {
+        // A user belongs to the first client that sent events for them.
+        let claimed = tx
+            .prepare_cached("UPDATE users SET client = ?2 WHERE user_id = ?1 AND client IS NULL")?
+            .execute(params![user, client])?;
+        if claimed == 1 {
+            tx.prepare_cached(
+                "INSERT INTO client_users(client, users) VALUES (?1, 1)
+                 ON CONFLICT(client) DO UPDATE SET users = users + 1",
+            )?
+            .execute([client])?;
+        }
+    }
+    // Items first seen in events are marked: they must earn their place in the model.
+    tx.prepare_cached("INSERT OR IGNORE INTO items(item_id, from_events) VALUES (?1, 1)")?
         .execute([item])?;
     tx.prepare_cached(
         "INSERT INTO interactions(user_id, item_id, weight, ts, event_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -247,42 +339,61 @@ pub fn project(tx: &Transaction<'_>, seq: i64, e: &Event) -> Result<(), EventLog
     Ok(())
 }
 
-/// Appends batches in one transaction, projecting each event; returns each batch's range.
+/// Appends batches in one transaction, projecting each event stored (an event whose
+/// id is already in the log is not stored again); returns each batch's range.
 pub fn append_batches(
     conn: &mut Connection,
-    batches: &[&[Event]],
+    batches: &[(&[Event], Sender<'_>)],
 ) -> Result<Vec<Appended>, EventLogError> {
     let tx = conn.transaction()?;
     let received_at = now_ms();
     let mut out = Vec::with_capacity(batches.len());
-    for batch in batches {
+    for (batch, sender) in batches {
         let mut range: Option<Appended> = None;
         for e in *batch {
-            let seq = insert_event(&tx, received_at, e)?;
-            project(&tx, seq, e)?;
+            let (seq, stored) = insert_event(&tx, received_at, e, sender.client)?;
+            if stored {
+                project(&tx, seq, e, sender.client)?;
+            }
+            let duplicate = usize::from(!stored);
             range = Some(match range {
                 None => Appended {
                     first_seq: seq,
                     last_seq: seq,
+                    duplicates: duplicate,
                 },
-                Some(a) => Appended { last_seq: seq, ..a },
+                Some(a) => Appended {
+                    first_seq: a.first_seq.min(seq),
+                    last_seq: a.last_seq.max(seq),
+                    duplicates: a.duplicates + duplicate,
+                },
             });
         }
         out.push(range.unwrap_or(Appended {
             first_seq: 0,
             last_seq: -1,
+            duplicates: 0,
         }));
     }
     tx.commit()?;
     Ok(out)
 }
 
-fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Result<Event, String>)> {
+/// The columns [`row_to_event`] reads, in its order.
+const EVENT_COLUMNS: &str =
+    "seq, user_id, item_id, type, value, ts, context, source, region, event_id, client";
+
+/// An event row as (seq, event or why it cannot be read, client).
+type EventRow = (i64, Result<Event, String>, Option<String>);
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     let seq: i64 = r.get(0)?;
     let user: String = r.get(1)?;
     let item: String = r.get(2)?;
     let kind: String = r.get(3)?;
     let region: Option<String> = r.get(8)?;
+    let event_id: Option<String> = r.get(9)?;
+    let client: Option<String> = r.get(10)?;
     let parsed = (|| {
         Ok(Event {
             user_id: UserId::parse(&user).map_err(|e| e.to_string())?,
@@ -295,10 +406,12 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Result<Event, S
             region: region
                 .map(|s| Region::parse(&s).map_err(|e| e.to_string()))
                 .transpose()?,
-            event_id: None,
+            event_id: event_id
+                .map(|s| contract::EventId::parse(&s).map_err(|e| e.to_string()))
+                .transpose()?,
         })
     })();
-    Ok((seq, parsed))
+    Ok((seq, parsed, client))
 }
 
 /// Events with `seq` in `from..=to`, in order, with their seqs.
@@ -307,14 +420,13 @@ pub fn read_events(
     from: i64,
     to: i64,
 ) -> Result<Vec<(i64, Event)>, EventLogError> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, user_id, item_id, type, value, ts, context, source, region
-         FROM events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"
+    ))?;
     let rows = stmt.query_map(params![from, to], row_to_event)?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, e) = row?;
+        let (seq, e, _client) = row?;
         out.push((
             seq,
             e.map_err(|message| EventLogError::Corrupt { seq, message })?,
@@ -345,7 +457,9 @@ pub fn replay_conn(conn: &mut Connection) -> Result<ReplayReport, EventLogError>
          DELETE FROM proj_item_popularity;
          DELETE FROM proj_trending;
          DELETE FROM proj_cooccurrence;
-         DELETE FROM interactions WHERE event_seq IS NOT NULL;",
+         DELETE FROM interactions WHERE event_seq IS NOT NULL;
+         DELETE FROM client_users;
+         UPDATE users SET client = NULL WHERE client IS NOT NULL;",
     )?;
     let mut report = ReplayReport {
         events: 0,
@@ -353,15 +467,12 @@ pub fn replay_conn(conn: &mut Connection) -> Result<ReplayReport, EventLogError>
         last_seq: 0,
     };
     {
-        let mut stmt = tx.prepare(
-            "SELECT seq, user_id, item_id, type, value, ts, context, source, region
-             FROM events ORDER BY seq",
-        )?;
+        let mut stmt = tx.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let (seq, e) = row_to_event(r)?;
+            let (seq, e, client) = row_to_event(r)?;
             let e = e.map_err(|message| EventLogError::Corrupt { seq, message })?;
-            project(&tx, seq, &e)?;
+            project(&tx, seq, &e, client.as_deref())?;
             report.events += 1;
             report.interactions += u64::from(e.weight().is_some());
             report.last_seq = seq;
@@ -447,10 +558,35 @@ impl EventLog {
         let reader = open_conn(path, "NORMAL")?;
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let group_max = group_max.max(1);
+        let write_health = Arc::new(Mutex::new(WriteHealth::default()));
+        let health = write_health.clone();
+        let set_health = move |result: Result<(), String>| {
+            if let Ok(mut h) = health.lock() {
+                *h = match result {
+                    Ok(()) => WriteHealth::default(),
+                    Err(e) => WriteHealth {
+                        writable: false,
+                        error: Some(e),
+                    },
+                };
+            }
+        };
         std::thread::Builder::new()
             .name("event-writer".into())
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
+                    if first.probe {
+                        let probed = writer
+                            .execute(
+                                "INSERT INTO meta(key, value) VALUES ('write_probe', ?1)
+                                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                [now_ms().to_string()],
+                            )
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        set_health(probed);
+                        continue;
+                    }
                     let mut jobs = vec![first];
                     let mut n = jobs[0].events.len();
                     while n < group_max {
@@ -463,11 +599,22 @@ impl EventLog {
                         }
                     }
                     let started = Instant::now();
-                    let batches: Vec<&[Event]> = jobs.iter().map(|j| j.events.as_slice()).collect();
+                    let batches: Vec<(&[Event], Sender<'_>)> = jobs
+                        .iter()
+                        .map(|j| {
+                            (
+                                j.events.as_slice(),
+                                Sender {
+                                    client: j.client.as_deref(),
+                                },
+                            )
+                        })
+                        .collect();
                     let result = append_batches(&mut writer, &batches);
                     metrics::histogram!("origin_event_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
                     metrics::histogram!("origin_event_group_commit_events").record(n as f64);
+                    set_health(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                     match result {
                         Ok(ranges) => {
                             for (job, range) in jobs.into_iter().zip(ranges) {
@@ -485,11 +632,50 @@ impl EventLog {
                 }
             })
             .map_err(|e| EventLogError::Task(e.to_string()))?;
-        Ok(EventLog {
+        let log = EventLog {
             path: path.to_owned(),
             tx,
             reader: Arc::new(Mutex::new(reader)),
-        })
+            write_health,
+        };
+        log.spawn_probe();
+        Ok(log)
+    }
+
+    /// Whether the last write to the store succeeded.
+    pub fn write_health(&self) -> WriteHealth {
+        self.write_health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| WriteHealth {
+                writable: false,
+                error: Some("health lock poisoned".into()),
+            })
+    }
+
+    /// Probes a store that refused a write every [`PROBE_EVERY`], while the log lives.
+    fn spawn_probe(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tx, health) = (self.tx.downgrade(), self.write_health.clone());
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(tx) = tx.upgrade() else { break };
+                let failing = health.lock().map(|h| !h.writable).unwrap_or(true);
+                if failing {
+                    let (reply, _) = oneshot::channel();
+                    let _ = tx.try_send(Job {
+                        events: Vec::new(),
+                        client: None,
+                        probe: true,
+                        reply,
+                    });
+                }
+            }
+        });
     }
 
     pub fn path(&self) -> &Path {
@@ -498,9 +684,23 @@ impl EventLog {
 
     /// Appends a batch; returns once the batch is committed (durably: `synchronous=FULL`).
     pub async fn append(&self, events: Vec<Event>) -> Result<Appended, EventLogError> {
+        self.append_from(events, None).await
+    }
+
+    /// [`EventLog::append`] for events sent by `client`.
+    pub async fn append_from(
+        &self,
+        events: Vec<Event>,
+        client: Option<String>,
+    ) -> Result<Appended, EventLogError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { events, reply })
+            .send(Job {
+                events,
+                client,
+                probe: false,
+                reply,
+            })
             .await
             .map_err(|_| EventLogError::WriterGone)?;
         match rx.await {
@@ -565,7 +765,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_writer(&dir.path().join("o.sqlite")).unwrap();
         let t = 1_764_000_000;
-        let batch = vec![
+        let batch = [
             ev("u1", "a", EventType::View, t),
             ev("u1", "a", EventType::Purchase, t + 1),
             ev("u1", "b", EventType::Rating, t + 2),
@@ -573,12 +773,13 @@ mod tests {
             ev("u2", "b", EventType::Click, t + 4),
             ev("u2", "a", EventType::AddToCart, t + 5),
         ];
-        let ranges = append_batches(&mut conn, &[&batch]).unwrap();
+        let ranges = append_batches(&mut conn, &[(&batch[..], Sender::default())]).unwrap();
         assert_eq!(
             ranges,
             vec![Appended {
                 first_seq: 1,
-                last_seq: 6
+                last_seq: 6,
+                duplicates: 0,
             }]
         );
         let p = Projections::read(&conn).unwrap();
@@ -621,11 +822,11 @@ mod tests {
         let mut conn = open_writer(&dir.path().join("o.sqlite")).unwrap();
         let t = 1_764_000_000;
         let h = TRENDING_HALF_LIFE_S as i64;
-        let batch = vec![
+        let batch = [
             ev("u1", "a", EventType::View, t),
             ev("u2", "a", EventType::Purchase, t - h),
         ];
-        append_batches(&mut conn, &[&batch]).unwrap();
+        append_batches(&mut conn, &[(&batch[..], Sender::default())]).unwrap();
         let p = Projections::read(&conn).unwrap();
         assert_eq!(p.trending, vec![("a".into(), 1.0 + 2.5, t)]);
     }
@@ -649,7 +850,14 @@ mod tests {
                     )
                 })
                 .collect();
-            append_batches(&mut conn, &[&batch[..10], &batch[10..]]).unwrap();
+            append_batches(
+                &mut conn,
+                &[
+                    (&batch[..10], Sender::default()),
+                    (&batch[10..], Sender::default()),
+                ],
+            )
+            .unwrap();
         }
         let live = Projections::read(&conn).unwrap();
         assert!(!live.cooccurrence.is_empty());
@@ -665,7 +873,7 @@ mod tests {
         let mut e = ev("u1", "a", EventType::Rating, 1_764_000_000);
         e.context = Some(r#"{"page":"home"}"#.into());
         e.source = Some("kv".into());
-        append_batches(&mut conn, &[&[e.clone()]]).unwrap();
+        append_batches(&mut conn, &[(&[e.clone()][..], Sender::default())]).unwrap();
         assert_eq!(read_events(&conn, 1, 1).unwrap(), vec![(1, e)]);
     }
 
@@ -709,5 +917,66 @@ mod tests {
         let conn = open_conn(&path, "NORMAL").unwrap();
         let events = read_events(&conn, 1, 1000).unwrap();
         assert_eq!(events.len(), 160);
+    }
+
+    #[test]
+    fn an_event_id_already_in_the_log_is_acknowledged_but_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_writer(&dir.path().join("log.sqlite")).unwrap();
+        let with_id = |item: &str, id: &str| Event {
+            event_id: Some(contract::EventId::parse(id).unwrap()),
+            ..ev("u1", item, EventType::Purchase, 1_764_000_000)
+        };
+        let batch = [with_id("a", "e1"), with_id("b", "e2")];
+        let client = Sender {
+            client: Some("c0ffee"),
+        };
+        let first = append_batches(&mut conn, &[(&batch[..], client)]).unwrap();
+        assert_eq!(first[0].duplicates, 0);
+        // The retry (and a copy inside one batch) stores nothing and answers the same seqs.
+        let retry = [with_id("a", "e1"), with_id("b", "e2"), with_id("b", "e2")];
+        let again = append_batches(&mut conn, &[(&retry[..], client)]).unwrap();
+        assert_eq!(
+            again[0],
+            Appended {
+                first_seq: first[0].first_seq,
+                last_seq: first[0].last_seq,
+                duplicates: 3,
+            }
+        );
+        let events: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 2);
+        let p = Projections::read(&conn).unwrap();
+        assert_eq!(p.user_history.len(), 2);
+        assert!(
+            p.user_history.iter().all(|h| h.3 == 1),
+            "{:?}",
+            p.user_history
+        );
+        // The client is recorded once per user, and a replay rebuilds the same.
+        let users = |conn: &Connection| -> (Option<String>, i64) {
+            conn.query_row(
+                "SELECT u.client, c.users FROM users u JOIN client_users c USING (client)
+                 WHERE u.user_id = 'u1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(users(&conn), (Some("c0ffee".into()), 1));
+        replay_conn(&mut conn).unwrap();
+        assert_eq!(users(&conn), (Some("c0ffee".into()), 1));
+        assert_eq!(Projections::read(&conn).unwrap(), p);
+        let (id, from_events): (String, i64) = conn
+            .query_row(
+                "SELECT event_id, (SELECT from_events FROM items WHERE item_id = 'a')
+                 FROM events WHERE seq = ?1",
+                [first[0].first_seq],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((id.as_str(), from_events), ("e1", 1));
     }
 }

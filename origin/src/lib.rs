@@ -12,6 +12,7 @@
 //! - `engine`: the models (item/user kNN, EASE, content, popularity, hybrid), building by
 //!   name, tuning, batch top-N.
 //! - `eval`: offline evaluation (loaders, split, metrics) and the `eval`/`split`/`synth` commands.
+//! - `admission`: which items and users a model trains on (bounded, earned).
 //! - `training`: which model the service and the publisher train (`--model`).
 //! - `snapshot`: a trained model with id maps; builds recommendation documents.
 //! - `api`: the HTTP API (`app` adds middleware around it).
@@ -27,12 +28,17 @@
 //! - `analytics`: the recommendation funnel and real-time figures.
 //! - `latency`: request latency per route over the last hour (`/v1/analytics/latency`).
 //! - `auth`: constant-time admin bearer checks.
+//! - `clients`: who is asking (client keys, trusted edge calls) and per-client rate limits.
+//! - `server`: the accept loop with header/body/request timeouts and a shutdown deadline.
+//! - `serve`: the composition root of `origin serve`.
 //! - `observability`: metrics, request middleware, W3C trace context.
 
+pub mod admission;
 pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod cdn;
+pub mod clients;
 pub mod config;
 pub mod dashboard;
 pub mod demo_data;
@@ -48,6 +54,8 @@ pub mod model;
 pub mod observability;
 pub mod publish;
 pub mod retrain;
+pub mod serve;
+pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod training;
@@ -60,23 +68,34 @@ pub use api::{ApiError, AppState};
 /// the W3C trace id, latency and status metrics ([`observability::track`]).
 pub fn app(state: AppState) -> axum::Router {
     let traffic = state.traffic.clone();
+    let limits = state.limits.clone();
     api::routes(state)
         .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(limits, clients::limit))
         .layer(axum::middleware::from_fn_with_state(
             traffic,
             observability::track,
         ))
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes.
+/// Serves [`app`] on `listener` until `shutdown` completes, with the default
+/// [`server::ServeOptions`].
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    run_with(listener, state, server::ServeOptions::default(), shutdown).await
+}
+
+/// [`run`] with explicit timeouts.
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    options: server::ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    server::serve(listener, app(state), options, shutdown).await
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@
 //! Without a [`Live`] in the state these routes answer 503 `events_disabled`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::analytics::{self, EdgeReport, RecommendationAnalytics};
 use crate::api::{ApiError, AppState};
 use crate::auth::check_bearer;
+use crate::clients::{client_of, Client};
 use crate::config::Secret;
 use crate::event_log::EventLog;
 use crate::events::{parse_body, parse_impressions, Event, EventError, Limits};
@@ -83,34 +85,51 @@ fn body_error(r: BytesRejection) -> ApiError {
     }
 }
 
+/// The peer address the server loop recorded, when it did (not in `oneshot` tests).
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
 /// `POST /v1/events`: one event or a batch, from browsers (through the edge) or backends.
 async fn post_events(
     State(state): State<AppState>,
     trace: Option<Extension<TraceContext>>,
+    peer: Peer,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    ingest(state, trace, body, parse_body).await
+    let live = live(&state)?.clone();
+    let client = client_of(
+        &headers,
+        peer.map(|Extension(ConnectInfo(a))| a.ip()),
+        live.admin_token.as_ref(),
+    );
+    ingest(state, live, trace, client, body, parse_body).await
 }
 
 /// `POST /v1/impressions`: the edge's impressions as whole answers, stored as the same
-/// `recommendation_viewed` events `/v1/events` would store, one per item.
+/// `recommendation_viewed` events `/v1/events` would store, one per item. Only the
+/// edge sends them: the admin token is required, so nobody else can inflate CTR.
 async fn post_impressions(
     State(state): State<AppState>,
     trace: Option<Extension<TraceContext>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    ingest(state, trace, body, parse_impressions).await
+    let live = live(&state)?.clone();
+    check_bearer(&headers, live.admin_token.as_ref())?;
+    let client = client_of(&headers, None, live.admin_token.as_ref());
+    ingest(state, live, trace, client, body, parse_impressions).await
 }
 
 /// Validates a body with `parse` (all or nothing), commits its events to the log, and
 /// republishes the users whose history they changed.
 async fn ingest(
     state: AppState,
+    live: Arc<Live>,
     trace: Option<Extension<TraceContext>>,
+    client: Client,
     body: Result<Bytes, BytesRejection>,
     parse: fn(&[u8], &Limits<'_>) -> Result<Vec<Event>, EventError>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let live = live(&state)?.clone();
     let body = body.map_err(body_error)?;
     let snapshot = state.snapshot();
     let mut events = parse(
@@ -145,7 +164,7 @@ async fn ingest(
         *per_type.entry(e.kind.as_str()).or_default() += 1;
     }
     let n = events.len();
-    let appended = live.log.append(events).await?;
+    let appended = live.log.append_from(events, client.key).await?;
     let committed_at = tokio::time::Instant::now();
     for (kind, count) in per_type {
         metrics::counter!("origin_events_ingested_total", "type" => kind).increment(count);
@@ -162,6 +181,7 @@ async fn ingest(
             accepted: n,
             first_seq: appended.first_seq,
             last_seq: appended.last_seq,
+            duplicates: appended.duplicates,
         }),
     ))
 }
@@ -191,6 +211,13 @@ async fn edge_report(
     let live = live(&state)?;
     check_bearer(&headers, live.admin_token.as_ref())?;
     let Json(report) = body?;
+    if report.requests > analytics::MAX_EDGE_REPORT_COUNT {
+        return Err(ApiError::InvalidEdgeReport(format!(
+            "requests ({}) is over the plausible {} per report",
+            report.requests,
+            analytics::MAX_EDGE_REPORT_COUNT
+        )));
+    }
     if report.hits > report.requests {
         return Err(ApiError::InvalidEdgeReport(format!(
             "hits ({}) exceed requests ({})",
@@ -465,7 +492,7 @@ mod tests {
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert_eq!(
             body,
-            serde_json::json!({"accepted":2,"first_seq":1,"last_seq":2})
+            serde_json::json!({"accepted":2,"first_seq":1,"last_seq":2,"duplicates":0})
         );
         let (status, body) = call(
             &f.state,
@@ -594,7 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn impressions_in_compact_form_are_stored_as_recommendation_viewed_events() {
-        let f = fixture(None);
+        let f = fixture(Some("t"));
         let now = now_unix();
         let body = format!(
             r#"{{"shown":[
@@ -603,7 +630,11 @@ mod tests {
               {{"user_id":"u2","source":"kv","region":"asia","timestamp":{now},
                 "items":[{{"item_id":"i3","score":0.6}}]}}]}}"#
         );
+        // Only the edge (with the admin token) may report impressions.
         let (status, json) = call(&f.state, "POST", "/v1/impressions", None, &body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+        let (status, json) =
+            call(&f.state, "POST", "/v1/impressions", Some("Bearer t"), &body).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{json}");
         assert_eq!(json["accepted"], 3);
         let (_, r) = call(
@@ -621,7 +652,8 @@ mod tests {
 
         // One bad item refuses the whole body, named by answer and item.
         let bad = body.replace(r#""item_id":"i3""#, r#""item_id":"bad id""#);
-        let (status, json) = call(&f.state, "POST", "/v1/impressions", None, &bad).await;
+        let (status, json) =
+            call(&f.state, "POST", "/v1/impressions", Some("Bearer t"), &bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
         let message = json["error"]["message"].as_str().unwrap();
         assert!(message.starts_with("shown[1].items[0]: "), "{message}");

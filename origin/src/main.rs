@@ -8,14 +8,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use contract::RegionMap;
 use origin::config::{Command, Config, Secret, Target};
-use origin::event_log::EventLog;
-use origin::freshness::{PublishHealth, Republisher, Targets};
-use origin::live::Live;
 use origin::publish::{CdnFolder, EdgeClient, PublishJob};
-use origin::retrain::Retrainer;
 use origin::snapshot::{Freshness, Snapshot};
 use origin::store::Store;
-use origin::AppState;
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -73,105 +68,7 @@ async fn main() -> Result<()> {
     });
     let regions = RegionMap::builtin();
     match config.command {
-        Command::Serve(c) => {
-            let (tenant, region) = c.validate(&regions)?;
-            // Not fatal: several origins on one host (tests, dev) must not fail on the
-            // shared default port; the API matters more than its metrics.
-            match origin::observability::install_metrics(c.metrics_listen) {
-                Ok(()) => tracing::info!(addr = %c.metrics_listen, "metrics listening"),
-                Err(e) => tracing::error!(
-                    addr = %c.metrics_listen,
-                    error = %e,
-                    "metrics exporter not started; set --metrics-listen to a free address"
-                ),
-            }
-            let store = Store::open(&c.store.db)
-                .with_context(|| format!("opening {}", c.store.db.display()))?;
-            let freshness = Freshness {
-                fresh_for_s: c.fresh_for_s,
-                stale_for_s: c.stale_for_s,
-            };
-            let choice = c.model.choice.clone();
-            let train: origin::retrain::TrainFn =
-                Arc::new(move |data| origin::training::train_or_popularity(data, &choice));
-            let training = Instant::now();
-            let snapshot = tokio::task::block_in_place(|| {
-                Snapshot::build(&store, tenant.clone(), regions.clone(), freshness, |data| {
-                    train(data)
-                })
-            })?;
-            drop(store);
-            metrics::histogram!("origin_model_train_seconds")
-                .record(training.elapsed().as_secs_f64());
-            origin::retrain::record_model_version(None, &snapshot.model_version());
-            let log = EventLog::open(&c.store.db, c.event_group_max)
-                .with_context(|| format!("opening the event log in {}", c.store.db.display()))?;
-            let mut state = AppState::new(Arc::new(snapshot), region).with_publish_n(c.publish_n);
-            let token = Secret::admin_token_from_env();
-            match (&c.edge_url, token.clone()) {
-                (Some(url), Some(token)) => {
-                    tracing::info!(edge = %url, "publish on miss to edge KV");
-                    state = state.with_edge(EdgeClient::new(url, token));
-                }
-                (Some(_), None) => {
-                    tracing::warn!(
-                        "--edge-url given but ADMIN_TOKEN is not set; not publishing to KV"
-                    )
-                }
-                _ => {}
-            }
-            if let Some(dir) = c.publish_dir.clone() {
-                tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");
-                state = state.with_publish_dir(dir);
-            }
-            let retrainer = Arc::new(Retrainer::new(
-                c.store.db.clone(),
-                tenant,
-                regions,
-                freshness,
-                train,
-                state.snapshot.clone(),
-            ));
-            if c.retrain_every_s > 0 {
-                origin::retrain::spawn_schedule(
-                    retrainer.clone(),
-                    std::time::Duration::from_secs(c.retrain_every_s),
-                );
-            }
-            let health = Arc::new(PublishHealth::default());
-            let republisher = (state.edge.is_some() || state.cdn.is_some()).then(|| {
-                Republisher::spawn(
-                    Targets {
-                        log: log.clone(),
-                        snapshot: state.snapshot.clone(),
-                        edge: state.edge.clone(),
-                        cdn: state.cdn.clone(),
-                        region: state.region.clone(),
-                        publish_n: state.publish_n,
-                        health: health.clone(),
-                    },
-                    std::time::Duration::from_millis(c.republish_debounce_ms),
-                )
-            });
-            if token.is_none() {
-                tracing::warn!("ADMIN_TOKEN is not set: /v1/admin/* and edge reports answer 503");
-            }
-            state = state.with_live(Live {
-                log,
-                republisher,
-                retrainer: Some(retrainer),
-                admin_token: token,
-                max_future_s: i64::from(c.event_max_future_s),
-                health,
-            });
-            let listener = tokio::net::TcpListener::bind(c.listen)
-                .await
-                .with_context(|| format!("binding {}", c.listen))?;
-            tracing::info!(addr = %listener.local_addr()?, "origin listening");
-            origin::run(listener, state, shutdown_signal()).await?;
-            // Spans still queued for OTLP export go out before the process ends.
-            tokio::task::spawn_blocking(origin::observability::flush_traces).await?;
-        }
+        Command::Serve(c) => origin::serve::serve(c, regions, shutdown_signal()).await?,
         Command::DemoData(c) => {
             c.validate()?;
             let started = Instant::now();
@@ -228,10 +125,16 @@ async fn main() -> Result<()> {
                 fresh_for_s: c.fresh_for_s,
                 stale_for_s: c.stale_for_s,
             };
+            let policy = c.policy.policy();
             let snapshot = tokio::task::block_in_place(|| {
-                Snapshot::build(&store, tenant.clone(), regions, freshness, |data| {
-                    origin::training::train_or_popularity(data, &c.model.choice)
-                })
+                Snapshot::build_with(
+                    &store,
+                    tenant.clone(),
+                    regions,
+                    freshness,
+                    &policy,
+                    |data| origin::training::train_or_popularity(data, &c.model.choice),
+                )
             })?;
             drop(store);
             let job = PublishJob {

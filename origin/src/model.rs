@@ -41,6 +41,9 @@ pub struct TrainingData {
     pub item_text: Vec<ItemText>,
     /// Indexed by [`UserIdx`]: the user's region, when known.
     pub user_region: Vec<Option<String>>,
+    /// Indexed by [`UserIdx`]: how much the user counts in popularity (0 to 1; users
+    /// introduced en masse by one client count less). Empty: every user counts 1.
+    pub user_weight: Vec<f32>,
 }
 
 /// Why an item was recommended; serving code turns it into the document's `reason`.

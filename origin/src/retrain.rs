@@ -21,6 +21,7 @@ use contract::{RegionMap, Tenant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::admission::TrainingPolicy;
 use crate::model::{Recommender, TrainingData};
 use crate::snapshot::{Freshness, Snapshot};
 use crate::store::{Store, StoreError};
@@ -61,6 +62,8 @@ pub struct Retrainer {
     pub freshness: Freshness,
     pub train: TrainFn,
     pub snapshot: SharedSnapshot,
+    /// What may enter the model (bounded items, earned places).
+    pub policy: TrainingPolicy,
     running: tokio::sync::Mutex<()>,
 }
 
@@ -88,8 +91,14 @@ impl Retrainer {
             freshness,
             train,
             snapshot,
+            policy: TrainingPolicy::default(),
             running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn with_policy(mut self, policy: TrainingPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Builds a new snapshot from the store and swaps it in; waits for a retrain
@@ -98,17 +107,18 @@ impl Retrainer {
         let started = Instant::now();
         let _running = self.running.lock().await;
         let old = self.snapshot.load_full();
-        let (db, tenant, regions, freshness, train) = (
+        let (db, tenant, regions, freshness, train, policy) = (
             self.db.clone(),
             self.tenant.clone(),
             self.regions.clone(),
             self.freshness,
             self.train.clone(),
+            self.policy,
         );
         let training = Instant::now();
         let mut snapshot = tokio::task::spawn_blocking(move || {
             let store = Store::open(&db)?;
-            Snapshot::build(&store, tenant, regions, freshness, |d| train(d))
+            Snapshot::build_with(&store, tenant, regions, freshness, &policy, |d| train(d))
         })
         .await
         .map_err(|e| RetrainError::Task(e.to_string()))??;

@@ -10,8 +10,65 @@ use std::time::Instant;
 
 use contract::{ItemId, RecItem, RecommendationDoc, Region, RegionMap, Tenant, UserId};
 
-use crate::model::{Because, ItemIdx, Query, Recommender, Scored, UserIdx};
-use crate::store::{Counts, Store, StoreError};
+use crate::admission::{admit, user_weights, Admission, TrainingPolicy};
+use crate::model::{Because, ItemIdx, Query, Recommender, Scored, TrainingData, UserIdx};
+use crate::store::{Counts, IdMaps, Store, StoreError};
+
+/// Keeps only the items `policy` admits, renumbering them densely in the same order, in
+/// the training data, the id maps and every user's history.
+fn admit_items(
+    data: &mut TrainingData,
+    maps: &mut IdMaps,
+    history: &mut [Vec<(ItemIdx, f32)>],
+    policy: &TrainingPolicy,
+) -> Admission {
+    let mut users = vec![0u32; data.n_items];
+    for row in history.iter() {
+        for &(i, _) in row {
+            users[i as usize] += 1;
+        }
+    }
+    let admission = admit(&users, &maps.item_from_events, policy);
+    if admission.admitted == data.n_items {
+        return admission;
+    }
+    let mut new_index = vec![None; data.n_items];
+    let mut next = 0;
+    for (i, keep) in admission.keep.iter().enumerate() {
+        if *keep {
+            new_index[i] = Some(next as ItemIdx);
+            next += 1;
+        }
+    }
+    data.interactions
+        .retain_mut(|x| match new_index[x.item as usize] {
+            Some(n) => {
+                x.item = n;
+                true
+            }
+            None => false,
+        });
+    for row in history.iter_mut() {
+        row.retain_mut(|(i, _)| match new_index[*i as usize] {
+            Some(n) => {
+                *i = n;
+                true
+            }
+            None => false,
+        });
+    }
+    fn retain_kept<T>(v: &mut Vec<T>, keep: &[bool]) {
+        let mut k = keep.iter();
+        v.retain(|_| k.next().copied().unwrap_or(false));
+    }
+    if data.item_text.len() == data.n_items {
+        retain_kept(&mut data.item_text, &admission.keep);
+    }
+    retain_kept(&mut maps.item_ids, &admission.keep);
+    retain_kept(&mut maps.item_from_events, &admission.keep);
+    data.n_items = next;
+    admission
+}
 
 /// How long published documents stay fresh and then stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +114,10 @@ pub struct Snapshot {
     /// Per user: (item, summed weight), sorted by item.
     history: Vec<Vec<(ItemIdx, f32)>>,
     user_region: Vec<Region>,
+    /// A placeholder served while the first model trains ([`Snapshot::loading`]).
+    pub loading: bool,
+    /// Which items the model was allowed to train on.
+    pub admission: Option<Admission>,
 }
 
 /// Unix seconds now.
@@ -89,7 +150,7 @@ pub fn rfc3339(unix_s: u64) -> String {
 }
 
 impl Snapshot {
-    /// Reads the store and trains a model with `train`, logging counts and time.
+    /// [`Snapshot::build_with`] under the default [`TrainingPolicy`].
     pub fn build(
         store: &Store,
         tenant: Tenant,
@@ -97,9 +158,31 @@ impl Snapshot {
         freshness: Freshness,
         train: impl FnOnce(&crate::model::TrainingData) -> Arc<dyn Recommender>,
     ) -> Result<Self, StoreError> {
+        Self::build_with(
+            store,
+            tenant,
+            regions,
+            freshness,
+            &TrainingPolicy::default(),
+            train,
+        )
+    }
+
+    /// Reads the store, admits the items `policy` allows (see [`crate::admission`]),
+    /// and trains a model with `train`, logging counts and time.
+    pub fn build_with(
+        store: &Store,
+        tenant: Tenant,
+        regions: RegionMap,
+        freshness: Freshness,
+        policy: &TrainingPolicy,
+        train: impl FnOnce(&crate::model::TrainingData) -> Arc<dyn Recommender>,
+    ) -> Result<Self, StoreError> {
         let started = Instant::now();
-        let counts = store.counts()?;
-        let (mut data, maps) = store.training_data()?;
+        let counts = store
+            .counts()
+            .map_err(|e| StoreError::at(store.path(), e))?;
+        let (mut data, mut maps) = store.training_data()?;
         let user_region: Vec<Region> = maps
             .user_country
             .iter()
@@ -133,6 +216,8 @@ impl Snapshot {
             });
             row.shrink_to_fit();
         }
+        let admission = admit_items(&mut data, &mut maps, &mut history, policy);
+        data.user_weight = user_weights(&maps.user_client_users, policy.users_per_client);
         let loaded = started.elapsed();
         let model = train(&data);
         tracing::info!(
@@ -140,6 +225,10 @@ impl Snapshot {
             items = counts.items,
             interactions = counts.interactions,
             model = %model.name(),
+            items_trained = admission.admitted,
+            items_unproven = admission.unproven,
+            items_over_cap = admission.over_cap,
+            item_cap = admission.cap,
             load_ms = loaded.as_millis() as u64,
             train_ms = (started.elapsed() - loaded).as_millis() as u64,
             "trained"
@@ -175,7 +264,36 @@ impl Snapshot {
             item_index,
             history,
             user_region,
+            loading: false,
+            admission: Some(admission),
         })
+    }
+
+    /// The snapshot an origin serves before its first model is trained: no users, no
+    /// items, [`Snapshot::loading`] set (recommendation routes answer `503
+    /// model_loading`, so the edge serves what it has instead of an empty list).
+    pub fn loading(tenant: Tenant, regions: RegionMap, freshness: Freshness) -> Self {
+        let model = crate::engine::build(
+            &crate::engine::ModelSpec::default_for(crate::engine::ModelKind::Popularity),
+            &TrainingData::default(),
+        )
+        .expect("popularity builds from any data");
+        Snapshot {
+            tenant,
+            model,
+            trained_at: 0,
+            counts: Counts::default(),
+            regions,
+            freshness,
+            user_ids: Vec::new(),
+            user_index: HashMap::new(),
+            item_ids: Vec::new(),
+            item_index: HashMap::new(),
+            history: Vec::new(),
+            user_region: Vec::new(),
+            loading: true,
+            admission: None,
+        }
     }
 
     /// `<RFC 3339 trained-at>#<model name>`.

@@ -19,7 +19,10 @@ use thiserror::Error;
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
 
 /// Version of the schema created by [`Store::migrate`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+/// SQLite `application_id` of our databases ("RECS"): a database file with another id,
+/// or with tables but none of ours, is refused rather than adopted.
+pub const APPLICATION_ID: i32 = 0x5245_4353;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -34,6 +37,26 @@ pub enum StoreError {
         "database schema version {found} is newer than this program understands ({SCHEMA_VERSION})"
     )]
     SchemaTooNew { found: i64 },
+    #[error("{path} is not an origin database ({why}); refusing to use it, give --db a new or an origin file")]
+    Foreign { path: String, why: String },
+    #[error("{path}: {source}")]
+    At {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// The error, naming the database file when SQLite's own message does not.
+    pub fn at(path: &Path, e: impl Into<StoreError>) -> StoreError {
+        match e.into() {
+            StoreError::Sqlite(source) => StoreError::At {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        }
+    }
 }
 
 /// An item of the catalogue.
@@ -92,11 +115,80 @@ pub struct IdMaps {
     pub item_ids: Vec<String>,
     /// `user_country[idx]`: the country of user `idx`, when known.
     pub user_country: Vec<Option<String>>,
+    /// `item_from_events[idx]`: the item is known only from live events (not imported
+    /// or loaded as catalogue), so it must earn its place in the model.
+    pub item_from_events: Vec<bool>,
+    /// `user_client_users[idx]`: how many users the client that first sent events for
+    /// user `idx` has introduced (0: no client recorded, e.g. imported users).
+    pub user_client_users: Vec<u32>,
 }
 
 /// A SQLite-backed store of one tenant's catalogue, users and interactions.
 pub struct Store {
     conn: Connection,
+    path: std::path::PathBuf,
+}
+
+/// Refuses a database that is not ours: another application's id, or tables but no
+/// `meta` table with our schema version (an empty or new file is fine).
+fn check_ours(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let at = |e: rusqlite::Error| StoreError::at(path, e);
+    let foreign = |why: String| StoreError::Foreign {
+        path: path.display().to_string(),
+        why,
+    };
+    let id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(at)?;
+    if id == APPLICATION_ID {
+        return Ok(());
+    }
+    if id != 0 {
+        return Err(foreign(format!("its application_id is {id:#x}")));
+    }
+    let tables: Vec<String> = {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .map_err(at)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(at)?;
+        rows.collect::<Result<_, _>>().map_err(at)?
+    };
+    if tables.is_empty() {
+        return Ok(());
+    }
+    // A database of ours from before the application id was set has our meta table.
+    let ours = tables.iter().any(|t| t == "meta")
+        && conn
+            .query_row(
+                "SELECT 1 FROM meta WHERE key = 'schema_version'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(at)?
+            .is_some();
+    if ours {
+        return Ok(());
+    }
+    let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+    Err(foreign(format!(
+        "it has tables {} and no origin schema",
+        shown.join(", ")
+    )))
+}
+
+/// Adds a column when the table does not have it yet (schema upgrades).
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+    // Names are fixed literals of this module, never user input.
+    let has: bool = conn
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+        ))?
+        .exists([])?;
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -117,13 +209,26 @@ impl Store {
                 source,
             })?;
         }
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let mut store = Store { conn };
-        store.migrate()?;
+        let at = |e: rusqlite::Error| StoreError::at(path, e);
+        let conn = Connection::open(path).map_err(at)?;
+        check_ours(&conn, path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(at)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(at)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(at)?;
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        store.migrate().map_err(|e| StoreError::at(path, e))?;
         Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Creates the tables and indexes when missing and records the schema version.
@@ -141,6 +246,9 @@ impl Store {
              CREATE TABLE IF NOT EXISTS users(
                  user_id TEXT PRIMARY KEY,
                  country TEXT NULL);
+             CREATE TABLE IF NOT EXISTS client_users(
+                 client TEXT PRIMARY KEY,
+                 users INTEGER NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS interactions(
                  user_id TEXT NOT NULL,
                  item_id TEXT NOT NULL,
@@ -148,6 +256,15 @@ impl Store {
                  ts INTEGER NOT NULL);
              CREATE INDEX IF NOT EXISTS interactions_by_user ON interactions(user_id, ts);",
         )?;
+        add_column(
+            &self.conn,
+            "items",
+            "from_events",
+            "INTEGER NOT NULL DEFAULT 0",
+        )?;
+        add_column(&self.conn, "users", "client", "TEXT NULL")?;
+        self.conn
+            .pragma_update(None, "application_id", APPLICATION_ID)?;
         let found: Option<i64> = self
             .conn
             .query_row(
@@ -158,8 +275,8 @@ impl Store {
             .optional()?;
         match found {
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
-            Some(_) => {}
-            None => self.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
+            Some(v) if v == SCHEMA_VERSION => {}
+            _ => self.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
         }
         Ok(())
     }
@@ -334,32 +451,42 @@ impl Store {
     /// same indices. `user_region` is left as the user's country; callers map countries
     /// to regions.
     pub fn training_data(&self) -> Result<(TrainingData, IdMaps), StoreError> {
+        self.read_training_data()
+            .map_err(|e| StoreError::at(&self.path, e))
+    }
+
+    fn read_training_data(&self) -> Result<(TrainingData, IdMaps), StoreError> {
         let mut maps = IdMaps::default();
         let mut user_index: HashMap<String, UserIdx> = HashMap::new();
         {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT user_id, country FROM users ORDER BY user_id")?;
+            let mut stmt = self.conn.prepare(
+                "SELECT u.user_id, u.country, COALESCE(c.users, 0) FROM users u
+                 LEFT JOIN client_users c ON c.client = u.client ORDER BY u.user_id",
+            )?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let id: String = r.get(0)?;
                 let country: Option<String> = r.get(1)?;
+                let client_users: i64 = r.get(2)?;
                 user_index.insert(id.clone(), maps.user_ids.len() as UserIdx);
                 maps.user_ids.push(id);
                 maps.user_country.push(country);
+                maps.user_client_users
+                    .push(client_users.clamp(0, i64::from(u32::MAX)) as u32);
             }
         }
         let mut item_index: HashMap<String, ItemIdx> = HashMap::new();
         let mut item_text = Vec::new();
         {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT item_id, title, categories, tags FROM items ORDER BY item_id")?;
+            let mut stmt = self.conn.prepare(
+                "SELECT item_id, title, categories, tags, from_events FROM items ORDER BY item_id",
+            )?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let id: String = r.get(0)?;
                 item_index.insert(id.clone(), maps.item_ids.len() as ItemIdx);
                 maps.item_ids.push(id);
+                maps.item_from_events.push(r.get::<_, i64>(4)? != 0);
                 item_text.push(ItemText {
                     title: r.get(1)?,
                     categories: split_list(&r.get::<_, String>(2)?),
@@ -397,6 +524,7 @@ impl Store {
             interactions,
             item_text,
             user_region: maps.user_country.clone(),
+            user_weight: Vec::new(),
         };
         Ok((data, maps))
     }
@@ -483,7 +611,7 @@ mod tests {
         assert_eq!(maps.user_country[0].as_deref(), Some("DE"));
         assert_eq!(data.interactions.len(), 2);
         assert_eq!(data.item_text[0].categories, vec!["books", "travel"]);
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("1"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("2"));
     }
 
     #[test]
@@ -517,5 +645,49 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_database_of_another_program_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("foreign.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT);")
+                .unwrap();
+        }
+        let err = Store::open(&path).err().expect("refused");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{text}");
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("accounts"),
+            "{text}"
+        );
+        // Nothing of ours was written into it.
+        let conn = Connection::open(&path).unwrap();
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 1);
+        // Another application's id is refused too; ours (and a new file) open.
+        conn.pragma_update(None, "application_id", 7).unwrap();
+        drop(conn);
+        assert!(Store::open(&path).is_err());
+        let ours = dir.path().join("ours.sqlite");
+        drop(Store::open(&ours).unwrap());
+        assert!(Store::open(&ours).is_ok());
+    }
+
+    #[test]
+    fn a_corrupt_database_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.sqlite");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let text = Store::open(&path).err().expect("refused").to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
     }
 }

@@ -40,6 +40,9 @@ impl Origin {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--retrain-every-s", "0"])
+            // A burst of 10,000 events from one address: this test is about
+            // durability, not the per-client limit (tests/hardening_origin.rs).
+            .args(["--rate-limit-rps", "0"])
             .env_remove("ADMIN_TOKEN")
             .env_remove("ORIGIN_EDGE_URL")
             .env_remove("ORIGIN_PUBLISH_DIR")

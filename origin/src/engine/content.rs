@@ -191,6 +191,7 @@ mod tests {
                 text("Toy Story (1995)", &["Animation"]),
             ],
             user_region: vec![],
+            user_weight: Vec::new(),
         };
         let m = Content::train(&data).unwrap();
         assert_eq!(

@@ -138,6 +138,7 @@ pub(crate) mod tests {
                 .collect(),
             item_text: vec![],
             user_region: vec![],
+            user_weight: Vec::new(),
         }
     }
 

@@ -1,12 +1,18 @@
 //! Popularity: global, per region, and trending (time-decayed).
 //!
-//! Counts are interaction weights summed per item. Trending decays each interaction by
-//! `0.5^(age / half_life)`, age measured from the newest interaction in the data, so the
-//! scores do not depend on the wall clock.
+//! Lists count people, not requests: each user adds to an item at most
+//! [`PER_USER_CAP`] (the weight of one purchase), however many events they sent for it,
+//! times the user's [`TrainingData::user_weight`] (below 1 for users that one client
+//! introduced en masse, so made-up users cannot buy a place). Trending decays each
+//! user's contribution by `0.5^(age / half_life)` of their latest interaction with the
+//! item, age measured from the newest interaction in the data, so the scores do not
+//! depend on the wall clock.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+
+use rayon::slice::ParallelSliceMut;
 
 use super::Scorer;
 use crate::model::{Because, ItemIdx, TrainingData};
@@ -22,6 +28,9 @@ pub enum PopMode {
     /// Time-decayed counts with this half-life in days.
     Trending { half_life_days: f64 },
 }
+
+/// Most one user adds to one item's count (the weight of a purchase).
+pub const PER_USER_CAP: f32 = 5.0;
 
 /// Item counts: global, per region, and time-decayed.
 pub struct Popularity {
@@ -47,16 +56,37 @@ impl Popularity {
             _ => 7.0 * 86_400.0,
         };
         let mut trending = vec![0f32; n];
-        for x in &data.interactions {
-            let i = x.item as usize;
-            if i >= n {
-                continue;
-            }
-            global[i] += x.weight;
-            let age = (newest - x.timestamp).max(0) as f64;
-            trending[i] += x.weight * (0.5f64).powf(age / half_life_s) as f32;
-            if let Some(Some(r)) = data.user_region.get(x.user as usize) {
-                regional.entry(r.clone()).or_insert_with(|| vec![0f32; n])[i] += x.weight;
+        // One contribution per (user, item): interactions grouped by sorting indices.
+        let xs = &data.interactions;
+        let mut order: Vec<u32> = (0..xs.len() as u32)
+            .filter(|&k| (xs[k as usize].item as usize) < n)
+            .collect();
+        let key = |k: &u32| {
+            let x = &xs[*k as usize];
+            (u64::from(x.user) << 32) | u64::from(x.item)
+        };
+        order.par_sort_unstable_by_key(key);
+        for group in order.chunk_by(|a, b| key(a) == key(b)) {
+            let first = &xs[group[0] as usize];
+            let (u, i) = (first.user as usize, first.item as usize);
+            let sum: f32 = group.iter().map(|&k| xs[k as usize].weight).sum();
+            let last = group
+                .iter()
+                .map(|&k| xs[k as usize].timestamp)
+                .max()
+                .unwrap_or(0);
+            let trust = data
+                .user_weight
+                .get(u)
+                .copied()
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            let w = sum.clamp(0.0, PER_USER_CAP) * trust;
+            global[i] += w;
+            let age = (newest - last).max(0) as f64;
+            trending[i] += w * (0.5f64).powf(age / half_life_s) as f32;
+            if let Some(Some(r)) = data.user_region.get(u) {
+                regional.entry(r.clone()).or_insert_with(|| vec![0f32; n])[i] += w;
             }
         }
         Popularity {
@@ -158,6 +188,7 @@ mod tests {
                 Some("asia".into()),
                 Some("europe".into()),
             ],
+            user_weight: Vec::new(),
         }
     }
 
@@ -174,6 +205,27 @@ mod tests {
             p.because(&[], Some("europe"), 2),
             Because::PopularIn("europe".into())
         );
+    }
+
+    #[test]
+    fn a_user_counts_once_per_item_and_mass_produced_users_count_less() {
+        let mut data = data();
+        // User 0 sends 1,000 purchases of item 1: one capped contribution.
+        for t in 0..1000 {
+            data.interactions.push(Interaction {
+                user: 0,
+                item: 1,
+                weight: 5.0,
+                timestamp: 100 + t,
+            });
+        }
+        let p = Popularity::train(&data, PopMode::Global);
+        assert_eq!(p.counts()[1], PER_USER_CAP);
+        // Users 1 and 2 weigh a tenth: their items fall behind.
+        data.user_weight = vec![1.0, 0.1, 0.1];
+        let p = Popularity::train(&data, PopMode::Global);
+        assert_eq!(p.counts()[1], PER_USER_CAP);
+        assert!(p.counts()[2] < 0.2, "{:?}", p.counts());
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn synthetic(n_users: usize, n_items: usize, mean_per_user: usize, seed: u64
         interactions,
         item_text,
         user_region,
+        user_weight: Vec::new(),
     }
 }
 

@@ -382,6 +382,7 @@ pub fn training_data(
                 .collect()
         },
         user_region: vec![None; ids.user_ids.len()],
+        user_weight: Vec::new(),
     }
 }
 

@@ -1,0 +1,142 @@
+//! The composition root of `origin serve`: opens the store and the event log, wires
+//! the publish targets, the republisher, the retrainer, rate limits and timeouts, and
+//! serves until SIGTERM / Ctrl-C.
+//!
+//! The origin **listens before it trains**: it binds its port and answers at once
+//! (`/health` says `loading`, recommendation routes `503 model_loading`, so the edge
+//! serves what it holds; events are taken), while the first model trains in the
+//! background under the [`crate::admission`] limits. A training that fails leaves the
+//! previous model (or the placeholder) serving.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use contract::RegionMap;
+
+use crate::clients::RateLimits;
+use crate::config::{Secret, ServeConfig};
+use crate::event_log::EventLog;
+use crate::freshness::{PublishHealth, Republisher, Targets};
+use crate::live::Live;
+use crate::publish::EdgeClient;
+use crate::retrain::Retrainer;
+use crate::snapshot::{Freshness, Snapshot};
+use crate::store::Store;
+use crate::AppState;
+
+/// Runs `origin serve` with `c` until `shutdown` completes.
+pub async fn serve(
+    c: ServeConfig,
+    regions: RegionMap,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (tenant, region) = c.validate(&regions)?;
+    // Not fatal: several origins on one host (tests, dev) must not fail on the
+    // shared default port; the API matters more than its metrics.
+    match crate::observability::install_metrics(c.metrics_listen) {
+        Ok(()) => tracing::info!(addr = %c.metrics_listen, "metrics listening"),
+        Err(e) => tracing::error!(
+            addr = %c.metrics_listen,
+            error = %e,
+            "metrics exporter not started; set --metrics-listen to a free address"
+        ),
+    }
+    // Opened (and checked to be ours) before anything listens.
+    drop(Store::open(&c.store.db).with_context(|| format!("opening {}", c.store.db.display()))?);
+    let freshness = Freshness {
+        fresh_for_s: c.fresh_for_s,
+        stale_for_s: c.stale_for_s,
+    };
+    let policy = c.policy.policy();
+    let choice = c.model.choice.clone();
+    let train: crate::retrain::TrainFn =
+        Arc::new(move |data| crate::training::train_or_popularity(data, &choice));
+    let log = EventLog::open(&c.store.db, c.event_group_max)
+        .with_context(|| format!("opening the event log in {}", c.store.db.display()))?;
+    let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
+    let token = Secret::admin_token_from_env();
+    let mut state = AppState::new(Arc::new(placeholder), region)
+        .with_publish_n(c.publish_n)
+        .with_limits(RateLimits::new(
+            c.guard.rate_limit_rps,
+            c.guard.rate_limit_burst,
+            token.clone(),
+        ));
+    match (&c.edge_url, token.clone()) {
+        (Some(url), Some(token)) => {
+            tracing::info!(edge = %url, "publish on miss to edge KV");
+            state = state.with_edge(EdgeClient::new(url, token));
+        }
+        (Some(_), None) => {
+            tracing::warn!("--edge-url given but ADMIN_TOKEN is not set; not publishing to KV")
+        }
+        _ => {}
+    }
+    if let Some(dir) = c.publish_dir.clone() {
+        tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");
+        state = state.with_publish_dir(dir);
+    }
+    let retrainer = Arc::new(
+        Retrainer::new(
+            c.store.db.clone(),
+            tenant,
+            regions,
+            freshness,
+            train,
+            state.snapshot.clone(),
+        )
+        .with_policy(policy),
+    );
+    let health = Arc::new(PublishHealth::default());
+    let republisher = (state.edge.is_some() || state.cdn.is_some()).then(|| {
+        Republisher::spawn(
+            Targets {
+                log: log.clone(),
+                snapshot: state.snapshot.clone(),
+                edge: state.edge.clone(),
+                cdn: state.cdn.clone(),
+                region: state.region.clone(),
+                publish_n: state.publish_n,
+                health: health.clone(),
+            },
+            std::time::Duration::from_millis(c.republish_debounce_ms),
+        )
+    });
+    if token.is_none() {
+        tracing::warn!(
+            "ADMIN_TOKEN is not set: /v1/admin/*, edge reports and impressions answer 503"
+        );
+    }
+    state = state.with_live(Live {
+        log,
+        republisher,
+        retrainer: Some(retrainer.clone()),
+        admin_token: token,
+        max_future_s: i64::from(c.event_max_future_s),
+        health,
+    });
+    let listener = tokio::net::TcpListener::bind(c.listen)
+        .await
+        .with_context(|| format!("binding {}", c.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, ?policy, "origin listening; training the first model");
+    let first = retrainer.clone();
+    let every = c.retrain_every_s;
+    tokio::spawn(async move {
+        match first.retrain().await {
+            Ok(r) => tracing::info!(
+                model = %r.new_model_version,
+                seconds = r.train_seconds,
+                "first model trained and serving"
+            ),
+            Err(e) => tracing::error!(error = %e, "first training failed; still loading"),
+        }
+        if every > 0 {
+            crate::retrain::spawn_schedule(first, std::time::Duration::from_secs(every));
+        }
+    });
+    crate::run_with(listener, state, c.guard.serve_options(), shutdown).await?;
+    // Spans still queued for OTLP export go out before the process ends.
+    tokio::task::spawn_blocking(crate::observability::flush_traces).await?;
+    Ok(())
+}
