@@ -408,3 +408,97 @@ fn the_batch_route_refuses_unknown_fields_and_duplicate_keys() {
         );
     }
 }
+
+/// Mounts a `size`-byte tmpfs at `dir` (needs root, which CI has); `false` when it cannot.
+fn mount_tmpfs(dir: &Path, size: u64) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_by_health_refused_cleanly_and_recovered_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    if !mount_tmpfs(&disk, 8 << 20) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs for this test"
+        );
+        eprintln!("skipped locally: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let _unmount = Unmount(disk.clone());
+    let db = demo_db(&disk, 50, 20);
+    let origin = LoneOrigin::start(&db, dir.path(), &["--rate-limit-rps", "0"]);
+    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    assert_eq!(origin.health()["store"]["writable"], true);
+    // Fill the disk, leaving a little room, then write events until the store refuses.
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let filler = disk.join("filler");
+    std::fs::write(&filler, vec![0u8; free.saturating_sub(256 << 10) as usize]).unwrap();
+    let mut refused = None;
+    for k in 0..400 {
+        let events: Vec<Value> = (0..200)
+            .map(|j| {
+                json!({"user_id": format!("w{k}-{j}"), "item_id": "i1", "type": "view",
+                            "context": {"pad": "x".repeat(1500)}})
+            })
+            .collect();
+        let (status, body) = json_of(post(
+            &origin.url("/v1/events"),
+            &json!({"events": events}),
+            None,
+        ));
+        if status != 202 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("the store never filled up");
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let health = origin.health();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["store"]["writable"], false, "{health}");
+    // Room again: the probe sees it and events are taken.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while origin.health()["status"] != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "health did not recover: {}",
+            origin.health()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let one = json!({"user_id": "after", "item_id": "i1", "type": "view"});
+    assert_eq!(post(&origin.url("/v1/events"), &one, None).status(), 202);
+}
