@@ -9,7 +9,7 @@ use clap::Parser;
 use contract::RegionMap;
 use origin::config::{Command, Config, Secret, Target};
 use origin::event_log::EventLog;
-use origin::freshness::{PublishHealth, Republisher, Targets};
+use origin::freshness::{PublishGate, PublishHealth, Republisher, Targets};
 use origin::live::Live;
 use origin::publish::{CdnFolder, EdgeClient, PublishJob};
 use origin::retrain::Retrainer;
@@ -106,7 +106,9 @@ async fn main() -> Result<()> {
             origin::retrain::record_model_version(None, &snapshot.model_version());
             let log = EventLog::open(&c.store.db, c.event_group_max)
                 .with_context(|| format!("opening the event log in {}", c.store.db.display()))?;
-            let mut state = AppState::new(Arc::new(snapshot), region).with_publish_n(c.publish_n);
+            let mut state = AppState::new(Arc::new(snapshot), region)
+                .with_publish_n(c.publish_n)
+                .with_publish_gate(PublishGate::new(c.publish_budget()));
             let token = Secret::admin_token_from_env();
             match (&c.edge_url, token.clone()) {
                 (Some(url), Some(token)) => {
@@ -149,6 +151,7 @@ async fn main() -> Result<()> {
                         region: state.region.clone(),
                         publish_n: state.publish_n,
                         health: health.clone(),
+                        gate: state.publish_gate.clone(),
                     },
                     std::time::Duration::from_millis(c.republish_debounce_ms),
                 )
