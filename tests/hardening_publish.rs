@@ -425,6 +425,22 @@ fn concurrent_cdn_writes_of_one_user_from_two_origins_never_serve_an_empty_or_pa
             },
         )
     });
+    // Publishes started before the stop finish; then the folder is quiet.
+    let all_writes = || -> f64 {
+        (0..2)
+            .map(|i| cdn_writes(stack, i, "ok") + cdn_writes(stack, i, "error"))
+            .sum()
+    };
+    let quiet_by = Instant::now() + Duration::from_secs(10);
+    let mut last = all_writes();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = all_writes();
+        if now == last || Instant::now() > quiet_by {
+            break;
+        }
+        last = now;
+    }
     let written: f64 = (0..2).map(|i| cdn_writes(stack, i, "ok")).sum::<f64>() - written_before;
     let failed: f64 = (0..2).map(|i| cdn_writes(stack, i, "error")).sum();
     eprintln!(

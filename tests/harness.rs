@@ -686,8 +686,9 @@ impl Stack {
 }
 
 /// A TCP link to `127.0.0.1:upstream` on a free local port that counts the HTTP requests
-/// whose request line starts with `request` (e.g. `"POST /admin/publish "`) on their way
-/// (also on kept-alive connections). Returns the port and the count.
+/// whose request line starts with `request` (e.g. `"POST /admin/publish "`; a body holding
+/// that text would count too) on their way, also on kept-alive connections. Returns the port
+/// and the count.
 pub fn counting_link(
     upstream: u16,
     request: &'static str,
@@ -707,19 +708,16 @@ pub fn counting_link(
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
             let counter = counter.clone();
             std::thread::spawn(move || {
-                // Bytes since the last line break: a request line may span two chunks.
-                let mut line: Vec<u8> = Vec::new();
+                // The end of the previous chunk: a request line may span two chunks. On
+                // a kept-alive connection a request line follows the last body directly.
+                let needle = request.as_bytes();
+                let mut tail: Vec<u8> = Vec::new();
                 copy_chunks(client_in, server_out, |chunk| {
-                    for &b in chunk {
-                        if b == b'\n' {
-                            if line.starts_with(request.as_bytes()) {
-                                counter.fetch_add(1, Ordering::SeqCst);
-                            }
-                            line.clear();
-                        } else if line.len() < request.len() {
-                            line.push(b);
-                        }
-                    }
+                    tail.extend_from_slice(chunk);
+                    let found = tail.windows(needle.len()).filter(|w| *w == needle).count();
+                    counter.fetch_add(found, Ordering::SeqCst);
+                    let keep = tail.len().min(needle.len() - 1);
+                    tail.drain(..tail.len() - keep);
                 })
             });
             std::thread::spawn(move || copy_chunks(server, client, |_| {}));
