@@ -102,13 +102,19 @@ pub async fn run_cdn(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_cdn_server_serves_the_current_generation_and_json_404s() {
+    /// A CDN folder whose current generation holds `default/users/u1.json`.
+    fn folder_with_u1() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let gen = dir.path().join("generations/g1-0/default/users");
         std::fs::create_dir_all(&gen).unwrap();
         std::fs::write(gen.join("u1.json"), br#"{"user_id":"u1"}"#).unwrap();
         std::os::unix::fs::symlink("generations/g1-0", dir.path().join("current")).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn the_cdn_server_serves_the_current_generation_and_json_404s() {
+        let dir = folder_with_u1();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -158,11 +164,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_error_of_the_cdn_server_is_json_with_its_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let gen = dir.path().join("generations/g1-0/default/users");
-        std::fs::create_dir_all(&gen).unwrap();
-        std::fs::write(gen.join("u1.json"), br#"{"user_id":"u1"}"#).unwrap();
-        std::os::unix::fs::symlink("generations/g1-0", dir.path().join("current")).unwrap();
+        let dir = folder_with_u1();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(run_cdn(
