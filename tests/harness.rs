@@ -398,35 +398,8 @@ impl Stack {
 
     /// Starts (or restarts) origin `i` on its port.
     pub fn start_origin(&mut self, i: usize) {
-        let (name, port) = (self.origins[i].name, self.origins[i].port);
-        let metrics_listen = format!("127.0.0.1:{}", self.origins[i].metrics_port);
-        let proc = Proc::spawn(
-            &format!("origin {name}"),
-            Command::new(origin_bin())
-                .args([
-                    "serve",
-                    "--db",
-                    self.db.to_str().unwrap(),
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--region",
-                    name,
-                ])
-                .args([
-                    "--edge-url",
-                    &self.edge_url(""),
-                    "--publish-dir",
-                    self.publish_dir.to_str().unwrap(),
-                ])
-                .args(["--metrics-listen", metrics_listen.as_str()])
-                .env("ADMIN_TOKEN", ADMIN_TOKEN)
-                .env("RUST_LOG", "info"),
-            self.dir
-                .path()
-                .join(format!("origin-{name}-{}.log", now_nanos())),
-        );
-        wait_for_trained(port, &proc, Duration::from_secs(60));
-        self.origins[i].proc = Some(proc);
+        let edge = self.edge_url("");
+        self.start_origin_with(i, &edge, &[]);
     }
 
     /// Stops origin `i`.
@@ -670,14 +643,97 @@ pub fn laggy_link(upstream: u16, latency: Duration) -> u16 {
 }
 
 /// Copies `from` to `to` chunk by chunk, each held `delay`, until either side closes.
-fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+fn pump(from: TcpStream, to: TcpStream, delay: Duration) {
+    copy_chunks(from, to, |_| std::thread::sleep(delay));
+}
+
+impl Stack {
+    /// Starts (or restarts) origin `i` on its port, publishing to the edge at `edge_url`
+    /// (e.g. through a [`counting_link`]), with extra environment variables.
+    pub fn start_origin_with(&mut self, i: usize, edge_url: &str, envs: &[(&str, &str)]) {
+        let (name, port) = (self.origins[i].name, self.origins[i].port);
+        let metrics_listen = format!("127.0.0.1:{}", self.origins[i].metrics_port);
+        let proc = Proc::spawn(
+            &format!("origin {name}"),
+            Command::new(origin_bin())
+                .args([
+                    "serve",
+                    "--db",
+                    self.db.to_str().unwrap(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--region",
+                    name,
+                ])
+                .args([
+                    "--edge-url",
+                    edge_url,
+                    "--publish-dir",
+                    self.publish_dir.to_str().unwrap(),
+                ])
+                .args(["--metrics-listen", metrics_listen.as_str()])
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("RUST_LOG", "info")
+                .envs(envs.iter().copied()),
+            self.dir
+                .path()
+                .join(format!("origin-{name}-{}.log", now_nanos())),
+        );
+        wait_for_trained(port, &proc, Duration::from_secs(60));
+        self.origins[i].proc = Some(proc);
+    }
+}
+
+/// A TCP link to `127.0.0.1:upstream` on a free local port that counts the HTTP requests
+/// whose request line starts with `request` (e.g. `"POST /admin/publish "`; a body holding
+/// that text would count too) on their way, also on kept-alive connections. Returns the port
+/// and the count.
+pub fn counting_link(
+    upstream: u16,
+    request: &'static str,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind link");
+    let port = listener.local_addr().unwrap().port();
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], upstream)))
+            else {
+                continue;
+            };
+            let (client_in, server_out) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                // The end of the previous chunk: a request line may span two chunks. On
+                // a kept-alive connection a request line follows the last body directly.
+                let needle = request.as_bytes();
+                let mut tail: Vec<u8> = Vec::new();
+                copy_chunks(client_in, server_out, |chunk| {
+                    tail.extend_from_slice(chunk);
+                    let found = tail.windows(needle.len()).filter(|w| *w == needle).count();
+                    counter.fetch_add(found, Ordering::SeqCst);
+                    let keep = tail.len().min(needle.len() - 1);
+                    tail.drain(..tail.len() - keep);
+                })
+            });
+            std::thread::spawn(move || copy_chunks(server, client, |_| {}));
+        }
+    });
+    (port, count)
+}
+
+/// Copies `from` to `to`, showing each chunk to `inspect` first, until either side closes.
+fn copy_chunks(mut from: TcpStream, mut to: TcpStream, mut inspect: impl FnMut(&[u8])) {
     use std::io::{Read, Write};
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                std::thread::sleep(delay);
+                inspect(&buf[..n]);
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

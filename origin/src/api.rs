@@ -2,8 +2,8 @@
 //! health, all JSON, all input validated, errors as `{"error":{"code","message"}}`.
 //!
 //! Answers for users with history are also published in the background (edge KV
-//! and/or the CDN folder's current generation), so the next request is served at the
-//! edge; popular fallbacks for unknown users are never published (anyone could fill
+//! and/or the CDN folder's current generation), at most once per user per freshness
+//! window (`freshness::PublishGate`), so the next request is served at the edge; popular fallbacks for unknown users are never published (anyone could fill
 //! the KV with made-up ids).
 //!
 //! # Layout
@@ -54,6 +54,9 @@ pub struct AppState {
     pub publish_n: usize,
     /// Background publishes that may run at once; answers beyond that are not published.
     pub publish_slots: Arc<tokio::sync::Semaphore>,
+    /// When a user may be published (shared with the republisher): once per freshness
+    /// window per user here, never twice within the minimum interval.
+    pub publish_gate: crate::freshness::PublishGate,
     /// Event log, freshness, retrain and analytics; `None` turns those routes off (503).
     pub live: Option<Arc<crate::live::Live>>,
     /// Request rate and latency (counted by the middleware).
@@ -71,6 +74,7 @@ impl AppState {
             cdn: None,
             publish_n: DEFAULT_PUBLISH_N,
             publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
+            publish_gate: crate::freshness::PublishGate::default(),
             live: None,
             traffic: Arc::new(Traffic::default()),
             limits: crate::clients::RateLimits::off(),
@@ -95,6 +99,11 @@ impl AppState {
 
     pub fn with_publish_n(mut self, n: usize) -> Self {
         self.publish_n = n.clamp(1, contract::MAX_N);
+        self
+    }
+
+    pub fn with_publish_gate(mut self, gate: crate::freshness::PublishGate) -> Self {
+        self.publish_gate = gate;
         self
     }
 
@@ -361,7 +370,8 @@ fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
         .filter(|r| state.snapshot().regions.knows(r))
 }
 
-/// Publishes the document of a user with history in the background; never delays or
+/// Publishes the document of a user with history in the background, at most once per
+/// freshness window per user (the [`crate::freshness::PublishGate`]); never delays or
 /// fails the answer.
 ///
 /// The published document is the user's canonical one (their own region, no context,
@@ -376,8 +386,13 @@ fn publish_in_background(
     if state.edge.is_none() && state.cdn.is_none() {
         return;
     }
+    let (gate, admitted) = (&state.publish_gate, tokio::time::Instant::now());
+    if !gate.with(|b| b.admit_refresh(user, admitted)) {
+        return;
+    }
     let Ok(slot) = state.publish_slots.clone().try_acquire_owned() else {
         tracing::debug!(user = %user, "background publishes busy; not publishing");
+        gate.with(|b| b.failed(user, admitted));
         return;
     };
     let (state, user) = (state.clone(), user.clone());
@@ -395,6 +410,7 @@ fn publish_in_background(
             now_unix(),
         );
         let tenant = &snapshot.tenant;
+        let content = crate::freshness::ContentHash::of(&doc.items);
         let outcome = crate::publish::publish_one_traced(
             state.edge.as_ref(),
             state.cdn.as_ref(),
@@ -403,6 +419,8 @@ fn publish_in_background(
             traceparent.as_deref(),
         )
         .await;
+        let ok = outcome.all_ok();
+        state.publish_gate.settle(&user, admitted, content, ok);
         if let Some(live) = &state.live {
             if let Some(r) = &outcome.cdn {
                 live.health.record("cdn", r);

@@ -221,6 +221,14 @@ pub struct ServeConfig {
     /// Milliseconds without new events for a user before their document is republished.
     #[arg(long, env = "ORIGIN_REPUBLISH_DEBOUNCE_MS", default_value_t = 200)]
     pub republish_debounce_ms: u64,
+    /// Shortest time between two publishes of one user, in milliseconds (Workers KV
+    /// allows about one write per second per key; 0 = no limit).
+    #[arg(long, env = "ORIGIN_PUBLISH_MIN_INTERVAL_MS", default_value_t = 1000)]
+    pub publish_min_interval_ms: u64,
+    /// Users whose last publish the origin remembers (least recently used forgotten
+    /// first), and most users waiting for a republish after events.
+    #[arg(long, env = "ORIGIN_PUBLISH_STATE_USERS", default_value_t = 100_000)]
+    pub publish_state_users: usize,
     /// Seconds an event timestamp may be ahead of the origin's clock.
     #[arg(long, env = "ORIGIN_EVENT_MAX_FUTURE_S", default_value_t = 300)]
     pub event_max_future_s: u32,
@@ -366,7 +374,22 @@ impl ServeConfig {
         if self.event_group_max == 0 {
             return Err(ConfigError::Zero("--event-group-max"));
         }
+        if self.publish_state_users == 0 {
+            return Err(ConfigError::Zero("--publish-state-users"));
+        }
         Ok((tenant, region))
+    }
+}
+
+impl ServeConfig {
+    /// When users may be published: unchanged answers once per `--fresh-for-s`, any user
+    /// at most once per `--publish-min-interval-ms`, `--publish-state-users` remembered.
+    pub fn publish_budget(&self) -> crate::freshness::BudgetSettings {
+        crate::freshness::BudgetSettings {
+            refresh_after: std::time::Duration::from_secs(self.fresh_for_s),
+            min_interval: std::time::Duration::from_millis(self.publish_min_interval_ms),
+            capacity: self.publish_state_users,
+        }
     }
 }
 
@@ -443,6 +466,8 @@ mod tests {
         assert_eq!(s.metrics_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(s.retrain_every_s, 3600);
         assert_eq!(s.republish_debounce_ms, 200);
+        assert_eq!(s.publish_min_interval_ms, 1000);
+        assert_eq!(s.publish_state_users, 100_000);
         assert_eq!(s.event_max_future_s, 300);
         assert_eq!(s.event_group_max, 5000);
         assert_eq!(s.otel_endpoint, None);

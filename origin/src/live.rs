@@ -444,6 +444,7 @@ mod tests {
                     region: state.region.clone(),
                     publish_n: 10,
                     health: live.health.clone(),
+                    gate: state.publish_gate.clone(),
                 },
                 std::time::Duration::from_millis(20),
             )
@@ -747,12 +748,15 @@ mod tests {
         let body = format!(r#"{{"user_id":"u1","item_id":"{top}","type":"purchase"}}"#);
         let (status, _) = call(&f.state, "POST", "/v1/events", None, &body).await;
         assert_eq!(status, StatusCode::ACCEPTED);
-        let file = cdn.join("current/default/users/u1.json");
+        // The republish is done once its success is recorded, just after the file is
+        // renamed into place: wait for the record, not for the file.
+        let live = f.state.live.as_ref().unwrap();
         let mut waited = 0;
-        while !file.exists() && waited < 200 {
+        while !live.health.snapshot().contains_key("cdn") && waited < 500 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             waited += 1;
         }
+        let file = cdn.join("current/default/users/u1.json");
         let doc: contract::RecommendationDoc =
             serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
         assert_eq!(doc.items.len(), 10);
@@ -760,8 +764,8 @@ mod tests {
             doc.items.iter().all(|i| i.item_id != top),
             "the bought item {top} is now in the history, so it is not recommended"
         );
-        let health = f.state.live.as_ref().unwrap().health.snapshot();
-        assert_eq!(health["cdn"].successes, 1);
+        let health = live.health.snapshot();
+        assert_eq!(health["cdn"].successes, 1, "{health:?}");
     }
 
     #[tokio::test]

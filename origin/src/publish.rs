@@ -171,11 +171,27 @@ fn write_json(path: &Path, doc: &RecommendationDoc) -> Result<(), PublishError> 
     std::fs::write(path, serde_json::to_vec(doc)?).map_err(io(path))
 }
 
-/// Writes via a temporary file and a rename, so readers see the old or the new file.
+/// Writes via a temporary file of its own (a unique name in the same directory, created
+/// exclusively) and a rename, so readers see the whole old or the whole new file, however
+/// many writers (tasks or processes) replace the same file at once.
 fn replace_json(path: &Path, doc: &RecommendationDoc) -> Result<(), PublishError> {
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    write_json(&tmp, doc)?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("doc"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&name).suffix(".tmp");
+    // Readable by a web server of another user, like a file written in place.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).map_err(io(dir))?;
+    tmp.write_all(&serde_json::to_vec(doc)?)
+        .map_err(io(tmp.path()))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    Ok(())
 }
 
 impl CdnFolder {
@@ -496,6 +512,15 @@ pub struct PublishOneOutcome {
     pub kv: Option<Result<(), String>>,
 }
 
+impl PublishOneOutcome {
+    /// Every configured target took the document.
+    pub fn all_ok(&self) -> bool {
+        [&self.cdn, &self.kv]
+            .iter()
+            .all(|r| r.as_ref().is_none_or(|r| r.is_ok()))
+    }
+}
+
 /// Publishes one answered document into the edge KV's current generation and the CDN
 /// folder's current generation. Failures are logged and reported, never raised.
 pub async fn publish_one(
@@ -778,6 +803,98 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("401"), "{msg}");
         assert!(msg.contains("bad admin token"), "{msg}");
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_users_file_leave_readers_only_complete_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = CdnFolder::new(dir.path().to_owned());
+        folder.new_generation(1).unwrap().activate().unwrap();
+        let tenant = Tenant::default_tenant();
+        let file = dir.path().join("current/default/users/u1.json");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (reads, bad) = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8)
+                .map(|w| {
+                    let (folder, tenant) = (&folder, &tenant);
+                    s.spawn(move || {
+                        let mut failed = Vec::new();
+                        for i in 0..300 {
+                            let mut doc = RecommendationDoc {
+                                tenant: "default".into(),
+                                user_id: "u1".into(),
+                                region: "us-east".into(),
+                                items: Vec::new(),
+                                model_version: format!("w{w}#{i}"),
+                                generated_at: i,
+                                fresh_for_s: 300,
+                                stale_for_s: 86_400,
+                            };
+                            doc.items = (0..(20 + (i as usize * 7 + w) % 80))
+                                .map(|k| contract::RecItem {
+                                    item_id: format!("item-{k}"),
+                                    score: 1.0 / (k + 1) as f64,
+                                    reason: Some(
+                                        "a reason long enough to need several writes".into(),
+                                    ),
+                                })
+                                .collect();
+                            if let Err(e) = folder.write_current_user(tenant, &doc) {
+                                failed.push(e.to_string());
+                            }
+                        }
+                        failed
+                    })
+                })
+                .collect();
+            let readers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (mut reads, mut bad) = (0, Vec::new());
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let Ok(bytes) = std::fs::read(&file) else {
+                                continue;
+                            };
+                            reads += 1;
+                            if serde_json::from_slice::<RecommendationDoc>(&bytes).is_err() {
+                                bad.push(bytes.len());
+                            }
+                        }
+                        (reads, bad)
+                    })
+                })
+                .collect();
+            let failed: Vec<String> = writers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                failed.is_empty(),
+                "{} writes failed, e.g. {:?}",
+                failed.len(),
+                failed.first()
+            );
+            readers.into_iter().map(|r| r.join().unwrap()).fold(
+                (0, Vec::new()),
+                |(n, mut b), (rn, rb)| {
+                    b.extend(rb);
+                    (n + rn, b)
+                },
+            )
+        });
+        assert!(reads > 100, "only {reads} reads");
+        assert!(
+            bad.is_empty(),
+            "{} of {reads} reads were not whole documents (sizes {:?})",
+            bad.len(),
+            &bad[..bad.len().min(10)]
+        );
+        let left: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["u1.json"], "no temporary files are left behind");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use contract::RegionMap;
 use crate::clients::RateLimits;
 use crate::config::{Secret, ServeConfig};
 use crate::event_log::EventLog;
-use crate::freshness::{PublishHealth, Republisher, Targets};
+use crate::freshness::{PublishGate, PublishHealth, Republisher, Targets};
 use crate::live::Live;
 use crate::publish::EdgeClient;
 use crate::retrain::Retrainer;
@@ -58,6 +58,7 @@ pub async fn serve(
     let token = Secret::admin_token_from_env();
     let mut state = AppState::new(Arc::new(placeholder), region)
         .with_publish_n(c.publish_n)
+        .with_publish_gate(PublishGate::new(c.publish_budget()))
         .with_limits(RateLimits::new(
             c.guard.rate_limit_rps,
             c.guard.rate_limit_burst,
@@ -99,6 +100,7 @@ pub async fn serve(
                 region: state.region.clone(),
                 publish_n: state.publish_n,
                 health: health.clone(),
+                gate: state.publish_gate.clone(),
             },
             std::time::Duration::from_millis(c.republish_debounce_ms),
         )
