@@ -184,6 +184,9 @@ pub struct StackOptions {
     /// Network latency between the edge and its origins: the edge reaches each origin
     /// through a [`laggy_link`] that holds every request this long.
     pub origin_latency: Option<Duration>,
+    /// TOML appended to the worker's config after `[vars]` (bindings such as
+    /// `[[ratelimits]]`).
+    pub extra_config: String,
 }
 
 impl Default for StackOptions {
@@ -196,6 +199,7 @@ impl Default for StackOptions {
             vars: Vec::new(),
             worker: None,
             origin_latency: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -292,6 +296,7 @@ impl Stack {
         for (k, v) in &opts.vars {
             vars.push_str(&format!("{k} = \"{v}\"\n"));
         }
+        vars.push_str(&opts.extra_config);
         let config = dir.path().join("wrangler.toml");
         fs::write(
             &config,
@@ -687,4 +692,27 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
     let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request, as bytes) to `127.0.0.1:port` and returns the
+/// status and body of the answer (for requests a client library would rewrite, such as
+/// a path with dot segments).
+pub fn raw_request(port: u16, raw: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(raw).expect("send");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }
