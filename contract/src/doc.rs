@@ -250,7 +250,8 @@ mod tests {
             ..sample()
         };
         assert_eq!(popular.validate(), Ok(()));
-        let broken: [(fn(&mut RecommendationDoc), &str); 8] = [
+        type Breaks = fn(&mut RecommendationDoc);
+        let broken: [(Breaks, &str); 8] = [
             (|d| d.items[0].item_id = "../../x".into(), "items[0]"),
             (|d| d.items[0].score = f64::NAN, "finite"),
             (|d| d.items[0].score = f64::INFINITY, "finite"),

@@ -521,13 +521,14 @@ pub fn parse_impressions(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>
             });
         }
         if let Some(id) = &answer.id {
-            let checked = EventId::parse(id).map_err(FieldError::from).and_then(|_| {
-                if id.len() > MAX_SHOWN_ID_LEN {
+            let too_long = id.len() > MAX_SHOWN_ID_LEN;
+            let checked = EventId::parse(id)
+                .map_err(FieldError::from)
+                .and(if too_long {
                     Err(FieldError::ShownId(id.len()))
                 } else {
                     Ok(())
-                }
-            });
+                });
             if let Err(source) = checked {
                 return Err(EventError::InvalidShown {
                     index,

@@ -91,7 +91,7 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let route = route::check_header_size(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .and_then(|()| {
             route::route(
-                &req.method().to_string(),
+                req.method().as_ref(),
                 url.path(),
                 url.query(),
                 cfg.default_n,
@@ -177,6 +177,7 @@ fn error_response(
     json_response(e.status(), &headers, &e.body())
 }
 
+#[allow(clippy::too_many_arguments)] // the facts of one tier fetch; grouping them would be a struct used once
 async fn fetch_tier(
     tier: Tier,
     cache: &Cache,
@@ -303,7 +304,7 @@ async fn recommendations(
                 cache_ttl_s,
             } => {
                 if let Some(ttl) = cache_ttl_s {
-                    tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, &cfg).await;
+                    tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, cfg).await;
                 }
                 if let Tier::Origin(i) = tier {
                     served_by_origin = cfg
