@@ -7,7 +7,8 @@
 //!   hosts do not multiply entries) and follow the region (a popular fallback cached
 //!   for Europe is not served to Asia);
 //! - oversized headers and dot-segment paths get JSON errors;
-//! - writes go through again as soon as a region's only origin is back.
+//! - writes go through again as soon as a region's only origin is back;
+//! - writes carry the bearer token, the client key and ids a failover reuses.
 //!
 //! Most tests share one stack; the ones that need their own config or stop the origin
 //! start their own.
@@ -261,5 +262,105 @@ fn an_event_is_accepted_within_seconds_after_the_regions_only_origin_returns() {
     eprintln!(
         "event accepted {:?} after the origin returned",
         back.elapsed()
+    );
+}
+
+/// What the recorder took on `path`, waiting up to `within` for at least one request.
+fn took(
+    seen: &std::sync::Mutex<Vec<e2e::Recorded>>,
+    path: &str,
+    within: Duration,
+) -> Vec<e2e::Recorded> {
+    let started = Instant::now();
+    loop {
+        let found: Vec<e2e::Recorded> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.head.starts_with(&format!("POST {path} ")))
+            .cloned()
+            .collect();
+        if !found.is_empty() || started.elapsed() > within {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn writes_to_the_origin_carry_the_bearer_the_client_key_and_ids_that_a_failover_reuses() {
+    let mut stack = Stack::start(StackOptions {
+        users: 30,
+        items: 30,
+        origins: vec!["europe", "us-east"],
+        vars: vec![("IMPRESSION_FLUSH_MS", "100".to_string())],
+        ..Default::default()
+    });
+    stack.publish("cdn", None);
+    let user = stack.cdn_users()[0].clone();
+    stack.publish("kv", Some(std::slice::from_ref(&user)));
+    // Europe's origin fails every write; us-east takes them.
+    stack.stop_origin(0);
+    stack.stop_origin(1);
+    let failing = e2e::recording_origin(stack.origin_port(0), 503);
+    let taking = e2e::recording_origin(stack.origin_port(1), 202);
+
+    let r = post_event(&stack, EU_IP, "u-recorded");
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    let (first, second) = (
+        took(&failing, "/v1/events", Duration::from_secs(5)),
+        took(&taking, "/v1/events", Duration::from_secs(5)),
+    );
+    assert_eq!((first.len(), second.len()), (1, 1), "one failover");
+    let ids: Vec<String> = [&first[0], &second[0]]
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            body["events"][0]["event_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        !ids[0].is_empty(),
+        "the edge gave the event an id: {}",
+        first[0].body
+    );
+    assert_eq!(ids[0], ids[1], "the failover resent the same id");
+    let w = &second[0];
+    assert_eq!(
+        w.header("authorization").as_deref(),
+        Some(format!("Bearer {}", e2e::ADMIN_TOKEN).as_str())
+    );
+    let client = w.header("x-edge-client").unwrap_or_default();
+    assert!(
+        client.len() == 16 && client.bytes().all(|b| b.is_ascii_hexdigit()),
+        "X-Edge-Client {client:?}"
+    );
+    assert!(
+        !w.head.contains(EU_IP) && !w.body.contains(EU_IP),
+        "the raw IP left the edge"
+    );
+
+    // An answer's impressions carry an id and the bearer too.
+    let r = stack.get_as(&format!("/v1/recommendations/{user}"), EU_IP);
+    assert_eq!(r.status(), 200);
+    // The next answer finds the first one waiting past IMPRESSION_FLUSH_MS and sends.
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = stack.get_as(&format!("/v1/recommendations/{user}"), EU_IP);
+    let sent = took(&taking, "/v1/impressions", Duration::from_secs(10));
+    let batch = sent
+        .first()
+        .expect("an impressions batch reached the origin");
+    let body: serde_json::Value = serde_json::from_str(&batch.body).unwrap();
+    let id = body["shown"][0]["id"].as_str().unwrap_or("");
+    assert!(
+        id.len() >= 17,
+        "the answer has an id of 64 bits or more: {body}"
+    );
+    assert_eq!(
+        batch.header("authorization").as_deref(),
+        Some(format!("Bearer {}", e2e::ADMIN_TOKEN).as_str())
     );
 }

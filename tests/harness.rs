@@ -716,3 +716,77 @@ pub fn raw_request(port: u16, raw: &[u8]) -> (u16, String) {
         .to_string();
     (status, body)
 }
+
+/// One request a [`recording_origin`] took: its request line and headers (as sent), and
+/// its body.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub head: String,
+    pub body: String,
+}
+
+impl Recorded {
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// An HTTP/1.1 server on `127.0.0.1:port` standing in for an origin: it answers every
+/// request with `status` and `{}` and keeps what it took, so a test can see what the
+/// edge sends (start it after the real origin on that port is stopped).
+pub fn recording_origin(port: u16, status: u16) -> std::sync::Arc<Mutex<Vec<Recorded>>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener =
+        TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).expect("bind recorder");
+    let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone stream");
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut head = String::new();
+                    let mut content_length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line.trim_end().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.trim().eq_ignore_ascii_case("content-length") {
+                                content_length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = vec![0u8; content_length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    keep.lock().unwrap().push(Recorded {
+                        head,
+                        body: String::from_utf8_lossy(&body).to_string(),
+                    });
+                    let answer = format!(
+                        "HTTP/1.1 {status} Recorded\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+                    );
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
