@@ -9,8 +9,11 @@
 //!   default build (from KV) and, when given, a build with the database embedded.
 //!
 //! Usage: `edge-bench [--worker PATH/index.js] [--embedded-worker PATH/index.js]
-//! [--seconds 10]`; prints markdown. `--worker` runs the hit measurements on another
-//! build than `edge/build` (to compare a change against main in the same session).
+//! [--seconds 10] [--rate-limiter]`; prints markdown. `--worker` runs the hit
+//! measurements on another build than `edge/build` (to compare a change against main in
+//! the same session). `--rate-limiter` measures instead the edge-cache hit with the
+//! `EVENTS_LIMITER` rate limiting binding bound and without it (impressions off), in one
+//! run, alternating hit and floor as above.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -151,6 +154,9 @@ fn main() {
             .cloned()
     };
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10);
+    if args.iter().any(|a| a == "--rate-limiter") {
+        return rate_limiter_run(seconds, arg("--worker"));
+    }
 
     // Impressions off first (the cache hit alone), then on (each answer also records its
     // items and a batch goes to the origin when IMPRESSION_BATCH impressions are waiting),
@@ -259,4 +265,64 @@ fn main() {
             first - next
         );
     }
+}
+
+/// Median (req/s, p50 ms, p99 ms) of two alternating wrk runs each of the floor
+/// (`/health`) and of a warm edge-cache hit, on a fresh stack.
+fn hit_and_floor(opts: StackOptions, seconds: u64) -> ((f64, f64, f64), (f64, f64, f64)) {
+    let stack = Stack::start(opts);
+    stack.publish("kv", None);
+    let path = "/v1/recommendations/u1";
+    let _ = stack.get(path);
+    let _ = stack.get(path);
+    assert_eq!(header(&stack.get(path), "x-cache"), "HIT", "warm-up missed");
+    let (mut floor, mut hits) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        floor.push(wrk(&stack.edge_url("/health"), seconds));
+        hits.push(wrk(&stack.edge_url(path), seconds));
+    }
+    let m = |v: &[WrkResult]| {
+        (
+            median(v.iter().map(|r| r.rps).collect()),
+            median(v.iter().map(|r| r.p50_ms).collect()),
+            median(v.iter().map(|r| r.p99_ms).collect()),
+        )
+    };
+    (m(&floor), m(&hits))
+}
+
+/// `--rate-limiter`: the hit with and without the `EVENTS_LIMITER` binding.
+fn rate_limiter_run(seconds: u64, worker: Option<String>) {
+    let limiter = "[[ratelimits]]\nname = \"EVENTS_LIMITER\"\nnamespace_id = \"1001\"\n\
+                   simple = { limit = 100, period = 60 }\n";
+    let mut rows = Vec::new();
+    for on in [false, true] {
+        let opts = StackOptions {
+            users: 200,
+            items: 120,
+            vars: vec![("IMPRESSIONS", "false".to_string())],
+            worker: worker.clone().map(Into::into),
+            extra_config: if on {
+                limiter.to_string()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        };
+        rows.push((on, hit_and_floor(opts, seconds)));
+    }
+    println!("### Edge-cache hit with the rate limiter bound and without (wrk -t2 -c32 -d{seconds}s, median of 2 alternating runs, impressions off)\n");
+    println!("| rate limiter | route | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
+    for (on, ((f_rps, f_p50, f_p99), (h_rps, h_p50, h_p99))) in &rows {
+        let on = if *on { "on" } else { "off" };
+        println!("| {on} | `/health` (floor) | {f_rps:.0} | {f_p50:.1} | {f_p99:.1} |");
+        println!("| {on} | edge-cache hit | {h_rps:.0} | {h_p50:.1} | {h_p99:.1} |");
+    }
+    let hit = |i: usize| rows[i].1 .1 .0;
+    let floor = |i: usize| rows[i].1 .0 .0;
+    println!(
+        "\nHit throughput, limiter on / off: {:.2}× (the floor: {:.2}×).",
+        hit(1) / hit(0),
+        floor(1) / floor(0)
+    );
 }

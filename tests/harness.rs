@@ -187,6 +187,9 @@ pub struct StackOptions {
     /// Network latency between the edge and its origins: the edge reaches each origin
     /// through a [`laggy_link`] that holds every request this long.
     pub origin_latency: Option<Duration>,
+    /// TOML appended to the worker's config after `[vars]` (bindings such as
+    /// `[[ratelimits]]`).
+    pub extra_config: String,
 }
 
 impl Default for StackOptions {
@@ -199,6 +202,7 @@ impl Default for StackOptions {
             vars: Vec::new(),
             worker: None,
             origin_latency: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -295,6 +299,7 @@ impl Stack {
         for (k, v) in &opts.vars {
             vars.push_str(&format!("{k} = \"{v}\"\n"));
         }
+        vars.push_str(&opts.extra_config);
         let config = dir.path().join("wrangler.toml");
         fs::write(
             &config,
@@ -831,4 +836,101 @@ impl LoneOrigin {
             .and_then(|r| r.json())
             .unwrap_or_else(|e| panic!("health: {e}; log:\n{}", self.proc.log_tail()))
     }
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request, as bytes) to `127.0.0.1:port` and returns the
+/// status and body of the answer (for requests a client library would rewrite, such as
+/// a path with dot segments).
+pub fn raw_request(port: u16, raw: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(raw).expect("send");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// One request a [`recording_origin`] took: its request line and headers (as sent), and
+/// its body.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub head: String,
+    pub body: String,
+}
+
+impl Recorded {
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// An HTTP/1.1 server on `127.0.0.1:port` standing in for an origin: it answers every
+/// request with `status` and `{}` and keeps what it took, so a test can see what the
+/// edge sends (start it after the real origin on that port is stopped).
+pub fn recording_origin(port: u16, status: u16) -> std::sync::Arc<Mutex<Vec<Recorded>>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener =
+        TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).expect("bind recorder");
+    let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone stream");
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut head = String::new();
+                    let mut content_length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line.trim_end().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.trim().eq_ignore_ascii_case("content-length") {
+                                content_length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = vec![0u8; content_length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    keep.lock().unwrap().push(Recorded {
+                        head,
+                        body: String::from_utf8_lossy(&body).to_string(),
+                    });
+                    let answer = format!(
+                        "HTTP/1.1 {status} Recorded\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+                    );
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    seen
 }

@@ -1,5 +1,7 @@
 //! Bodies of the edge's admin routes, which the origin calls to publish into KV and
 //! to drop edge-cache entries. Both routes need `Authorization: Bearer <ADMIN_TOKEN>`.
+//! Both bodies are closed: unknown fields are refused, and readers parse them with
+//! [`crate::json::from_slice`] (no duplicate keys).
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +14,7 @@ pub const MAX_PURGE_IDS: usize = 1000;
 /// Largest admin request body the edge reads, in bytes.
 pub const MAX_ADMIN_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// `user_id` of a stored popular list; the edge replaces it with the caller's id.
-pub const POPULAR_USER_ID: &str = "*";
+pub use crate::doc::POPULAR_USER_ID;
 
 /// `POST /admin/publish`: write documents into KV.
 ///
@@ -21,6 +23,7 @@ pub const POPULAR_USER_ID: &str = "*";
 /// after the writes, so a publish sends its batches without `activate` and flips
 /// the pointer with its last request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     #[serde(default)]
     pub tenant: Option<String>,
@@ -45,6 +48,7 @@ pub struct PublishResponse {
 
 /// `POST /admin/purge`: drop edge-cache entries of these users.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
     #[serde(default)]
     pub tenant: Option<String>,

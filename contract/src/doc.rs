@@ -1,7 +1,49 @@
 //! The recommendation document, as stored in KV and the secondary CDN and returned
 //! by the origin, and the form in which the edge serves it.
+//!
+//! [`RecommendationDoc::validate`] is what a reader checks before it stores or serves a
+//! document (the edge's admin publish and every tier it reads), and [`parse_doc`] reads
+//! one from bytes: at most [`MAX_DOC_BYTES`], no duplicate keys, then validated.
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{IdError, ItemId, Region, Tenant, UserId, MAX_N};
+
+/// Largest stored document accepted, in bytes: 100 items with 128-byte ids and
+/// 200-byte reasons are about 40 KB.
+pub const MAX_DOC_BYTES: usize = 64 * 1024;
+/// Longest `model_version`.
+pub const MAX_MODEL_VERSION_LEN: usize = 200;
+/// Longest `reason` of an item.
+pub const MAX_REASON_LEN: usize = 200;
+/// `user_id` of a stored popular list (re-addressed to the caller when served).
+pub const POPULAR_USER_ID: &str = "*";
+
+/// Why a document is refused.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum DocError {
+    #[error("document is {0} bytes; at most {MAX_DOC_BYTES} are allowed")]
+    TooLarge(usize),
+    #[error("not a recommendation document: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Id(#[from] IdError),
+    #[error("region: {0}")]
+    Region(String),
+    #[error("{0} items; at most {MAX_N} are allowed")]
+    TooManyItems(usize),
+    #[error("items[{index}] has a score that is not a finite number")]
+    Score { index: usize },
+    #[error("items[{index}]: {source}")]
+    Item { index: usize, source: IdError },
+    #[error("items[{index}] has a reason longer than {MAX_REASON_LEN} bytes")]
+    Reason { index: usize },
+    #[error(
+        "model_version is longer than {MAX_MODEL_VERSION_LEN} bytes or has control characters"
+    )]
+    ModelVersion,
+}
 
 /// One recommended item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +82,51 @@ impl RecommendationDoc {
     pub fn stale_until(&self) -> u64 {
         self.fresh_until().saturating_add(self.stale_for_s)
     }
+
+    /// Checks what a reader relies on: tenant, user (or [`POPULAR_USER_ID`]) and item ids
+    /// by the id rules, a region name, at most [`MAX_N`] items with finite scores, and
+    /// bounded free text.
+    pub fn validate(&self) -> Result<(), DocError> {
+        Tenant::parse(&self.tenant)?;
+        if self.user_id != POPULAR_USER_ID {
+            UserId::parse(&self.user_id)?;
+        }
+        Region::parse(&self.region).map_err(|e| DocError::Region(e.to_string()))?;
+        if self.items.len() > MAX_N {
+            return Err(DocError::TooManyItems(self.items.len()));
+        }
+        for (index, item) in self.items.iter().enumerate() {
+            ItemId::parse(&item.item_id).map_err(|source| DocError::Item { index, source })?;
+            if !item.score.is_finite() {
+                return Err(DocError::Score { index });
+            }
+            if item
+                .reason
+                .as_ref()
+                .is_some_and(|r| r.len() > MAX_REASON_LEN)
+            {
+                return Err(DocError::Reason { index });
+            }
+        }
+        if self.model_version.len() > MAX_MODEL_VERSION_LEN
+            || self.model_version.chars().any(char::is_control)
+        {
+            return Err(DocError::ModelVersion);
+        }
+        Ok(())
+    }
+}
+
+/// Reads a stored document: at most [`MAX_DOC_BYTES`], strict JSON (no duplicate keys),
+/// then [`RecommendationDoc::validate`].
+pub fn parse_doc(bytes: &[u8]) -> Result<RecommendationDoc, DocError> {
+    if bytes.len() > MAX_DOC_BYTES {
+        return Err(DocError::TooLarge(bytes.len()));
+    }
+    let doc: RecommendationDoc =
+        crate::json::from_slice(bytes).map_err(|e| DocError::Json(e.to_string()))?;
+    doc.validate()?;
+    Ok(doc)
 }
 
 /// Where the edge found the answer it served.
@@ -153,6 +240,56 @@ mod tests {
         let d = sample();
         assert_eq!(d.fresh_until(), 1_764_237_900);
         assert_eq!(d.stale_until(), 1_764_237_900 + 86_400);
+    }
+
+    #[test]
+    fn a_valid_document_passes_and_each_broken_field_is_named() {
+        assert_eq!(sample().validate(), Ok(()));
+        let popular = RecommendationDoc {
+            user_id: POPULAR_USER_ID.into(),
+            ..sample()
+        };
+        assert_eq!(popular.validate(), Ok(()));
+        type Breaks = fn(&mut RecommendationDoc);
+        let broken: [(Breaks, &str); 8] = [
+            (|d| d.items[0].item_id = "../../x".into(), "items[0]"),
+            (|d| d.items[0].score = f64::NAN, "finite"),
+            (|d| d.items[0].score = f64::INFINITY, "finite"),
+            (|d| d.user_id = "a/b".into(), "user id"),
+            (|d| d.tenant = "Shop".into(), "tenant"),
+            (|d| d.region = "../eu".into(), "region"),
+            (
+                |d| d.items = vec![d.items[0].clone(); MAX_N + 1],
+                "101 items",
+            ),
+            (|d| d.model_version = "m\u{7}".into(), "model_version"),
+        ];
+        for (break_it, says) in broken {
+            let mut d = sample();
+            break_it(&mut d);
+            let e = d.validate().unwrap_err();
+            assert!(e.to_string().contains(says), "{e} should mention {says}");
+        }
+    }
+
+    #[test]
+    fn parse_doc_refuses_oversize_duplicate_keys_and_invalid_documents() {
+        let text = serde_json::to_vec(&sample()).unwrap();
+        assert_eq!(parse_doc(&text).unwrap(), sample());
+        let mut big = text.clone();
+        big.truncate(big.len() - 1);
+        big.extend(format!(r#","pad":"{}"}}"#, "x".repeat(MAX_DOC_BYTES)).bytes());
+        assert!(matches!(parse_doc(&big), Err(DocError::TooLarge(_))));
+        let dup =
+            String::from_utf8(text.clone())
+                .unwrap()
+                .replacen("{", r#"{"tenant":"other","#, 1);
+        assert!(matches!(parse_doc(dup.as_bytes()), Err(DocError::Json(_))));
+        let bad = String::from_utf8(text).unwrap().replace("i42", "../../x");
+        assert!(matches!(
+            parse_doc(bad.as_bytes()),
+            Err(DocError::Item { .. })
+        ));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   items in order); [`parse_impressions`] validates it all or nothing and expands each
 //!   item into the `recommendation_viewed` [`Event`] `/v1/events` would have stored.
 //! - `POST /v1/analytics/edge-report`: an [`EdgeReport`] of the edge's cache counters
-//!   (`Authorization: Bearer <ADMIN_TOKEN>`).
+//!   (`Authorization: Bearer <ADMIN_TOKEN>`), read with [`parse_edge_report`] (at most
+//!   [`MAX_REPORT_REQUESTS`] requests, hits at most requests).
+//! - Every body here is closed: unknown fields and duplicate keys are refused.
 //! - [`weight`]: what an event counts for in a user's history.
 
 use serde::{Deserialize, Serialize};
@@ -156,6 +158,67 @@ pub struct EdgeReport {
     pub hits: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+}
+
+/// Most requests one edge report may count. An isolate reports at least every
+/// `IMPRESSION_FLUSH_MS` (at most 10 minutes) while it has traffic, so ten million is
+/// far above what one isolate serves between two reports; a bigger count is a forged or
+/// corrupted report, not traffic.
+pub const MAX_REPORT_REQUESTS: u64 = 10_000_000;
+
+/// Why an edge report is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReportError {
+    #[error("bad report body: {0}")]
+    Body(String),
+    #[error("requests {0} is more than the {MAX_REPORT_REQUESTS} one report may count")]
+    TooManyRequests(u64),
+    #[error("hits {hits} is more than requests {requests}")]
+    HitsAboveRequests { hits: u64, requests: u64 },
+    #[error("region: {0}")]
+    Region(String),
+}
+
+impl ReportError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReportError::Body(_) => "invalid_body",
+            ReportError::Region(_) => "invalid_region",
+            ReportError::TooManyRequests(_) | ReportError::HitsAboveRequests { .. } => {
+                "implausible_report"
+            }
+        }
+    }
+}
+
+impl EdgeReport {
+    /// Plausibility: hits ≤ requests ≤ [`MAX_REPORT_REQUESTS`], a region name if given.
+    /// A report that passes can be added to `u64` totals for 1.8 × 10¹² reports without
+    /// overflowing (callers still add with `saturating_add`).
+    pub fn validate(&self) -> Result<(), ReportError> {
+        if self.requests > MAX_REPORT_REQUESTS {
+            return Err(ReportError::TooManyRequests(self.requests));
+        }
+        if self.hits > self.requests {
+            return Err(ReportError::HitsAboveRequests {
+                hits: self.hits,
+                requests: self.requests,
+            });
+        }
+        if let Some(r) = &self.region {
+            Region::parse(r).map_err(|e| ReportError::Region(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a `POST /v1/analytics/edge-report` body: strict JSON, then
+/// [`EdgeReport::validate`].
+pub fn parse_edge_report(bytes: &[u8]) -> Result<EdgeReport, ReportError> {
+    let report: EdgeReport =
+        crate::json::from_slice(bytes).map_err(|e| ReportError::Body(e.to_string()))?;
+    report.validate()?;
+    Ok(report)
 }
 
 /// Longest [`Shown::id`] (leaves room for the `-{j}` suffix within the id rules).
@@ -378,7 +441,7 @@ pub fn validate(raw: RawEvent, limits: &Limits<'_>) -> Result<Event, FieldError>
 /// [`MAX_EVENTS_PER_BATCH`] events. All or nothing.
 pub fn parse_body(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>, EventError> {
     let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| EventError::Body(e.to_string()))?;
+        crate::json::from_slice(bytes).map_err(|e| EventError::Body(e.to_string()))?;
     let raw: Vec<serde_json::Value> = match value {
         serde_json::Value::Object(mut map) if map.contains_key("events") => {
             if map.len() != 1 {
@@ -420,7 +483,7 @@ pub fn parse_body(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>, Event
 /// sent to `/v1/events`. All or nothing; an error names the answer and the item.
 pub fn parse_impressions(bytes: &[u8], limits: &Limits<'_>) -> Result<Vec<Event>, EventError> {
     let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| EventError::Body(e.to_string()))?;
+        crate::json::from_slice(bytes).map_err(|e| EventError::Body(e.to_string()))?;
     let raw = match value {
         serde_json::Value::Object(mut map) if map.len() == 1 => map.remove("shown"),
         _ => None,
@@ -548,6 +611,91 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"user_id":"u1","item_id":"i1","type":"view"}"#
         );
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits(regions: &RegionMap) -> Limits<'_> {
+        Limits {
+            now: 1_764_237_600,
+            max_future_s: 300,
+            regions,
+        }
+    }
+
+    #[test]
+    fn a_duplicate_key_refuses_an_event_or_impressions_body() {
+        let regions = RegionMap::builtin();
+        for body in [
+            r#"{"user_id":"u1","item_id":"i1","type":"view","user_id":"u2"}"#,
+            r#"{"events":[{"user_id":"u1","item_id":"i1","type":"view"}],"events":[]}"#,
+            r#"{"events":[{"user_id":"u1","item_id":"i1","item_id":"i2","type":"view"}]}"#,
+        ] {
+            let e = parse_body(body.as_bytes(), &limits(&regions)).unwrap_err();
+            assert_eq!(e.code(), "invalid_body", "{body}");
+            assert!(e.to_string().contains("duplicate key"), "{e}");
+        }
+        let shown = r#"{"shown":[{"user_id":"u1","user_id":"u2","source":"kv","region":"europe","timestamp":1764237000,"items":[{"item_id":"i1"}]}]}"#;
+        let e = parse_impressions(shown.as_bytes(), &limits(&regions)).unwrap_err();
+        assert_eq!(e.code(), "invalid_body");
+    }
+
+    #[test]
+    fn an_edge_report_with_impossible_counts_is_refused() {
+        let ok = parse_edge_report(br#"{"requests":10,"hits":7,"region":"europe"}"#).unwrap();
+        assert_eq!((ok.requests, ok.hits), (10, 7));
+        for (body, code) in [
+            (
+                format!(r#"{{"requests":{},"hits":0}}"#, u64::MAX),
+                "implausible_report",
+            ),
+            (
+                format!(r#"{{"requests":{},"hits":{}}}"#, u64::MAX, u64::MAX),
+                "implausible_report",
+            ),
+            (
+                r#"{"requests":5,"hits":6}"#.to_string(),
+                "implausible_report",
+            ),
+            (
+                r#"{"requests":5,"hits":1,"region":"../x"}"#.to_string(),
+                "invalid_region",
+            ),
+            (
+                r#"{"requests":5,"hits":1,"hits":5}"#.to_string(),
+                "invalid_body",
+            ),
+            (
+                r#"{"requests":5,"hits":1,"extra":1}"#.to_string(),
+                "invalid_body",
+            ),
+            (r#"{"requests":-1,"hits":0}"#.to_string(), "invalid_body"),
+        ] {
+            assert_eq!(
+                parse_edge_report(body.as_bytes()).unwrap_err().code(),
+                code,
+                "{body}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_report_is_accepted_exactly_when_its_counts_are_plausible(
+            requests in any::<u64>(), hits in any::<u64>(), small in 0u64..=MAX_REPORT_REQUESTS,
+        ) {
+            let r = EdgeReport { requests, hits, region: None };
+            prop_assert_eq!(
+                r.validate().is_ok(),
+                hits <= requests && requests <= MAX_REPORT_REQUESTS
+            );
+            let within = EdgeReport { requests: small, hits: small / 2, region: None };
+            prop_assert!(within.validate().is_ok());
+        }
     }
 }
 

@@ -15,15 +15,26 @@
 //! - `events`: live events (`POST /v1/events` at edge and origin): wire types, validation,
 //!   interaction weights; and the edge's cache report.
 //! - `region`: the country → region map shipped in `geo-data/`.
+//! - `auth`: the bearer-token check (scheme case-insensitive, constant-time compare).
+//! - `trace`: the W3C `traceparent` parser.
+//! - `params`: the `n` and `tenant` query rules.
+//! - `json`: strict JSON for closed bodies (duplicate keys refused).
 
 pub mod admin;
+pub mod auth;
 pub mod doc;
 pub mod events;
 pub mod ids;
+pub mod json;
 pub mod keys;
+pub mod params;
 pub mod region;
+pub mod trace;
 
-pub use doc::{ErrorBody, ErrorDetail, RecItem, RecommendationDoc, ServedDoc, Source};
+pub use doc::{
+    parse_doc, DocError, ErrorBody, ErrorDetail, RecItem, RecommendationDoc, ServedDoc, Source,
+    MAX_DOC_BYTES,
+};
 pub use ids::{EventId, IdError, ItemId, Tenant, UserId};
 pub use region::{Region, RegionMap};
 

@@ -1,13 +1,13 @@
-//! The admin routes' logic: the bearer-token check (constant time) and the
-//! validation of publish and purge bodies into KV writes and cache deletions.
+//! The admin routes' logic: the bearer-token check (the contract's, constant time) and
+//! the validation of publish and purge bodies (strict JSON, the contract's document
+//! rules) into KV writes and cache deletions.
 
 use contract::admin::{
     PublishRequest, PurgeRequest, MAX_ADMIN_BODY_BYTES, MAX_PUBLISH_DOCS, MAX_PURGE_IDS,
     POPULAR_USER_ID,
 };
 use contract::keys::{self, Generation};
-use contract::{RecommendationDoc, Region, Tenant, UserId, MAX_N};
-use subtle::ConstantTimeEq;
+use contract::{RecommendationDoc, Region, Tenant, UserId};
 
 use crate::error::EdgeError;
 
@@ -16,29 +16,20 @@ pub const FIRST_GENERATION: &str = "g0-0";
 /// KV's shortest allowed expiration TTL.
 pub const KV_MIN_TTL_S: u64 = 60;
 
-/// Checks `Authorization: Bearer <token>` against the configured token in constant
-/// time (only the length of a wrong token can leak, never its content).
+/// Checks `Authorization: Bearer <token>` against the configured token with the
+/// contract's rule ([`contract::auth::check_bearer`]: any case of `Bearer`, constant time).
 pub fn authorize(authorization: Option<&str>, admin_token: Option<&str>) -> Result<(), EdgeError> {
-    let expected = admin_token.ok_or(EdgeError::AdminDisabled)?;
-    let given = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
-    } else {
-        Err(EdgeError::Unauthorized)
-    }
+    Ok(contract::auth::check_bearer(authorization, admin_token)?)
 }
 
-/// Parses an admin body, refusing oversized ones.
+/// Parses an admin body, refusing oversized ones, duplicate keys and unknown fields.
 pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, EdgeError> {
     if bytes.len() > MAX_ADMIN_BODY_BYTES {
         return Err(EdgeError::PayloadTooLarge {
             max: MAX_ADMIN_BODY_BYTES,
         });
     }
-    serde_json::from_slice(bytes).map_err(|e| EdgeError::BadBody(e.to_string()))
+    contract::json::from_slice(bytes).map_err(|e| EdgeError::BadBody(e.to_string()))
 }
 
 /// One KV write of a publish.
@@ -74,10 +65,13 @@ fn check_doc(doc: &RecommendationDoc, tenant: &Tenant, what: &str) -> Result<Reg
             doc.tenant
         )));
     }
-    if doc.items.len() > MAX_N {
+    doc.validate()
+        .map_err(|e| EdgeError::BadBody(format!("{what}: {e}")))?;
+    let size = serde_json::to_vec(doc).map_or(usize::MAX, |b| b.len());
+    if size > contract::MAX_DOC_BYTES {
         return Err(EdgeError::BadBody(format!(
-            "{what} has {} items; at most {MAX_N} are allowed",
-            doc.items.len()
+            "{what} is {size} bytes; at most {} are allowed",
+            contract::MAX_DOC_BYTES
         )));
     }
     if doc.fresh_for_s == 0 {
@@ -189,6 +183,10 @@ mod tests {
     #[test]
     fn only_the_exact_bearer_token_is_accepted() {
         assert!(authorize(Some("Bearer s3cret"), Some("s3cret")).is_ok());
+        assert!(
+            authorize(Some("bearer s3cret"), Some("s3cret")).is_ok(),
+            "the scheme is case-insensitive (RFC 7235), as at the origin"
+        );
         for bad in [
             None,
             Some("s3cret"),
@@ -269,6 +267,56 @@ mod tests {
         ] {
             assert_eq!(publish_plan(req, None, 0).unwrap_err().status(), 400);
         }
+    }
+
+    #[test]
+    fn a_publish_of_bad_item_ids_bad_scores_or_an_oversize_document_is_refused() {
+        let item = |id: &str, score: f64| contract::RecItem {
+            item_id: id.into(),
+            score,
+            reason: None,
+        };
+        let with_items = |items| PublishRequest {
+            documents: vec![RecommendationDoc { items, ..doc("u1") }],
+            ..Default::default()
+        };
+        for items in [
+            vec![item("../../x", 1.0)],
+            vec![item("i1", f64::NAN)],
+            vec![item("i1", 1.0); contract::MAX_N + 1],
+        ] {
+            let e = publish_plan(with_items(items), None, 0).unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+        }
+        let reason = Some("r".repeat(contract::doc::MAX_REASON_LEN));
+        let long = contract::RecItem {
+            reason,
+            ..item(&"i".repeat(contract::ids::MAX_ID_LEN), 1.0)
+        };
+        let mut big = with_items(vec![long; contract::MAX_N]);
+        big.documents[0].model_version = "m".repeat(contract::doc::MAX_MODEL_VERSION_LEN);
+        assert!(
+            publish_plan(big, None, 0).is_ok(),
+            "the largest valid document fits"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_unknown_fields_in_admin_bodies_are_refused() {
+        for body in [
+            &br#"{"user_ids":["u1"],"user_ids":["u2"]}"#[..],
+            br#"{"user_ids":["u1"],"tenant":"a","tenant":"b"}"#,
+            br#"{"user_ids":["u1"],"surprise":true}"#,
+        ] {
+            let e = parse_body::<PurgeRequest>(body).unwrap_err();
+            assert_eq!(
+                e.code(),
+                "invalid_body",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(parse_body::<PurgeRequest>(br#"{"user_ids":["u1"]}"#).is_ok());
     }
 
     #[test]

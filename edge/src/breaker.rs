@@ -3,6 +3,13 @@
 //! success or open again on its failure. While open, the origin is skipped without
 //! waiting for a timeout. Time is passed in (milliseconds); the glue keeps one breaker
 //! per origin URL per isolate.
+//!
+//! Reads have fallbacks (stale copies, popular lists), writes do not: when every origin
+//! of a write's region is open, [`last_resort`] picks the one that has been refusing
+//! longest and the write goes there anyway as its probe ([`Breaker::force_probe`]). A
+//! region whose only origin was down for 5 s thus takes writes again as soon as it is
+//! back, not `BREAKER_OPEN_S` later; while it is down, each such write costs one failed
+//! attempt, which is all it could have had anyway.
 
 /// Breaker settings (`BREAKER_FAILURES`, `BREAKER_OPEN_S`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,6 +108,24 @@ impl Breaker {
         }
     }
 
+    /// Since when the breaker has been refusing requests (open, or probing), in ms;
+    /// `None` while closed.
+    pub fn refusing_since(&self) -> Option<f64> {
+        match self.state {
+            BreakerState::Closed { .. } => None,
+            BreakerState::Open { since_ms } => Some(since_ms),
+            BreakerState::HalfOpen { probe_started_ms } => Some(probe_started_ms),
+        }
+    }
+
+    /// Lets one request through although the breaker refuses: a write's last resort.
+    /// It is the breaker's probe: its result closes or reopens it.
+    pub fn force_probe(&mut self, now_ms: f64) {
+        self.state = BreakerState::HalfOpen {
+            probe_started_ms: now_ms,
+        };
+    }
+
     pub fn on_success(&mut self) {
         self.state = BreakerState::Closed {
             consecutive_failures: 0,
@@ -121,6 +146,18 @@ impl Breaker {
             }
         };
     }
+}
+
+/// For a write every candidate refused: the index of the breaker that has been refusing
+/// longest (`None` when the list is empty or some breaker is closed, so it was not
+/// refused).
+pub fn last_resort(breakers: &[&Breaker]) -> Option<usize> {
+    let since: Option<Vec<f64>> = breakers.iter().map(|b| b.refusing_since()).collect();
+    since?
+        .into_iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -188,6 +225,41 @@ mod tests {
         (0..3).for_each(|_| b.on_failure(0.0));
         assert_eq!(b.permit(1000.0), Permit::Probe);
         assert_eq!(b.permit(2000.0), Permit::Probe);
+    }
+
+    #[test]
+    fn the_last_resort_is_the_breaker_that_has_refused_longest() {
+        let (mut a, mut b) = (breaker(), breaker());
+        (0..3).for_each(|_| b.on_failure(100.0));
+        (0..3).for_each(|_| a.on_failure(200.0));
+        assert_eq!(last_resort(&[&a, &b]), Some(1));
+        assert_eq!(last_resort(&[&a, &breaker()]), None, "one is closed");
+        assert_eq!(last_resort(&[]), None);
+    }
+
+    #[test]
+    fn a_write_gets_through_once_the_only_origin_is_back_not_a_wait_later() {
+        let mut b = Breaker::new(BreakerConfig {
+            failure_threshold: 5,
+            open_for_ms: 60_000.0,
+        });
+        // A 5 s outage: writes fail and open the breaker.
+        for t in 0..5 {
+            assert_eq!(b.permit(t as f64 * 100.0), Permit::Allow);
+            b.on_failure(t as f64 * 100.0);
+        }
+        assert_eq!(b.permit(1_000.0), Permit::Deny);
+        // Still down at 3 s: the last-resort attempt fails and reopens it.
+        assert_eq!(last_resort(&[&b]), Some(0));
+        b.force_probe(3_000.0);
+        b.on_failure(3_100.0);
+        assert_eq!(b.state, BreakerState::Open { since_ms: 3_100.0 });
+        // Back at 5 s, 55 s before the breaker would let a probe through by itself.
+        assert_eq!(b.permit(5_500.0), Permit::Deny);
+        assert_eq!(last_resort(&[&b]), Some(0));
+        b.force_probe(5_500.0);
+        b.on_success();
+        assert_eq!(b.permit(5_600.0), Permit::Allow);
     }
 
     proptest! {

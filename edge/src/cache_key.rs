@@ -1,23 +1,37 @@
 //! Edge-cache keys.
 //!
-//! A key names one user's document of one tenant, and nothing else: not `n` (the
-//! whole document is cached and cut to `n` when served), not the order of query
-//! parameters, not headers. The Cache API wants a URL, so keys live under the
-//! worker's own origin (which keeps them purgeable by URL in production) in a path
-//! no route serves.
+//! A key names what the answer depends on, and nothing else: the tenant, the user and
+//! the caller's region (the origin answers a user it does not know with the region's
+//! popular list, so a copy fetched for Europe must not be served to Asia). Not `n`
+//! (the whole document is cached and cut to `n` when served), not the order of query
+//! parameters, and never a header: keys live under the configured canonical host
+//! (`CACHE_HOST`), not the `Host` the client sent, so random hosts cannot multiply
+//! entries and a purge reaches every copy. The Cache API wants a URL; keys sit in a
+//! path no route serves.
 
-use contract::{Tenant, UserId};
+use contract::{Region, Tenant, UserId};
 
 /// Path prefix of cache keys; no route answers under it.
-pub const CACHE_KEY_PREFIX: &str = "/__edge-cache/v1";
+pub const CACHE_KEY_PREFIX: &str = "/__edge-cache/v2";
 
-/// The cache key of a user's document, under the worker's origin
-/// (`scheme://host[:port]`, without a trailing slash).
-pub fn user_doc_key(worker_origin: &str, tenant: &Tenant, user: &UserId) -> String {
+/// The cache key of a user's document for callers of `region`, under `cache_host`.
+pub fn user_doc_key(cache_host: &str, tenant: &Tenant, region: &Region, user: &UserId) -> String {
     format!(
-        "{}{CACHE_KEY_PREFIX}/t/{tenant}/u/{user}",
-        worker_origin.trim_end_matches('/')
+        "https://{cache_host}{CACHE_KEY_PREFIX}/t/{tenant}/r/{}/u/{user}",
+        region.as_str()
     )
+}
+
+/// Every key a user's document may be cached under (one per region), for a purge.
+pub fn user_doc_keys<'a>(
+    cache_host: &'a str,
+    tenant: &'a Tenant,
+    regions: impl IntoIterator<Item = &'a Region> + 'a,
+    user: &'a UserId,
+) -> impl Iterator<Item = String> + 'a {
+    regions
+        .into_iter()
+        .map(move |r| user_doc_key(cache_host, tenant, r, user))
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -26,31 +40,50 @@ mod tests {
     use crate::route::{route, Route};
     use proptest::prelude::*;
 
+    fn europe() -> Region {
+        Region::parse("europe").unwrap()
+    }
+
     fn key_of(path_and_query: (&str, Option<&str>)) -> String {
         let Route::Recommendations(r) =
             route("GET", path_and_query.0, path_and_query.1, 10).unwrap()
         else {
             panic!()
         };
-        user_doc_key("https://edge.example", &r.tenant, &r.user)
+        user_doc_key("edge.example", &r.tenant, &europe(), &r.user)
     }
 
     #[test]
-    fn key_names_tenant_and_user_under_the_worker_origin() {
+    fn key_names_tenant_region_and_user_under_the_canonical_host() {
         let t = Tenant::parse("shop").unwrap();
         let u = UserId::parse("u1").unwrap();
         assert_eq!(
-            user_doc_key("http://127.0.0.1:8787/", &t, &u),
-            "http://127.0.0.1:8787/__edge-cache/v1/t/shop/u/u1"
+            user_doc_key("recs.example", &t, &europe(), &u),
+            "https://recs.example/__edge-cache/v2/t/shop/r/europe/u/u1"
         );
     }
 
     #[test]
-    fn tenants_never_share_a_key() {
+    fn tenants_and_regions_never_share_a_key() {
         let u = UserId::parse("u1").unwrap();
-        let a = user_doc_key("https://e", &Tenant::parse("a").unwrap(), &u);
-        let b = user_doc_key("https://e", &Tenant::parse("b").unwrap(), &u);
+        let a = user_doc_key("e", &Tenant::parse("a").unwrap(), &europe(), &u);
+        let b = user_doc_key("e", &Tenant::parse("b").unwrap(), &europe(), &u);
         assert_ne!(a, b);
+        let asia = Region::parse("asia").unwrap();
+        let c = user_doc_key("e", &Tenant::parse("a").unwrap(), &asia, &u);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_purge_names_the_key_of_every_region() {
+        let (t, u) = (Tenant::parse("a").unwrap(), UserId::parse("u1").unwrap());
+        let map = contract::RegionMap::builtin();
+        let regions = map.regions();
+        let keys: Vec<String> = user_doc_keys("e", &t, regions.iter(), &u).collect();
+        assert_eq!(keys.len(), regions.len());
+        for r in regions {
+            assert!(keys.contains(&user_doc_key("e", &t, r, &u)), "{r}");
+        }
     }
 
     proptest! {

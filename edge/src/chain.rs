@@ -253,15 +253,18 @@ impl Walk {
     }
 }
 
-/// Parses a document fetched from a tier and checks it is the one asked for, so a
-/// mix-up in a store can never serve one tenant's or user's list to another.
+/// Parses a document fetched from a tier with the contract's rules ([`contract::parse_doc`]:
+/// at most [`contract::MAX_DOC_BYTES`], no duplicate keys, valid ids, finite scores) and
+/// checks it is the one asked for, so a mix-up in a store can never serve one tenant's
+/// or user's list to another. A refused document is a failure of its tier: the walk
+/// goes on to the next one and it is never served.
 pub fn accept_doc(
     body: &str,
     tenant: &Tenant,
     user: &UserId,
 ) -> Result<RecommendationDoc, TierFailure> {
-    let doc: RecommendationDoc = serde_json::from_str(body)
-        .map_err(|e| TierFailure::BadDocument(format!("not a recommendation document: {e}")))?;
+    let doc = contract::parse_doc(body.as_bytes())
+        .map_err(|e| TierFailure::BadDocument(e.to_string()))?;
     if doc.tenant != tenant.as_str() || doc.user_id != user.as_str() {
         return Err(TierFailure::BadDocument(format!(
             "document is for tenant {:?} user {:?}, not {tenant}/{user}",
@@ -480,6 +483,35 @@ mod tests {
             accept_doc("<html>", &t, &u1),
             Err(TierFailure::BadDocument(_))
         ));
+    }
+
+    #[test]
+    fn an_oversize_or_invalid_document_is_a_failed_tier_and_the_walk_goes_on() {
+        let t = Tenant::parse("default").unwrap();
+        let u1 = UserId::parse("u1").unwrap();
+        let mut d = doc(1, 1);
+        d.items.push(contract::RecItem {
+            item_id: "../../x".into(),
+            score: 1.0,
+            reason: None,
+        });
+        let invalid = serde_json::to_string(&d).unwrap();
+        let body = serde_json::to_string(&doc(1, 1)).unwrap();
+        let oversize = format!(
+            "{},\"pad\":\"{}\"}}",
+            &body[..body.len() - 1],
+            "x".repeat(contract::MAX_DOC_BYTES)
+        );
+        for bad in [invalid, oversize] {
+            let f = accept_doc(&bad, &t, &u1).unwrap_err();
+            let mut w = Walk::new(vec![Tier::SecondaryCdn, Tier::Origin(0)], 300);
+            w.next_tier();
+            assert_eq!(
+                w.record(Tier::SecondaryCdn, TierResult::Failed(f), 1),
+                Step::Continue
+            );
+            assert_eq!(w.next_tier(), Some(Tier::Origin(0)));
+        }
     }
 
     fn popular(tenant: &str, generated_at: u64) -> RecommendationDoc {

@@ -26,7 +26,13 @@
 //! | `GENERATION_CACHE_S` | 5 | how long an isolate remembers a tenant's current KV generation |
 //! | `CORS_ALLOW_ORIGIN` | `*` | value of `Access-Control-Allow-Origin` |
 //! | `COUNTRY_REGIONS` | `geo-data/country-regions.json` | JSON override of the country → region map |
-//! | `ADMIN_TOKEN` (secret) | unset (admin routes answer 503) | bearer token for `/admin/*` |
+//! | `CACHE_HOST` | `edge-recs.invalid` | host of every edge-cache key (set it to your zone's host in production); the client's `Host` never enters a key |
+//! | `RATE_LIMIT_PERIOD_S` | 60 | the `simple.period` of the `EVENTS_LIMITER` rate limiting binding (10 or 60): a refused client gets `Retry-After` up to the end of the window |
+//! | `ADMIN_TOKEN` (secret) | unset (admin routes answer 503) | bearer token for `/admin/*`, sent to the origin on its writes and reports, and the key of the client hash |
+//!
+//! The rate limit itself is the binding's: `[[ratelimits]] name = "EVENTS_LIMITER"`,
+//! `simple = { limit = 100, period = 60 }` in `wrangler.toml` (100 `POST /v1/events`
+//! per client and minute); without the binding the route is not limited.
 
 use std::collections::BTreeMap;
 
@@ -67,7 +73,16 @@ pub struct EdgeConfig {
     pub cors_allow_origin: String,
     pub region_map: RegionMap,
     pub admin_token: Option<String>,
+    /// Host of every edge-cache key (`CACHE_HOST`).
+    pub cache_host: String,
+    /// The rate limiting binding's window (`RATE_LIMIT_PERIOD_S`).
+    pub rate_limit_period_s: u64,
+    /// SipHash keys of the client key, derived from `ADMIN_TOKEN`.
+    pub client_hash_keys: (u64, u64),
 }
+
+/// Default [`EdgeConfig::cache_host`]: a reserved name that is nobody's host.
+pub const DEFAULT_CACHE_HOST: &str = "edge-recs.invalid";
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
@@ -100,7 +115,31 @@ impl Default for EdgeConfig {
             cors_allow_origin: "*".into(),
             region_map: RegionMap::builtin(),
             admin_token: None,
+            cache_host: DEFAULT_CACHE_HOST.into(),
+            rate_limit_period_s: 60,
+            client_hash_keys: crate::client::hash_keys(None),
         }
+    }
+}
+
+fn cache_host(raw: Option<String>) -> Result<String, ConfigError> {
+    match raw
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+    {
+        None => Ok(DEFAULT_CACHE_HOST.into()),
+        Some(h)
+            if h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':') =>
+        {
+            Ok(h)
+        }
+        Some(h) => Err(ConfigError::Invalid {
+            var: "CACHE_HOST",
+            expected: "a host name (letters, digits, '.', '-', optional :port)",
+            got: h,
+        }),
     }
 }
 
@@ -249,6 +288,7 @@ impl EdgeConfig {
             ))?,
             None => d.region_origins,
         };
+        let admin_token = lookup("ADMIN_TOKEN").filter(|s| !s.is_empty());
         let trust_x_forwarded_for = flag(
             "TRUST_X_FORWARDED_FOR",
             lookup("TRUST_X_FORWARDED_FOR"),
@@ -353,7 +393,20 @@ impl EdgeConfig {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(d.cors_allow_origin),
             region_map,
-            admin_token: lookup("ADMIN_TOKEN").filter(|s| !s.is_empty()),
+            cache_host: cache_host(lookup("CACHE_HOST"))?,
+            rate_limit_period_s: match lookup("RATE_LIMIT_PERIOD_S").as_deref().map(str::trim) {
+                None | Some("") | Some("60") => 60,
+                Some("10") => 10,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "RATE_LIMIT_PERIOD_S",
+                        expected: "10 or 60 (the periods Cloudflare's rate limiter has)",
+                        got: other.into(),
+                    })
+                }
+            },
+            client_hash_keys: crate::client::hash_keys(admin_token.as_deref()),
+            admin_token,
         })
     }
 }
@@ -405,6 +458,27 @@ mod tests {
         assert!(cfg(&[("REGION_ORIGINS", r#"{"europe":["a","a"]}"#)]).is_err());
         assert!(cfg(&[("TRUST_X_FORWARDED_FOR", "yes")]).is_err());
         assert!(cfg(&[("BREAKER_FAILURES", "0")]).is_err());
+        assert!(cfg(&[("CACHE_HOST", "a/b")]).is_err());
+        assert!(cfg(&[("RATE_LIMIT_PERIOD_S", "30")]).is_err());
+    }
+
+    #[test]
+    fn the_cache_host_and_rate_limit_window_are_read() {
+        let c = cfg(&[
+            ("CACHE_HOST", " Recs.Example.com "),
+            ("RATE_LIMIT_PERIOD_S", "10"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.cache_host.as_str(), c.rate_limit_period_s),
+            ("recs.example.com", 10)
+        );
+        assert_eq!(cfg(&[]).unwrap().cache_host, DEFAULT_CACHE_HOST);
+        let keyed = cfg(&[("ADMIN_TOKEN", "t")]).unwrap();
+        assert_ne!(
+            keyed.client_hash_keys,
+            EdgeConfig::default().client_hash_keys
+        );
     }
 
     #[test]

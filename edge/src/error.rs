@@ -31,6 +31,10 @@ pub enum EdgeError {
     InvalidEvents { code: &'static str, message: String },
     #[error("request body is larger than {max} bytes")]
     PayloadTooLarge { max: usize },
+    #[error("request headers are {size} bytes; at most {max} are read")]
+    HeadersTooLarge { size: usize, max: usize },
+    #[error("too many requests from this client; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("no source could answer: {}", describe_attempts(.attempts))]
     Unavailable { attempts: Vec<Attempt> },
     #[error("edge misconfigured: {0}")]
@@ -62,6 +66,8 @@ impl EdgeError {
             EdgeError::NotFound { .. } => 404,
             EdgeError::MethodNotAllowed { .. } => 405,
             EdgeError::PayloadTooLarge { .. } => 413,
+            EdgeError::RateLimited { .. } => 429,
+            EdgeError::HeadersTooLarge { .. } => 431,
             EdgeError::Misconfigured(_) | EdgeError::Internal(_) => 500,
             EdgeError::AdminDisabled | EdgeError::Unavailable { .. } => 503,
         }
@@ -79,6 +85,8 @@ impl EdgeError {
             EdgeError::BadBody(_) => "invalid_body",
             EdgeError::InvalidEvents { code, .. } => code,
             EdgeError::PayloadTooLarge { .. } => "payload_too_large",
+            EdgeError::HeadersTooLarge { .. } => "headers_too_large",
+            EdgeError::RateLimited { .. } => "rate_limited",
             EdgeError::Unavailable { .. } => "unavailable",
             EdgeError::Misconfigured(_) => "misconfigured",
             EdgeError::Internal(_) => "internal",
@@ -96,6 +104,9 @@ impl EdgeError {
             EdgeError::MethodNotAllowed { allowed, .. } => vec![("Allow", (*allowed).to_string())],
             EdgeError::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_string())],
             EdgeError::Unavailable { .. } => vec![("Retry-After", "5".to_string())],
+            EdgeError::RateLimited { retry_after_s } => {
+                vec![("Retry-After", retry_after_s.to_string())]
+            }
             _ => vec![],
         }
     }
@@ -104,6 +115,15 @@ impl EdgeError {
 impl From<IdError> for EdgeError {
     fn from(e: IdError) -> Self {
         EdgeError::InvalidId(e)
+    }
+}
+
+impl From<contract::auth::AuthError> for EdgeError {
+    fn from(e: contract::auth::AuthError) -> Self {
+        match e {
+            contract::auth::AuthError::Disabled => EdgeError::AdminDisabled,
+            contract::auth::AuthError::Unauthorized => EdgeError::Unauthorized,
+        }
     }
 }
 

@@ -38,10 +38,11 @@ impl Default for ImpressionConfig {
     }
 }
 
-/// What an answer showed: its items in order, with their scores.
-pub fn impressions_of(doc: &RecommendationDoc, source: &str, now_s: u64) -> Shown {
+/// What an answer showed: its items in order, with their scores, under the answer id
+/// `id` (see [`crate::forward::answer_id`]), so a resent batch is stored once.
+pub fn impressions_of(doc: &RecommendationDoc, source: &str, now_s: u64, id: String) -> Shown {
     Shown {
-        id: None,
+        id: Some(id),
         user_id: doc.user_id.clone(),
         source: source.to_string(),
         region: doc.region.clone(),
@@ -90,8 +91,8 @@ impl ImpressionBuffer {
     /// Counts a recommendation answer for the hit-rate report.
     pub fn count_request(&mut self, region: &str, edge_cache_hit: bool) {
         let e = self.hits.entry(region.to_string()).or_default();
-        e.0 += 1;
-        e.1 += edge_cache_hit as u64;
+        e.0 = e.0.saturating_add(1);
+        e.1 = e.1.saturating_add(edge_cache_hit as u64);
     }
 
     /// Adds an answer's impressions, dropping the oldest answers beyond `cfg.capacity`.
@@ -161,8 +162,8 @@ impl ImpressionBuffer {
         self.oldest_ms.get_or_insert(now_ms);
         for (region, (r, h)) in flush.hits {
             let e = self.hits.entry(region).or_default();
-            e.0 += r;
-            e.1 += h;
+            e.0 = e.0.saturating_add(r);
+            e.1 = e.1.saturating_add(h);
         }
         self.drop_beyond_capacity(cfg);
     }
@@ -208,7 +209,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_its_items_in_order_and_passes_the_origins_validation() {
-        let shown = impressions_of(&doc(3), "kv", 1_764_237_600);
+        let shown = impressions_of(&doc(3), "kv", 1_764_237_600, "s0a1b".into());
         assert_eq!(shown.items.len(), 3);
         assert_eq!(shown.items[1].item_id, "i1");
         assert_eq!(
@@ -228,18 +229,35 @@ mod tests {
         assert_eq!(events.len(), 3);
         assert_eq!(events[2].item_id.as_str(), "i2");
         assert_eq!(events[0].value, Some(0.5));
+        let ids: Vec<_> = events
+            .iter()
+            .map(|e| e.event_id.as_ref().unwrap().as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["s0a1b-0", "s0a1b-1", "s0a1b-2"],
+            "a resent answer keeps its ids"
+        );
     }
 
     #[test]
     fn a_batch_is_due_when_enough_impressions_wait_or_the_oldest_waited_long_enough() {
         let mut b = ImpressionBuffer::default();
-        b.push(impressions_of(&doc(4), "kv", 0), 0.0, &cfg());
+        b.push(impressions_of(&doc(4), "kv", 0, "s1".into()), 0.0, &cfg());
         assert_eq!(b.take_due(500.0, &cfg()), None);
         let f = b.take_due(1000.0, &cfg()).expect("due after flush_ms");
         assert_eq!(f.impressions(), 4);
-        b.push(impressions_of(&doc(6), "kv", 0), 2000.0, &cfg());
+        b.push(
+            impressions_of(&doc(6), "kv", 0, "s1".into()),
+            2000.0,
+            &cfg(),
+        );
         assert_eq!(b.take_due(2001.0, &cfg()), None, "6 of 10 waiting");
-        b.push(impressions_of(&doc(4), "kv", 0), 2002.0, &cfg());
+        b.push(
+            impressions_of(&doc(4), "kv", 0, "s1".into()),
+            2002.0,
+            &cfg(),
+        );
         let f = b.take_due(2003.0, &cfg()).expect("10 waiting");
         assert_eq!((f.shown.len(), f.impressions()), (2, 10));
         assert_eq!(b.waiting(), 0);
@@ -254,14 +272,14 @@ mod tests {
         };
         let mut b = ImpressionBuffer::default();
         for _ in 0..150 {
-            b.push(impressions_of(&doc(100), "kv", 0), 0.0, &big);
+            b.push(impressions_of(&doc(100), "kv", 0, "s1".into()), 0.0, &big);
         }
         let f = b.take_due(0.0, &big).unwrap();
         assert_eq!(f.impressions(), MAX_IMPRESSIONS_PER_BATCH);
         assert_eq!(b.waiting(), 5000);
         let mut b = ImpressionBuffer::default();
         for _ in 0..MAX_SHOWN_PER_BATCH + 5 {
-            b.push(impressions_of(&doc(1), "kv", 0), 0.0, &big);
+            b.push(impressions_of(&doc(1), "kv", 0, "s1".into()), 0.0, &big);
         }
         assert_eq!(
             b.take_due(0.0, &big).unwrap().shown.len(),
@@ -274,7 +292,7 @@ mod tests {
     fn the_buffer_is_bounded_and_counts_what_it_drops() {
         let mut b = ImpressionBuffer::default();
         for _ in 0..4 {
-            b.push(impressions_of(&doc(10), "kv", 0), 0.0, &cfg());
+            b.push(impressions_of(&doc(10), "kv", 0, "s1".into()), 0.0, &cfg());
         }
         assert_eq!((b.waiting(), b.dropped), (20, 20));
     }
@@ -283,19 +301,23 @@ mod tests {
     fn hit_counts_are_reported_at_most_once_per_flush_interval() {
         let mut b = ImpressionBuffer::default();
         b.count_request("europe", true);
-        b.push(impressions_of(&doc(10), "kv", 0), 0.0, &cfg());
+        b.push(impressions_of(&doc(10), "kv", 0, "s1".into()), 0.0, &cfg());
         assert_eq!(
             b.take_due(0.0, &cfg()).unwrap().hits.get("europe"),
             Some(&(1, 1))
         );
         b.count_request("europe", false);
-        b.push(impressions_of(&doc(10), "kv", 0), 10.0, &cfg());
+        b.push(impressions_of(&doc(10), "kv", 0, "s1".into()), 10.0, &cfg());
         assert!(
             b.take_due(10.0, &cfg()).unwrap().hits.is_empty(),
             "reported 10 ms ago"
         );
         b.count_request("europe", true);
-        b.push(impressions_of(&doc(10), "kv", 0), 1000.0, &cfg());
+        b.push(
+            impressions_of(&doc(10), "kv", 0, "s1".into()),
+            1000.0,
+            &cfg(),
+        );
         assert_eq!(
             b.take_due(1000.0, &cfg()).unwrap().hits.get("europe"),
             Some(&(2, 1))
@@ -307,10 +329,14 @@ mod tests {
         let mut b = ImpressionBuffer::default();
         b.count_request("europe", true);
         b.count_request("europe", false);
-        b.push(impressions_of(&doc(10), "kv", 0), 0.0, &cfg());
+        b.push(impressions_of(&doc(10), "kv", 0, "s1".into()), 0.0, &cfg());
         let f = b.take_due(0.0, &cfg()).unwrap();
         assert_eq!(f.hits.get("europe"), Some(&(2, 1)));
-        b.push(impressions_of(&doc(3), "later", 0), 5.0, &cfg());
+        b.push(
+            impressions_of(&doc(3), "later", 0, "s1".into()),
+            5.0,
+            &cfg(),
+        );
         b.put_back(f, 10.0, &cfg());
         assert_eq!(b.waiting(), 13);
         let again = b.take_due(2000.0, &cfg()).unwrap();
@@ -328,7 +354,7 @@ mod tests {
     fn disabled_impressions_are_not_kept() {
         let mut b = ImpressionBuffer::default();
         b.push(
-            impressions_of(&doc(3), "kv", 0),
+            impressions_of(&doc(3), "kv", 0, "s1".into()),
             0.0,
             &ImpressionConfig {
                 enabled: false,

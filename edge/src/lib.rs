@@ -18,14 +18,20 @@
 //! - [`chain`]: the source chain and the walk through it (`Walk`), with typed reasons.
 //! - [`respond`]: served body, headers (`X-Cache`, `Cache-Control`, `ETag`, CORS…), 304s.
 //! - [`admin`]: bearer-token check in constant time; publish/purge validation into KV writes.
+//! - [`client`]: the client key (a keyed hash of the IP) and the rate limit's `Retry-After`.
+//! - [`forward`]: what writes to the origin carry (event ids, answer ids, bearer, client).
+//! - [`impressions`]: the impressions buffer and hit counts sent in the background.
+//! - [`trace`]: the `traceparent` passed on to the origin.
 //! - [`error`]: `EdgeError`, every error answer with its status and JSON body.
 
 pub mod admin;
 pub mod breaker;
 pub mod cache_key;
 pub mod chain;
+pub mod client;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod freshness;
 pub mod geo;
 pub mod hot_cache;

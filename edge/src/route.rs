@@ -1,14 +1,41 @@
 //! Method + path + query → a validated [`Route`].
 //!
 //! Ids are percent-decoded and then checked by the contract's rules, so `a%2Fb`
-//! is refused for its `/` just like a raw `a/b` path segment.
+//! is refused for its `/` just like a raw `a/b` path segment. `n` and `tenant` follow
+//! the contract's rules ([`contract::params`]), the same the origin applies.
+//!
+//! A dot segment never reaches the worker as such: the URL parser (workerd's, and
+//! Cloudflare's URL normalisation in front of it) resolves `/v1/recommendations/..`
+//! and `/v1/recommendations/%2e%2e` to `/v1/` before the worker sees the request. So
+//! `/v1/` and `/v1` answer what the id rules say of `..`: 400 `invalid_user_id`.
 
-use contract::{Tenant, UserId, MAX_N};
+use contract::{IdError, Tenant, UserId};
 
 use crate::error::EdgeError;
 
 /// Longest query string accepted.
 pub const MAX_QUERY_LEN: usize = 1024;
+/// Most bytes of request headers (names, values and separators) the edge reads;
+/// more is answered 431 JSON. workerd itself cuts off at 128 KiB with a plain-text 431
+/// the worker never sees, so this limit sits well below it.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses a request whose headers add up to more than [`MAX_HEADER_BYTES`].
+pub fn check_header_size<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), EdgeError> {
+    let size: usize = headers
+        .into_iter()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return Err(EdgeError::HeadersTooLarge {
+            size,
+            max: MAX_HEADER_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// A request the edge knows how to answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +100,10 @@ pub fn route(
         };
     }
     match (path, method.as_str()) {
+        // `/v1/recommendations/..` (or `%2e%2e`), resolved by the URL parser.
+        ("/v1/" | "/v1", _) if is_read => Err(EdgeError::InvalidId(IdError::DotSegment {
+            kind: "user id",
+        })),
         ("/", _) if is_read => Ok(Route::DemoPage),
         ("/", _) => Err(not_allowed("GET, HEAD")),
         ("/v1/events", "POST") => Ok(Route::Events),
@@ -126,23 +157,14 @@ impl Query {
     }
 
     fn n(&self, default_n: usize) -> Result<usize, EdgeError> {
-        match &self.n {
-            None => Ok(default_n),
-            Some(s) => match s.parse::<usize>() {
-                Ok(n) if (1..=MAX_N).contains(&n) => Ok(n),
-                _ => Err(EdgeError::InvalidN {
-                    got: s.chars().take(40).collect(),
-                    max: MAX_N,
-                }),
-            },
-        }
+        contract::params::parse_n(self.n.as_deref(), default_n).map_err(|e| EdgeError::InvalidN {
+            got: e.got,
+            max: contract::MAX_N,
+        })
     }
 
     fn tenant(&self) -> Result<Tenant, EdgeError> {
-        match &self.tenant {
-            None => Ok(Tenant::default_tenant()),
-            Some(t) => Ok(Tenant::parse(t)?),
-        }
+        Ok(contract::params::parse_tenant(self.tenant.as_deref())?)
     }
 }
 
@@ -282,6 +304,29 @@ mod tests {
             Route::AdminPurge
         );
         assert_eq!(route("head", "/health", None, 10).unwrap(), Route::Health);
+    }
+
+    #[test]
+    fn the_paths_dot_segments_resolve_to_are_400_invalid_user_id() {
+        for p in ["/v1/", "/v1"] {
+            let e = get(p, None).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_user_id"), "{p}");
+        }
+        assert_eq!(route("POST", "/v1/", None, 10).unwrap_err().status(), 404);
+    }
+
+    #[test]
+    fn an_empty_tenant_is_refused_like_at_the_origin() {
+        let e = get("/v1/recommendations/u1", Some("tenant=")).unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "invalid_tenant"));
+    }
+
+    #[test]
+    fn headers_past_the_limit_are_431() {
+        let big = "x".repeat(MAX_HEADER_BYTES);
+        assert!(check_header_size([("host", "e"), ("accept", "*/*")]).is_ok());
+        let e = check_header_size([("host", "e"), ("x-big", big.as_str())]).unwrap_err();
+        assert_eq!((e.status(), e.code()), (431, "headers_too_large"));
     }
 
     #[test]

@@ -1,45 +1,9 @@
 //! W3C trace context: the edge continues the caller's trace (`traceparent`) or starts
 //! one, and passes a child `traceparent` to the origin so one trace spans both.
-//! Randomness comes in as bytes (the glue draws them).
+//! Randomness comes in as bytes (the glue draws them). The header is parsed by the
+//! contract's [`TraceParent`], the same parser the origin uses.
 
-/// A parsed `traceparent`: version 00, 16-byte trace id, 8-byte parent id, flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: String,
-    pub parent_id: String,
-    pub flags: String,
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-impl TraceParent {
-    /// Parses a `traceparent` header; `None` when it is not a valid version-00 one.
-    pub fn parse(header: &str) -> Option<Self> {
-        let parts: Vec<&str> = header.trim().split('-').collect();
-        let [version, trace_id, parent_id, flags] = parts.as_slice() else {
-            return None;
-        };
-        let valid = *version == "00"
-            && is_hex(trace_id, 32)
-            && is_hex(parent_id, 16)
-            && is_hex(flags, 2)
-            && trace_id.bytes().any(|b| b != b'0')
-            && parent_id.bytes().any(|b| b != b'0');
-        valid.then(|| TraceParent {
-            trace_id: trace_id.to_string(),
-            parent_id: parent_id.to_string(),
-            flags: flags.to_string(),
-        })
-    }
-
-    pub fn header(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
-    }
-}
+pub use contract::trace::TraceParent;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -65,7 +29,7 @@ pub fn child_of(incoming: Option<&str>, random: [u8; 24]) -> TraceParent {
             TraceParent {
                 trace_id: hex(&trace),
                 parent_id: hex(&span),
-                flags: "01".into(),
+                flags: 1,
             }
         }
     }
@@ -82,7 +46,7 @@ mod tests {
         let child = child_of(Some(GOOD), [7; 24]);
         assert_eq!(child.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(child.parent_id, "0707070707070707");
-        assert_eq!(child.flags, "01");
+        assert_eq!(child.flags, 1);
         assert_eq!(TraceParent::parse(&child.header()), Some(child));
     }
 
@@ -97,7 +61,7 @@ mod tests {
         ] {
             let t = child_of(bad, [0xab; 24]);
             assert_eq!(t.trace_id, "ab".repeat(16), "{bad:?}");
-            assert_eq!(t.flags, "01");
+            assert_eq!(t.flags, 1);
         }
     }
 

@@ -35,10 +35,6 @@ const SERVED: &str = "(type != 'click' OR EXISTS (SELECT 1 FROM events v
      WHERE v.type = 'recommendation_viewed' AND v.user_id = events.user_id
        AND v.item_id = events.item_id AND v.ts <= events.ts))";
 
-/// Largest count one edge report may carry: an isolate reports every few seconds, so
-/// more than this is a broken or hostile sender, not traffic.
-pub const MAX_EDGE_REPORT_COUNT: u64 = 1_000_000_000;
-
 /// Longest analytics range: 90 days.
 pub const MAX_RANGE_S: u64 = 90 * 86_400;
 /// Items in `top_items`.

@@ -340,14 +340,7 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 
 /// Parses `n`: absent means [`DEFAULT_N`]; otherwise 1 to [`contract::MAX_N`].
 pub fn parse_n(raw: Option<&str>) -> Result<usize, ApiError> {
-    match raw {
-        None => Ok(DEFAULT_N),
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=contract::MAX_N).contains(n))
-            .ok_or_else(|| ApiError::InvalidN(s.chars().take(40).collect())),
-    }
+    contract::params::parse_n(raw, DEFAULT_N).map_err(|e| ApiError::InvalidN(e.got))
 }
 
 fn check_tenant(state: &AppState, raw: Option<&str>) -> Result<(), ApiError> {
@@ -463,7 +456,7 @@ async fn answer(
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let user = UserId::parse(user)?;
     let Query(params) = params?;
-    check_tenant(&state, non_empty(&params.tenant))?;
+    check_tenant(&state, params.tenant.as_deref())?;
     let n = parse_n(params.n.as_deref())?;
     let context = non_empty(&params.context).map(ItemId::parse).transpose()?;
     let region = known_region(&state, non_empty(&params.region));
@@ -505,7 +498,7 @@ async fn batch(
     if body.user_ids.len() > MAX_BATCH_IDS {
         return Err(ApiError::TooManyIds(body.user_ids.len()));
     }
-    check_tenant(&state, non_empty(&body.tenant))?;
+    check_tenant(&state, body.tenant.as_deref())?;
     let n = match body.n {
         None => DEFAULT_N,
         Some(n) => parse_n(Some(&n.to_string()))?,
@@ -553,7 +546,7 @@ async fn popular(
     params: Result<Query<RecParams>, QueryRejection>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let Query(params) = params?;
-    check_tenant(&state, non_empty(&params.tenant))?;
+    check_tenant(&state, params.tenant.as_deref())?;
     let n = parse_n(params.n.as_deref())?;
     let region = match non_empty(&params.region) {
         None => state.region.clone(),
@@ -785,6 +778,10 @@ mod tests {
         assert_eq!(body["error"]["code"], "invalid_tenant");
         let (status, _) = get(&state, "/v1/recommendations/u1?tenant=default").await;
         assert_eq!(status, StatusCode::OK);
+        // An empty tenant is refused, as at the edge (contract::params).
+        let (status, body) = get(&state, "/v1/recommendations/u1?tenant=").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "invalid_tenant");
     }
 
     #[tokio::test]

@@ -1,11 +1,10 @@
 //! Bearer-token checks for the origin's admin routes (`/v1/admin/*`,
 //! `/v1/analytics/edge-report`), against the `ADMIN_TOKEN` the edge also uses.
 //!
-//! The comparison is constant-time (`subtle`), so the answer time does not reveal how
-//! much of a guessed token was right.
+//! The check is the contract's ([`contract::auth::check_bearer`], the edge's too): any
+//! case of `Bearer`, a constant-time comparison (`subtle`).
 
 use axum::http::HeaderMap;
-use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 
@@ -20,20 +19,13 @@ pub enum AuthFailure {
 
 /// Checks `Authorization: Bearer <token>` against `expected`.
 pub fn check_bearer(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(), AuthFailure> {
-    let expected = expected.ok_or(AuthFailure::Disabled)?;
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .ok_or(AuthFailure::Unauthorized)?;
-    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
-        Ok(())
-    } else {
-        Err(AuthFailure::Unauthorized)
-    }
+        .and_then(|v| v.to_str().ok());
+    contract::auth::check_bearer(given, expected.map(Secret::expose)).map_err(|e| match e {
+        contract::auth::AuthError::Disabled => AuthFailure::Disabled,
+        contract::auth::AuthError::Unauthorized => AuthFailure::Unauthorized,
+    })
 }
 
 #[cfg(test)]

@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::{self, EdgeReport, RecommendationAnalytics};
+use crate::analytics::{self, RecommendationAnalytics};
 use crate::api::{ApiError, AppState};
 use crate::auth::check_bearer;
 use crate::clients::{client_of, Client};
@@ -206,24 +206,15 @@ async fn retrain(
 async fn edge_report(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<EdgeReport>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let live = live(&state)?;
     check_bearer(&headers, live.admin_token.as_ref())?;
-    let Json(report) = body?;
-    if report.requests > analytics::MAX_EDGE_REPORT_COUNT {
-        return Err(ApiError::InvalidEdgeReport(format!(
-            "requests ({}) is over the plausible {} per report",
-            report.requests,
-            analytics::MAX_EDGE_REPORT_COUNT
-        )));
-    }
-    if report.hits > report.requests {
-        return Err(ApiError::InvalidEdgeReport(format!(
-            "hits ({}) exceed requests ({})",
-            report.hits, report.requests
-        )));
-    }
+    let body = body.map_err(body_error)?;
+    // The contract's rules, as the edge applies them: strict JSON (no duplicate keys),
+    // hits <= requests <= a plausible maximum.
+    let report = contract::events::parse_edge_report(&body)
+        .map_err(|e| ApiError::InvalidEdgeReport(e.to_string()))?;
     if let Some(r) = &report.region {
         let known = contract::Region::parse(r)
             .ok()

@@ -48,13 +48,6 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && s.bytes().any(|b| b != b'0')
-}
-
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::thread_rng();
     loop {
@@ -70,19 +63,11 @@ fn random_hex(bytes: usize) -> String {
 impl TraceContext {
     /// Parses a `traceparent` header value; `None` when it is not a valid version-00 one.
     pub fn parse(header: &str) -> Option<Self> {
-        let mut parts = header.trim().split('-');
-        let (version, trace, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || version != "00" || !is_hex(trace, 32) || !is_hex(parent, 16) {
-            return None;
-        }
-        let flags = u8::from_str_radix(flags, 16)
-            .ok()
-            .filter(|_| flags.len() == 2)?;
+        let t = contract::trace::TraceParent::parse(header)?;
         Some(TraceContext {
-            trace_id: trace.to_owned(),
-            span_id: parent.to_owned(),
-            sampled: flags & 1 == 1,
+            sampled: t.sampled(),
+            trace_id: t.trace_id,
+            span_id: t.parent_id,
         })
     }
 

@@ -8,6 +8,25 @@ pub fn now_ms() -> f64 {
     js_sys::Date::now()
 }
 
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// Web Crypto's CSPRNG (`crypto.getRandomValues`); wasm-bindgen copies the bytes back.
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
+    fn get_random_values(buf: &mut [u8]);
+}
+
+/// `N` random bytes from `crypto.getRandomValues` (N ≤ 65536; only inside a request).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    get_random_values(&mut out);
+    out
+}
+
+/// Bytes of all request headers (names, values, separators), for the 431 check.
+pub fn header_pairs(headers: &worker::Headers) -> Vec<(String, String)> {
+    headers.entries().collect()
+}
+
 /// A `Headers` object holding `pairs` (later pairs with the same name replace earlier ones).
 pub fn to_headers(pairs: &[(&'static str, String)]) -> Result<Headers> {
     let headers = Headers::new();
@@ -101,6 +120,13 @@ mod tests {
             Some("application/json")
         );
         assert_eq!(r.text().await.unwrap(), r#"{"a":1}"#);
+    }
+
+    #[wasm_bindgen_test]
+    fn random_bytes_come_from_web_crypto_and_differ() {
+        let (a, b) = (random_bytes::<16>(), random_bytes::<16>());
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 16]);
     }
 
     #[wasm_bindgen_test]

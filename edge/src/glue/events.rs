@@ -1,29 +1,81 @@
-//! The edge's side of live events: `POST /v1/events` (validated with the contract's
-//! rules, then forwarded to the user's regional origin, failing over like reads), and
-//! the impressions and cache-hit counts it reports in the background.
+//! The edge's side of live events: `POST /v1/events` (limited per client by the
+//! rate limiting binding, validated with the contract's rules, given event ids, then
+//! forwarded to the user's regional origin with the bearer token and the client key,
+//! failing over like reads), and the impressions and cache-hit counts it reports in the
+//! background.
 
-use contract::events::{self, Limits, RawEvent, Shown};
+use contract::events::{self, Limits, Shown};
 use contract::{Region, ServedDoc, Source};
-use worker::{Context, Method, Request, Response};
+use worker::{Context, Env, Method, Request, Response};
 
-use super::convert::{now_ms, respond_with};
+use super::convert::{now_ms, random_bytes, respond_with};
 use super::state::{self, IMPRESSIONS};
 use super::tiers::send_with_timeout;
 use crate::breaker::Permit;
 use crate::chain::{Attempt, Outcome, Tier, TierFailure};
+use crate::client::{retry_after_s, EVENTS_LIMITER_BINDING};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
+use crate::forward::{event_id_base, events_to_forward, write_headers};
 use crate::geo::Location;
 use crate::impressions::{impressions_of, Flush};
 use crate::respond;
 
 /// Largest events body the edge reads (500 events with their context).
 pub const MAX_EVENTS_BODY_BYTES: usize = 1024 * 1024;
+/// Largest origin answer to a write the edge reads (they are small JSON objects).
+const MAX_ORIGIN_ANSWER_BYTES: usize = 64 * 1024;
 /// How far ahead of the edge's clock an event's timestamp may be.
 pub const MAX_FUTURE_S: i64 = 300;
 
+/// Asks the client's rate limit (the `EVENTS_LIMITER` binding) whether it may write
+/// now; without the binding every write may.
+pub async fn rate_limit(env: &Env, cfg: &EdgeConfig, client: &str) -> Result<(), EdgeError> {
+    let Ok(limiter) = env.rate_limiter(EVENTS_LIMITER_BINDING) else {
+        return Ok(());
+    };
+    match limiter.limit(client.to_string()).await {
+        Ok(outcome) if !outcome.success => Err(EdgeError::RateLimited {
+            retry_after_s: retry_after_s((now_ms() / 1000.0) as u64, cfg.rate_limit_period_s),
+        }),
+        Ok(_) => Ok(()),
+        // A limiter that cannot answer does not stop writes.
+        Err(e) => {
+            worker::console_warn!("rate limiter failed, write let through: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// POSTs `body` to one origin and reports the outcome to its breaker.
+async fn post_to_origin(
+    cfg: &EdgeConfig,
+    origin_url: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&'static str, String)],
+) -> Result<(u16, String), TierFailure> {
+    let result = send_with_timeout(
+        Method::Post,
+        format!("{origin_url}{path}"),
+        Some(body.to_string()),
+        headers.to_vec(),
+        cfg.subrequest_timeout_ms,
+        MAX_ORIGIN_ANSWER_BYTES,
+    )
+    .await;
+    let answered = matches!(&result, Ok((s, _)) if *s < 500);
+    state::breaker_report(origin_url, cfg.breaker, answered, now_ms());
+    match result {
+        Ok((status, _)) if status >= 500 => Err(TierFailure::Status(status)),
+        other => other,
+    }
+}
+
 /// POSTs `body` to `path` on the region's origins in failover order (each behind its
-/// breaker) until one answers below 500; that answer, or every attempt.
+/// breaker) until one answers below 500; that answer, or every attempt. When every
+/// breaker refused, the origin refusing longest is tried anyway
+/// ([`crate::breaker::last_resort`]): a write has no other place to go.
 async fn post_to_origins(
     cfg: &EdgeConfig,
     region: &Region,
@@ -33,36 +85,32 @@ async fn post_to_origins(
 ) -> Result<(u16, String), Vec<Attempt>> {
     headers.push(("Content-Type", "application/json".into()));
     let mut attempts = Vec::new();
-    for (i, origin) in cfg.origins_for(region).into_iter().enumerate() {
+    let origins = cfg.origins_for(region);
+    for (i, origin) in origins.iter().enumerate() {
         let tier = Tier::Origin(i as u8);
-        if state::breaker_permit(&origin.url, cfg.breaker, now_ms()) == Permit::Deny {
-            attempts.push(Attempt {
-                tier,
-                outcome: Outcome::Failed(TierFailure::CircuitOpen),
-            });
-            continue;
-        }
-        let url = format!("{}{path}", origin.url);
-        let result = send_with_timeout(
-            Method::Post,
-            url,
-            Some(body.clone()),
-            headers.clone(),
-            cfg.subrequest_timeout_ms,
-        )
-        .await;
-        let answered = matches!(&result, Ok((s, _)) if *s < 500);
-        state::breaker_report(&origin.url, cfg.breaker, answered, now_ms());
-        match result {
-            Ok((status, text)) if status < 500 => return Ok((status, text)),
-            Ok((status, _)) => attempts.push(Attempt {
-                tier,
-                outcome: Outcome::Failed(TierFailure::Status(status)),
-            }),
-            Err(f) => attempts.push(Attempt {
-                tier,
-                outcome: Outcome::Failed(f),
-            }),
+        let outcome = if state::breaker_permit(&origin.url, cfg.breaker, now_ms()) == Permit::Deny {
+            TierFailure::CircuitOpen
+        } else {
+            match post_to_origin(cfg, &origin.url, path, &body, &headers).await {
+                Ok(answer) => return Ok(answer),
+                Err(f) => f,
+            }
+        };
+        attempts.push(Attempt {
+            tier,
+            outcome: Outcome::Failed(outcome),
+        });
+    }
+    let all_refused = attempts
+        .iter()
+        .all(|a| a.outcome == Outcome::Failed(TierFailure::CircuitOpen));
+    if all_refused {
+        if let Some(i) = state::force_last_resort(origins.iter().map(|o| o.url.as_str()), now_ms())
+        {
+            match post_to_origin(cfg, &origins[i].url, path, &body, &headers).await {
+                Ok(answer) => return Ok(answer),
+                Err(f) => attempts[i].outcome = Outcome::Failed(f),
+            }
         }
     }
     Err(attempts)
@@ -75,6 +123,7 @@ pub async fn accept(
     mut req: Request,
     cfg: &EdgeConfig,
     location: &Location,
+    client: &str,
     traceparent: String,
 ) -> Result<Response, EdgeError> {
     let bytes = super::convert::read_body(&mut req, MAX_EVENTS_BODY_BYTES).await?;
@@ -87,16 +136,9 @@ pub async fn accept(
         code: e.code(),
         message: e.to_string(),
     })?;
-    let raw: Vec<RawEvent> = parsed
-        .iter()
-        .map(|e| {
-            let mut r = e.to_raw();
-            r.region.get_or_insert_with(|| location.region.to_string());
-            r
-        })
-        .collect();
+    let raw = events_to_forward(&parsed, &location.region, &event_id_base(random_bytes()));
     let body = serde_json::json!({ "events": raw }).to_string();
-    let headers = vec![("traceparent", traceparent)];
+    let headers = write_headers(cfg.admin_token.as_deref(), Some(client), Some(traceparent));
     match post_to_origins(cfg, &location.region, "/v1/events", body, headers).await {
         Ok((status, text)) => {
             let mut h = respond::error_headers(cfg, Some(&location.region));
@@ -116,6 +158,7 @@ pub fn record_served(
     location: &Location,
     served: Option<&ServedDoc>,
     hit: bool,
+    answer_id: String,
 ) {
     let now = now_ms();
     let due = IMPRESSIONS.with(|b| {
@@ -128,7 +171,7 @@ pub fn record_served(
                 s.source.as_str()
             };
             b.push(
-                impressions_of(&s.doc, source, (now / 1000.0) as u64),
+                impressions_of(&s.doc, source, (now / 1000.0) as u64, answer_id),
                 now,
                 &cfg.impressions,
             );
@@ -159,7 +202,8 @@ async fn send(flush: Flush, cfg: EdgeConfig, region: Region) {
             return;
         }
     };
-    match post_to_origins(&cfg, &region, "/v1/impressions", body, Vec::new()).await {
+    let headers = write_headers(cfg.admin_token.as_deref(), None, None);
+    match post_to_origins(&cfg, &region, "/v1/impressions", body, headers).await {
         Ok((status, _)) if status < 300 => {}
         // Refused: the same batch would be refused again.
         Ok((status, text)) => {
@@ -180,7 +224,7 @@ async fn send(flush: Flush, cfg: EdgeConfig, region: Region) {
         let body =
             serde_json::json!({ "requests": requests, "hits": hits, "region": report_region })
                 .to_string();
-        let auth = vec![("Authorization", format!("Bearer {token}"))];
+        let auth = vec![("Authorization", contract::auth::bearer_header(&token))];
         if let Err(attempts) =
             post_to_origins(&cfg, &region, "/v1/analytics/edge-report", body, auth).await
         {

@@ -27,7 +27,7 @@ use crate::error::EdgeError;
 use crate::geo::{self, Location};
 use crate::respond::{self, Timings};
 use crate::route::{self, RecRequest, Route};
-use convert::{json_response, now_ms, respond_with};
+use convert::{json_response, now_ms, random_bytes, respond_with};
 use state::{Counters, COUNTERS};
 
 /// Name of the KV binding in `wrangler.toml`.
@@ -55,15 +55,6 @@ fn lookup(env: &Env, name: &str) -> Option<String> {
 
 fn internal(e: impl std::fmt::Display) -> EdgeError {
     EdgeError::Internal(e.to_string())
-}
-
-/// 24 random bytes for trace ids (not secrets: `Math.random` is enough).
-fn random_bytes() -> [u8; 24] {
-    let mut out = [0u8; 24];
-    for b in out.iter_mut() {
-        *b = (js_sys::Math::random() * 256.0) as u8;
-    }
-    out
 }
 
 fn now_s() -> u64 {
@@ -96,13 +87,16 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     };
     let cfg: &EdgeConfig = &cfg;
     let url = req.url()?;
-    let worker_origin = url.origin().ascii_serialization();
-    let route = route::route(
-        &req.method().to_string(),
-        url.path(),
-        url.query(),
-        cfg.default_n,
-    );
+    let headers = convert::header_pairs(req.headers());
+    let route = route::check_header_size(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .and_then(|()| {
+            route::route(
+                req.method().as_ref(),
+                url.path(),
+                url.query(),
+                cfg.default_n,
+            )
+        });
     // Only answers to users need their location; admin calls and preflights do not.
     let location = match &route {
         Ok(Route::Recommendations(_) | Route::Health | Route::Events) | Err(_) => {
@@ -114,26 +108,22 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let traceparent = crate::trace::child_of(incoming_trace.as_deref(), random_bytes()).header();
     let result = match route {
         Ok(Route::Recommendations(r)) => {
-            recommendations(
-                &req,
-                &env,
-                &ctx,
-                cfg,
-                &location,
-                &worker_origin,
-                r,
-                &traceparent,
-            )
-            .await
+            recommendations(&req, &env, &ctx, cfg, &location, r, &traceparent).await
         }
         Ok(Route::Health) => health(cfg, &location),
         Ok(Route::Preflight) => {
             respond_with(204, &respond::preflight_headers(cfg), None).map_err(internal)
         }
         Ok(Route::AdminPublish) => admin_publish(req, &env, cfg).await,
-        Ok(Route::AdminPurge) => admin_purge(req, cfg, &worker_origin).await,
+        Ok(Route::AdminPurge) => admin_purge(req, cfg).await,
         Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
-        Ok(Route::Events) => events::accept(req, cfg, &location, traceparent).await,
+        Ok(Route::Events) => {
+            let client = crate::client::client_key(client_ip(&req, cfg), cfg.client_hash_keys);
+            match events::rate_limit(&env, cfg, &client).await {
+                Ok(()) => events::accept(req, cfg, &location, &client, traceparent).await,
+                Err(e) => Err(e),
+            }
+        }
         Ok(Route::DemoPage) => {
             let body =
                 (req.method() != worker::Method::Head).then(|| DEMO_PAGE_HTML.as_bytes().to_vec());
@@ -147,6 +137,17 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     }
 }
 
+/// The client's IP: `CF-Connecting-IP`, or the first `X-Forwarded-For` address when
+/// trusted.
+fn client_ip(req: &Request, cfg: &EdgeConfig) -> Option<std::net::IpAddr> {
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    geo::client_ip(
+        header("CF-Connecting-IP").as_deref(),
+        header("X-Forwarded-For").as_deref(),
+        cfg.trust_x_forwarded_for,
+    )
+}
+
 /// Cloudflare's country, else GeoIP of the client IP (the database is loaded only
 /// when needed), else the default region.
 async fn locate(req: &Request, env: &Env, cfg: &EdgeConfig) -> Location {
@@ -156,12 +157,7 @@ async fn locate(req: &Request, env: &Env, cfg: &EdgeConfig) -> Location {
         .filter(|c| geo::valid_country(c));
     let mut geoip_country = None;
     if cf_country.is_none() {
-        let header = |name: &str| req.headers().get(name).ok().flatten();
-        let ip = geo::client_ip(
-            header("CF-Connecting-IP").as_deref(),
-            header("X-Forwarded-For").as_deref(),
-            cfg.trust_x_forwarded_for,
-        );
+        let ip = client_ip(req, cfg);
         if let (Some(ip), Ok(kv)) = (ip, env.kv(KV_BINDING)) {
             if let Some(db) = tiers::geo_db(&kv, cfg).await {
                 geoip_country = db.country(ip);
@@ -181,6 +177,7 @@ fn error_response(
     json_response(e.status(), &headers, &e.body())
 }
 
+#[allow(clippy::too_many_arguments)] // the facts of one tier fetch; grouping them would be a struct used once
 async fn fetch_tier(
     tier: Tier,
     cache: &Cache,
@@ -246,12 +243,11 @@ async fn recommendations(
     ctx: &Context,
     cfg: &EdgeConfig,
     location: &Location,
-    worker_origin: &str,
     r: RecRequest,
     traceparent: &str,
 ) -> std::result::Result<Response, EdgeError> {
     let cache = Cache::default();
-    let cache_key = cache_key::user_doc_key(worker_origin, &r.tenant, &r.user);
+    let cache_key = cache_key::user_doc_key(&cfg.cache_host, &r.tenant, &location.region, &r.user);
     let mut walk = Walk::new(chain_for(cfg, &location.region), cfg.edge_cache_ttl_s);
     let mut timings: Timings = Vec::new();
     let mut served_by_origin: Option<String> = None;
@@ -308,7 +304,7 @@ async fn recommendations(
                 cache_ttl_s,
             } => {
                 if let Some(ttl) = cache_ttl_s {
-                    tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, &cfg).await;
+                    tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, cfg).await;
                 }
                 if let Tier::Origin(i) = tier {
                     served_by_origin = cfg
@@ -345,14 +341,15 @@ async fn recommendations(
         headers.push(("X-Origin", name));
     }
     let hit = served.source == Source::EdgeCache;
+    let answer_id = crate::forward::answer_id(random_bytes());
     let if_none_match = req.headers().get("If-None-Match").ok().flatten();
     if respond::if_none_match_matches(if_none_match.as_deref(), &etag) {
-        events::record_served(ctx, cfg, location, None, hit);
+        events::record_served(ctx, cfg, location, None, hit, answer_id);
         return respond_with(304, &headers, None).map_err(internal);
     }
     let body = serde_json::to_vec(&served).map_err(internal)?;
     let shown = req.method() != worker::Method::Head;
-    events::record_served(ctx, cfg, location, shown.then_some(&served), hit);
+    events::record_served(ctx, cfg, location, shown.then_some(&served), hit, answer_id);
     respond_with(200, &headers, shown.then_some(body)).map_err(internal)
 }
 
@@ -449,21 +446,30 @@ async fn admin_publish(
     json_response(200, &respond::error_headers(cfg, None), &resp).map_err(internal)
 }
 
+/// `POST /admin/purge`: drops each user's entries of every region (keys never depend
+/// on the `Host` a request came in on, so one delete per region reaches every copy).
+/// `purged` counts the users that had at least one entry.
 async fn admin_purge(
     mut req: Request,
     cfg: &EdgeConfig,
-    worker_origin: &str,
 ) -> std::result::Result<Response, EdgeError> {
     let bytes = read_admin_body(&mut req, cfg, contract::admin::MAX_ADMIN_BODY_BYTES).await?;
     let (tenant, users) = admin::purge_plan(admin::parse_body(&bytes)?)?;
     let cache = Cache::default();
     let mut purged = 0;
     for user in &users {
-        let key = cache_key::user_doc_key(worker_origin, &tenant, user);
-        state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| h.remove(&key));
-        if let Ok(worker::CacheDeletionOutcome::Success) = cache.delete(key.as_str(), true).await {
-            purged += 1;
+        let mut found = false;
+        let keys =
+            cache_key::user_doc_keys(&cfg.cache_host, &tenant, cfg.region_map.regions(), user);
+        for key in keys {
+            state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| h.remove(&key));
+            if let Ok(worker::CacheDeletionOutcome::Success) =
+                cache.delete(key.as_str(), true).await
+            {
+                found = true;
+            }
         }
+        purged += usize::from(found);
     }
     let resp = PurgeResponse {
         tenant: tenant.to_string(),

@@ -97,6 +97,21 @@ pub fn breaker_report(origin_url: &str, config: BreakerConfig, ok: bool, now_ms:
     })
 }
 
+/// For a write every breaker of `urls` refused: lets it through to the origin refusing
+/// longest ([`crate::breaker::last_resort`]) as that breaker's probe; its index.
+pub fn force_last_resort<'a>(urls: impl Iterator<Item = &'a str>, now_ms: f64) -> Option<usize> {
+    let urls: Vec<&str> = urls.collect();
+    BREAKERS.with(|b| {
+        let mut b = b.borrow_mut();
+        let pick = {
+            let breakers: Option<Vec<&Breaker>> = urls.iter().map(|u| b.get(*u)).collect();
+            crate::breaker::last_resort(&breakers?)?
+        };
+        b.get_mut(urls[pick])?.force_probe(now_ms);
+        Some(pick)
+    })
+}
+
 /// `(url, state, skipped, opened)` of every breaker, for `/health`.
 pub fn breaker_snapshot() -> Vec<(String, &'static str, u64, u64)> {
     BREAKERS.with(|b| {

@@ -157,17 +157,19 @@ pub async fn kv_popular(
         .text()
         .await
         .ok()??;
-    serde_json::from_str(&body).ok()
+    contract::parse_doc(body.as_bytes()).ok()
 }
 
 /// Sends a request to `url` and reads the answer's body, all within `timeout_ms`; the
-/// fetch is aborted on timeout.
+/// fetch is aborted on timeout. An answer that declares more than `max_bytes` is not
+/// read (a failure of the tier).
 pub async fn send_with_timeout(
     method: Method,
     url: String,
     body: Option<String>,
     headers: Vec<(&'static str, String)>,
     timeout_ms: u64,
+    max_bytes: usize,
 ) -> Result<(u16, String), TierFailure> {
     let controller = AbortController::default();
     let signal = controller.signal();
@@ -190,6 +192,18 @@ pub async fn send_with_timeout(
             .await
             .map_err(|e| TierFailure::Network(e.to_string()))?;
         let status = resp.status_code();
+        let declared = resp
+            .headers()
+            .get("Content-Length")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > max_bytes) {
+            return Err(TierFailure::BadDocument(format!(
+                "answer of {} bytes; at most {max_bytes} are read",
+                declared.unwrap_or_default()
+            )));
+        }
         let text = resp
             .text()
             .await
@@ -212,10 +226,32 @@ async fn get_with_timeout(
     timeout_ms: u64,
     traceparent: Option<String>,
 ) -> Result<(u16, String), TierFailure> {
-    let headers = traceparent
+    get_with_headers(url, timeout_ms, traceparent, None).await
+}
+
+/// A GET to one of our origins: with the bearer token (so the origin knows the edge and
+/// does not rate limit it as one client), never sent to the CDN.
+async fn get_with_headers(
+    url: String,
+    timeout_ms: u64,
+    traceparent: Option<String>,
+    admin_token: Option<String>,
+) -> Result<(u16, String), TierFailure> {
+    let mut headers: Vec<(&'static str, String)> = traceparent
         .map(|t| vec![("traceparent", t)])
         .unwrap_or_default();
-    send_with_timeout(Method::Get, url, None, headers, timeout_ms).await
+    if let Some(token) = admin_token {
+        headers.push(("Authorization", contract::auth::bearer_header(&token)));
+    }
+    send_with_timeout(
+        Method::Get,
+        url,
+        None,
+        headers,
+        timeout_ms,
+        contract::MAX_DOC_BYTES,
+    )
+    .await
 }
 
 /// How often a waiting request looks at the result slot of the fetch it joined.
@@ -310,8 +346,9 @@ pub async fn from_origin(
         url.clone(),
     );
     let traceparent = traceparent.to_string();
+    let token = cfg.admin_token.clone();
     let fetch = async move {
-        let result = get_with_timeout(url, timeout_ms, Some(traceparent)).await;
+        let result = get_with_headers(url, timeout_ms, Some(traceparent), token).await;
         let answered = matches!(&result, Ok((status, _)) if *status < 500);
         state::breaker_report(&origin_url, breaker_cfg, answered, now_ms());
         result
