@@ -939,4 +939,40 @@ mod tests {
         assert_eq!(doc.region, own.as_str(), "the user's own region");
         assert!(!cdn.join("current/default/users/nobody.json").exists());
     }
+
+    /// A model that fails while answering, as a bug in a model would.
+    struct Panics;
+
+    impl crate::model::Recommender for Panics {
+        fn name(&self) -> String {
+            "panics".into()
+        }
+        fn recommend(&self, _: &crate::model::Query<'_>) -> Vec<crate::model::Scored> {
+            panic!("a model bug")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_failure_in_a_batch_is_a_500_json_not_an_empty_200() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = crate::snapshot::fixture(dir.path());
+        let snapshot = Snapshot::build(
+            &store,
+            Tenant::default_tenant(),
+            contract::RegionMap::builtin(),
+            crate::snapshot::Freshness::default(),
+            |_| Arc::new(Panics),
+        )
+        .unwrap();
+        let user = snapshot.user_ids()[0].clone();
+        let state = AppState::new(Arc::new(snapshot), Region::parse("us-east").unwrap());
+        let body = serde_json::json!({ "user_ids": [user] }).to_string();
+        let req = Request::post("/v1/recommendations/batch")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, json) = call(&state, req).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{json}");
+        assert_eq!(json["error"]["code"], "internal");
+    }
 }
