@@ -59,8 +59,7 @@ fn now_s() -> i64 {
 fn a_flood_of_invented_items_leaves_training_bounded_and_the_origin_restartable() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 300, 100);
-    let mut origin = LoneOrigin::start(&db, dir.path(), &["--max-items", "150"]);
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    let mut origin = LoneOrigin::start_trained(&db, dir.path(), &["--max-items", "150"]);
     // 31,000 events, each for an item nobody else has seen, as anonymous clients send.
     for chunk in 0..62 {
         let events: Vec<Value> = (0..500)
@@ -121,8 +120,7 @@ fn a_flood_of_invented_items_leaves_training_bounded_and_the_origin_restartable(
 fn fake_purchases_from_one_client_do_not_enter_the_popular_lists() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 400, 60);
-    let origin = LoneOrigin::start(&db, dir.path(), &[]);
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    let origin = LoneOrigin::start_trained(&db, dir.path(), &[]);
     // Three anonymous requests: 1,500 made-up users each buy the same made-up item.
     let ts = now_s();
     for batch in 0..3 {
@@ -174,8 +172,7 @@ fn fake_purchases_from_one_client_do_not_enter_the_popular_lists() {
 fn a_retried_batch_with_event_ids_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 50, 20);
-    let origin = LoneOrigin::start(&db, dir.path(), &[]);
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    let origin = LoneOrigin::start_trained(&db, dir.path(), &[]);
     let batch = json!({"events": [
         {"user_id": "u-retry", "item_id": "i1", "type": "click", "event_id": "ev-1"},
         {"user_id": "u-retry", "item_id": "i2", "type": "purchase", "event_id": "ev-2"},
@@ -221,12 +218,11 @@ fn a_retried_batch_with_event_ids_is_stored_once() {
 fn past_its_limit_a_client_gets_429_json_with_retry_after_and_the_edge_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 50, 20);
-    let origin = LoneOrigin::start(
+    let origin = LoneOrigin::start_trained(
         &db,
         dir.path(),
         &["--rate-limit-rps", "2", "--rate-limit-burst", "5"],
     );
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
     let c = client();
     let statuses: Vec<Response> = (0..20)
         .map(|_| c.get(origin.url("/v1/popular?n=5")).send().unwrap())
@@ -265,7 +261,7 @@ fn past_its_limit_a_client_gets_429_json_with_retry_after_and_the_edge_does_not(
 fn a_stalled_client_does_not_hold_shutdown_past_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 50, 20);
-    let mut origin = LoneOrigin::start(
+    let mut origin = LoneOrigin::start_trained(
         &db,
         dir.path(),
         &[
@@ -277,7 +273,6 @@ fn a_stalled_client_does_not_hold_shutdown_past_its_deadline() {
             "1000",
         ],
     );
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
     // Partial headers: the connection is closed after the header timeout.
     let mut slow_headers = TcpStream::connect(("127.0.0.1", origin.port)).unwrap();
     slow_headers
@@ -321,8 +316,7 @@ fn libc_sigterm() -> i32 {
 fn an_absurd_edge_report_is_refused_and_analytics_keep_answering() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 50, 20);
-    let origin = LoneOrigin::start(&db, dir.path(), &[]);
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    let origin = LoneOrigin::start_trained(&db, dir.path(), &[]);
     let url = origin.url("/v1/analytics/edge-report");
     let (status, body) = json_of(post(
         &url,
@@ -352,8 +346,7 @@ fn an_absurd_edge_report_is_refused_and_analytics_keep_answering() {
 fn clicks_count_toward_ctr_only_on_items_that_were_served_and_impressions_need_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 50, 20);
-    let origin = LoneOrigin::start(&db, dir.path(), &[]);
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    let origin = LoneOrigin::start_trained(&db, dir.path(), &[]);
     let ts = now_s() - 10;
     let shown = json!({"shown": [{"user_id": "u-ctr", "source": "kv", "region": "europe", "timestamp": ts,
         "items": [{"item_id": "i1", "score": 0.5}]}]});
@@ -387,8 +380,7 @@ fn clicks_count_toward_ctr_only_on_items_that_were_served_and_impressions_need_t
 fn the_batch_route_refuses_unknown_fields_and_duplicate_keys() {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path(), 50, 20);
-    let origin = LoneOrigin::start(&db, dir.path(), &[]);
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    let origin = LoneOrigin::start_trained(&db, dir.path(), &[]);
     let url = origin.url("/v1/recommendations/batch");
     for body in [
         r#"{"user_ids":["u1"],"nn":5}"#,
@@ -444,8 +436,7 @@ fn a_full_disk_is_reported_by_health_refused_cleanly_and_recovered_from() {
     }
     let _unmount = Unmount(disk.clone());
     let db = demo_db(&disk, 50, 20);
-    let origin = LoneOrigin::start(&db, dir.path(), &["--rate-limit-rps", "0"]);
-    wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+    let origin = LoneOrigin::start_trained(&db, dir.path(), &["--rate-limit-rps", "0"]);
     assert_eq!(origin.health()["store"]["writable"], true);
     // Fill the disk, leaving a little room, then write events until the store refuses.
     let free = {

@@ -825,6 +825,13 @@ impl LoneOrigin {
         LoneOrigin { proc, port }
     }
 
+    /// [`LoneOrigin::start`], then waits until its first model is trained.
+    pub fn start_trained(db: &Path, logs: &Path, extra: &[&str]) -> LoneOrigin {
+        let origin = LoneOrigin::start(db, logs, extra);
+        wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
+        origin
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
