@@ -28,7 +28,7 @@ use contract::ErrorBody;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::Secret;
+use crate::auth::Secret;
 
 /// Header in which the edge names the client it serves (a hash, 16 hex digits).
 pub const EDGE_CLIENT_HEADER: &str = "x-edge-client";

@@ -12,34 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use contract::{Region, RegionMap, Tenant, UserId};
 use thiserror::Error;
 
-/// Environment variable holding the bearer token for the edge's admin routes.
-pub const ADMIN_TOKEN_ENV: &str = "ADMIN_TOKEN";
-
-/// A secret string whose `Debug` output is redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// The admin token from `ADMIN_TOKEN`, when set and not empty.
-    pub fn admin_token_from_env() -> Option<Self> {
-        std::env::var(ADMIN_TOKEN_ENV)
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-            .map(Secret)
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::auth::{Secret, ADMIN_TOKEN_ENV};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {

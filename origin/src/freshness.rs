@@ -923,7 +923,7 @@ mod tests {
         let targets = Targets {
             log: log.clone(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-            edge: Some(EdgeClient::new(&url, crate::config::Secret::new("t"))),
+            edge: Some(EdgeClient::new(&url, crate::auth::Secret::new("t"))),
             cdn: None,
             region: Region::parse("us-east").unwrap(),
             publish_n: 5,

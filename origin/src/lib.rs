@@ -15,14 +15,14 @@
 //! - `admission`: which items and users a model trains on (bounded, earned).
 //! - `training`: which model the service and the publisher train (`--model`).
 //! - `snapshot`: a trained model with id maps; builds recommendation documents.
-//! - `api`: the HTTP API (`app` adds middleware around it).
+//! - `http`: the HTTP API: one route table, the shared state, one error type, a file per
+//!   route family (recommendations, events, analytics, admin); `app` adds middleware.
 //! - `publish`: bulk and on-miss publishing to edge KV and the CDN folder.
 //! - `cdn`: the static server over the published CDN folder.
 //! - `demo_data`: deterministic generated demo data.
 //! - `import`: MovieLens/CSV import, all or nothing.
 //! - `events`: the live event wire format and its validation.
 //! - `event_log`: the durable, group-committed event log and its projections.
-//! - `live`: the event, analytics and admin routes.
 //! - `freshness`: debounced per-user republish and purge after events.
 //! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
 //! - `analytics`: the recommendation funnel and real-time figures.
@@ -35,7 +35,6 @@
 
 pub mod admission;
 pub mod analytics;
-pub mod api;
 pub mod auth;
 pub mod cdn;
 pub mod clients;
@@ -47,9 +46,9 @@ pub mod eval;
 pub mod event_log;
 pub mod events;
 pub mod freshness;
+pub mod http;
 pub mod import;
 pub mod latency;
-pub mod live;
 pub mod model;
 pub mod observability;
 pub mod publish;
@@ -62,15 +61,15 @@ pub mod training;
 
 use std::future::Future;
 
-pub use api::{ApiError, AppState};
+pub use http::{ApiError, AppState};
 
 /// The HTTP API with its middleware: a body size limit, and per request a span with
 /// the W3C trace id, latency and status metrics ([`observability::track`]).
 pub fn app(state: AppState) -> axum::Router {
     let traffic = state.traffic.clone();
     let limits = state.limits.clone();
-    api::routes(state)
-        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+    http::routes(state)
+        .layer(axum::extract::DefaultBodyLimit::max(http::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(limits, clients::limit))
         .layer(axum::middleware::from_fn_with_state(
             traffic,
@@ -114,7 +113,7 @@ mod tests {
         let server = tokio::spawn(run(listener, state, async {
             let _ = rx.await;
         }));
-        let health: api::Health = reqwest::get(format!("http://{addr}/health"))
+        let health: http::Health = reqwest::get(format!("http://{addr}/health"))
             .await
             .unwrap()
             .json()

@@ -24,7 +24,7 @@ use contract::{ErrorBody, IdError, RecommendationDoc, Region, Tenant, UserId};
 use rayon::prelude::*;
 use thiserror::Error;
 
-use crate::config::Secret;
+use crate::auth::Secret;
 use crate::snapshot::{now_unix, DocRequest, Snapshot};
 
 /// Most documents sent in one KV publish request (the edge accepts up to

@@ -18,7 +18,7 @@ use crate::clients::RateLimits;
 use crate::config::{Secret, ServeConfig};
 use crate::event_log::EventLog;
 use crate::freshness::{PublishGate, PublishHealth, Republisher, Targets};
-use crate::live::Live;
+use crate::http::Live;
 use crate::publish::EdgeClient;
 use crate::retrain::Retrainer;
 use crate::snapshot::{Freshness, Snapshot};

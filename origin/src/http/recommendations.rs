@@ -1,288 +1,24 @@
-//! The HTTP API: recommendations for one user or a batch, regional popular lists and
-//! health, all JSON, all input validated, errors as `{"error":{"code","message"}}`.
+//! `GET /v1/recommendations/{user}`, `POST /v1/recommendations/batch`, `GET /v1/popular`.
 //!
 //! Answers for users with history are also published in the background (edge KV
-//! and/or the CDN folder's current generation), at most once per user per freshness
-//! window (`freshness::PublishGate`), so the next request is served at the edge; popular fallbacks for unknown users are never published (anyone could fill
-//! the KV with made-up ids).
-//!
-//! # Layout
-//! - [`AppState`]: the trained snapshot and the serving settings, shared by handlers.
-//! - [`ApiError`]: every way a request can fail, with its status and code.
-//! - [`routes`]: the router (the crate's `app` wraps it with middleware).
+//! and/or the CDN folder), earned and bounded by the publish gate; popular fallbacks for
+//! unknown users are never published (anyone could fill the KV with made-up ids).
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use contract::{ErrorBody, IdError, ItemId, RecommendationDoc, Region, Tenant, UserId};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use contract::{IdError, ItemId, RecommendationDoc, Region, Tenant, UserId};
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::observability::Traffic;
-use crate::publish::{CdnFolder, EdgeClient};
-use crate::retrain::SharedSnapshot;
-use crate::snapshot::{now_unix, DocRequest, Snapshot};
+use crate::snapshot::{now_unix, DocRequest};
+
+use super::*;
 
 /// Most user ids one batch request may name.
 pub const MAX_BATCH_IDS: usize = 1000;
+
 /// `n` when a request names none.
 pub const DEFAULT_N: usize = 10;
-/// Items per document published on a miss, unless configured otherwise.
-pub const DEFAULT_PUBLISH_N: usize = 50;
-/// Background publishes running at once, at most; more misses are answered but not published.
-pub const MAX_BACKGROUND_PUBLISHES: usize = 32;
-/// Largest request body read, in bytes.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// The snapshot being served; a retrain replaces it in one atomic store.
-    pub snapshot: SharedSnapshot,
-    /// Region this origin runs in; the region of users not in the store.
-    pub region: Region,
-    /// Where answers for known users are published in the background, if anywhere.
-    pub edge: Option<EdgeClient>,
-    pub cdn: Option<CdnFolder>,
-    /// Items per document published in the background (at least the requested `n`).
-    pub publish_n: usize,
-    /// Background publishes that may run at once; answers beyond that are not published.
-    pub publish_slots: Arc<tokio::sync::Semaphore>,
-    /// When a user may be published (shared with the republisher): once per freshness
-    /// window per user here, never twice within the minimum interval.
-    pub publish_gate: crate::freshness::PublishGate,
-    /// Event log, freshness, retrain and analytics; `None` turns those routes off (503).
-    pub live: Option<Arc<crate::live::Live>>,
-    /// Request rate and latency (counted by the middleware).
-    pub traffic: Arc<Traffic>,
-    /// Per-client request limits (off unless configured).
-    pub limits: crate::clients::RateLimits,
-}
-
-impl AppState {
-    pub fn new(snapshot: Arc<Snapshot>, region: Region) -> Self {
-        AppState {
-            snapshot: Arc::new(arc_swap::ArcSwap::new(snapshot)),
-            region,
-            edge: None,
-            cdn: None,
-            publish_n: DEFAULT_PUBLISH_N,
-            publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
-            publish_gate: crate::freshness::PublishGate::default(),
-            live: None,
-            traffic: Arc::new(Traffic::default()),
-            limits: crate::clients::RateLimits::off(),
-        }
-    }
-
-    pub fn with_limits(mut self, limits: crate::clients::RateLimits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// The snapshot serving now (held for the whole of one answer).
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Turns on the live routes (events, analytics, retrain).
-    pub fn with_live(mut self, live: crate::live::Live) -> Self {
-        self.live = Some(Arc::new(live));
-        self
-    }
-
-    pub fn with_publish_n(mut self, n: usize) -> Self {
-        self.publish_n = n.clamp(1, contract::MAX_N);
-        self
-    }
-
-    pub fn with_publish_gate(mut self, gate: crate::freshness::PublishGate) -> Self {
-        self.publish_gate = gate;
-        self
-    }
-
-    pub fn with_edge(mut self, edge: EdgeClient) -> Self {
-        self.edge = Some(edge);
-        self
-    }
-
-    pub fn with_publish_dir(mut self, dir: PathBuf) -> Self {
-        self.cdn = Some(CdnFolder::new(dir));
-        self
-    }
-}
-
-/// Why a request failed.
-#[derive(Debug, Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    InvalidId(#[from] IdError),
-    #[error("this origin serves tenant {served:?}, not {asked:?}")]
-    UnknownTenant { asked: String, served: String },
-    #[error("n must be a whole number from 1 to {max}, not {0:?}", max = contract::MAX_N)]
-    InvalidN(String),
-    #[error("region {0:?} is not one of the known regions")]
-    InvalidRegion(String),
-    #[error("at most {MAX_BATCH_IDS} user ids per batch, not {0}")]
-    TooManyIds(usize),
-    #[error("user_ids[{index}]: {source}")]
-    InvalidBatchId { index: usize, source: IdError },
-    #[error("bad query string: {0}")]
-    InvalidQuery(String),
-    #[error("bad request body: {message}")]
-    InvalidBody { status: StatusCode, message: String },
-    #[error("user id is not valid percent-encoded UTF-8")]
-    UndecodableUserId,
-    #[error("no such route")]
-    NotFound,
-    #[error("method not allowed on this route")]
-    MethodNotAllowed,
-    #[error("{0}")]
-    Events(#[from] crate::events::EventError),
-    #[error("{0}")]
-    InvalidRange(#[from] crate::analytics::RangeError),
-    #[error("{0}")]
-    InvalidStep(#[from] crate::analytics::StepError),
-    #[error("{0}")]
-    InvalidLatencyQuery(#[from] crate::latency::LatencyQueryError),
-    #[error("bad edge report: {0}")]
-    InvalidEdgeReport(String),
-    #[error("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)")]
-    Unauthorized,
-    #[error("admin routes are off: the origin has no ADMIN_TOKEN")]
-    AdminDisabled,
-    #[error("this origin runs without an event log")]
-    LiveDisabled,
-    #[error("the event log is unavailable: {0}")]
-    EventLog(String),
-    #[error("retrain failed: {0}")]
-    Retrain(String),
-    #[error("the model is still being trained; retry shortly")]
-    ModelLoading,
-    #[error("answering failed: {0}")]
-    Internal(String),
-}
-
-impl From<crate::auth::AuthFailure> for ApiError {
-    fn from(f: crate::auth::AuthFailure) -> Self {
-        match f {
-            crate::auth::AuthFailure::Disabled => ApiError::AdminDisabled,
-            crate::auth::AuthFailure::Unauthorized => ApiError::Unauthorized,
-        }
-    }
-}
-
-impl From<crate::event_log::EventLogError> for ApiError {
-    fn from(e: crate::event_log::EventLogError) -> Self {
-        ApiError::EventLog(e.to_string())
-    }
-}
-
-impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::UnknownTenant { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::InvalidBody { status, .. } => *status,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::AdminDisabled | ApiError::LiveDisabled | ApiError::EventLog(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Retrain(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::ModelLoading => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::InvalidId(e) | ApiError::InvalidBatchId { source: e, .. } => e.code(),
-            ApiError::UndecodableUserId => "invalid_user_id",
-            ApiError::UnknownTenant { .. } => "unknown_tenant",
-            ApiError::InvalidN(_) => "invalid_n",
-            ApiError::InvalidRegion(_) => "invalid_region",
-            ApiError::TooManyIds(_) => "too_many_ids",
-            ApiError::InvalidQuery(_) => "invalid_query",
-            ApiError::InvalidBody { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
-                "body_too_large"
-            }
-            ApiError::InvalidBody { .. } => "invalid_body",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Events(e) => e.code(),
-            ApiError::InvalidRange(_) => "invalid_range",
-            ApiError::InvalidStep(_) => "invalid_step",
-            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Range(_))
-            | ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::RangeTooLong) => {
-                "invalid_range"
-            }
-            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Step(_)) => {
-                "invalid_step"
-            }
-            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Route) => {
-                "invalid_route"
-            }
-            ApiError::InvalidEdgeReport(_) => "invalid_edge_report",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::AdminDisabled => "admin_disabled",
-            ApiError::LiveDisabled => "events_disabled",
-            ApiError::EventLog(_) => "event_log_unavailable",
-            ApiError::Retrain(_) => "retrain_failed",
-            ApiError::ModelLoading => "model_loading",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let retry = matches!(self, ApiError::ModelLoading);
-        let mut resp = (
-            self.status(),
-            Json(ErrorBody::new(self.code(), self.to_string())),
-        )
-            .into_response();
-        if retry {
-            resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
-        }
-        resp
-    }
-}
-
-/// The snapshot serving now, or `503 model_loading` while the first model trains.
-fn trained(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
-    let snapshot = state.snapshot();
-    if snapshot.loading {
-        return Err(ApiError::ModelLoading);
-    }
-    Ok(snapshot)
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::InvalidQuery(r.body_text())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        ApiError::InvalidBody {
-            status: if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            message: r.body_text(),
-        }
-    }
-}
 
 /// Query parameters of the GET routes, as sent (validated by the handlers).
 #[derive(Debug, Default, Deserialize)]
@@ -312,29 +48,7 @@ pub struct BatchResponse {
     pub results: Vec<RecommendationDoc>,
 }
 
-/// Answer of `GET /health`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Health {
-    /// `ok`; `loading` until the first model is trained; `degraded` when the store
-    /// refuses writes (events are then answered 503).
-    pub status: String,
-    /// Whether the last write to the store (event commit or probe) succeeded, and why not.
-    #[serde(default)]
-    pub store: Option<StoreHealth>,
-    /// Items the model trained on, those left out (too few users, over the cap) and
-    /// the cap; absent while loading.
-    #[serde(default)]
-    pub model_items: Option<crate::admission::Admission>,
-    pub version: String,
-    pub tenant: String,
-    pub region: String,
-    pub users: u64,
-    pub items: u64,
-    pub interactions: u64,
-    pub model_version: String,
-}
-
-fn non_empty(s: &Option<String>) -> Option<&str> {
+pub(crate) fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
 }
 
@@ -343,7 +57,7 @@ pub fn parse_n(raw: Option<&str>) -> Result<usize, ApiError> {
     contract::params::parse_n(raw, DEFAULT_N).map_err(|e| ApiError::InvalidN(e.got))
 }
 
-fn check_tenant(state: &AppState, raw: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn check_tenant(state: &AppState, raw: Option<&str>) -> Result<(), ApiError> {
     if let Some(t) = raw {
         let t = Tenant::parse(t)?;
         let served = state.snapshot().tenant.clone();
@@ -358,7 +72,7 @@ fn check_tenant(state: &AppState, raw: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// A region parameter that names a known region; anything else is ignored.
-fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
+pub(crate) fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
     raw.and_then(|r| Region::parse(r).ok())
         .filter(|r| state.snapshot().regions.knows(r))
 }
@@ -370,7 +84,7 @@ fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region> {
 /// The published document is the user's canonical one (their own region, no context,
 /// at least `publish_n` items), not the answer as asked for: the edge serves it to
 /// every later request of the user, whatever `n`, `context` or `region` they name.
-fn publish_in_background(
+pub(crate) fn publish_in_background(
     state: &AppState,
     user: &UserId,
     n: usize,
@@ -426,13 +140,13 @@ fn publish_in_background(
 }
 
 /// The trace context the middleware put into the request, when it ran.
-type Trace = Option<axum::Extension<crate::observability::TraceContext>>;
+pub(crate) type Trace = Option<axum::Extension<crate::observability::TraceContext>>;
 
-async fn recommendations(
+pub(crate) async fn recommendations(
     State(state): State<AppState>,
     trace: Trace,
     user: Result<Path<String>, PathRejection>,
-    params: Result<Query<RecParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<RecParams>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let Path(user) = user.map_err(|_| ApiError::UndecodableUserId)?;
     answer(state, &user, params, trace).await
@@ -440,22 +154,21 @@ async fn recommendations(
 
 /// `GET /v1/recommendations/batch`: the static batch route shadows the user named
 /// `batch`, so its GET is answered here.
-async fn recommendations_for_user_named_batch(
+pub(crate) async fn recommendations_for_user_named_batch(
     State(state): State<AppState>,
     trace: Trace,
-    params: Result<Query<RecParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<RecParams>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     answer(state, "batch", params, trace).await
 }
 
-async fn answer(
+pub(crate) async fn answer(
     state: AppState,
     user: &str,
-    params: Result<Query<RecParams>, QueryRejection>,
+    params: RecParams,
     trace: Trace,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     let user = UserId::parse(user)?;
-    let Query(params) = params?;
     check_tenant(&state, params.tenant.as_deref())?;
     let n = parse_n(params.n.as_deref())?;
     let context = non_empty(&params.context).map(ItemId::parse).transpose()?;
@@ -478,7 +191,9 @@ async fn answer(
 }
 
 /// A raw `/` in the user id segment: the router splits it, so it is refused here.
-async fn user_id_with_slash(path: Result<Path<(String, String)>, PathRejection>) -> ApiError {
+pub(crate) async fn user_id_with_slash(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiError {
     let Ok(Path((user, _rest))) = path else {
         return ApiError::UndecodableUserId;
     };
@@ -490,11 +205,10 @@ async fn user_id_with_slash(path: Result<Path<(String, String)>, PathRejection>)
     })
 }
 
-async fn batch(
+pub(crate) async fn batch(
     State(state): State<AppState>,
-    body: Result<Json<BatchRequest>, JsonRejection>,
+    ApiJson(body): ApiJson<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let Json(body) = body?;
     if body.user_ids.len() > MAX_BATCH_IDS {
         return Err(ApiError::TooManyIds(body.user_ids.len()));
     }
@@ -541,11 +255,10 @@ async fn batch(
     Ok(Json(BatchResponse { results }))
 }
 
-async fn popular(
+pub(crate) async fn popular(
     State(state): State<AppState>,
-    params: Result<Query<RecParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<RecParams>,
 ) -> Result<Json<RecommendationDoc>, ApiError> {
-    let Query(params) = params?;
     check_tenant(&state, params.tenant.as_deref())?;
     let n = parse_n(params.n.as_deref())?;
     let region = match non_empty(&params.region) {
@@ -556,79 +269,16 @@ async fn popular(
     Ok(Json(trained(&state)?.popular_doc(&region, n, now_unix())))
 }
 
-/// Whether the store takes writes (see [`crate::event_log::WriteHealth`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoreHealth {
-    pub writable: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-async fn health(State(state): State<AppState>) -> Json<Health> {
-    let s = state.snapshot();
-    let store = state.live.as_ref().map(|l| {
-        let w = l.log.write_health();
-        StoreHealth {
-            writable: w.writable,
-            error: w.error,
-        }
-    });
-    let status = if store.as_ref().is_some_and(|w| !w.writable) {
-        "degraded"
-    } else if s.loading {
-        "loading"
-    } else {
-        "ok"
-    };
-    Json(Health {
-        status: status.into(),
-        store,
-        model_items: s.admission.clone(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        tenant: s.tenant.as_str().into(),
-        region: state.region.as_str().into(),
-        users: s.counts.users,
-        items: s.counts.items,
-        interactions: s.counts.interactions,
-        model_version: s.model_version(),
-    })
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
-}
-
-/// The API routes with JSON 404/405 fallbacks, without middleware.
-pub fn routes(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/v1/recommendations/batch",
-            post(batch).get(recommendations_for_user_named_batch),
-        )
-        .route("/v1/recommendations/{user_id}", get(recommendations))
-        .route(
-            "/v1/recommendations/{user_id}/{*rest}",
-            get(user_id_with_slash),
-        )
-        .route("/v1/popular", get(popular))
-        .route("/health", get(health))
-        .route("/dashboard", get(crate::dashboard::dashboard_page))
-        .merge(crate::live::routes())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::publish::CdnFolder;
+    use crate::snapshot::Snapshot;
     use axum::body::Body;
     use axum::http::Request;
+    use axum::http::StatusCode;
     use http_body_util::BodyExt;
+    use std::sync::Arc;
     use tower::ServiceExt;
 
     fn state(dir: &std::path::Path) -> (AppState, crate::store::Store) {

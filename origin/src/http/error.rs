@@ -1,0 +1,191 @@
+//! The one error type of the HTTP API, [`ApiError`]: every way a request can fail, with its
+//! status and stable code, answered as `{"error":{"code","message"}}`; axum's own
+//! rejections (bad JSON, query, path) become it too.
+
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use contract::{ErrorBody, IdError};
+use thiserror::Error;
+
+use super::*;
+
+/// Why a request failed.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidId(#[from] IdError),
+    #[error("this origin serves tenant {served:?}, not {asked:?}")]
+    UnknownTenant { asked: String, served: String },
+    #[error("n must be a whole number from 1 to {max}, not {0:?}", max = contract::MAX_N)]
+    InvalidN(String),
+    #[error("region {0:?} is not one of the known regions")]
+    InvalidRegion(String),
+    #[error("at most {MAX_BATCH_IDS} user ids per batch, not {0}")]
+    TooManyIds(usize),
+    #[error("user_ids[{index}]: {source}")]
+    InvalidBatchId { index: usize, source: IdError },
+    #[error("bad query string: {0}")]
+    InvalidQuery(String),
+    #[error("bad request body: {message}")]
+    InvalidBody { status: StatusCode, message: String },
+    #[error("user id is not valid percent-encoded UTF-8")]
+    UndecodableUserId,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Events(#[from] crate::events::EventError),
+    #[error("{0}")]
+    InvalidRange(#[from] crate::analytics::RangeError),
+    #[error("{0}")]
+    InvalidStep(#[from] crate::analytics::StepError),
+    #[error("{0}")]
+    InvalidLatencyQuery(#[from] crate::latency::LatencyQueryError),
+    #[error("bad edge report: {0}")]
+    InvalidEdgeReport(String),
+    #[error("missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)")]
+    Unauthorized,
+    #[error("admin routes are off: the origin has no ADMIN_TOKEN")]
+    AdminDisabled,
+    #[error("this origin runs without an event log")]
+    LiveDisabled,
+    #[error("the event log is unavailable: {0}")]
+    EventLog(String),
+    #[error("retrain failed: {0}")]
+    Retrain(String),
+    #[error("the model is still being trained; retry shortly")]
+    ModelLoading,
+    #[error("answering failed: {0}")]
+    Internal(String),
+}
+
+impl From<crate::auth::AuthFailure> for ApiError {
+    fn from(f: crate::auth::AuthFailure) -> Self {
+        match f {
+            crate::auth::AuthFailure::Disabled => ApiError::AdminDisabled,
+            crate::auth::AuthFailure::Unauthorized => ApiError::Unauthorized,
+        }
+    }
+}
+
+impl From<crate::event_log::EventLogError> for ApiError {
+    fn from(e: crate::event_log::EventLogError) -> Self {
+        ApiError::EventLog(e.to_string())
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownTenant { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidBody { status, .. } => *status,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminDisabled | ApiError::LiveDisabled | ApiError::EventLog(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Retrain(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ModelLoading => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidId(e) | ApiError::InvalidBatchId { source: e, .. } => e.code(),
+            ApiError::UndecodableUserId => "invalid_user_id",
+            ApiError::UnknownTenant { .. } => "unknown_tenant",
+            ApiError::InvalidN(_) => "invalid_n",
+            ApiError::InvalidRegion(_) => "invalid_region",
+            ApiError::TooManyIds(_) => "too_many_ids",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidBody { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                "body_too_large"
+            }
+            ApiError::InvalidBody { .. } => "invalid_body",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Events(e) => e.code(),
+            ApiError::InvalidRange(_) => "invalid_range",
+            ApiError::InvalidStep(_) => "invalid_step",
+            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Range(_))
+            | ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::RangeTooLong) => {
+                "invalid_range"
+            }
+            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Step(_)) => {
+                "invalid_step"
+            }
+            ApiError::InvalidLatencyQuery(crate::latency::LatencyQueryError::Route) => {
+                "invalid_route"
+            }
+            ApiError::InvalidEdgeReport(_) => "invalid_edge_report",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::AdminDisabled => "admin_disabled",
+            ApiError::LiveDisabled => "events_disabled",
+            ApiError::EventLog(_) => "event_log_unavailable",
+            ApiError::Retrain(_) => "retrain_failed",
+            ApiError::ModelLoading => "model_loading",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let retry = matches!(self, ApiError::ModelLoading);
+        let mut resp = (
+            self.status(),
+            Json(ErrorBody::new(self.code(), self.to_string())),
+        )
+            .into_response();
+        if retry {
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::InvalidQuery(r.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::InvalidBody {
+            status: if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            message: r.body_text(),
+        }
+    }
+}
+
+pub(crate) fn body_error(r: BytesRejection) -> ApiError {
+    ApiError::InvalidBody {
+        status: if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        },
+        message: r.body_text(),
+    }
+}
+
+/// `Json<T>` whose rejection (bad JSON, wrong content type, too large) is an [`ApiError`],
+/// answered in the API's JSON error shape.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `Query<T>` whose rejection is an [`ApiError`] (`invalid_query`).
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);

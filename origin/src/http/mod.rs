@@ -1,0 +1,149 @@
+//! The HTTP API of the origin: one route table ([`routes`]), the shared state
+//! ([`state`]), one error type ([`error`]) and a file per route family.
+//!
+//! | route | family |
+//! |---|---|
+//! | `GET /v1/recommendations/{user}`, `POST /v1/recommendations/batch`, `GET /v1/popular` | [`recommendations`] |
+//! | `POST /v1/events`, `POST /v1/impressions` | [`events`] |
+//! | `GET /v1/analytics/{recommendations,real-time,timeline,latency}` | [`analytics`] |
+//! | `POST /v1/admin/retrain`, `POST /v1/analytics/edge-report` | [`admin`] |
+//! | `GET /health`, `GET /dashboard`, JSON 404/405 | here |
+//!
+//! Every answer is JSON; errors are `{"error":{"code","message"}}` ([`ApiError`]). The
+//! crate's `app` wraps [`routes`] with the body limit, rate limits and request metrics.
+//!
+//! # Layout
+//! - `state`: [`AppState`], [`Live`].
+//! - `error`: [`ApiError`].
+//! - `recommendations`, `events`, `analytics`, `admin`: the handlers.
+
+pub mod admin;
+pub mod analytics;
+pub mod error;
+pub mod events;
+pub mod recommendations;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+pub(crate) use error::body_error;
+pub use error::{ApiError, ApiJson, ApiQuery};
+pub use events::{Accepted, EVENTS_MAX_BODY_BYTES};
+pub use recommendations::{
+    parse_n, BatchRequest, BatchResponse, RecParams, DEFAULT_N, MAX_BATCH_IDS,
+};
+pub use state::*;
+
+/// Answer of `GET /health`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`; `loading` until the first model is trained; `degraded` when the store
+    /// refuses writes (events are then answered 503).
+    pub status: String,
+    /// Whether the last write to the store (event commit or probe) succeeded, and why not.
+    #[serde(default)]
+    pub store: Option<StoreHealth>,
+    /// Items the model trained on, those left out (too few users, over the cap) and
+    /// the cap; absent while loading.
+    #[serde(default)]
+    pub model_items: Option<crate::admission::Admission>,
+    pub version: String,
+    pub tenant: String,
+    pub region: String,
+    pub users: u64,
+    pub items: u64,
+    pub interactions: u64,
+    pub model_version: String,
+}
+
+/// Whether the store takes writes (see [`crate::event_log::WriteHealth`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreHealth {
+    pub writable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
+    let s = state.snapshot();
+    let store = state.live.as_ref().map(|l| {
+        let w = l.log.write_health();
+        StoreHealth {
+            writable: w.writable,
+            error: w.error,
+        }
+    });
+    let status = if store.as_ref().is_some_and(|w| !w.writable) {
+        "degraded"
+    } else if s.loading {
+        "loading"
+    } else {
+        "ok"
+    };
+    Json(Health {
+        status: status.into(),
+        store,
+        model_items: s.admission.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        tenant: s.tenant.as_str().into(),
+        region: state.region.as_str().into(),
+        users: s.counts.users,
+        items: s.counts.items,
+        interactions: s.counts.interactions,
+        model_version: s.model_version(),
+    })
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The API routes with JSON 404/405 fallbacks, without middleware.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/recommendations/batch",
+            post(recommendations::batch).get(recommendations::recommendations_for_user_named_batch),
+        )
+        .route(
+            "/v1/recommendations/{user_id}",
+            get(recommendations::recommendations),
+        )
+        .route(
+            "/v1/recommendations/{user_id}/{*rest}",
+            get(recommendations::user_id_with_slash),
+        )
+        .route("/v1/popular", get(recommendations::popular))
+        .route("/health", get(health))
+        .route("/dashboard", get(crate::dashboard::dashboard_page))
+        .route(
+            "/v1/events",
+            post(events::post_events).route_layer(DefaultBodyLimit::max(EVENTS_MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/impressions",
+            post(events::post_impressions)
+                .route_layer(DefaultBodyLimit::max(EVENTS_MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/analytics/recommendations",
+            get(analytics::recommendations_analytics),
+        )
+        .route("/v1/analytics/real-time", get(analytics::real_time))
+        .route("/v1/analytics/latency", get(analytics::latency_analytics))
+        .route("/v1/analytics/timeline", get(analytics::timeline_analytics))
+        .route("/v1/analytics/edge-report", post(admin::edge_report))
+        .route("/v1/admin/retrain", post(admin::retrain))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}

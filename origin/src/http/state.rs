@@ -1,0 +1,146 @@
+//! What the HTTP handlers share: [`AppState`] (the served snapshot, publish targets,
+//! limits) and [`Live`] (event log, republisher, retrainer, admin token).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use contract::Region;
+
+use crate::auth::Secret;
+use crate::event_log::EventLog;
+use crate::freshness::{PublishHealth, Republisher};
+use crate::observability::Traffic;
+use crate::publish::{CdnFolder, EdgeClient};
+use crate::retrain::{Retrainer, SharedSnapshot};
+use crate::snapshot::Snapshot;
+
+use super::*;
+
+/// Items per document published on a miss, unless configured otherwise.
+pub const DEFAULT_PUBLISH_N: usize = 50;
+
+/// Background publishes running at once, at most; more misses are answered but not published.
+pub const MAX_BACKGROUND_PUBLISHES: usize = 32;
+
+/// Largest request body read, in bytes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The snapshot being served; a retrain replaces it in one atomic store.
+    pub snapshot: SharedSnapshot,
+    /// Region this origin runs in; the region of users not in the store.
+    pub region: Region,
+    /// Where answers for known users are published in the background, if anywhere.
+    pub edge: Option<EdgeClient>,
+    pub cdn: Option<CdnFolder>,
+    /// Items per document published in the background (at least the requested `n`).
+    pub publish_n: usize,
+    /// Background publishes that may run at once; answers beyond that are not published.
+    pub publish_slots: Arc<tokio::sync::Semaphore>,
+    /// When a user may be published (shared with the republisher): once per freshness
+    /// window per user here, never twice within the minimum interval.
+    pub publish_gate: crate::freshness::PublishGate,
+    /// Event log, freshness, retrain and analytics; `None` turns those routes off (503).
+    pub live: Option<Arc<crate::http::Live>>,
+    /// Request rate and latency (counted by the middleware).
+    pub traffic: Arc<Traffic>,
+    /// Per-client request limits (off unless configured).
+    pub limits: crate::clients::RateLimits,
+}
+
+impl AppState {
+    pub fn new(snapshot: Arc<Snapshot>, region: Region) -> Self {
+        AppState {
+            snapshot: Arc::new(arc_swap::ArcSwap::new(snapshot)),
+            region,
+            edge: None,
+            cdn: None,
+            publish_n: DEFAULT_PUBLISH_N,
+            publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
+            publish_gate: crate::freshness::PublishGate::default(),
+            live: None,
+            traffic: Arc::new(Traffic::default()),
+            limits: crate::clients::RateLimits::off(),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: crate::clients::RateLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The snapshot serving now (held for the whole of one answer).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Turns on the live routes (events, analytics, retrain).
+    pub fn with_live(mut self, live: crate::http::Live) -> Self {
+        self.live = Some(Arc::new(live));
+        self
+    }
+
+    pub fn with_publish_n(mut self, n: usize) -> Self {
+        self.publish_n = n.clamp(1, contract::MAX_N);
+        self
+    }
+
+    pub fn with_publish_gate(mut self, gate: crate::freshness::PublishGate) -> Self {
+        self.publish_gate = gate;
+        self
+    }
+
+    pub fn with_edge(mut self, edge: EdgeClient) -> Self {
+        self.edge = Some(edge);
+        self
+    }
+
+    pub fn with_publish_dir(mut self, dir: PathBuf) -> Self {
+        self.cdn = Some(CdnFolder::new(dir));
+        self
+    }
+}
+
+/// The snapshot serving now, or `503 model_loading` while the first model trains.
+pub(crate) fn trained(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
+    let snapshot = state.snapshot();
+    if snapshot.loading {
+        return Err(ApiError::ModelLoading);
+    }
+    Ok(snapshot)
+}
+
+/// Default clock skew allowed for event timestamps, in seconds.
+pub const DEFAULT_MAX_FUTURE_S: i64 = 300;
+
+/// What the live routes share.
+pub struct Live {
+    pub log: EventLog,
+    /// Republishes touched users; `None` when there is nothing to publish to.
+    pub republisher: Option<Republisher>,
+    pub retrainer: Option<Arc<Retrainer>>,
+    /// Bearer token of the admin routes; `None` turns them off (503).
+    pub admin_token: Option<Secret>,
+    /// How far ahead of the origin's clock an event timestamp may be.
+    pub max_future_s: i64,
+    pub health: Arc<PublishHealth>,
+}
+
+impl Live {
+    pub fn new(log: EventLog) -> Self {
+        Live {
+            log,
+            republisher: None,
+            retrainer: None,
+            admin_token: None,
+            max_future_s: DEFAULT_MAX_FUTURE_S,
+            health: Arc::new(PublishHealth::default()),
+        }
+    }
+}
+
+pub(crate) fn live(state: &AppState) -> Result<&Arc<Live>, ApiError> {
+    state.live.as_ref().ok_or(ApiError::LiveDisabled)
+}
