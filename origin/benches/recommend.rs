@@ -42,6 +42,10 @@ fn setup() -> Setup {
             lambda: 500.0,
             alpha: 0.0,
         },
+        ModelSpec::default_for(engine::ModelKind::Dlae),
+        ModelSpec::default_for(engine::ModelKind::Rp3beta),
+        ModelSpec::default_for(engine::ModelKind::Gfcf),
+        ModelSpec::default_for(engine::ModelKind::Als),
         ModelSpec::Content,
         ModelSpec::default_for(engine::ModelKind::Hybrid),
     ];
