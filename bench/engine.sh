@@ -84,8 +84,8 @@ echo "== cost: train + all-user top-20, fixed parameters (peers' settings where 
 OURS=(
     "ease|ease|{\"lambda\": $PLAMBDA}"
     "itemknn|itemknn|{\"k\": $KNN, \"shrink\": 0}"
-    "als|als|{\"factors\": $FACTORS, \"reg\": 1.0, \"alpha\": 5.0, \"iterations\": 15}"
-    "rp3beta|rp3beta|{\"alpha\": 0.8, \"beta\": $BETA, \"k\": 200}"
+    "als|als|{\"factors\": $FACTORS, \"reg\": 30.0, \"alpha\": 3.0, \"iterations\": 15}"
+    "rp3beta|rp3beta|{\"alpha\": 0.8, \"beta\": $BETA, \"k\": 100}"
     "gfcf|gfcf|{\"alpha\": $GALPHA, \"k\": 256, \"sharpen\": 0}"
     "dlae|dlae|{}"
     "auto-blend|hybrid|$AUTO_SPEC"

@@ -45,8 +45,23 @@ pub struct Als {
     gram: Vec<f32>,
 }
 
+/// Dot product in eight lanes (so the compiler vectorises it; the order is fixed, so the
+/// result is deterministic).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `YᵀY + λI` of row-major factors `y` (`f` columns).
@@ -161,21 +176,24 @@ impl Als {
     /// The exact user factor for `history`: `(YᵀY + λI + Σ α w y yᵀ)⁻¹ Σ (1 + α w) y`.
     pub fn fold_in(&self, history: &[(ItemIdx, f32)]) -> Vec<f32> {
         let f = self.p.factors;
-        let mut a = Mat::<f32>::from_fn(f, f, |r, c| self.gram[r * f + c]);
-        let mut b = Mat::<f32>::zeros(f, 1);
+        let mut a = self.gram.clone();
+        let mut b = vec![0f32; f];
         for &(i, w) in history.iter().filter(|(i, _)| (*i as usize) < self.n_items) {
             let yi = self.item(i);
             let c = self.p.alpha * w;
-            for r in 0..f {
-                b[(r, 0)] += (1.0 + c) * yi[r];
-                for s in 0..f {
-                    a[(r, s)] += c * yi[r] * yi[s];
+            for (r, &yr) in yi.iter().enumerate() {
+                b[r] += (1.0 + c) * yr;
+                let cy = c * yr;
+                for (o, &ys) in a[r * f..(r + 1) * f].iter_mut().zip(yi) {
+                    *o += cy * ys;
                 }
             }
         }
-        match a.llt(Side::Lower) {
+        let m = Mat::<f32>::from_fn(f, f, |r, c| a[r * f + c]);
+        let rhs = Mat::<f32>::from_fn(f, 1, |r, _| b[r]);
+        match m.llt(Side::Lower) {
             Ok(llt) => {
-                let x = llt.solve(&b);
+                let x = llt.solve(&rhs);
                 (0..f).map(|r| x[(r, 0)]).collect()
             }
             Err(_) => vec![0.0; f],

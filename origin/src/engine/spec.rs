@@ -179,8 +179,8 @@ impl ModelSpec {
             },
             ModelKind::Rp3beta => ModelSpec::Rp3beta {
                 alpha: 0.8,
-                beta: 0.3,
-                k: 200,
+                beta: 0.5,
+                k: 100,
             },
             ModelKind::Gfcf => ModelSpec::Gfcf {
                 alpha: 0.3,
@@ -189,9 +189,9 @@ impl ModelSpec {
                 seed: 42,
             },
             ModelKind::Als => ModelSpec::Als {
-                factors: 64,
-                reg: 0.05,
-                alpha: 10.0,
+                factors: 32,
+                reg: 30.0,
+                alpha: 3.0,
                 iterations: 15,
                 seed: 42,
             },

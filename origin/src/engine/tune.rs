@@ -122,7 +122,7 @@ pub fn grid(kind: ModelKind) -> Vec<ModelSpec> {
         ModelKind::Rp3beta => [0.6, 0.8, 1.0]
             .into_iter()
             .flat_map(|alpha| {
-                [(0.2, 200), (0.35, 200), (0.5, 200), (0.35, 0)]
+                [(0.35, 100), (0.5, 100), (0.6, 100), (0.5, 200)]
                     .map(|(beta, k)| ModelSpec::Rp3beta { alpha, beta, k })
             })
             .collect(),
@@ -144,10 +144,11 @@ pub fn grid(kind: ModelKind) -> Vec<ModelSpec> {
         })
         .to_vec(),
         ModelKind::Als => [
-            (64, 1.0, 5.0),
-            (128, 1.0, 5.0),
-            (128, 5.0, 20.0),
-            (128, 0.5, 2.0),
+            (24, 20.0, 2.0),
+            (32, 20.0, 2.0),
+            (32, 30.0, 3.0),
+            (32, 50.0, 5.0),
+            (64, 30.0, 3.0),
         ]
         .map(|(factors, reg, alpha)| ModelSpec::Als {
             factors,
@@ -166,7 +167,7 @@ pub fn grid(kind: ModelKind) -> Vec<ModelSpec> {
 /// which bounds its cache of normalised scores to `4 · MAX · I` bytes per component.
 const BLEND_MAX_USERS: usize = 2_000;
 /// How many families (the best first) a blend may combine.
-const BLEND_MAX_PARTS: usize = 4;
+const BLEND_MAX_PARTS: usize = 6;
 
 /// Per-user min-max-normalised scores of one component over its non-history items,
 /// exactly as [`super::hybrid::Hybrid`] computes them; history items get `-inf`.
