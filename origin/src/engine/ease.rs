@@ -18,10 +18,9 @@ use faer::linalg::solvers::DenseSolveCore;
 use faer::Side;
 use rayon::prelude::*;
 
-use super::dense::{add_rows, gram};
-use super::itemknn::best_contributor;
-use super::{user_item_matrix, Scorer};
-use crate::model::{Because, ItemIdx, TrainingData};
+use super::dense::{gram, ItemItem};
+use super::user_item_matrix;
+use crate::model::TrainingData;
 
 /// Why EASE could not be trained.
 #[derive(Debug, thiserror::Error)]
@@ -45,25 +44,24 @@ pub enum Variant {
     Dlae,
 }
 
-pub struct Ease {
-    lambda: f64,
-    alpha: f64,
-    variant: Variant,
-    n: usize,
-    /// Row-major `n × n`.
-    b: Vec<f32>,
-}
+/// EASE and DLAE trainers; both return a dense item-item model ([`ItemItem`]) named like
+/// `ease-l100-a2` or `dlae-l200-a1`.
+pub struct Ease;
 
 impl Ease {
     /// Plain EASE: `λ` added to every diagonal entry of the Gram matrix.
-    pub fn train(data: &TrainingData, lambda: f64) -> Result<Ease, EaseError> {
+    pub fn train(data: &TrainingData, lambda: f64) -> Result<ItemItem, EaseError> {
         Ease::train_scaled(data, lambda, 0.0)
     }
 
     /// EASE with popularity-scaled regularisation: item `j` gets `λ + α·G_jj` on the
     /// diagonal (`α = p/(1−p)` is the emphasis of dropout-denoising, Steck 2020), so
     /// popular items are shrunk more. `α = 0` is plain EASE.
-    pub fn train_scaled(data: &TrainingData, lambda: f64, alpha: f64) -> Result<Ease, EaseError> {
+    pub fn train_scaled(
+        data: &TrainingData,
+        lambda: f64,
+        alpha: f64,
+    ) -> Result<ItemItem, EaseError> {
         Ease::train_variant(data, lambda, alpha, Variant::Ease)
     }
 
@@ -74,7 +72,7 @@ impl Ease {
         lambda: f64,
         alpha: f64,
         variant: Variant,
-    ) -> Result<Ease, EaseError> {
+    ) -> Result<ItemItem, EaseError> {
         if lambda.is_nan() || lambda <= 0.0 {
             return Err(EaseError::BadLambda(lambda));
         }
@@ -111,47 +109,16 @@ impl Ease {
                 }
             });
         }
-        Ok(Ease {
-            lambda,
-            alpha,
-            variant,
-            n,
-            b,
-        })
-    }
-
-    /// `B[h, j]`.
-    pub fn weight(&self, h: ItemIdx, j: ItemIdx) -> f32 {
-        self.b[h as usize * self.n + j as usize]
-    }
-}
-
-impl Scorer for Ease {
-    fn name(&self) -> String {
-        let family = match self.variant {
+        let family = match variant {
             Variant::Ease => "ease",
             Variant::Dlae => "dlae",
         };
-        if self.alpha > 0.0 {
-            format!("{family}-l{}-a{}", self.lambda, self.alpha)
+        let name = if alpha > 0.0 {
+            format!("{family}-l{lambda}-a{alpha}")
         } else {
-            format!("{family}-l{}", self.lambda)
-        }
-    }
-
-    fn n_items(&self) -> usize {
-        self.n
-    }
-
-    fn score(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, out: &mut [f32]) {
-        add_rows(&self.b, self.n, history, out);
-    }
-
-    fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
-        best_contributor(history, |h| {
-            ((h as usize) < self.n && (item as usize) < self.n).then(|| self.weight(h, item))
-        })
-        .map_or(Because::Popular, Because::SimilarTo)
+            format!("{family}-l{lambda}")
+        };
+        Ok(ItemItem::new(name, n, b))
     }
 }
 
@@ -159,6 +126,8 @@ impl Scorer for Ease {
 mod tests {
     use super::*;
     use crate::engine::itemknn::tests::tiny;
+    use crate::engine::Scorer;
+    use crate::model::Because;
 
     #[test]
     fn matches_the_closed_form_on_a_two_item_case() {

@@ -115,6 +115,15 @@ mod tests {
     use super::*;
     use crate::model::Interaction;
 
+    fn filter(alpha: f32, k: usize, sharpen: f32, seed: u64) -> GraphFilter {
+        GraphFilter {
+            alpha,
+            k,
+            sharpen,
+            seed,
+        }
+    }
+
     fn data() -> TrainingData {
         let x = |user, item| Interaction {
             user,
@@ -134,28 +143,12 @@ mod tests {
     fn the_linear_filter_is_the_normalised_item_graph() {
         // u0 = {0, 1}, u1 = {1, 2}: D_u = 2, 2; D_i = 1, 2, 1.
         // P̃_01 = (1/2) / sqrt(1·2) = 0.353553; P̃_12 the same; P̃_02 = 0.
-        let m = train(
-            &data(),
-            GraphFilter {
-                alpha: 0.0,
-                k: 0,
-                sharpen: 0.0,
-                seed: 1,
-            },
-        );
+        let m = train(&data(), filter(0.0, 0, 0.0, 1));
         assert!((m.weight(0, 1) - 0.353553).abs() < 1e-5);
         assert!((m.weight(1, 2) - 0.353553).abs() < 1e-5);
         assert_eq!(m.weight(0, 2), 0.0);
         // Sharpening subtracts s · P̃²: (P̃²)_02 = P̃_01 · P̃_12 = 0.125.
-        let s = train(
-            &data(),
-            GraphFilter {
-                alpha: 0.0,
-                k: 0,
-                sharpen: 1.0,
-                seed: 1,
-            },
-        );
+        let s = train(&data(), filter(0.0, 0, 1.0, 1));
         assert!((s.weight(0, 2) + 0.125).abs() < 1e-5);
     }
 
@@ -165,15 +158,7 @@ mod tests {
         // Its leading eigenvalue is 1 with eigenvector ∝ D_i^½ = (1, √2, 1)/2, so the rank-1
         // low-pass part adds α · d_h^−½ · v_h v_j · d_j^½ = α · d_j / 4:
         // W_01 = 0.353553 + 1 · (2 / 4) = 0.853553 with α = 1, k = 1.
-        let m = train(
-            &data(),
-            GraphFilter {
-                alpha: 1.0,
-                k: 1,
-                sharpen: 0.0,
-                seed: 7,
-            },
-        );
+        let m = train(&data(), filter(1.0, 1, 0.0, 7));
         assert!(
             (m.weight(0, 1) - 0.853553).abs() < 1e-4,
             "{}",
@@ -181,15 +166,7 @@ mod tests {
         );
         assert!((m.weight(1, 0) - (0.353553 + 0.25)).abs() < 1e-4);
         // deterministic under the seed
-        let again = train(
-            &data(),
-            GraphFilter {
-                alpha: 1.0,
-                k: 1,
-                sharpen: 0.0,
-                seed: 7,
-            },
-        );
+        let again = train(&data(), filter(1.0, 1, 0.0, 7));
         assert_eq!(m.weight(0, 1), again.weight(0, 1));
     }
 }
