@@ -42,8 +42,43 @@ fn setup() -> Setup {
             lambda: 500.0,
             alpha: 0.0,
         },
+        ModelSpec::default_for(engine::ModelKind::Dlae),
+        ModelSpec::default_for(engine::ModelKind::Rp3beta),
+        ModelSpec::default_for(engine::ModelKind::Gfcf),
+        ModelSpec::default_for(engine::ModelKind::Als),
         ModelSpec::Content,
         ModelSpec::default_for(engine::ModelKind::Hybrid),
+        // The blend `origin eval --model auto` fits on MovieLens 100K (docs/benchmarks.md).
+        ModelSpec::Hybrid {
+            parts: vec![
+                (
+                    ModelSpec::Als {
+                        factors: 64,
+                        reg: 30.0,
+                        alpha: 3.0,
+                        iterations: 15,
+                        seed: 42,
+                    },
+                    0.55,
+                ),
+                (
+                    ModelSpec::Dlae {
+                        lambda: 200.0,
+                        dropout: 0.5,
+                    },
+                    0.24,
+                ),
+                (
+                    ModelSpec::Gfcf {
+                        alpha: 0.3,
+                        k: 64,
+                        sharpen: 0.0,
+                        seed: 42,
+                    },
+                    0.21,
+                ),
+            ],
+        },
     ];
     let models = specs
         .iter()

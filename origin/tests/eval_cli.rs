@@ -33,7 +33,18 @@ fn eval_json_has_the_documented_keys_for_every_model() {
     );
     let valid = write(&dir, "valid.txt", "1 13\n4 23\n");
     let test = write(&dir, "test.txt", "2 12\n5 22\n6 20 99\n");
-    for model in ["popularity", "itemknn", "userknn", "ease", "hybrid", "auto"] {
+    for model in [
+        "popularity",
+        "itemknn",
+        "userknn",
+        "ease",
+        "dlae",
+        "rp3beta",
+        "gfcf",
+        "als",
+        "hybrid",
+        "auto",
+    ] {
         let out = origin(&[
             "eval", "--format", "lists", "--train", &train, "--valid", &valid, "--test", &test,
             "--k", "2", "--model", model, "--json",
@@ -64,11 +75,39 @@ fn eval_json_has_the_documented_keys_for_every_model() {
             .map(|r| r["unknown_items"].as_u64().unwrap())
             .sum();
         assert_eq!(unknown, 1, "{model}");
+        assert_eq!(v["unknown_test_items"]["pairs"], 1, "{model}");
+        assert_eq!(
+            v["unknown_test_items"]["counted_as_misses"], true,
+            "{model}"
+        );
+        assert!(v["by_activity"].as_array().is_some_and(|b| !b.is_empty()));
         if model != "popularity" {
-            // the groups are separable: every collaborative model finds the held-out item.
-            assert_eq!(v["recall@2"].as_f64().unwrap(), 1.0, "{model}: {v}");
+            // the groups are separable: every collaborative model finds the held-out item;
+            // user 6's unknown item 99 is a miss no model can avoid: recall (1 + 1 + ½)/3.
+            let recall = v["recall@2"].as_f64().unwrap();
+            assert!((recall - 2.5 / 3.0).abs() < 1e-9, "{model}: {v}");
         }
     }
+    // --drop-unknown-items leaves item 99 out of user 6's relevant set, and says so.
+    let out = origin(&[
+        "eval",
+        "--format",
+        "lists",
+        "--train",
+        &train,
+        "--test",
+        &test,
+        "--k",
+        "2",
+        "--model",
+        "ease",
+        "--json",
+        "--drop-unknown-items",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["recall@2"].as_f64().unwrap(), 1.0, "{v}");
+    assert_eq!(v["unknown_test_items"]["counted_as_misses"], false);
+    assert_eq!(v["unknown_test_items"]["pairs"], 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

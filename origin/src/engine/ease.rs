@@ -10,17 +10,17 @@
 //! MovieLens 100K gives the same NDCG@20/Recall@20, to every printed digit, as a numpy
 //! `f64` reference at λ = 50 and λ = 400 (`bench/peers.py`). Training peaks at about
 //! `12·I²` bytes (Gram matrix or factor, inverse, and `B`).
+//!
+//! [`Variant::Dlae`] is the denoising autoencoder of Steck 2020 from the same inverse
+//! (dropout as popularity-scaled regularisation, no zero-diagonal constraint).
 
 use faer::linalg::solvers::DenseSolveCore;
-use faer::{Mat, Side};
+use faer::Side;
 use rayon::prelude::*;
 
-use super::itemknn::best_contributor;
-use super::{user_item_matrix, Scorer};
-use crate::model::{Because, ItemIdx, TrainingData};
-
-/// Precision of the Gram matrix, the factorisation and the inverse (see the module docs).
-type F = f32;
+use super::dense::{gram, ItemItem};
+use super::user_item_matrix;
+use crate::model::TrainingData;
 
 /// Why EASE could not be trained.
 #[derive(Debug, thiserror::Error)]
@@ -33,24 +33,46 @@ pub enum EaseError {
     NotPositiveDefinite(faer::linalg::solvers::LltError),
 }
 
-pub struct Ease {
-    lambda: f64,
-    alpha: f64,
-    n: usize,
-    /// Row-major `n × n`.
-    b: Vec<f32>,
+/// Which linear autoencoder: the same inverse `P = (G + Λ)⁻¹`, a different `B`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// EASE: zero diagonal enforced, `B_ij = −P_ij / P_jj`.
+    Ease,
+    /// DLAE (Steck 2020, "Autoencoders that don't overfit towards the identity"): the
+    /// dropout-denoising autoencoder without the diagonal constraint, `B = I − P·Λ`, so
+    /// `B_ij = −P_ij · Λ_jj` off the diagonal (the diagonal is masked when scoring).
+    Dlae,
 }
+
+/// EASE and DLAE trainers; both return a dense item-item model ([`ItemItem`]) named like
+/// `ease-l100-a2` or `dlae-l200-a1`.
+pub struct Ease;
 
 impl Ease {
     /// Plain EASE: `λ` added to every diagonal entry of the Gram matrix.
-    pub fn train(data: &TrainingData, lambda: f64) -> Result<Ease, EaseError> {
+    pub fn train(data: &TrainingData, lambda: f64) -> Result<ItemItem, EaseError> {
         Ease::train_scaled(data, lambda, 0.0)
     }
 
     /// EASE with popularity-scaled regularisation: item `j` gets `λ + α·G_jj` on the
     /// diagonal (`α = p/(1−p)` is the emphasis of dropout-denoising, Steck 2020), so
     /// popular items are shrunk more. `α = 0` is plain EASE.
-    pub fn train_scaled(data: &TrainingData, lambda: f64, alpha: f64) -> Result<Ease, EaseError> {
+    pub fn train_scaled(
+        data: &TrainingData,
+        lambda: f64,
+        alpha: f64,
+    ) -> Result<ItemItem, EaseError> {
+        Ease::train_variant(data, lambda, alpha, Variant::Ease)
+    }
+
+    /// EASE or DLAE with `Λ_jj = λ + α·G_jj` (for DLAE, `α = p/(1−p)` with `p` the
+    /// dropout probability).
+    pub fn train_variant(
+        data: &TrainingData,
+        lambda: f64,
+        alpha: f64,
+        variant: Variant,
+    ) -> Result<ItemItem, EaseError> {
         if lambda.is_nan() || lambda <= 0.0 {
             return Err(EaseError::BadLambda(lambda));
         }
@@ -60,100 +82,43 @@ impl Ease {
         let n = data.n_items;
         let x = user_item_matrix(data);
         let xt = x.transpose();
-        // Lower triangle of the Gram matrix (all the Cholesky factorisation reads), one
-        // column per task: column j gets Σ_u x_uj · x_ui for i ≥ j.
-        let mut g = Mat::<F>::zeros(n, n);
-        g.par_col_iter_mut().enumerate().for_each(|(j, col)| {
-            let col = col
-                .try_as_col_major_mut()
-                .expect("owned columns are contiguous")
-                .as_slice_mut();
-            for (u, xuj) in xt.row_iter(j) {
-                let (items, weights) = x.row(u as usize);
-                let start = items.partition_point(|&i| (i as usize) < j);
-                for (&i, &xui) in items[start..].iter().zip(&weights[start..]) {
-                    col[i as usize] += F::from(xuj * xui);
-                }
-            }
-            col[j] += lambda as F + alpha as F * col[j];
-        });
+        let mut g = gram(&x, &xt, None, true);
         drop((x, xt));
+        let reg: Vec<f32> = (0..n)
+            .map(|j| lambda as f32 + alpha as f32 * g[(j, j)])
+            .collect();
+        for (j, r) in reg.iter().enumerate() {
+            g[(j, j)] += r;
+        }
         let llt = g.llt(Side::Lower).map_err(EaseError::NotPositiveDefinite)?;
         drop(g);
         let p = llt.inverse();
         drop(llt);
-        let diag: Vec<F> = (0..n).map(|j| p[(j, j)]).collect();
+        // Column scale: B[h, j] = −P[h, j] · scale[j].
+        let scale: Vec<f32> = match variant {
+            Variant::Ease => (0..n).map(|j| 1.0 / p[(j, j)]).collect(),
+            Variant::Dlae => reg,
+        };
         let mut b = vec![0f32; n * n];
         if n > 0 {
             b.par_chunks_mut(n).enumerate().for_each(|(h, row)| {
-                // B[h, j] = −P[h, j] / P[j, j], and P[h, j] = P[j, h] is column h of P.
+                // P[h, j] = P[j, h] is column h of P.
                 let pcol = p.col_as_slice(h);
                 for (j, out) in row.iter_mut().enumerate() {
-                    *out = if j == h { 0.0 } else { -pcol[j] / diag[j] };
+                    *out = if j == h { 0.0 } else { -pcol[j] * scale[j] };
                 }
             });
         }
-        Ok(Ease {
-            lambda,
-            alpha,
-            n,
-            b,
-        })
-    }
-
-    /// `B[h, j]`.
-    pub fn weight(&self, h: ItemIdx, j: ItemIdx) -> f32 {
-        self.b[h as usize * self.n + j as usize]
-    }
-}
-
-impl Scorer for Ease {
-    fn name(&self) -> String {
-        if self.alpha > 0.0 {
-            format!("ease-l{}-a{}", self.lambda, self.alpha)
+        let family = match variant {
+            Variant::Ease => "ease",
+            Variant::Dlae => "dlae",
+        };
+        let name = if alpha > 0.0 {
+            format!("{family}-l{lambda}-a{alpha}")
         } else {
-            format!("ease-l{}", self.lambda)
-        }
-    }
-
-    fn n_items(&self) -> usize {
-        self.n
-    }
-
-    fn score(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, out: &mut [f32]) {
-        // Four rows per pass over `out`: a quarter of the loads and stores of `out`, and
-        // four independent streams of `B` for the prefetcher.
-        let n = self.n;
-        let row = |h: ItemIdx| &self.b[h as usize * n..(h as usize + 1) * n];
-        let valid: &mut dyn Iterator<Item = &(ItemIdx, f32)> =
-            &mut history.iter().filter(|(h, _)| (*h as usize) < n);
-        loop {
-            let batch: [Option<&(ItemIdx, f32)>; 4] =
-                [valid.next(), valid.next(), valid.next(), valid.next()];
-            match batch {
-                [Some(&(h0, w0)), Some(&(h1, w1)), Some(&(h2, w2)), Some(&(h3, w3))] => {
-                    let (r0, r1, r2, r3) = (row(h0), row(h1), row(h2), row(h3));
-                    for ((((o, a), b), c), d) in out.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
-                        *o += w0 * a + w1 * b + w2 * c + w3 * d;
-                    }
-                }
-                rest => {
-                    for &(h, w) in rest.into_iter().flatten() {
-                        for (o, b) in out.iter_mut().zip(row(h)) {
-                            *o += w * b;
-                        }
-                    }
-                    break;
-                }
-            }
-        }
-    }
-
-    fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
-        best_contributor(history, |h| {
-            ((h as usize) < self.n && (item as usize) < self.n).then(|| self.weight(h, item))
-        })
-        .map_or(Because::Popular, Because::SimilarTo)
+            format!("{family}-l{lambda}")
+        };
+        Ok(ItemItem::new(name, n, b))
     }
 }
 
@@ -161,6 +126,8 @@ impl Scorer for Ease {
 mod tests {
     use super::*;
     use crate::engine::itemknn::tests::tiny;
+    use crate::engine::Scorer;
+    use crate::model::Because;
 
     #[test]
     fn matches_the_closed_form_on_a_two_item_case() {
@@ -191,6 +158,19 @@ mod tests {
         let m = Ease::train_scaled(&d, 1.0, 0.5).unwrap();
         assert!((m.weight(0, 1) - 0.5).abs() < 1e-6);
         assert_eq!(m.name(), "ease-l1-a0.5");
+    }
+
+    #[test]
+    fn dlae_scales_columns_by_the_regulariser_instead_of_the_inverse_diagonal() {
+        // Same two items, λ = 1, α = 0.5: Λ = diag(2), G + Λ = [[4,2],[2,4]],
+        // P = (1/12)[[4,−2],[−2,4]]; DLAE B_01 = −P_01·Λ_11 = (2/12)·2 = 1/3.
+        let mut d = tiny();
+        d.interactions.retain(|x| x.user < 2);
+        d.n_items = 2;
+        d.n_users = 2;
+        let m = Ease::train_variant(&d, 1.0, 0.5, Variant::Dlae).unwrap();
+        assert!((m.weight(0, 1) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(m.name(), "dlae-l1-a0.5");
     }
 
     #[test]

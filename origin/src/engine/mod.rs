@@ -35,7 +35,14 @@
 //! - `popularity`: global, regional and trending (time-decayed) popularity.
 //! - `itemknn`: item-item cosine with shrinkage, top-k neighbours per item.
 //! - `userknn`: user-user cosine, top-k neighbours found per query.
-//! - `ease`: EASE (Steck 2019), closed form via one Cholesky solve (`faer`).
+//! - `dense`: what the dense item-item models share: the weighted Gram matrix, the
+//!   scoring loop, top-k sparsification.
+//! - `ease`: EASE (Steck 2019) and DLAE (Steck 2020), closed form via one Cholesky solve
+//!   (`faer`).
+//! - `rp3`: RP3beta, a three-step random walk with a popularity penalty.
+//! - `gfcf`: closed-form graph filters (GF-CF / BSPM / Turbo-CF style): the normalised
+//!   item-item graph plus an ideal low-pass part from its leading eigenvectors.
+//! - `als`: weighted implicit ALS by conjugate gradient; queries fold the history in.
 //! - `content`: TF-IDF over item text, cosine to the user's profile.
 //! - `hybrid`: a weighted blend of min-max-normalised scores of other models, named
 //!   like `hybrid-0.9ease-l400-0.1userknn-k100`.
@@ -53,19 +60,26 @@
 //! # Memory bounds (`U` users, `I` items, `N` interactions, `T` text terms)
 //! - interaction matrix and its transpose: `2 · (8·U + 8·N)` bytes (user-kNN keeps both).
 //! - item-kNN: `8·k·I` bytes of neighbours; training peaks at one `I`-float accumulator per thread.
-//! - EASE: `4·I²` bytes for `B` (55 MB at 3,700 items); training peaks at about `12·I²`
-//!   bytes (the `f32` Gram matrix or its factor, the inverse, and `B`).
+//! - EASE, DLAE: `4·I²` bytes for `B` (55 MB at 3,700 items); training peaks at about
+//!   `12·I²` bytes (the `f32` Gram matrix or its factor, the inverse, and `B`).
+//! - RP3beta, graph filter: `4·I²` bytes for `W`; training peaks at `8·I²` (RP3beta) and
+//!   `16·I²` (graph filter with sharpening: `P̃`, `P̃²`, the low-pass part and `W`).
+//! - ALS: `4·f·(U + I)` bytes while training, `4·f·I` kept; a query solves one `f × f` system.
 //! - content: `8·(nnz of the TF-IDF matrix)` twice (rows and postings).
 //! - popularity: `4·I` per region plus one for trending.
 //! - per query: one `I`-float buffer per thread (user-kNN adds one `U`-float buffer; the
 //!   hybrid one per component), reused across queries; the answer is the only allocation.
 
+pub mod als;
 pub mod content;
+pub mod dense;
 pub mod ease;
+pub mod gfcf;
 pub mod hybrid;
 pub mod itemknn;
 pub mod popularity;
 pub mod rank;
+pub mod rp3;
 pub mod sparse;
 pub mod spec;
 pub mod synthetic;

@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::als::{Als, AlsParams};
 use super::content::Content;
-use super::ease::{Ease, EaseError};
+use super::ease::{Ease, EaseError, Variant};
+use super::gfcf::{self, GraphFilter};
 use super::hybrid::Hybrid;
 use super::itemknn::ItemKnn;
 use super::popularity::{PopMode, Popularity};
+use super::rp3;
 use super::userknn::UserKnn;
 use super::{Engine, Scorer};
 use crate::model::{Recommender, TrainingData};
@@ -23,17 +26,25 @@ pub enum ModelKind {
     ItemKnn,
     UserKnn,
     Ease,
+    Dlae,
+    Rp3beta,
+    Gfcf,
+    Als,
     Content,
     Hybrid,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 7] = [
+    pub const ALL: [ModelKind; 11] = [
         ModelKind::Popularity,
         ModelKind::Trending,
         ModelKind::ItemKnn,
         ModelKind::UserKnn,
         ModelKind::Ease,
+        ModelKind::Dlae,
+        ModelKind::Rp3beta,
+        ModelKind::Gfcf,
+        ModelKind::Als,
         ModelKind::Content,
         ModelKind::Hybrid,
     ];
@@ -46,6 +57,10 @@ impl ModelKind {
             ModelKind::ItemKnn => "itemknn",
             ModelKind::UserKnn => "userknn",
             ModelKind::Ease => "ease",
+            ModelKind::Dlae => "dlae",
+            ModelKind::Rp3beta => "rp3beta",
+            ModelKind::Gfcf => "gfcf",
+            ModelKind::Als => "als",
             ModelKind::Content => "content",
             ModelKind::Hybrid => "hybrid",
         }
@@ -84,11 +99,46 @@ pub enum ModelSpec {
         #[serde(default)]
         alpha: f64,
     },
+    /// DLAE (Steck 2020): the dropout-denoising linear autoencoder, `Λ_jj = λ + p/(1−p)·G_jj`,
+    /// no zero-diagonal constraint (see [`Variant::Dlae`]).
+    Dlae {
+        lambda: f64,
+        dropout: f64,
+    },
+    /// RP3beta random walk with popularity penalty (see [`rp3`]); `k = 0` keeps every
+    /// neighbour.
+    Rp3beta {
+        alpha: f32,
+        beta: f32,
+        k: usize,
+    },
+    /// Closed-form graph filter (GF-CF / BSPM style, see [`gfcf`]).
+    Gfcf {
+        alpha: f32,
+        k: usize,
+        #[serde(default)]
+        sharpen: f32,
+        #[serde(default = "default_seed")]
+        seed: u64,
+    },
+    /// Weighted implicit ALS by conjugate gradient (see [`super::als`]).
+    Als {
+        factors: usize,
+        reg: f32,
+        alpha: f32,
+        iterations: usize,
+        #[serde(default = "default_seed")]
+        seed: u64,
+    },
     Content,
     /// Weighted blend; parts that cannot be built (content without item text) are skipped.
     Hybrid {
         parts: Vec<(ModelSpec, f32)>,
     },
+}
+
+fn default_seed() -> u64 {
+    42
 }
 
 /// Why a model could not be built.
@@ -100,7 +150,9 @@ pub enum SpecError {
     NoItemText,
     #[error("a hybrid needs at least one part with positive weight that can be built")]
     EmptyHybrid,
-    #[error("unknown model {0:?} (known: popularity, trending, itemknn, userknn, ease, content, hybrid)")]
+    #[error("dlae needs 0 <= dropout < 1, got {0}")]
+    BadDropout(f64),
+    #[error("unknown model {0:?} (known: popularity, trending, itemknn, userknn, ease, dlae, rp3beta, gfcf, als, content, hybrid)")]
     UnknownModel(String),
 }
 
@@ -120,6 +172,28 @@ impl ModelSpec {
             ModelKind::Ease => ModelSpec::Ease {
                 lambda: 500.0,
                 alpha: 0.0,
+            },
+            ModelKind::Dlae => ModelSpec::Dlae {
+                lambda: 100.0,
+                dropout: 0.5,
+            },
+            ModelKind::Rp3beta => ModelSpec::Rp3beta {
+                alpha: 0.8,
+                beta: 0.5,
+                k: 100,
+            },
+            ModelKind::Gfcf => ModelSpec::Gfcf {
+                alpha: 0.3,
+                k: 64,
+                sharpen: 0.0,
+                seed: 42,
+            },
+            ModelKind::Als => ModelSpec::Als {
+                factors: 32,
+                reg: 30.0,
+                alpha: 3.0,
+                iterations: 15,
+                seed: 42,
             },
             ModelKind::Content => ModelSpec::Content,
             ModelKind::Hybrid => ModelSpec::Hybrid {
@@ -158,6 +232,10 @@ impl ModelSpec {
             ModelSpec::ItemKnn { .. } => ModelKind::ItemKnn,
             ModelSpec::UserKnn { .. } => ModelKind::UserKnn,
             ModelSpec::Ease { .. } => ModelKind::Ease,
+            ModelSpec::Dlae { .. } => ModelKind::Dlae,
+            ModelSpec::Rp3beta { .. } => ModelKind::Rp3beta,
+            ModelSpec::Gfcf { .. } => ModelKind::Gfcf,
+            ModelSpec::Als { .. } => ModelKind::Als,
             ModelSpec::Content => ModelKind::Content,
             ModelSpec::Hybrid { .. } => ModelKind::Hybrid,
         }
@@ -194,6 +272,11 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// Global popularity rank of every item (0 = most popular), the engines' tie-break.
+    pub fn popularity_rank(&self) -> Vec<u32> {
+        self.popularity.global_rank()
+    }
+
     /// Whether the data has item text (so content models can be built).
     pub fn has_text(&self) -> bool {
         self.content.is_some()
@@ -219,6 +302,44 @@ impl<'a> Trainer<'a> {
             ModelSpec::ItemKnn { k, shrink } => Arc::new(ItemKnn::train(d, *k, *shrink)),
             ModelSpec::UserKnn { k } => Arc::new(UserKnn::train(d, *k)),
             ModelSpec::Ease { lambda, alpha } => Arc::new(Ease::train_scaled(d, *lambda, *alpha)?),
+            ModelSpec::Dlae { lambda, dropout } => {
+                if !(0.0..1.0).contains(dropout) {
+                    return Err(SpecError::BadDropout(*dropout));
+                }
+                let alpha = dropout / (1.0 - dropout);
+                Arc::new(Ease::train_variant(d, *lambda, alpha, Variant::Dlae)?)
+            }
+            ModelSpec::Rp3beta { alpha, beta, k } => Arc::new(rp3::train(d, *alpha, *beta, *k)),
+            ModelSpec::Gfcf {
+                alpha,
+                k,
+                sharpen,
+                seed,
+            } => Arc::new(gfcf::train(
+                d,
+                GraphFilter {
+                    alpha: *alpha,
+                    k: *k,
+                    sharpen: *sharpen,
+                    seed: *seed,
+                },
+            )),
+            ModelSpec::Als {
+                factors,
+                reg,
+                alpha,
+                iterations,
+                seed,
+            } => Arc::new(Als::train(
+                d,
+                AlsParams {
+                    factors: *factors,
+                    reg: *reg,
+                    alpha: *alpha,
+                    iterations: *iterations,
+                    seed: *seed,
+                },
+            )),
             ModelSpec::Content => self.content.clone().ok_or(SpecError::NoItemText)?,
             ModelSpec::Hybrid { parts } => {
                 let mut built = Vec::new();

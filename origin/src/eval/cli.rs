@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use super::data::{self, Format, IdMap};
-use super::metrics::{Accumulator, Metrics};
-use super::{evaluate, holdout, split};
+use super::metrics::Metrics;
+use super::{by_activity, holdout, rank_lists, score_lists, split};
 use crate::engine::{self, tune::TuneOptions, ModelKind, ModelSpec};
 use crate::model::{ItemIdx, Recommender};
 
@@ -31,7 +31,8 @@ pub struct EvalArgs {
     /// Cut-off of the top-K metrics.
     #[arg(long, default_value_t = 20)]
     pub k: usize,
-    /// popularity, trending, itemknn, userknn, ease, content, hybrid, or auto (tuned on --valid).
+    /// popularity, trending, itemknn, userknn, ease, dlae, rp3beta, gfcf, als, content,
+    /// hybrid, or auto (every model and a fitted blend, tuned on --valid).
     #[arg(long, default_value = "auto")]
     pub model: String,
     /// MovieLens `u.item` with titles and genres, for the content model and hybrids.
@@ -50,6 +51,10 @@ pub struct EvalArgs {
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Leave test (and validation) items never seen in training out of the relevant sets.
+    /// By default they count as relevant items the model missed, as published protocols do.
+    #[arg(long)]
+    pub drop_unknown_items: bool,
     /// Seed (recorded in the output; the models and protocol are deterministic).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -172,7 +177,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     let train_parsed = data::load(&args.train, args.format)?;
-    let (train_x, train_report) = data::map_records(
+    let (train_x, train_report, _) = data::map_records(
         &args.train.display().to_string(),
         &train_parsed,
         &mut ids,
@@ -191,7 +196,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         None => None,
     };
     let test_parsed = data::load(&args.test, args.format)?;
-    let (test_x, test_report) = data::map_records(
+    let (mut test_x, test_report, test_unknown) = data::map_records(
         &args.test.display().to_string(),
         &test_parsed,
         &mut ids,
@@ -201,14 +206,30 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut reports = vec![train_report];
     reports.extend(valid.as_ref().map(|v| v.1.clone()));
     reports.push(test_report);
+    let unknown_fate = if args.drop_unknown_items {
+        "dropped (--drop-unknown-items)"
+    } else {
+        "counted as misses"
+    };
     for r in &reports {
         eprintln!(
-            "data: {}: {} records, {} kept, {} duplicates merged, {} unknown items dropped, {} cold users",
+            "data: {}: {} records, {} kept, {} duplicates merged, {} unknown items {unknown_fate}, {} cold users",
             r.file, r.records, r.kept, r.duplicates, r.unknown_items, r.cold_users
         );
     }
+    // Unknown items join the held-out sets past the catalogue (no model can rank them).
+    let valid = valid.map(|(mut vx, report, unknown)| {
+        if !args.drop_unknown_items {
+            vx.extend(data::unknown_as_interactions(&unknown, train.n_items));
+        }
+        (vx, report)
+    });
+    let unknown_test_pairs = test_unknown.len();
+    if !args.drop_unknown_items {
+        test_x.extend(data::unknown_as_interactions(&test_unknown, train.n_items));
+    }
     let hist = engine::histories(&train);
-    let (truth, seen_dropped) = holdout(&hist, &test_x, train.n_items);
+    let (truth, seen_dropped) = holdout(&hist, &test_x);
     if seen_dropped > 0 {
         eprintln!("data: {seen_dropped} test pairs already in training dropped (they are masked)");
     }
@@ -223,7 +244,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 
     let clock = Instant::now();
     let mut out = Map::new();
-    let metrics;
+    let ranked_lists: Vec<Vec<ItemIdx>>;
     if let Some(lists) = &args.score_lists {
         let parsed = data::load(lists, Format::Lists)?;
         let mut ranked: HashMap<u32, Vec<ItemIdx>> = HashMap::new();
@@ -242,11 +263,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         if unknown > 0 {
             eprintln!("score-lists: {unknown} entries with unknown users or items skipped");
         }
-        let mut acc = Accumulator::new(args.k, train.n_items);
-        for (u, relevant) in &truth {
-            acc.add(ranked.get(u).map_or(&[][..], Vec::as_slice), relevant);
-        }
-        metrics = acc.finish();
+        ranked_lists = truth
+            .iter()
+            .map(|(u, _)| ranked.get(u).cloned().unwrap_or_default())
+            .collect();
         out.insert("model".into(), json!(format!("lists:{}", lists.display())));
         out.insert("params".into(), json!({}));
     } else {
@@ -267,17 +287,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                         pick,
                     };
                     let tuned = engine::train_best(&train, vx, &opts)?;
-                    eprintln!(
-                        "tune: best on validation: {} (ndcg@{} {:.4})",
-                        tuned.model.name(),
-                        args.k,
-                        tuned.validation.ndcg
-                    );
+                    eprintln!("tune: chose {}", tuned.why);
                     out.insert(
                         "validation".into(),
                         Value::Object(metrics_json(&tuned.validation, args.k)),
                     );
                     out.insert("trials".into(), json!(tuned.trials.len()));
+                    out.insert("why".into(), json!(tuned.why));
                     (tuned.model, tuned.spec)
                 }
                 (Some(_), None) => {
@@ -300,13 +316,31 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             model.name(),
             clock.elapsed().as_secs_f64()
         );
-        metrics = evaluate(model.as_ref(), &train, &hist, &truth, args.k);
+        ranked_lists = rank_lists(model.as_ref(), &train, &hist, &truth, args.k);
         out.insert("model".into(), json!(model.name()));
         out.insert("params".into(), spec.params());
     }
+    let metrics = score_lists(&ranked_lists, &truth, args.k, train.n_items);
     let seconds = clock.elapsed().as_secs_f64();
+    let buckets: Vec<Value> = by_activity(&ranked_lists, &truth, &hist, args.k, train.n_items)
+        .iter()
+        .map(|b| {
+            let mut o = metrics_json(&b.metrics, args.k);
+            o.insert("min_train_items".into(), json!(b.min_train_items));
+            o.insert("max_train_items".into(), json!(b.max_train_items));
+            Value::Object(o)
+        })
+        .collect();
     let mut obj = metrics_json(&metrics, args.k);
     obj.extend(out);
+    obj.insert("by_activity".into(), Value::Array(buckets));
+    obj.insert(
+        "unknown_test_items".into(),
+        json!({
+            "pairs": unknown_test_pairs,
+            "counted_as_misses": !args.drop_unknown_items,
+        }),
+    );
     obj.insert("seconds".into(), json!(seconds));
     obj.insert("seed".into(), json!(args.seed));
     obj.insert("data".into(), json!(reports));
@@ -322,6 +356,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         println!("precision@{k:<2} {:.4}", metrics.precision);
         println!("map@{k:<8} {:.4}", metrics.map);
         println!("coverage     {:.4}", metrics.coverage);
+        println!("unknown test items {unknown_test_pairs} ({unknown_fate})");
+        for b in &obj["by_activity"].as_array().cloned().unwrap_or_default() {
+            let range = match b["max_train_items"].as_u64() {
+                Some(hi) => format!("{}-{hi}", b["min_train_items"]),
+                None => format!("{}+", b["min_train_items"]),
+            };
+            println!(
+                "  train items {range:<8} users {:<5} recall@{k} {:.4}  ndcg@{k} {:.4}",
+                b["users"],
+                b[format!("recall@{k}")].as_f64().unwrap_or_default(),
+                b[format!("ndcg@{k}")].as_f64().unwrap_or_default()
+            );
+        }
         println!("seconds      {seconds:.2}");
     }
     Ok(())

@@ -10,8 +10,9 @@
 //! `FILE:LINE: reason`. External ids are mapped to dense indices: users from every file
 //! (a test user absent from training is a cold user), items from the training file (and
 //! the `--items` catalogue when given). Repeated `(user, item)` pairs are merged and
-//! test/validation items outside the catalogue are dropped; both are counted in a
-//! [`FileReport`], never dropped silently.
+//! test/validation items outside the catalogue are kept out of the interactions and
+//! returned apart (`origin eval` counts them as relevant items every model misses); both
+//! are counted in a [`FileReport`], never dropped silently.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -208,7 +209,8 @@ pub struct FileReport {
     pub kept: usize,
     /// Repeated `(user, item)` pairs merged into one (largest weight, newest timestamp).
     pub duplicates: usize,
-    /// Items not in the training catalogue (validation/test only), dropped.
+    /// Records whose item is not in the training catalogue (validation/test only); `origin
+    /// eval` counts them as misses unless `--drop-unknown-items`.
     pub unknown_items: usize,
     /// Users not in the training file (validation/test only): scored as cold users.
     pub cold_users: usize,
@@ -241,14 +243,18 @@ impl IdMap {
     }
 }
 
+/// A test/validation pair whose item is not in the training catalogue: `(user, external item)`.
+pub type UnknownPair = (u32, u64);
+
 /// Maps `parsed` to interactions; `grow_items` adds unknown items to the catalogue
-/// (training), otherwise they are dropped and counted.
+/// (training), otherwise they are left out of the interactions, counted, and returned
+/// (distinct pairs) so the caller can count them as relevant items a model cannot hit.
 pub fn map_records(
     name: &str,
     parsed: &Parsed,
     ids: &mut IdMap,
     grow_items: bool,
-) -> (Vec<Interaction>, FileReport) {
+) -> (Vec<Interaction>, FileReport, Vec<UnknownPair>) {
     let mut report = FileReport {
         file: name.to_string(),
         records: parsed.records.len(),
@@ -258,6 +264,7 @@ pub fn map_records(
     let mut cold: std::collections::HashSet<u32> = Default::default();
     let mut index: HashMap<(u32, u32), usize> = HashMap::new();
     let mut out: Vec<Interaction> = Vec::with_capacity(parsed.records.len());
+    let mut unknown: Vec<UnknownPair> = Vec::new();
     for u in &parsed.users_without_items {
         ids.user(*u);
     }
@@ -273,6 +280,7 @@ pub fn map_records(
                 Some(&i) => i,
                 None => {
                     report.unknown_items += 1;
+                    unknown.push((user, r.item));
                     continue;
                 }
             }
@@ -297,7 +305,26 @@ pub fn map_records(
     }
     report.kept = out.len();
     report.cold_users = cold.len();
-    (out, report)
+    unknown.sort_unstable();
+    unknown.dedup();
+    (out, report, unknown)
+}
+
+/// Relabels unknown pairs as interactions with items `n_items..` (one index per distinct
+/// external item, in id order), past every model's catalogue.
+pub fn unknown_as_interactions(pairs: &[UnknownPair], n_items: usize) -> Vec<Interaction> {
+    let mut ext: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+    ext.sort_unstable();
+    ext.dedup();
+    pairs
+        .iter()
+        .map(|&(user, e)| Interaction {
+            user,
+            item: (n_items + ext.binary_search(&e).unwrap_or(0)) as u32,
+            weight: 1.0,
+            timestamp: 0,
+        })
+        .collect()
 }
 
 /// The 19 genres of MovieLens 100K, in `u.item` column order.
@@ -432,11 +459,21 @@ mod tests {
         let f = Path::new("t");
         let mut ids = IdMap::default();
         let train = parse(f, "1 10 11 10\n2 11\n", Format::Lists).unwrap();
-        let (x, r) = map_records("train", &train, &mut ids, true);
+        let (x, r, _) = map_records("train", &train, &mut ids, true);
         assert_eq!((x.len(), r.duplicates, r.records), (3, 1, 4));
-        let test = parse(f, "1 12 11\n3 10\n", Format::Lists).unwrap();
-        let (x, r) = map_records("test", &test, &mut ids, false);
-        assert_eq!((x.len(), r.unknown_items, r.cold_users), (2, 1, 1));
+        let test = parse(f, "1 12 11 12\n3 10 14\n", Format::Lists).unwrap();
+        let (x, r, unknown) = map_records("test", &test, &mut ids, false);
+        assert_eq!((x.len(), r.unknown_items, r.cold_users), (2, 3, 1));
         assert_eq!(ids.user_ids, vec![1, 2, 3]);
+        // the unknown pairs come back, distinct, for the caller to count as misses:
+        assert_eq!(unknown, vec![(0, 12), (2, 14)]);
+        let relabelled = unknown_as_interactions(&unknown, 2);
+        assert_eq!(
+            relabelled
+                .iter()
+                .map(|x| (x.user, x.item))
+                .collect::<Vec<_>>(),
+            vec![(0, 2), (2, 3)]
+        );
     }
 }
