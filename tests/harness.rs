@@ -137,19 +137,30 @@ impl Drop for Proc {
 
 /// Waits until `url` answers at all (any status).
 pub fn wait_for_http(url: &str, what: &Proc, timeout: Duration) {
+    wait_until(url, what, timeout, "answer", |_| true);
+}
+
+/// Polls `url` every 100 ms until an answer satisfies `ready`, or panics with `what`'s log.
+fn wait_until(
+    url: &str,
+    what: &Proc,
+    timeout: Duration,
+    goal: &str,
+    ready: impl Fn(Response) -> bool,
+) {
     let client = Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if client.get(url).send().is_ok() {
+        if client.get(url).send().is_ok_and(&ready) {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!(
-        "{} did not answer at {url} within {timeout:?}; log:\n{}",
+        "{} did not {goal} at {url} within {timeout:?}; log:\n{}",
         what.name,
         what.log_tail()
     );
@@ -752,29 +763,17 @@ fn copy_chunks(mut from: TcpStream, mut to: TcpStream, mut inspect: impl FnMut(&
 /// Waits until the origin on `port` has trained its first model (`/health` status no
 /// longer `loading`; it listens before training).
 pub fn wait_for_trained(port: u16, what: &Proc, timeout: Duration) {
-    let url = format!("http://127.0.0.1:{port}/health");
-    wait_for_http(&url, what, timeout);
-    let client = Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let status = client
-            .get(&url)
-            .send()
-            .ok()
-            .and_then(|r| r.json::<serde_json::Value>().ok())
-            .and_then(|h| h["status"].as_str().map(str::to_owned));
-        if status.as_deref().is_some_and(|s| s != "loading") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{} did not train its model within {timeout:?}; log:\n{}",
-        what.name,
-        what.log_tail()
+    wait_until(
+        &format!("http://127.0.0.1:{port}/health"),
+        what,
+        timeout,
+        "train its model",
+        |r| {
+            r.json::<serde_json::Value>()
+                .ok()
+                .and_then(|h| h["status"].as_str().map(|s| s != "loading"))
+                .unwrap_or(false)
+        },
     );
 }
 

@@ -155,28 +155,26 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        ApiError::InvalidBody {
-            status: if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            message: r.body_text(),
-        }
-    }
-}
-
-pub(crate) fn body_error(r: BytesRejection) -> ApiError {
+/// A body axum could not read or parse: 413 when it was too large, else 400.
+fn invalid_body(status: StatusCode, message: String) -> ApiError {
     ApiError::InvalidBody {
-        status: if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        status: if status == StatusCode::PAYLOAD_TOO_LARGE {
             StatusCode::PAYLOAD_TOO_LARGE
         } else {
             StatusCode::BAD_REQUEST
         },
-        message: r.body_text(),
+        message,
     }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        invalid_body(r.status(), r.body_text())
+    }
+}
+
+pub(crate) fn body_error(r: BytesRejection) -> ApiError {
+    invalid_body(r.status(), r.body_text())
 }
 
 /// `Json<T>` whose rejection (bad JSON, wrong content type, too large) is an [`ApiError`],
