@@ -14,7 +14,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::engine::{self, ModelKind, ModelSpec, SpecError, TuneOptions};
+use crate::engine::{self, ModelKind, ModelSpec, SpecError};
+use crate::eval::tune::{train_best, TuneOptions};
 use crate::model::{Interaction, Recommender, TrainingData};
 
 /// The model to train.
@@ -88,7 +89,7 @@ pub fn train(data: &TrainingData, choice: &ModelChoice) -> Result<Arc<dyn Recomm
         ModelChoice::Auto => {
             let started = Instant::now();
             let (train, valid) = holdout(data);
-            let tuned = engine::train_best(&train, &valid, &TuneOptions::default())?;
+            let tuned = train_best(&train, &valid, &TuneOptions::default())?;
             tracing::info!(
                 spec = ?tuned.spec,
                 trials = tuned.trials.len(),

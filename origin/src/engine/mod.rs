@@ -2,13 +2,14 @@
 //!
 //! Every model trains on [`TrainingData`] and answers [`Query`]s through the
 //! [`Recommender`] trait. Build one by name and parameters with [`build`] from a
-//! [`ModelSpec`], or let [`train_best`] tune every model and the hybrid blend on a
-//! validation set. Answer many users at once with [`recommend_batch`] (parallel, the
+//! [`ModelSpec`], or let `eval::tune::train_best` tune every model and the hybrid blend
+//! on a validation set (tuning is evaluation, so it lives in `eval`). Answer many users at once with [`recommend_batch`] (parallel, the
 //! publisher's path) or one user with [`Recommender::recommend`] (the cache-miss path).
 //!
 //! # Use
 //! ```
-//! use origin::engine::{self, synthetic::synthetic, ModelSpec, TuneOptions};
+//! use origin::engine::{self, synthetic::synthetic, ModelSpec};
+//! use origin::eval::tune::{train_best, TuneOptions};
 //! use origin::model::Query;
 //!
 //! let data = synthetic(200, 100, 30, 7); // any TrainingData
@@ -17,7 +18,7 @@
 //! assert_eq!(ease.name(), "ease-l200");
 //! // Or tune every model and the hybrid on held-out interactions:
 //! let (train, valid) = (data.clone(), data.interactions[..50].to_vec());
-//! let best = engine::train_best(&train, &valid, &TuneOptions::default())?;
+//! let best = train_best(&train, &valid, &TuneOptions::default())?;
 //! // One user (the cache-miss path):
 //! let history = [(3, 1.0), (5, 1.0)];
 //! let top = best.model.recommend(&Query { history: &history, n: 10, exclude_seen: true,
@@ -47,7 +48,6 @@
 //! - `hybrid`: a weighted blend of min-max-normalised scores of other models, named
 //!   like `hybrid-0.9ease-l400-0.1userknn-k100`.
 //! - `spec`: [`ModelSpec`], names, and [`build`].
-//! - `tune`: [`train_best`], a grid search on a validation set.
 //! - `synthetic`: MovieLens-shaped generated data for benchmarks and demos.
 //!
 //! # How a query is answered
@@ -83,7 +83,6 @@ pub mod rp3;
 pub mod sparse;
 pub mod spec;
 pub mod synthetic;
-pub mod tune;
 pub mod userknn;
 
 use std::sync::Arc;
@@ -93,7 +92,6 @@ use rayon::prelude::*;
 use crate::model::{Because, ItemIdx, Query, Recommender, Scored, TrainingData, UserIdx};
 pub use sparse::Csr;
 pub use spec::{build, ModelKind, ModelSpec, SpecError};
-pub use tune::{train_best, Trial, TuneOptions, Tuned};
 
 /// What every model computes: a score for every item given a history.
 ///

@@ -9,8 +9,9 @@ use serde_json::{json, Map, Value};
 
 use super::data::{self, Format, IdMap};
 use super::metrics::Metrics;
+use super::tune::{train_best, TuneOptions};
 use super::{by_activity, holdout, rank_lists, score_lists, split};
-use crate::engine::{self, tune::TuneOptions, ModelKind, ModelSpec};
+use crate::engine::{self, ModelKind, ModelSpec};
 use crate::model::{ItemIdx, Recommender};
 
 /// `origin eval`: train a model on --train, score its top K on --test.
@@ -286,7 +287,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                         families,
                         pick,
                     };
-                    let tuned = engine::train_best(&train, vx, &opts)?;
+                    let tuned = train_best(&train, vx, &opts)?;
                     eprintln!("tune: chose {}", tuned.why);
                     out.insert(
                         "validation".into(),

@@ -13,12 +13,15 @@
 //! - `data`: the `lists`, `movielens` and `csv` formats, id mapping, issue counts.
 //! - `metrics`: Precision/Recall/NDCG/MAP@K and coverage, unit-tested by hand.
 //! - `split`: reproducible per-user 80/10/10 split.
+//! - `tune`: `train_best`, every model family tuned and a blend fitted on a validation set
+//!   (used by `origin eval --model auto` and by `serve`/`publish --model auto`).
 //! - `cli`: clap arguments and runners for `origin eval` and `origin split`.
 
 pub mod cli;
 pub mod data;
 pub mod metrics;
 pub mod split;
+pub mod tune;
 
 use rayon::prelude::*;
 

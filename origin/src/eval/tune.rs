@@ -4,7 +4,7 @@
 //! the validation users (their training items masked) by the selection objective: the
 //! mean of NDCG@K and Recall@K, so neither measure is traded away for the other. Then a
 //! blend is fitted ([`fit_blend`]): the best member of each of the strongest families
-//! enters a weighted sum of per-user min-max-normalised scores (the [`super::hybrid`]
+//! enters a weighted sum of per-user min-max-normalised scores (the [`crate::engine::hybrid`]
 //! scorer), and the weights are found by coordinate ascent on the validation objective.
 //! The best candidate overall, single or blend, wins; [`Tuned::why`] says why. Each
 //! family's best trained model is kept and reused, so the blend search retrains nothing;
@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::spec::{ModelSpec, SpecError, Trainer};
-use super::{histories, rank, ModelKind, Scorer};
-use crate::eval::{evaluate, holdout, metrics::Metrics, score_lists, Holdout};
+use super::{evaluate, holdout, metrics::Metrics, score_lists, Holdout};
+use crate::engine::spec::{ModelSpec, SpecError, Trainer};
+use crate::engine::{histories, rank, ModelKind, Scorer};
 use crate::model::{Interaction, ItemIdx, Recommender, TrainingData};
 
 /// How to tune.
@@ -170,7 +170,7 @@ const BLEND_MAX_USERS: usize = 2_000;
 const BLEND_MAX_PARTS: usize = 6;
 
 /// Per-user min-max-normalised scores of one component over its non-history items,
-/// exactly as [`super::hybrid::Hybrid`] computes them; history items get `-inf`.
+/// exactly as [`crate::engine::hybrid::Hybrid`] computes them; history items get `-inf`.
 fn normalised(part: &dyn Scorer, history: &[(ItemIdx, f32)], n_items: usize) -> Vec<f32> {
     let mut s = vec![0f32; n_items];
     part.score(history, None, &mut s);
