@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use crate::store::{Batch, InteractionRow, ItemRow, Store, StoreError, UserRow};
+use crate::store::sqlite::Database;
+use crate::store::{Batch, InteractionRow, ItemRow, StoreError, UserRow};
 
 /// Users generated and written per transaction.
 pub const USER_CHUNK: u64 = 10_000;
@@ -143,7 +144,7 @@ fn region_of(country: Option<&str>) -> usize {
 /// Replaces the store's content with a generated data set; `progress` is called with
 /// the number of users written so far.
 pub fn generate(
-    store: &mut Store,
+    store: &mut Database,
     spec: &DemoSpec,
     mut progress: impl FnMut(u64),
 ) -> Result<DemoSummary, DemoError> {
@@ -302,7 +303,7 @@ mod tests {
 
     fn hash_of(seed: u64) -> (u64, crate::store::Counts) {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("d.sqlite")).unwrap();
+        let mut s = Database::open(&dir.path().join("d.sqlite")).unwrap();
         generate(&mut s, &spec(seed), |_| {}).unwrap();
         (s.content_hash().unwrap(), s.counts().unwrap())
     }
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn users_come_from_every_region() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("d.sqlite")).unwrap();
+        let mut s = Database::open(&dir.path().join("d.sqlite")).unwrap();
         generate(&mut s, &spec(1), |_| {}).unwrap();
         let (_, maps) = s.training_data().unwrap();
         let map = contract::RegionMap::builtin();
@@ -339,7 +340,7 @@ mod tests {
     #[test]
     fn regenerating_replaces_rather_than_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("d.sqlite")).unwrap();
+        let mut s = Database::open(&dir.path().join("d.sqlite")).unwrap();
         generate(&mut s, &spec(3), |_| {}).unwrap();
         let first = s.content_hash().unwrap();
         generate(&mut s, &spec(3), |_| {}).unwrap();

@@ -38,18 +38,17 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use contract::admin::PurgeRequest;
 use contract::{RecItem, Region, UserId};
 use hashlink::LruCache;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::event_log::EventLog;
 use crate::observability::TraceContext;
-use crate::publish::{CdnFolder, EdgeClient};
+use crate::publish::PublishTargets;
 use crate::retrain::SharedSnapshot;
 use crate::snapshot::{now_unix, DocRequest};
+use crate::store::SharedStore;
 
 /// A user's republish waits at most this many debounce periods after the first touch.
 pub const MAX_DEBOUNCE_FACTOR: u32 = 10;
@@ -439,10 +438,11 @@ impl PublishGate {
 /// Where and with what users are republished.
 #[derive(Clone)]
 pub struct Targets {
-    pub log: EventLog,
+    pub store: SharedStore,
     pub snapshot: SharedSnapshot,
-    pub edge: Option<EdgeClient>,
-    pub cdn: Option<CdnFolder>,
+    /// Where documents go (each target's current generation), and whose caches are
+    /// purged afterwards.
+    pub publish: PublishTargets,
     /// Region of users the snapshot does not know.
     pub region: Region,
     /// Items per republished document.
@@ -568,7 +568,7 @@ pub async fn republish(
     user: &UserId,
     trace: Option<&TraceContext>,
 ) -> Republished {
-    let history = match targets.log.user_history(user).await {
+    let history = match targets.store.user_history(user).await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot read history for republish");
@@ -608,35 +608,32 @@ pub async fn republish(
         }
     }
     let tenant = snapshot.tenant.clone();
-    // The same code as publish-on-miss: CDN folder's current generation, then KV.
-    let outcome = crate::publish::publish_one_traced(
-        targets.edge.as_ref(),
-        targets.cdn.as_ref(),
+    // The same code as publish-on-miss: each target's current generation.
+    let outcome = crate::publish::publish_one(
+        &targets.publish,
         &tenant,
-        doc,
+        &doc,
         trace.map(|t| t.child().header_value()).as_deref(),
     )
     .await;
     targets
         .gate
         .settle(user, admitted, content, outcome.all_ok());
-    if let Some(r) = &outcome.cdn {
-        targets.health.record("cdn", r);
+    for (target, r) in &outcome.results {
+        targets.health.record(target, r);
     }
-    if let Some(r) = &outcome.kv {
-        targets.health.record("kv", r);
-    }
-    if let Some(edge) = &targets.edge {
-        let purge = PurgeRequest {
-            tenant: Some(tenant.as_str().to_owned()),
-            user_ids: vec![user.as_str().to_owned()],
-        };
+    let users = std::slice::from_ref(user);
+    for target in targets.publish.iter() {
         let header = trace.map(|t| t.child().header_value());
-        let purged = edge.purge(&purge, header.as_deref()).await.map(|_| ());
-        if let Err(e) = &purged {
-            tracing::warn!(user = %user, error = %e, "edge purge failed");
+        let purged = target.purge(&tenant, users, header.as_deref()).await;
+        match purged {
+            Ok(false) => {}
+            Ok(true) => targets.health.record("purge", &Ok::<(), String>(())),
+            Err(e) => {
+                tracing::warn!(user = %user, target = target.name(), error = %e, "edge purge failed");
+                targets.health.record("purge", &Err::<(), _>(e));
+            }
         }
-        targets.health.record("purge", &purged);
     }
     tracing::debug!(user = %user, "republished after events");
     Republished::Done
@@ -907,7 +904,7 @@ mod tests {
     /// A republisher over the fixture snapshot, publishing to a fake edge.
     struct Rig {
         _dir: tempfile::TempDir,
-        log: EventLog,
+        store: SharedStore,
         seen: Seen,
         health: Arc<PublishHealth>,
         republisher: Republisher,
@@ -916,15 +913,18 @@ mod tests {
     async fn rig(gate: PublishGate) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (snapshot, _store) = crate::snapshot::fixture(dir.path());
-        let log = EventLog::open(&dir.path().join("fixture.sqlite"), 1000).unwrap();
+        let store: SharedStore = Arc::new(
+            crate::store::SqliteStore::open(&dir.path().join("fixture.sqlite"), 1000).unwrap(),
+        );
         let seen: Seen = Arc::default();
         let url = fake_edge(seen.clone()).await;
         let health = Arc::new(PublishHealth::default());
         let targets = Targets {
-            log: log.clone(),
+            store: store.clone(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-            edge: Some(EdgeClient::new(&url, crate::auth::Secret::new("t"))),
-            cdn: None,
+            publish: PublishTargets::default().with(Arc::new(crate::publish::EdgeKv::new(
+                crate::publish::EdgeClient::new(&url, crate::auth::Secret::new("t")),
+            ))),
             region: Region::parse("us-east").unwrap(),
             publish_n: 5,
             health: health.clone(),
@@ -932,7 +932,7 @@ mod tests {
         };
         Rig {
             _dir: dir,
-            log,
+            store,
             seen,
             health,
             republisher: Republisher::spawn(targets, Duration::from_millis(100)),
@@ -943,18 +943,21 @@ mod tests {
         /// Commits a click of `user` on `item` and touches the user.
         async fn click(&self, user: &str, item: &str, trace: Option<&TraceContext>) {
             let user = UserId::parse(user).unwrap();
-            self.log
-                .append(vec![Event {
-                    user_id: user.clone(),
-                    item_id: ItemId::parse(item).unwrap(),
-                    kind: EventType::Click,
-                    value: None,
-                    timestamp: 1_764_000_000,
-                    context: None,
-                    source: None,
-                    region: None,
-                    event_id: None,
-                }])
+            self.store
+                .append(
+                    vec![Event {
+                        user_id: user.clone(),
+                        item_id: ItemId::parse(item).unwrap(),
+                        kind: EventType::Click,
+                        value: None,
+                        timestamp: 1_764_000_000,
+                        context: None,
+                        source: None,
+                        region: None,
+                        event_id: None,
+                    }],
+                    None,
+                )
                 .await
                 .unwrap();
             self.republisher.touch(user, Instant::now(), trace.cloned());

@@ -12,7 +12,8 @@ use contract::{ItemId, UserId};
 use thiserror::Error;
 
 use crate::config::ImportFormat;
-use crate::store::{Batch, InteractionRow, Store, StoreError};
+use crate::store::sqlite::Database;
+use crate::store::{Batch, InteractionRow, StoreError};
 
 #[derive(Debug, Error)]
 pub enum ImportError {
@@ -124,7 +125,7 @@ pub fn parse_file(format: ImportFormat, path: &Path) -> Result<Vec<InteractionRo
 
 /// Validates every file, then writes all their rows in one transaction.
 pub fn import_files(
-    store: &mut Store,
+    store: &mut Database,
     format: ImportFormat,
     files: &[PathBuf],
 ) -> Result<ImportSummary, ImportError> {
@@ -147,8 +148,8 @@ pub fn import_files(
 mod tests {
     use super::*;
 
-    fn store(dir: &tempfile::TempDir) -> Store {
-        Store::open(&dir.path().join("i.sqlite")).unwrap()
+    fn store(dir: &tempfile::TempDir) -> Database {
+        Database::open(&dir.path().join("i.sqlite")).unwrap()
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - `config`: the clap/env configuration of every subcommand.
-//! - `store`: the SQLite store (items, users, interactions, meta).
+//! - `store`: the `Store` interface (event log with group commit, projections, the reads
+//!   training, serving and analytics need) and its SQLite backend in `store/sqlite/`.
 //! - `model`: the interface between serving/publishing code and the recommendation models.
 //! - `engine`: the models (item/user kNN, EASE, content, popularity, hybrid), building by
 //!   name, tuning, batch top-N.
@@ -17,12 +18,12 @@
 //! - `snapshot`: a trained model with id maps; builds recommendation documents.
 //! - `http`: the HTTP API: one route table, the shared state, one error type, a file per
 //!   route family (recommendations, events, analytics, admin); `app` adds middleware.
-//! - `publish`: bulk and on-miss publishing to edge KV and the CDN folder.
+//! - `publish`: the `PublishTarget` interface (edge KV, CDN folder), the bulk publish and
+//!   one-document publishing.
 //! - `cdn`: the static server over the published CDN folder.
 //! - `demo_data`: deterministic generated demo data.
 //! - `import`: MovieLens/CSV import, all or nothing.
 //! - `events`: the live event wire format and its validation.
-//! - `event_log`: the durable, group-committed event log and its projections.
 //! - `freshness`: debounced per-user republish and purge after events.
 //! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
 //! - `analytics`: the recommendation funnel and real-time figures.
@@ -43,7 +44,6 @@ pub mod dashboard;
 pub mod demo_data;
 pub mod engine;
 pub mod eval;
-pub mod event_log;
 pub mod events;
 pub mod freshness;
 pub mod http;

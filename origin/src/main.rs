@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use contract::RegionMap;
 use origin::config::{Command, Config, Secret, Target};
-use origin::publish::{CdnFolder, EdgeClient, PublishJob};
+use origin::publish::{CdnFolder, EdgeClient, EdgeKv, PublishJob, PublishTargets};
 use origin::snapshot::{Freshness, Snapshot};
-use origin::store::Store;
+use origin::store::sqlite::Database;
+use origin::store::Location;
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -73,7 +74,7 @@ async fn main() -> Result<()> {
             c.validate()?;
             let started = Instant::now();
             let mut store =
-                Store::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
+                Database::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
             let bar = indicatif::ProgressBar::with_draw_target(
                 Some(c.users),
                 indicatif::ProgressDrawTarget::stderr(),
@@ -101,7 +102,7 @@ async fn main() -> Result<()> {
         Command::Import(c) => {
             let started = Instant::now();
             let mut store =
-                Store::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
+                Database::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
             let sum = tokio::task::block_in_place(|| {
                 origin::import::import_files(&mut store, c.format, &c.files)
             })?;
@@ -119,56 +120,66 @@ async fn main() -> Result<()> {
             let token = Secret::admin_token_from_env();
             let (tenant, users) = c.validate(token.as_ref())?;
             let targets = c.effective_targets();
-            let store = Store::open(&c.store.db)
+            let store = Database::open(&c.store.db)
                 .with_context(|| format!("opening {}", c.store.db.display()))?;
+            let set = tokio::task::block_in_place(|| store.training_set())?;
             let freshness = Freshness {
                 fresh_for_s: c.fresh_for_s,
                 stale_for_s: c.stale_for_s,
             };
             let policy = c.policy.policy();
             let snapshot = tokio::task::block_in_place(|| {
-                Snapshot::build_with(
-                    &store,
-                    tenant.clone(),
-                    regions,
-                    freshness,
-                    &policy,
-                    |data| origin::training::train_or_popularity(data, &c.model.choice),
-                )
-            })?;
+                Snapshot::build_with(set, tenant.clone(), regions, freshness, &policy, |data| {
+                    origin::training::train_or_popularity(data, &c.model.choice)
+                })
+            });
             drop(store);
+            let mut publish = PublishTargets::default();
+            if let (true, Some(out)) = (targets.contains(&Target::Cdn), &c.out) {
+                publish = publish.with(Arc::new(
+                    CdnFolder::new(out.clone()).keeping(c.keep_generations),
+                ));
+            }
+            if let (true, Some(url), Some(token)) =
+                (targets.contains(&Target::Kv), &c.edge_url, token)
+            {
+                publish = publish.with(Arc::new(EdgeKv::new(EdgeClient::new(url, token))));
+            }
+            let bar = progress_bar();
+            let progress_bar = bar.clone();
             let job = PublishJob {
                 tenant,
                 n: c.n,
                 users: (!users.is_empty()).then_some(users),
                 chunk: c.chunk,
-                cdn: targets
-                    .contains(&Target::Cdn)
-                    .then(|| c.out.clone().map(CdnFolder::new))
-                    .flatten(),
-                kv: match (targets.contains(&Target::Kv), &c.edge_url, token) {
-                    (true, Some(url), Some(token)) => Some(EdgeClient::new(url, token)),
-                    _ => None,
-                },
-                progress: true,
-                keep_generations: c.keep_generations,
+                targets: publish,
+                progress: Some(Box::new(move |p| {
+                    progress_bar.set_length(p.total as u64);
+                    progress_bar.set_position(p.done as u64);
+                })),
             };
-            let report = origin::publish::publish_all(Arc::new(snapshot), job).await?;
+            let report = origin::publish::publish_all(Arc::new(snapshot), job).await;
+            bar.finish_and_clear();
+            let report = report?;
             println!(
                 "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} popular lists, {} old generations pruned, in {:.2}s",
                 report.generation,
                 report.users,
                 report.users_per_second(),
-                report.cdn_files,
-                report.kv_documents,
+                report.documents("cdn"),
+                report.documents("kv"),
                 report.popular_lists,
-                report.pruned_generations,
+                report.pruned_generations(),
                 report.elapsed.as_secs_f64()
             );
         }
         Command::Replay(c) => {
             let started = Instant::now();
-            let report = tokio::task::block_in_place(|| origin::event_log::replay(&c.db))
+            let store = origin::store::open(&Location::Sqlite(c.db.clone()), 1)
+                .with_context(|| format!("opening {}", c.db.display()))?;
+            let report = store
+                .replay()
+                .await
                 .with_context(|| format!("replaying the event log in {}", c.db.display()))?;
             println!(
                 "replayed {} events ({} interactions, last seq {}) into every projection of {} in {:.2}s",
@@ -191,4 +202,17 @@ async fn main() -> Result<()> {
         Command::Synth(a) => tokio::task::block_in_place(|| origin::eval::cli::run_synth(a))?,
     }
     Ok(())
+}
+
+/// The bulk publish's progress bar on stderr.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} publish {bar:40} {pos}/{len} users {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }

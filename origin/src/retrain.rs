@@ -12,7 +12,6 @@
 //! - [`RetrainReport`]: old and new model versions and timing.
 //! - [`spawn_schedule`]: the periodic retrain task.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use thiserror::Error;
 use crate::admission::TrainingPolicy;
 use crate::model::{Recommender, TrainingData};
 use crate::snapshot::{Freshness, Snapshot};
-use crate::store::{Store, StoreError};
+use crate::store::{SharedStore, StoreError};
 
 /// Trains a model from training data (the engine plugs in here).
 pub type TrainFn = Arc<dyn Fn(&TrainingData) -> Arc<dyn Recommender> + Send + Sync>;
@@ -56,7 +55,7 @@ pub struct RetrainReport {
 
 /// Everything a retrain needs.
 pub struct Retrainer {
-    pub db: PathBuf,
+    pub store: SharedStore,
     pub tenant: Tenant,
     pub regions: RegionMap,
     pub freshness: Freshness,
@@ -77,7 +76,7 @@ pub fn record_model_version(old: Option<&str>, new: &str) {
 
 impl Retrainer {
     pub fn new(
-        db: PathBuf,
+        store: SharedStore,
         tenant: Tenant,
         regions: RegionMap,
         freshness: Freshness,
@@ -85,7 +84,7 @@ impl Retrainer {
         snapshot: SharedSnapshot,
     ) -> Self {
         Retrainer {
-            db,
+            store,
             tenant,
             regions,
             freshness,
@@ -107,8 +106,7 @@ impl Retrainer {
         let started = Instant::now();
         let _running = self.running.lock().await;
         let old = self.snapshot.load_full();
-        let (db, tenant, regions, freshness, train, policy) = (
-            self.db.clone(),
+        let (tenant, regions, freshness, train, policy) = (
             self.tenant.clone(),
             self.regions.clone(),
             self.freshness,
@@ -116,12 +114,12 @@ impl Retrainer {
             self.policy,
         );
         let training = Instant::now();
+        let set = self.store.training_set().await?;
         let mut snapshot = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&db)?;
-            Snapshot::build_with(&store, tenant, regions, freshness, &policy, |d| train(d))
+            Snapshot::build_with(set, tenant, regions, freshness, &policy, |d| train(d))
         })
         .await
-        .map_err(|e| RetrainError::Task(e.to_string()))??;
+        .map_err(|e| RetrainError::Task(e.to_string()))?;
         let train_seconds = training.elapsed().as_secs_f64();
         // Versions name the second training finished; two retrains within one second
         // still get different versions.
@@ -178,8 +176,10 @@ mod tests {
         let (snapshot, mut store) = crate::snapshot::fixture(dir.path());
         let before_interactions = snapshot.counts.interactions;
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let sqlite =
+            crate::store::SqliteStore::open(&dir.path().join("fixture.sqlite"), 1000).unwrap();
         let r = Retrainer::new(
-            dir.path().join("fixture.sqlite"),
+            Arc::new(sqlite),
             Tenant::default_tenant(),
             RegionMap::builtin(),
             Freshness::default(),

@@ -1,4 +1,4 @@
-//! The composition root of `origin serve`: opens the store and the event log, wires
+//! The composition root of `origin serve`: opens the store (with its event log), wires
 //! the publish targets, the republisher, the retrainer, rate limits and timeouts, and
 //! serves until SIGTERM / Ctrl-C.
 //!
@@ -16,13 +16,12 @@ use contract::RegionMap;
 
 use crate::clients::RateLimits;
 use crate::config::{Secret, ServeConfig};
-use crate::event_log::EventLog;
 use crate::freshness::{PublishGate, PublishHealth, Republisher, Targets};
 use crate::http::Live;
 use crate::publish::EdgeClient;
 use crate::retrain::Retrainer;
 use crate::snapshot::{Freshness, Snapshot};
-use crate::store::Store;
+use crate::store::Location;
 use crate::AppState;
 
 /// Runs `origin serve` with `c` until `shutdown` completes.
@@ -42,8 +41,6 @@ pub async fn serve(
             "metrics exporter not started; set --metrics-listen to a free address"
         ),
     }
-    // Opened (and checked to be ours) before anything listens.
-    drop(Store::open(&c.store.db).with_context(|| format!("opening {}", c.store.db.display()))?);
     let freshness = Freshness {
         fresh_for_s: c.fresh_for_s,
         stale_for_s: c.stale_for_s,
@@ -52,8 +49,9 @@ pub async fn serve(
     let choice = c.model.choice.clone();
     let train: crate::retrain::TrainFn =
         Arc::new(move |data| crate::training::train_or_popularity(data, &choice));
-    let log = EventLog::open(&c.store.db, c.event_group_max)
-        .with_context(|| format!("opening the event log in {}", c.store.db.display()))?;
+    // Opened (and checked to be ours) before anything listens.
+    let store = crate::store::open(&Location::Sqlite(c.store.db.clone()), c.event_group_max)
+        .with_context(|| format!("opening the store {}", c.store.db.display()))?;
     let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
     let token = Secret::admin_token_from_env();
     let mut state = AppState::new(Arc::new(placeholder), region)
@@ -64,6 +62,11 @@ pub async fn serve(
             c.guard.rate_limit_burst,
             token.clone(),
         ));
+    // The CDN folder first, then the edge's KV, then the edge-cache purge.
+    if let Some(dir) = c.publish_dir.clone() {
+        tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");
+        state = state.with_publish_dir(dir);
+    }
     match (&c.edge_url, token.clone()) {
         (Some(url), Some(token)) => {
             tracing::info!(edge = %url, "publish on miss to edge KV");
@@ -74,13 +77,9 @@ pub async fn serve(
         }
         _ => {}
     }
-    if let Some(dir) = c.publish_dir.clone() {
-        tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");
-        state = state.with_publish_dir(dir);
-    }
     let retrainer = Arc::new(
         Retrainer::new(
-            c.store.db.clone(),
+            store.clone(),
             tenant,
             regions,
             freshness,
@@ -90,13 +89,12 @@ pub async fn serve(
         .with_policy(policy),
     );
     let health = Arc::new(PublishHealth::default());
-    let republisher = (state.edge.is_some() || state.cdn.is_some()).then(|| {
+    let republisher = (!state.publish.is_empty()).then(|| {
         Republisher::spawn(
             Targets {
-                log: log.clone(),
+                store: store.clone(),
                 snapshot: state.snapshot.clone(),
-                edge: state.edge.clone(),
-                cdn: state.cdn.clone(),
+                publish: state.publish.clone(),
                 region: state.region.clone(),
                 publish_n: state.publish_n,
                 health: health.clone(),
@@ -111,7 +109,7 @@ pub async fn serve(
         );
     }
     state = state.with_live(Live {
-        log,
+        store,
         republisher,
         retrainer: Some(retrainer.clone()),
         admin_token: token,

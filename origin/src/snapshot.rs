@@ -12,7 +12,7 @@ use contract::{ItemId, RecItem, RecommendationDoc, Region, RegionMap, Tenant, Us
 
 use crate::admission::{admit, user_weights, Admission, TrainingPolicy};
 use crate::model::{Because, ItemIdx, Query, Recommender, Scored, TrainingData, UserIdx};
-use crate::store::{Counts, IdMaps, Store, StoreError};
+use crate::store::{Counts, IdMaps, TrainingSet};
 
 /// Keeps only the items `policy` admits, renumbering them densely in the same order, in
 /// the training data, the id maps and every user's history.
@@ -152,14 +152,14 @@ pub fn rfc3339(unix_s: u64) -> String {
 impl Snapshot {
     /// [`Snapshot::build_with`] under the default [`TrainingPolicy`].
     pub fn build(
-        store: &Store,
+        set: TrainingSet,
         tenant: Tenant,
         regions: RegionMap,
         freshness: Freshness,
         train: impl FnOnce(&crate::model::TrainingData) -> Arc<dyn Recommender>,
-    ) -> Result<Self, StoreError> {
+    ) -> Self {
         Self::build_with(
-            store,
+            set,
             tenant,
             regions,
             freshness,
@@ -168,21 +168,23 @@ impl Snapshot {
         )
     }
 
-    /// Reads the store, admits the items `policy` allows (see [`crate::admission`]),
-    /// and trains a model with `train`, logging counts and time.
+    /// From what the store holds ([`crate::store::Store::training_set`]), admits the
+    /// items `policy` allows (see [`crate::admission`]) and trains a model with
+    /// `train`, logging counts and time.
     pub fn build_with(
-        store: &Store,
+        set: TrainingSet,
         tenant: Tenant,
         regions: RegionMap,
         freshness: Freshness,
         policy: &TrainingPolicy,
         train: impl FnOnce(&crate::model::TrainingData) -> Arc<dyn Recommender>,
-    ) -> Result<Self, StoreError> {
+    ) -> Self {
         let started = Instant::now();
-        let counts = store
-            .counts()
-            .map_err(|e| StoreError::at(store.path(), e))?;
-        let (mut data, mut maps) = store.training_data()?;
+        let TrainingSet {
+            counts,
+            mut data,
+            mut maps,
+        } = set;
         let user_region: Vec<Region> = maps
             .user_country
             .iter()
@@ -251,7 +253,7 @@ impl Snapshot {
             .enumerate()
             .map(|(i, u)| (u.clone(), i as ItemIdx))
             .collect();
-        Ok(Snapshot {
+        Snapshot {
             tenant,
             model,
             trained_at: now_unix(),
@@ -266,7 +268,7 @@ impl Snapshot {
             user_region,
             loading: false,
             admission: Some(admission),
-        })
+        }
     }
 
     /// The snapshot an origin serves before its first model is trained: no users, no
@@ -463,8 +465,9 @@ pub(crate) fn fixture_model(
 
 /// A small trained snapshot over generated demo data, for tests.
 #[cfg(test)]
-pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, Store) {
-    let mut store = Store::open(&dir.join("fixture.sqlite")).expect("open store");
+pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, crate::store::sqlite::Database) {
+    let mut store =
+        crate::store::sqlite::Database::open(&dir.join("fixture.sqlite")).expect("open store");
     crate::demo_data::generate(
         &mut store,
         &crate::demo_data::DemoSpec {
@@ -477,13 +480,12 @@ pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, Store) {
     )
     .expect("demo data");
     let snapshot = Snapshot::build(
-        &store,
+        store.training_set().expect("training set"),
         Tenant::default_tenant(),
         RegionMap::builtin(),
         Freshness::default(),
         fixture_model,
-    )
-    .expect("snapshot");
+    );
     (snapshot, store)
 }
 
@@ -494,15 +496,14 @@ mod tests {
     #[test]
     fn an_empty_store_gives_empty_documents_without_panicking() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("empty.sqlite")).unwrap();
+        let store = crate::store::sqlite::Database::open(&dir.path().join("empty.sqlite")).unwrap();
         let snap = Snapshot::build(
-            &store,
+            store.training_set().unwrap(),
             Tenant::default_tenant(),
             RegionMap::builtin(),
             Freshness::default(),
             fixture_model,
-        )
-        .unwrap();
+        );
         let user = UserId::parse("u1").unwrap();
         let doc = snap.user_doc(
             &user,

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use origin::event_log::{read_events, Projections};
 use origin::events::EventType;
+use origin::store::sqlite::event_log::{read_events, read_projections};
 
 mod common;
 use common::free_port;
@@ -281,10 +281,10 @@ async fn acknowledged_events_survive_sigkill_and_projections_rebuild_equal() {
 
     // Kill again; the live projections on disk equal a rebuild from the log alone.
     origin.sigkill();
-    let live = Projections::read(&rusqlite::Connection::open(&db).unwrap()).unwrap();
+    let live = read_projections(&rusqlite::Connection::open(&db).unwrap()).unwrap();
     assert!(!live.user_history.is_empty() && !live.cooccurrence.is_empty());
     replay(&db);
-    let rebuilt = Projections::read(&rusqlite::Connection::open(&db).unwrap()).unwrap();
+    let rebuilt = read_projections(&rusqlite::Connection::open(&db).unwrap()).unwrap();
     assert_eq!(rebuilt.user_history.len(), live.user_history.len());
     assert!(
         rebuilt == live,

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
-use crate::analytics::{self};
 use crate::auth::check_bearer;
 use crate::retrain::RetrainReport;
 use crate::snapshot::now_unix;
@@ -55,9 +54,7 @@ pub(crate) async fn edge_report(
         }
     }
     let now_ms = now_unix() as i64 * 1000;
-    live.log
-        .read(move |conn| analytics::record_edge_report(conn, &report, now_ms))
-        .await?;
+    live.store.record_edge_report(report, now_ms).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "accepted": true })),

@@ -30,8 +30,8 @@ pub(crate) async fn recommendations_analytics(
     let range_s = analytics::parse_range(&range)?;
     let now = now_unix() as i64;
     let report = live
-        .log
-        .read(move |conn| analytics::recommendations(conn, &range, range_s, now))
+        .store
+        .recommendation_analytics(range, range_s, now)
         .await?;
     Ok(Json(report))
 }
@@ -62,10 +62,7 @@ pub struct RealTime {
 pub(crate) async fn real_time(State(state): State<AppState>) -> Result<Json<RealTime>, ApiError> {
     let live = live(&state)?;
     let now = now_unix();
-    let counts = live
-        .log
-        .read(move |conn| analytics::real_time_counts(conn, now as i64 * 1000))
-        .await;
+    let counts = live.store.real_time_counts(now as i64 * 1000).await;
     let (counts, store) = match counts {
         Ok(c) => (
             Some(c),
@@ -119,10 +116,7 @@ pub(crate) async fn timeline_analytics(
         analytics::MAX_TIMELINE_POINTS,
     )?;
     let now = now_unix() as i64;
-    let timeline = live
-        .log
-        .read(move |conn| analytics::timeline(conn, &range, range_s, step_s, now))
-        .await?;
+    let timeline = live.store.timeline(range, range_s, step_s, now).await?;
     Ok(Json(timeline))
 }
 

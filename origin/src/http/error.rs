@@ -71,8 +71,8 @@ impl From<crate::auth::AuthFailure> for ApiError {
     }
 }
 
-impl From<crate::event_log::EventLogError> for ApiError {
-    fn from(e: crate::event_log::EventLogError) -> Self {
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
         ApiError::EventLog(e.to_string())
     }
 }

@@ -105,7 +105,7 @@ pub(crate) async fn ingest(
         *per_type.entry(e.kind.as_str()).or_default() += 1;
     }
     let n = events.len();
-    let appended = live.log.append_from(events, client.key).await?;
+    let appended = live.store.append(events, client.key).await?;
     let committed_at = tokio::time::Instant::now();
     for (kind, count) in per_type {
         metrics::counter!("origin_events_ingested_total", "type" => kind).increment(count);

@@ -61,7 +61,7 @@ pub struct Health {
     pub model_version: String,
 }
 
-/// Whether the store takes writes (see [`crate::event_log::WriteHealth`]).
+/// Whether the store takes writes (see [`crate::store::WriteHealth`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreHealth {
     pub writable: bool,
@@ -72,7 +72,7 @@ pub struct StoreHealth {
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     let s = state.snapshot();
     let store = state.live.as_ref().map(|l| {
-        let w = l.log.write_health();
+        let w = l.store.write_health();
         StoreHealth {
             writable: w.writable,
             error: w.error,

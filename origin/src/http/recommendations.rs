@@ -90,7 +90,7 @@ pub(crate) fn publish_in_background(
     n: usize,
     trace: Option<&crate::observability::TraceContext>,
 ) {
-    if state.edge.is_none() && state.cdn.is_none() {
+    if state.publish.is_empty() {
         return;
     }
     let (gate, admitted) = (&state.publish_gate, tokio::time::Instant::now());
@@ -118,22 +118,13 @@ pub(crate) fn publish_in_background(
         );
         let tenant = &snapshot.tenant;
         let content = crate::freshness::ContentHash::of(&doc.items);
-        let outcome = crate::publish::publish_one_traced(
-            state.edge.as_ref(),
-            state.cdn.as_ref(),
-            tenant,
-            doc,
-            traceparent.as_deref(),
-        )
-        .await;
+        let outcome =
+            crate::publish::publish_one(&state.publish, tenant, &doc, traceparent.as_deref()).await;
         let ok = outcome.all_ok();
         state.publish_gate.settle(&user, admitted, content, ok);
         if let Some(live) = &state.live {
-            if let Some(r) = &outcome.cdn {
-                live.health.record("cdn", r);
-            }
-            if let Some(r) = &outcome.kv {
-                live.health.record("kv", r);
+            for (target, r) in &outcome.results {
+                live.health.record(target, r);
             }
         }
     });
@@ -281,7 +272,7 @@ mod tests {
     use std::sync::Arc;
     use tower::ServiceExt;
 
-    fn state(dir: &std::path::Path) -> (AppState, crate::store::Store) {
+    fn state(dir: &std::path::Path) -> (AppState, crate::store::sqlite::Database) {
         let (snapshot, store) = crate::snapshot::fixture(dir);
         (
             AppState::new(Arc::new(snapshot), Region::parse("us-east").unwrap()),
@@ -566,7 +557,9 @@ mod tests {
         let (state, _store) = state(dir.path());
         let cdn = dir.path().join("cdn");
         let folder = CdnFolder::new(cdn.clone());
-        folder.new_generation(1).unwrap().activate().unwrap();
+        let generation = contract::keys::generation_name(1, 0);
+        folder.create_generation(&generation).unwrap();
+        folder.switch_current(&generation).unwrap();
         let state = state.with_publish_dir(cdn.clone());
         let (status, _) = get(&state, "/v1/recommendations/u1?n=3&region=us-west").await;
         assert_eq!(status, StatusCode::OK);
@@ -607,13 +600,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, store) = crate::snapshot::fixture(dir.path());
         let snapshot = Snapshot::build(
-            &store,
+            store.training_set().unwrap(),
             Tenant::default_tenant(),
             contract::RegionMap::builtin(),
             crate::snapshot::Freshness::default(),
             |_| Arc::new(Panics),
-        )
-        .unwrap();
+        );
         let user = snapshot.user_ids()[0].clone();
         let state = AppState::new(Arc::new(snapshot), Region::parse("us-east").unwrap());
         let body = serde_json::json!({ "user_ids": [user] }).to_string();

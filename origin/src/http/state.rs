@@ -1,5 +1,5 @@
 //! What the HTTP handlers share: [`AppState`] (the served snapshot, publish targets,
-//! limits) and [`Live`] (event log, republisher, retrainer, admin token).
+//! limits) and [`Live`] (store, republisher, retrainer, admin token).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,12 +7,12 @@ use std::sync::Arc;
 use contract::Region;
 
 use crate::auth::Secret;
-use crate::event_log::EventLog;
 use crate::freshness::{PublishHealth, Republisher};
 use crate::observability::Traffic;
-use crate::publish::{CdnFolder, EdgeClient};
+use crate::publish::{CdnFolder, EdgeClient, EdgeKv, PublishTargets};
 use crate::retrain::{Retrainer, SharedSnapshot};
 use crate::snapshot::Snapshot;
+use crate::store::SharedStore;
 
 use super::*;
 
@@ -32,9 +32,8 @@ pub struct AppState {
     pub snapshot: SharedSnapshot,
     /// Region this origin runs in; the region of users not in the store.
     pub region: Region,
-    /// Where answers for known users are published in the background, if anywhere.
-    pub edge: Option<EdgeClient>,
-    pub cdn: Option<CdnFolder>,
+    /// Where answers for known users are published in the background (none: nowhere).
+    pub publish: PublishTargets,
     /// Items per document published in the background (at least the requested `n`).
     pub publish_n: usize,
     /// Background publishes that may run at once; answers beyond that are not published.
@@ -55,8 +54,7 @@ impl AppState {
         AppState {
             snapshot: Arc::new(arc_swap::ArcSwap::new(snapshot)),
             region,
-            edge: None,
-            cdn: None,
+            publish: PublishTargets::default(),
             publish_n: DEFAULT_PUBLISH_N,
             publish_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_PUBLISHES)),
             publish_gate: crate::freshness::PublishGate::default(),
@@ -92,13 +90,15 @@ impl AppState {
         self
     }
 
+    /// Publishes answers to the edge's KV through `edge` as well.
     pub fn with_edge(mut self, edge: EdgeClient) -> Self {
-        self.edge = Some(edge);
+        self.publish = self.publish.with(Arc::new(EdgeKv::new(edge)));
         self
     }
 
+    /// Publishes answers into the current generation of the CDN folder `dir` as well.
     pub fn with_publish_dir(mut self, dir: PathBuf) -> Self {
-        self.cdn = Some(CdnFolder::new(dir));
+        self.publish = self.publish.with(Arc::new(CdnFolder::new(dir)));
         self
     }
 }
@@ -117,7 +117,8 @@ pub const DEFAULT_MAX_FUTURE_S: i64 = 300;
 
 /// What the live routes share.
 pub struct Live {
-    pub log: EventLog,
+    /// The event log and everything read from the store.
+    pub store: SharedStore,
     /// Republishes touched users; `None` when there is nothing to publish to.
     pub republisher: Option<Republisher>,
     pub retrainer: Option<Arc<Retrainer>>,
@@ -129,9 +130,9 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(log: EventLog) -> Self {
+    pub fn new(store: SharedStore) -> Self {
         Live {
-            log,
+            store,
             republisher: None,
             retrainer: None,
             admin_token: None,

@@ -3,10 +3,10 @@
 
 use super::*;
 use crate::auth::Secret;
-use crate::event_log::EventLog;
 use crate::freshness::Republisher;
 use crate::retrain::Retrainer;
 use crate::snapshot::now_unix;
+use crate::store::SqliteStore;
 use axum::body::Body;
 use axum::http::Request;
 use axum::http::StatusCode;
@@ -32,10 +32,11 @@ fn fixture_with(token: Option<&str>, cdn: Option<std::path::PathBuf>) -> Fixture
         Arc::new(snapshot),
         contract::Region::parse("us-east").unwrap(),
     );
-    let mut live = Live::new(EventLog::open(&path, 1000).unwrap());
+    let store: crate::store::SharedStore = Arc::new(SqliteStore::open(&path, 1000).unwrap());
+    let mut live = Live::new(store.clone());
     live.admin_token = token.map(Secret::new);
     live.retrainer = Some(Arc::new(Retrainer::new(
-        path,
+        store,
         contract::Tenant::default_tenant(),
         contract::RegionMap::builtin(),
         crate::snapshot::Freshness::default(),
@@ -45,10 +46,10 @@ fn fixture_with(token: Option<&str>, cdn: Option<std::path::PathBuf>) -> Fixture
     live.republisher = cdn.map(|dir| {
         Republisher::spawn(
             crate::freshness::Targets {
-                log: live.log.clone(),
+                store: live.store.clone(),
                 snapshot: state.snapshot.clone(),
-                edge: None,
-                cdn: Some(crate::publish::CdnFolder::new(dir)),
+                publish: crate::publish::PublishTargets::default()
+                    .with(Arc::new(crate::publish::CdnFolder::new(dir))),
                 region: state.region.clone(),
                 publish_n: 10,
                 health: live.health.clone(),
@@ -114,11 +115,7 @@ async fn events_are_acknowledged_with_their_seq_range_after_commit() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(body["first_seq"], 3);
     let live = f.state.live.clone().unwrap();
-    let logged = live
-        .log
-        .read(|c| crate::event_log::read_events(c, 1, 3))
-        .await
-        .unwrap();
+    let logged = live.store.read_events(1, 3).await.unwrap();
     assert_eq!(logged.len(), 3);
     let own = f
         .state
@@ -150,11 +147,7 @@ async fn a_bad_event_batch_is_refused_whole_with_400_json() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(json["error"]["code"], "invalid_value");
     let live = f.state.live.clone().unwrap();
-    let logged = live
-        .log
-        .read(|c| crate::event_log::read_events(c, 0, i64::MAX))
-        .await
-        .unwrap();
+    let logged = live.store.read_events(0, i64::MAX).await.unwrap();
     assert!(logged.is_empty(), "nothing of a refused batch is stored");
 }
 
@@ -346,7 +339,9 @@ async fn an_event_republishes_the_users_document_without_the_item_just_bought() 
     let root = tempfile::tempdir().unwrap();
     let cdn = root.path().join("cdn");
     let folder = crate::publish::CdnFolder::new(cdn.clone());
-    folder.new_generation(1).unwrap().activate().unwrap();
+    let generation = contract::keys::generation_name(1, 0);
+    folder.create_generation(&generation).unwrap();
+    folder.switch_current(&generation).unwrap();
     let f = fixture_with(None, Some(cdn.clone()));
     let (_, doc) = call(&f.state, "GET", "/v1/recommendations/u1?n=1", None, "").await;
     let top = doc["items"][0]["item_id"].as_str().unwrap().to_owned();

@@ -1,4 +1,4 @@
-//! The origin's durable store: one SQLite file (WAL mode) per tenant holding the item
+//! The SQLite database file: its schema (checked to be ours, migrated), the item
 //! catalogue, the users (with their country) and the interactions between them.
 //!
 //! All SQL is parameterised. Writes go in batches, each batch in one transaction, so an
@@ -6,125 +6,24 @@
 //! space the models train on ([`model::TrainingData`] plus [`IdMaps`]).
 //!
 //! # Layout
-//! - [`Store`]: open/create, migrate, batch inserts, reads.
-//! - [`Batch`], [`ItemRow`], [`UserRow`], [`InteractionRow`]: rows to write.
-//! - [`IdMaps`]: external ids of the dense user and item indices.
+//! - [`Database`]: open/create, migrate, batch inserts, reads.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use thiserror::Error;
 
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
+use crate::store::{Batch, Counts, IdMaps, InteractionRow, ItemRow, StoreError};
 
-/// Version of the schema created by [`Store::migrate`].
+/// Version of the schema created by [`Database::migrate`].
 pub const SCHEMA_VERSION: i64 = 2;
 /// SQLite `application_id` of our databases ("RECS"): a database file with another id,
 /// or with tables but none of ours, is refused rather than adopted.
 pub const APPLICATION_ID: i32 = 0x5245_4353;
 
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("cannot create the directory of {path}: {source}")]
-    CreateDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "database schema version {found} is newer than this program understands ({SCHEMA_VERSION})"
-    )]
-    SchemaTooNew { found: i64 },
-    #[error("{path} is not an origin database ({why}); refusing to use it, give --db a new or an origin file")]
-    Foreign { path: String, why: String },
-    #[error("{path}: {source}")]
-    At {
-        path: String,
-        source: rusqlite::Error,
-    },
-}
-
-impl StoreError {
-    /// The error, naming the database file when SQLite's own message does not.
-    pub fn at(path: &Path, e: impl Into<StoreError>) -> StoreError {
-        match e.into() {
-            StoreError::Sqlite(source) => StoreError::At {
-                path: path.display().to_string(),
-                source,
-            },
-            other => other,
-        }
-    }
-}
-
-/// An item of the catalogue.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ItemRow {
-    pub item_id: String,
-    pub title: String,
-    pub categories: Vec<String>,
-    pub tags: Vec<String>,
-    /// Unix seconds.
-    pub created_at: i64,
-}
-
-/// A user, with an ISO country code when known.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UserRow {
-    pub user_id: String,
-    pub country: Option<String>,
-}
-
-/// One interaction of a user with an item.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InteractionRow {
-    pub user_id: String,
-    pub item_id: String,
-    pub weight: f32,
-    /// Unix seconds.
-    pub ts: i64,
-}
-
-/// Rows written together in one transaction.
-///
-/// Items and users are upserted (a later row replaces an earlier one); users and
-/// items named only by interactions are created with empty attributes.
-#[derive(Debug, Clone, Default)]
-pub struct Batch {
-    pub items: Vec<ItemRow>,
-    pub users: Vec<UserRow>,
-    pub interactions: Vec<InteractionRow>,
-}
-
-/// How many rows each table holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
-    pub users: u64,
-    pub items: u64,
-    pub interactions: u64,
-}
-
-/// External ids of the dense indices used in [`TrainingData`].
-#[derive(Debug, Clone, Default)]
-pub struct IdMaps {
-    /// `user_ids[idx]` is the id of user `idx`.
-    pub user_ids: Vec<String>,
-    /// `item_ids[idx]` is the id of item `idx`.
-    pub item_ids: Vec<String>,
-    /// `user_country[idx]`: the country of user `idx`, when known.
-    pub user_country: Vec<Option<String>>,
-    /// `item_from_events[idx]`: the item is known only from live events (not imported
-    /// or loaded as catalogue), so it must earn its place in the model.
-    pub item_from_events: Vec<bool>,
-    /// `user_client_users[idx]`: how many users the client that first sent events for
-    /// user `idx` has introduced (0: no client recorded, e.g. imported users).
-    pub user_client_users: Vec<u32>,
-}
-
-/// A SQLite-backed store of one tenant's catalogue, users and interactions.
-pub struct Store {
+/// One SQLite database file of the origin.
+pub struct Database {
     conn: Connection,
     path: std::path::PathBuf,
 }
@@ -199,7 +98,7 @@ fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
-impl Store {
+impl Database {
     /// Opens (creating when missing, along with its directory) the database at `path`
     /// in WAL mode and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -218,7 +117,7 @@ impl Store {
             .map_err(at)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(at)?;
-        let mut store = Store {
+        let mut store = Database {
             conn,
             path: path.to_owned(),
         };
@@ -274,7 +173,12 @@ impl Store {
             )
             .optional()?;
         match found {
-            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                })
+            }
             Some(v) if v == SCHEMA_VERSION => {}
             _ => self.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
         }
@@ -300,7 +204,7 @@ impl Store {
     }
 
     /// Prepares for a large load: drops the per-user history index (rebuilt by
-    /// [`Store::end_bulk_load`], much faster than maintaining it row by row) and
+    /// [`Database::end_bulk_load`], much faster than maintaining it row by row) and
     /// relaxes syncing. A crash during the load may lose the load, never older data.
     pub fn begin_bulk_load(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch(
@@ -445,6 +349,13 @@ impl Store {
             .optional()?)
     }
 
+    /// Counts and training data read together (see [`crate::store::Store::training_set`]).
+    pub fn training_set(&self) -> Result<crate::store::TrainingSet, StoreError> {
+        let counts = self.counts().map_err(|e| StoreError::at(&self.path, e))?;
+        let (data, maps) = self.training_data()?;
+        Ok(crate::store::TrainingSet { counts, data, maps })
+    }
+
     /// Everything a model trains on, in dense index space, plus the ids of the indices.
     ///
     /// Users and items are numbered in id order, so the same database always gives the
@@ -553,6 +464,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::UserRow;
 
     fn batch() -> Batch {
         Batch {
@@ -589,10 +501,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/origin.sqlite");
         {
-            let mut s = Store::open(&path).unwrap();
+            let mut s = Database::open(&path).unwrap();
             s.insert_batch(&batch()).unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s = Database::open(&path).unwrap();
         assert_eq!(
             s.counts().unwrap(),
             Counts {
@@ -617,8 +529,8 @@ mod tests {
     #[test]
     fn a_bulk_load_ends_with_the_history_index_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("o.sqlite")).unwrap();
-        let has_index = |s: &Store| -> bool {
+        let mut s = Database::open(&dir.path().join("o.sqlite")).unwrap();
+        let has_index = |s: &Database| -> bool {
             s.conn
                 .query_row(
                     "SELECT COUNT(*) FROM sqlite_master WHERE name = 'interactions_by_user'",
@@ -639,7 +551,7 @@ mod tests {
     #[test]
     fn the_database_runs_in_wal_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("o.sqlite")).unwrap();
+        let s = Database::open(&dir.path().join("o.sqlite")).unwrap();
         let mode: String = s
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -656,7 +568,7 @@ mod tests {
             conn.execute_batch("CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT);")
                 .unwrap();
         }
-        let err = Store::open(&path).err().expect("refused");
+        let err = Database::open(&path).err().expect("refused");
         let text = err.to_string();
         assert!(matches!(err, StoreError::Foreign { .. }), "{text}");
         assert!(
@@ -676,10 +588,10 @@ mod tests {
         // Another application's id is refused too; ours (and a new file) open.
         conn.pragma_update(None, "application_id", 7).unwrap();
         drop(conn);
-        assert!(Store::open(&path).is_err());
+        assert!(Database::open(&path).is_err());
         let ours = dir.path().join("ours.sqlite");
-        drop(Store::open(&ours).unwrap());
-        assert!(Store::open(&ours).is_ok());
+        drop(Database::open(&ours).unwrap());
+        assert!(Database::open(&ours).is_ok());
     }
 
     #[test]
@@ -687,7 +599,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.sqlite");
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-        let text = Store::open(&path).err().expect("refused").to_string();
+        let text = Database::open(&path).err().expect("refused").to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! Projections are updated **in the same transaction** as the append, so the log and
 //! the projections can never disagree, even after a crash. [`replay`] rebuilds every
-//! projection from the log alone; [`Projections::read`] reads them all, so a test can
+//! projection from the log alone; [`read_projections`] reads them all, so a test can
 //! check that a rebuild equals the live state.
 //!
 //! Projections (all keyed by external ids):
@@ -28,7 +28,7 @@
 //! # Layout
 //! - [`EventLog`]: open, append (group-committed), read-only queries.
 //! - [`replay`]: rebuild all projections from the log.
-//! - [`Projections`]: every projection row, for comparisons.
+//! - [`read_projections`]: every projection row, for comparisons.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,44 +36,17 @@ use std::time::{Duration, Instant};
 
 use contract::{ItemId, Region, UserId};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use super::database::Database;
 use crate::events::{Event, EventType};
-use crate::store::{Store, StoreError};
+use crate::store::{
+    Appended, Projections, ReplayReport, StoreError, WriteHealth, COOCCURRENCE_RECENT, PROBE_EVERY,
+    TRENDING_HALF_LIFE_S, UNKNOWN_REGION,
+};
 
-/// Half-life of the trending score, in seconds.
-pub const TRENDING_HALF_LIFE_S: f64 = 6.0 * 3600.0;
-/// How many of a user's most recent items a newly seen item is paired with.
-pub const COOCCURRENCE_RECENT: usize = 10;
-/// Region recorded for popularity when an event has none.
-pub const UNKNOWN_REGION: &str = "unknown";
 /// Requests waiting for the writer, at most; more wait for room (back pressure).
 pub const QUEUE_DEPTH: usize = 1024;
-
-#[derive(Debug, Error)]
-pub enum EventLogError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    #[error("the event writer has stopped")]
-    WriterGone,
-    #[error("the log holds an event that cannot be read back: seq {seq}: {message}")]
-    Corrupt { seq: i64, message: String },
-    #[error("background task failed: {0}")]
-    Task(String),
-}
-
-/// Where a batch landed in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub first_seq: i64,
-    pub last_seq: i64,
-    /// Events whose `event_id` the log already held: acknowledged, not stored again
-    /// (their seq is the stored one's).
-    pub duplicates: usize,
-}
 
 /// Events to append, with the client that sent them (a hash the edge reports, or the
 /// peer address): recorded per event, and per user for [`crate::admission`].
@@ -89,27 +62,6 @@ struct Job {
     probe: bool,
     reply: oneshot::Sender<Result<Appended, String>>,
 }
-
-/// Whether the store takes writes: the outcome of the last commit or probe. While it
-/// does not (a full disk, a read-only file), a probe write is tried every
-/// [`PROBE_EVERY`], so `/health` recovers on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteHealth {
-    pub writable: bool,
-    pub error: Option<String>,
-}
-
-impl Default for WriteHealth {
-    fn default() -> Self {
-        WriteHealth {
-            writable: true,
-            error: None,
-        }
-    }
-}
-
-/// How often a store that refused a write is probed.
-pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// The durable event log of one database file.
 #[derive(Clone)]
@@ -128,7 +80,7 @@ fn now_ms() -> i64 {
 
 /// Creates the log and projection tables (and the `event_seq` column of
 /// `interactions`) when missing.
-pub fn migrate(conn: &Connection) -> Result<(), EventLogError> {
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS events(
              seq INTEGER PRIMARY KEY,
@@ -193,7 +145,7 @@ pub fn migrate(conn: &Connection) -> Result<(), EventLogError> {
     Ok(())
 }
 
-fn open_conn(path: &Path, synchronous: &str) -> Result<Connection, EventLogError> {
+fn open_conn(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", synchronous)?;
@@ -202,8 +154,8 @@ fn open_conn(path: &Path, synchronous: &str) -> Result<Connection, EventLogError
 }
 
 /// Opens `path` for writing the log: store schema, log schema, `synchronous=FULL`.
-pub fn open_writer(path: &Path) -> Result<Connection, EventLogError> {
-    drop(Store::open(path)?);
+pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    drop(Database::open(path)?);
     let conn = open_conn(path, "FULL")?;
     migrate(&conn)?;
     Ok(conn)
@@ -216,7 +168,7 @@ fn insert_event(
     received_at: i64,
     e: &Event,
     client: Option<&str>,
-) -> Result<(i64, bool), EventLogError> {
+) -> Result<(i64, bool), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO events(received_at, user_id, item_id, type, value, ts, context,
              source, region, event_id, client)
@@ -256,7 +208,7 @@ pub fn project(
     seq: i64,
     e: &Event,
     client: Option<&str>,
-) -> Result<(), EventLogError> {
+) -> Result<(), StoreError> {
     let Some(w) = e.weight() else {
         return Ok(());
     };
@@ -344,7 +296,7 @@ pub fn project(
 pub fn append_batches(
     conn: &mut Connection,
     batches: &[(&[Event], Sender<'_>)],
-) -> Result<Vec<Appended>, EventLogError> {
+) -> Result<Vec<Appended>, StoreError> {
     let tx = conn.transaction()?;
     let received_at = now_ms();
     let mut out = Vec::with_capacity(batches.len());
@@ -415,11 +367,7 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
 }
 
 /// Events with `seq` in `from..=to`, in order, with their seqs.
-pub fn read_events(
-    conn: &Connection,
-    from: i64,
-    to: i64,
-) -> Result<Vec<(i64, Event)>, EventLogError> {
+pub fn read_events(conn: &Connection, from: i64, to: i64) -> Result<Vec<(i64, Event)>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"
     ))?;
@@ -429,28 +377,20 @@ pub fn read_events(
         let (seq, e, _client) = row?;
         out.push((
             seq,
-            e.map_err(|message| EventLogError::Corrupt { seq, message })?,
+            e.map_err(|message| StoreError::Corrupt { seq, message })?,
         ));
     }
     Ok(out)
 }
 
-/// What [`replay`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayReport {
-    pub events: u64,
-    pub interactions: u64,
-    pub last_seq: i64,
-}
-
 /// Rebuilds every projection from the log alone, in one transaction.
-pub fn replay(path: &Path) -> Result<ReplayReport, EventLogError> {
+pub fn replay(path: &Path) -> Result<ReplayReport, StoreError> {
     let mut conn = open_writer(path)?;
     replay_conn(&mut conn)
 }
 
 /// [`replay`] on an open connection.
-pub fn replay_conn(conn: &mut Connection) -> Result<ReplayReport, EventLogError> {
+pub fn replay_conn(conn: &mut Connection) -> Result<ReplayReport, StoreError> {
     let tx = conn.transaction()?;
     tx.execute_batch(
         "DELETE FROM proj_user_history;
@@ -471,7 +411,7 @@ pub fn replay_conn(conn: &mut Connection) -> Result<ReplayReport, EventLogError>
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let (seq, e, client) = row_to_event(r)?;
-            let e = e.map_err(|message| EventLogError::Corrupt { seq, message })?;
+            let e = e.map_err(|message| StoreError::Corrupt { seq, message })?;
             project(&tx, seq, &e, client.as_deref())?;
             report.events += 1;
             report.interactions += u64::from(e.weight().is_some());
@@ -483,77 +423,61 @@ pub fn replay_conn(conn: &mut Connection) -> Result<ReplayReport, EventLogError>
 }
 
 /// Every projection row, sorted, for comparing a rebuild with the live state.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Projections {
-    /// (user, item, weight, events, last_ts, last_seq)
-    pub user_history: Vec<(String, String, f64, i64, i64, i64)>,
-    /// (region, item, events, weight)
-    pub popularity: Vec<(String, String, i64, f64)>,
-    /// (item, score, as_of)
-    pub trending: Vec<(String, f64, i64)>,
-    /// (item_a, item_b, users)
-    pub cooccurrence: Vec<(String, String, i64)>,
-    /// (event_seq, user, item, weight, ts)
-    pub training: Vec<(i64, String, String, f64, i64)>,
-}
-
-impl Projections {
-    pub fn read(conn: &Connection) -> Result<Self, EventLogError> {
-        fn all<T>(
-            conn: &Connection,
-            sql: &str,
-            f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-        ) -> Result<Vec<T>, EventLogError> {
-            let mut stmt = conn.prepare(sql)?;
-            let rows = stmt.query_map([], f)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        }
-        Ok(Projections {
-            user_history: all(
-                conn,
-                "SELECT user_id, item_id, weight, events, last_ts, last_seq
-                 FROM proj_user_history ORDER BY user_id, item_id",
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
-            )?,
-            popularity: all(
-                conn,
-                "SELECT region, item_id, events, weight FROM proj_item_popularity
-                 ORDER BY region, item_id",
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?,
-            trending: all(
-                conn,
-                "SELECT item_id, score, as_of FROM proj_trending ORDER BY item_id",
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?,
-            cooccurrence: all(
-                conn,
-                "SELECT item_a, item_b, users FROM proj_cooccurrence ORDER BY item_a, item_b",
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?,
-            training: all(
-                conn,
-                "SELECT event_seq, user_id, item_id, weight, ts FROM interactions
-                 WHERE event_seq IS NOT NULL ORDER BY event_seq",
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?,
-        })
+pub fn read_projections(conn: &Connection) -> Result<Projections, StoreError> {
+    fn all<T>(
+        conn: &Connection,
+        sql: &str,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], f)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
+    Ok(Projections {
+        user_history: all(
+            conn,
+            "SELECT user_id, item_id, weight, events, last_ts, last_seq
+                 FROM proj_user_history ORDER BY user_id, item_id",
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?,
+        popularity: all(
+            conn,
+            "SELECT region, item_id, events, weight FROM proj_item_popularity
+                 ORDER BY region, item_id",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?,
+        trending: all(
+            conn,
+            "SELECT item_id, score, as_of FROM proj_trending ORDER BY item_id",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?,
+        cooccurrence: all(
+            conn,
+            "SELECT item_a, item_b, users FROM proj_cooccurrence ORDER BY item_a, item_b",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?,
+        training: all(
+            conn,
+            "SELECT event_seq, user_id, item_id, weight, ts FROM interactions
+                 WHERE event_seq IS NOT NULL ORDER BY event_seq",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?,
+    })
 }
 
 impl EventLog {
     /// Opens the log at `path` and starts its writer thread, which commits at most
     /// `group_max` events per transaction.
-    pub fn open(path: &Path, group_max: usize) -> Result<Self, EventLogError> {
+    pub fn open(path: &Path, group_max: usize) -> Result<Self, StoreError> {
         let mut writer = open_writer(path)?;
         let reader = open_conn(path, "NORMAL")?;
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
@@ -631,7 +555,7 @@ impl EventLog {
                     }
                 }
             })
-            .map_err(|e| EventLogError::Task(e.to_string()))?;
+            .map_err(|e| StoreError::Task(e.to_string()))?;
         let log = EventLog {
             path: path.to_owned(),
             tx,
@@ -683,7 +607,7 @@ impl EventLog {
     }
 
     /// Appends a batch; returns once the batch is committed (durably: `synchronous=FULL`).
-    pub async fn append(&self, events: Vec<Event>) -> Result<Appended, EventLogError> {
+    pub async fn append(&self, events: Vec<Event>) -> Result<Appended, StoreError> {
         self.append_from(events, None).await
     }
 
@@ -692,7 +616,7 @@ impl EventLog {
         &self,
         events: Vec<Event>,
         client: Option<String>,
-    ) -> Result<Appended, EventLogError> {
+    ) -> Result<Appended, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
@@ -702,11 +626,11 @@ impl EventLog {
                 reply,
             })
             .await
-            .map_err(|_| EventLogError::WriterGone)?;
+            .map_err(|_| StoreError::WriterGone)?;
         match rx.await {
             Ok(Ok(a)) => Ok(a),
-            Ok(Err(message)) => Err(EventLogError::Task(message)),
-            Err(_) => Err(EventLogError::WriterGone),
+            Ok(Err(message)) => Err(StoreError::Task(message)),
+            Err(_) => Err(StoreError::WriterGone),
         }
     }
 
@@ -714,21 +638,21 @@ impl EventLog {
     /// which wait for the event writer's lock) in a blocking task.
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, EventLogError> + Send + 'static,
-    ) -> Result<T, EventLogError> {
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader
                 .lock()
-                .map_err(|_| EventLogError::Task("reader lock poisoned".into()))?;
+                .map_err(|_| StoreError::Task("reader lock poisoned".into()))?;
             f(&conn)
         })
         .await
-        .map_err(|e| EventLogError::Task(e.to_string()))?
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// One user's interactions (imported and live), summed per item.
-    pub async fn user_history(&self, user: &UserId) -> Result<Vec<(String, f32)>, EventLogError> {
+    pub async fn user_history(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
         let user = user.as_str().to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -782,7 +706,7 @@ mod tests {
                 duplicates: 0,
             }]
         );
-        let p = Projections::read(&conn).unwrap();
+        let p = read_projections(&conn).unwrap();
         let hist: Vec<(&str, &str, f64, i64)> = p
             .user_history
             .iter()
@@ -827,7 +751,7 @@ mod tests {
             ev("u2", "a", EventType::Purchase, t - h),
         ];
         append_batches(&mut conn, &[(&batch[..], Sender::default())]).unwrap();
-        let p = Projections::read(&conn).unwrap();
+        let p = read_projections(&conn).unwrap();
         assert_eq!(p.trending, vec![("a".into(), 1.0 + 2.5, t)]);
     }
 
@@ -859,11 +783,11 @@ mod tests {
             )
             .unwrap();
         }
-        let live = Projections::read(&conn).unwrap();
+        let live = read_projections(&conn).unwrap();
         assert!(!live.cooccurrence.is_empty());
         let report = replay_conn(&mut conn).unwrap();
         assert_eq!(report.events, 500);
-        assert_eq!(Projections::read(&conn).unwrap(), live);
+        assert_eq!(read_projections(&conn).unwrap(), live);
     }
 
     #[test]
@@ -948,7 +872,7 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 2);
-        let p = Projections::read(&conn).unwrap();
+        let p = read_projections(&conn).unwrap();
         assert_eq!(p.user_history.len(), 2);
         assert!(
             p.user_history.iter().all(|h| h.3 == 1),
@@ -968,7 +892,7 @@ mod tests {
         assert_eq!(users(&conn), (Some("c0ffee".into()), 1));
         replay_conn(&mut conn).unwrap();
         assert_eq!(users(&conn), (Some("c0ffee".into()), 1));
-        assert_eq!(Projections::read(&conn).unwrap(), p);
+        assert_eq!(read_projections(&conn).unwrap(), p);
         let (id, from_events): (String, i64) = conn
             .query_row(
                 "SELECT event_id, (SELECT from_events FROM items WHERE item_id = 'a')

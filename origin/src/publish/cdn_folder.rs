@@ -1,0 +1,325 @@
+//! The secondary CDN folder as a publish target: `generations/{gen}/{tenant}/…` plus
+//! a `current` symlink, flipped atomically (a temporary symlink renamed over it), that
+//! the static server (`origin cdn`) serves from.
+//!
+//! A bulk publish writes a new generation directory, then flips `current`, then prunes
+//! old generations down to [`CdnFolder::keeping`]. One document replaced after a miss
+//! goes through a unique temporary file and a rename, so readers only ever see whole
+//! documents, however many writers replace the same file at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use contract::keys::{cdn_popular, cdn_user, Generation};
+use contract::{RecommendationDoc, Region, Tenant, UserId};
+use rayon::prelude::*;
+
+use super::{Activated, PublishError, PublishTarget};
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+    move |source| PublishError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The secondary CDN folder: `generations/{gen}/{tenant}/…` plus the `current` symlink.
+#[derive(Clone, Debug)]
+pub struct CdnFolder {
+    root: PathBuf,
+    /// Generations kept after an activation (older ones are deleted); 0 keeps all.
+    keep_generations: usize,
+}
+
+fn write_json(path: &Path, doc: &RecommendationDoc) -> Result<(), PublishError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::write(path, serde_json::to_vec(doc)?).map_err(io(path))
+}
+
+/// Writes via a temporary file of its own (a unique name in the same directory, created
+/// exclusively) and a rename, so readers see the whole old or the whole new file, however
+/// many writers (tasks or processes) replace the same file at once.
+fn replace_json(path: &Path, doc: &RecommendationDoc) -> Result<(), PublishError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("doc"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&name).suffix(".tmp");
+    // Readable by a web server of another user, like a file written in place.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).map_err(io(dir))?;
+    tmp.write_all(&serde_json::to_vec(doc)?)
+        .map_err(io(tmp.path()))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    Ok(())
+}
+
+impl CdnFolder {
+    pub fn new(root: PathBuf) -> Self {
+        CdnFolder {
+            root,
+            keep_generations: 0,
+        }
+    }
+
+    /// This folder, keeping the newest `keep` generations after each activation
+    /// (0 keeps all).
+    pub fn keeping(mut self, keep: usize) -> Self {
+        self.keep_generations = keep;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `current` symlink.
+    pub fn current(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    fn generation_dir(&self, generation: &Generation) -> PathBuf {
+        self.root.join("generations").join(generation.as_str())
+    }
+
+    /// Deletes all generations but the newest `keep` and the one `current` points at.
+    /// Returns how many were deleted.
+    pub fn prune(&self, keep: usize) -> Result<usize, PublishError> {
+        let gens = self.root.join("generations");
+        let current = std::fs::read_link(self.current())
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let mut names: Vec<(u64, u32, String)> = std::fs::read_dir(&gens)
+            .map_err(io(&gens))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (secs, counter) = name.strip_prefix('g')?.split_once('-')?;
+                Some((secs.parse().ok()?, counter.parse().ok()?, name))
+            })
+            .collect();
+        names.sort();
+        let old = names.len().saturating_sub(keep);
+        let mut deleted = 0;
+        for (_, _, name) in names.into_iter().take(old) {
+            if Some(&name) == current.as_ref() {
+                continue;
+            }
+            let dir = gens.join(&name);
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// A counter above those already used by generations of second `now`: counters only
+    /// grow within a second, even after pruning, so names sort by age.
+    pub fn first_free_counter_at(&self, now: u64) -> Result<u32, PublishError> {
+        let gens = self.root.join("generations");
+        std::fs::create_dir_all(&gens).map_err(io(&gens))?;
+        let prefix = format!("g{now}-");
+        Ok(std::fs::read_dir(&gens)
+            .map_err(io(&gens))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(&prefix)?.parse::<u32>().ok()
+            })
+            .max()
+            .map_or(0, |c| c.saturating_add(1)))
+    }
+
+    /// Creates the empty directory of `generation`, exclusively.
+    pub fn create_generation(&self, generation: &Generation) -> Result<(), PublishError> {
+        let gens = self.root.join("generations");
+        std::fs::create_dir_all(&gens).map_err(io(&gens))?;
+        let dir = self.generation_dir(generation);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(
+                PublishError::GenerationTaken(generation.as_str().to_owned()),
+            ),
+            Err(e) => Err(io(&dir)(e)),
+        }
+    }
+
+    /// Writes a user's document into `generation`.
+    pub fn write_user(
+        &self,
+        generation: &Generation,
+        tenant: &Tenant,
+        user: &UserId,
+        doc: &RecommendationDoc,
+    ) -> Result<(), PublishError> {
+        write_json(
+            &self.generation_dir(generation).join(cdn_user(tenant, user)),
+            doc,
+        )
+    }
+
+    /// Writes a region's popular list into `generation`.
+    pub fn write_popular_list(
+        &self,
+        generation: &Generation,
+        tenant: &Tenant,
+        region: &Region,
+        doc: &RecommendationDoc,
+    ) -> Result<(), PublishError> {
+        write_json(
+            &self
+                .generation_dir(generation)
+                .join(cdn_popular(tenant, region)),
+            doc,
+        )
+    }
+
+    /// Atomically points `current` at `generation`: a symlink under a name of its own
+    /// (process and a random part, so concurrent publishers never share one) renamed
+    /// over `current`.
+    pub fn switch_current(&self, generation: &Generation) -> Result<(), PublishError> {
+        let rel = Path::new("generations").join(generation.as_str());
+        let tmp = self.root.join(format!(
+            ".current.tmp{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&rel, &tmp).map_err(io(&tmp))?;
+        #[cfg(not(unix))]
+        return Err(io(&tmp)(std::io::Error::other(
+            "symlinks are needed for the CDN folder",
+        )));
+        let current = self.current();
+        std::fs::rename(&tmp, &current).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(&current)(e)
+        })
+    }
+
+    /// Writes (replaces) one user's document in the current generation.
+    pub fn write_current_user(
+        &self,
+        tenant: &Tenant,
+        doc: &RecommendationDoc,
+    ) -> Result<PathBuf, PublishError> {
+        let current = self.current();
+        let target =
+            std::fs::read_link(&current).map_err(|_| PublishError::NoCurrent(self.root.clone()))?;
+        let dir = if target.is_absolute() {
+            target
+        } else {
+            self.root.join(target)
+        };
+        let user = UserId::parse(&doc.user_id)
+            .map_err(|e| PublishError::BadUserId(doc.user_id.clone(), e))?;
+        let path = dir.join(cdn_user(tenant, &user));
+        replace_json(&path, doc)?;
+        Ok(path)
+    }
+
+    /// Runs `f` on a clone of this folder in the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(CdnFolder) -> Result<T, PublishError> + Send + 'static,
+    ) -> Result<T, PublishError> {
+        let folder = self.clone();
+        tokio::task::spawn_blocking(move || f(folder))
+            .await
+            .map_err(|e| PublishError::Task(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl PublishTarget for CdnFolder {
+    fn name(&self) -> &'static str {
+        "cdn"
+    }
+
+    async fn first_free_counter(&self, now: u64) -> Result<u32, PublishError> {
+        self.blocking(move |f| f.first_free_counter_at(now)).await
+    }
+
+    async fn begin(&self, _tenant: &Tenant, generation: &Generation) -> Result<(), PublishError> {
+        let g = generation.clone();
+        self.blocking(move |f| f.create_generation(&g)).await
+    }
+
+    async fn write_users(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: Arc<Vec<RecommendationDoc>>,
+    ) -> Result<usize, PublishError> {
+        let (g, tenant) = (generation.clone(), tenant.clone());
+        self.blocking(move |f| {
+            docs.par_iter()
+                .map(|doc| {
+                    let user = UserId::parse(&doc.user_id)
+                        .map_err(|e| PublishError::BadUserId(doc.user_id.clone(), e))?;
+                    f.write_user(&g, &tenant, &user, doc)
+                })
+                .collect::<Result<Vec<()>, _>>()
+                .map(|written| written.len())
+        })
+        .await
+    }
+
+    async fn write_popular(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: &[RecommendationDoc],
+    ) -> Result<usize, PublishError> {
+        let (g, tenant, docs) = (generation.clone(), tenant.clone(), docs.to_vec());
+        self.blocking(move |f| {
+            for doc in &docs {
+                // Popular lists carry their region; the contract validated it when built.
+                let region = Region::parse(&doc.region).map_err(|e| {
+                    PublishError::Task(format!("popular list region {:?}: {e}", doc.region))
+                })?;
+                f.write_popular_list(&g, &tenant, &region, doc)?;
+            }
+            Ok(docs.len())
+        })
+        .await
+    }
+
+    async fn activate(
+        &self,
+        _tenant: &Tenant,
+        generation: &Generation,
+    ) -> Result<Activated, PublishError> {
+        let g = generation.clone();
+        self.blocking(move |f| {
+            f.switch_current(&g)?;
+            let pruned = match f.keep_generations {
+                0 => 0,
+                keep => f.prune(keep)?,
+            };
+            Ok(Activated { pruned })
+        })
+        .await
+    }
+
+    async fn write_current(
+        &self,
+        tenant: &Tenant,
+        doc: &RecommendationDoc,
+        _traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let (tenant, doc) = (tenant.clone(), doc.clone());
+        let path = self
+            .blocking(move |f| f.write_current_user(&tenant, &doc))
+            .await?;
+        tracing::debug!(path = %path.display(), "wrote to CDN folder");
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! The edge's KV as a publish target, through the Worker's admin routes
+//! (`POST /admin/publish`, `POST /admin/purge`).
+//!
+//! A generation's documents go in batches of [`KV_BATCH`] into `{gen}`; activation is
+//! one more request that flips the tenant's generation pointer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use contract::admin::{PublishRequest, PublishResponse, PurgeRequest, PurgeResponse};
+use contract::keys::Generation;
+use contract::{ErrorBody, RecommendationDoc, Tenant, UserId};
+
+use super::{Activated, PublishError, PublishTarget};
+use crate::auth::Secret;
+
+/// Most documents sent in one KV publish request (the edge accepts up to
+/// [`contract::admin::MAX_PUBLISH_DOCS`]).
+pub const KV_BATCH: usize = 500;
+
+/// The edge's admin publish route.
+#[derive(Clone, Debug)]
+pub struct EdgeClient {
+    client: reqwest::Client,
+    url: String,
+    purge_url: String,
+    token: Secret,
+}
+
+impl EdgeClient {
+    /// A client for `{base_url}/admin/publish`, authenticating with `token`.
+    pub fn new(base_url: &str, token: Secret) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        EdgeClient {
+            client,
+            url: format!("{}/admin/publish", base_url.trim_end_matches('/')),
+            purge_url: format!("{}/admin/purge", base_url.trim_end_matches('/')),
+            token,
+        }
+    }
+
+    /// Sends one publish request; a non-2xx answer becomes [`PublishError::Edge`] with
+    /// the edge's JSON error message.
+    pub async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse, PublishError> {
+        self.publish_traced(req, None).await
+    }
+
+    /// [`EdgeClient::publish`] carrying a W3C `traceparent` header.
+    pub async fn publish_traced(
+        &self,
+        req: &PublishRequest,
+        traceparent: Option<&str>,
+    ) -> Result<PublishResponse, PublishError> {
+        self.post(&self.url, req, traceparent).await
+    }
+
+    /// Drops the edge-cache entries of some users (`POST {edge}/admin/purge`).
+    pub async fn purge(
+        &self,
+        req: &PurgeRequest,
+        traceparent: Option<&str>,
+    ) -> Result<PurgeResponse, PublishError> {
+        self.post(&self.purge_url, req, traceparent).await
+    }
+
+    async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        req: &Req,
+        traceparent: Option<&str>,
+    ) -> Result<Resp, PublishError> {
+        let http = |source| PublishError::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let mut builder = self
+            .client
+            .post(url)
+            .bearer_auth(self.token.expose())
+            .json(req);
+        if let Some(tp) = traceparent {
+            builder = builder.header("traceparent", tp);
+        }
+        let resp = builder.send().await.map_err(http)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(http)?;
+        if !status.is_success() {
+            let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(b) => (b.error.code, b.error.message),
+                Err(_) => ("http_error".into(), text.chars().take(300).collect()),
+            };
+            return Err(PublishError::Edge {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// The edge's KV, written through the Worker's admin routes.
+#[derive(Clone, Debug)]
+pub struct EdgeKv {
+    client: EdgeClient,
+}
+
+impl EdgeKv {
+    pub fn new(client: EdgeClient) -> Self {
+        EdgeKv { client }
+    }
+
+    fn request(
+        tenant: &Tenant,
+        generation: Option<&Generation>,
+        activate: bool,
+        documents: Vec<RecommendationDoc>,
+        popular: Vec<RecommendationDoc>,
+    ) -> PublishRequest {
+        PublishRequest {
+            tenant: Some(tenant.as_str().to_owned()),
+            generation: generation.map(|g| g.as_str().to_owned()),
+            activate,
+            documents,
+            popular,
+        }
+    }
+}
+
+#[async_trait]
+impl PublishTarget for EdgeKv {
+    fn name(&self) -> &'static str {
+        "kv"
+    }
+
+    async fn begin(&self, _tenant: &Tenant, _generation: &Generation) -> Result<(), PublishError> {
+        // A KV generation exists once something is written into it.
+        Ok(())
+    }
+
+    async fn write_users(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: Arc<Vec<RecommendationDoc>>,
+    ) -> Result<usize, PublishError> {
+        let mut written = 0;
+        for batch in docs.chunks(KV_BATCH) {
+            let req = Self::request(tenant, Some(generation), false, batch.to_vec(), Vec::new());
+            written += self.client.publish(&req).await?.written;
+        }
+        Ok(written)
+    }
+
+    async fn write_popular(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: &[RecommendationDoc],
+    ) -> Result<usize, PublishError> {
+        let req = Self::request(tenant, Some(generation), false, Vec::new(), docs.to_vec());
+        Ok(self.client.publish(&req).await?.written)
+    }
+
+    async fn activate(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+    ) -> Result<Activated, PublishError> {
+        let req = Self::request(tenant, Some(generation), true, Vec::new(), Vec::new());
+        self.client.publish(&req).await?;
+        Ok(Activated::default())
+    }
+
+    async fn write_current(
+        &self,
+        tenant: &Tenant,
+        doc: &RecommendationDoc,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let req = Self::request(tenant, None, false, vec![doc.clone()], Vec::new());
+        self.client.publish_traced(&req, traceparent).await?;
+        Ok(())
+    }
+
+    async fn purge(
+        &self,
+        tenant: &Tenant,
+        users: &[UserId],
+        traceparent: Option<&str>,
+    ) -> Result<bool, PublishError> {
+        let req = PurgeRequest {
+            tenant: Some(tenant.as_str().to_owned()),
+            user_ids: users.iter().map(|u| u.as_str().to_owned()).collect(),
+        };
+        self.client.purge(&req, traceparent).await?;
+        Ok(true)
+    }
+}

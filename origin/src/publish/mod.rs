@@ -1,0 +1,217 @@
+//! Publishing recommendation documents to where the edge reads them, through one
+//! interface, [`PublishTarget`], implemented by each place documents go.
+//!
+//! A bulk publish ([`publish_all`]) writes one whole *generation* to every target and
+//! then activates it on each, so readers never see two generations mixed. Publishing
+//! one answered document ([`publish_one`], after a miss or after events) replaces the
+//! user's document in each target's current generation.
+//!
+//! # Layout
+//! - [`PublishTarget`]: the interface (reserve a generation, write users, write popular
+//!   lists, activate, replace one current document, purge cached copies).
+//! - [`PublishTargets`]: the configured targets of a process, cheap to clone.
+//! - `edge_kv`: the edge's KV through the Worker's `POST /admin/publish` ([`EdgeKv`],
+//!   its HTTP client [`EdgeClient`]).
+//! - `cdn_folder`: the secondary CDN folder of generations and a `current` symlink
+//!   ([`CdnFolder`]).
+//! - `bulk`: [`publish_all`], the bulk publish behind `origin publish`, with progress
+//!   reported through a callback.
+//! - [`publish_one`]: one answered document to every target.
+
+mod bulk;
+mod cdn_folder;
+mod edge_kv;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use contract::keys::Generation;
+use contract::{IdError, RecommendationDoc, Tenant, UserId};
+use thiserror::Error;
+
+pub use bulk::{publish_all, Progress, PublishJob, PublishReport, TargetReport};
+pub use cdn_folder::CdnFolder;
+pub use edge_kv::{EdgeClient, EdgeKv, KV_BATCH};
+
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("edge answered {status} to {url}: {code}: {message}")]
+    Edge {
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach the edge at {url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("user id {0:?} in the database is not valid: {1}")]
+    BadUserId(String, IdError),
+    #[error("{0} has no current generation (publish one with `origin publish --out`)")]
+    NoCurrent(PathBuf),
+    #[error("generation {0} is already taken at this target")]
+    GenerationTaken(String),
+    #[error("no free generation name for this second after {0} tries")]
+    NoFreeGeneration(u32),
+    #[error("document encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// What activating a generation did at one target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activated {
+    /// Old generations deleted after the switch (targets that keep a bounded number).
+    pub pruned: usize,
+}
+
+/// A place the edge reads documents from.
+///
+/// A bulk publish calls [`PublishTarget::begin`] with a generation name, writes users
+/// and popular lists into it (not yet visible), then [`PublishTarget::activate`]s it:
+/// the switch must be atomic for readers. [`PublishTarget::write_current`] replaces a
+/// single user's document in whatever generation is current.
+#[async_trait]
+pub trait PublishTarget: Send + Sync + std::fmt::Debug {
+    /// Short name for logs, `/health` and reports (`kv`, `cdn`).
+    fn name(&self) -> &'static str;
+
+    /// The lowest generation counter worth trying for a generation made in second
+    /// `now` (targets that keep generations know which are used); 0 by default.
+    async fn first_free_counter(&self, _now: u64) -> Result<u32, PublishError> {
+        Ok(0)
+    }
+
+    /// Reserves `generation` for `tenant`; [`PublishError::GenerationTaken`] when this
+    /// target already has it (the bulk publish then tries the next name).
+    async fn begin(&self, tenant: &Tenant, generation: &Generation) -> Result<(), PublishError>;
+
+    /// Writes users' documents into `generation`; returns how many were written.
+    async fn write_users(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: Arc<Vec<RecommendationDoc>>,
+    ) -> Result<usize, PublishError>;
+
+    /// Writes the regions' popular lists into `generation`; returns how many.
+    async fn write_popular(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: &[RecommendationDoc],
+    ) -> Result<usize, PublishError>;
+
+    /// Makes `generation` the one readers see, atomically.
+    async fn activate(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+    ) -> Result<Activated, PublishError>;
+
+    /// Replaces one user's document in the current generation (publish on miss, and
+    /// republish after events), passing a W3C `traceparent` on where it can.
+    async fn write_current(
+        &self,
+        tenant: &Tenant,
+        doc: &RecommendationDoc,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError>;
+
+    /// Drops copies of the users' documents that readers may have cached (the edge
+    /// cache); a target with no such cache does nothing. Returns whether it purged.
+    async fn purge(
+        &self,
+        _tenant: &Tenant,
+        _users: &[UserId],
+        _traceparent: Option<&str>,
+    ) -> Result<bool, PublishError> {
+        Ok(false)
+    }
+}
+
+/// The publish targets of a process (possibly none); cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct PublishTargets(Arc<Vec<Arc<dyn PublishTarget>>>);
+
+impl PublishTargets {
+    pub fn new(targets: Vec<Arc<dyn PublishTarget>>) -> Self {
+        PublishTargets(Arc::new(targets))
+    }
+
+    /// This set with `target` added.
+    pub fn with(&self, target: Arc<dyn PublishTarget>) -> Self {
+        let mut all = self.0.as_ref().clone();
+        all.push(target);
+        PublishTargets::new(all)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn PublishTarget>> {
+        self.0.iter()
+    }
+
+    /// The target called `name`, if configured.
+    pub fn named(&self, name: &str) -> Option<&Arc<dyn PublishTarget>> {
+        self.0.iter().find(|t| t.name() == name)
+    }
+}
+
+/// What [`publish_one`] did, per configured target.
+#[derive(Debug, Default)]
+pub struct PublishOneOutcome {
+    /// (target name, result) in the order of the targets.
+    pub results: Vec<(&'static str, Result<(), String>)>,
+}
+
+impl PublishOneOutcome {
+    /// Every configured target took the document.
+    pub fn all_ok(&self) -> bool {
+        self.results.iter().all(|(_, r)| r.is_ok())
+    }
+
+    /// The result of the target called `name`, if it is configured.
+    pub fn of(&self, name: &str) -> Option<&Result<(), String>> {
+        self.results
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r)
+    }
+}
+
+/// Publishes one answered document into every target's current generation, passing a
+/// W3C `traceparent` on. Failures are logged and reported, never raised.
+pub async fn publish_one(
+    targets: &PublishTargets,
+    tenant: &Tenant,
+    doc: &RecommendationDoc,
+    traceparent: Option<&str>,
+) -> PublishOneOutcome {
+    let mut outcome = PublishOneOutcome::default();
+    for target in targets.iter() {
+        let result = match target.write_current(tenant, doc, traceparent).await {
+            Ok(()) => {
+                tracing::debug!(user = %doc.user_id, target = target.name(), "published one document");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(user = %doc.user_id, target = target.name(), error = %e, "publishing one document failed");
+                Err(e.to_string())
+            }
+        };
+        outcome.results.push((target.name(), result));
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests;

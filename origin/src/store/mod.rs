@@ -1,0 +1,341 @@
+//! The origin's durable store, behind one interface, [`Store`]: the event log (append
+//! with group commit, acknowledged only after the commit), the projections updated in
+//! the same transaction, and the reads that training, serving and analytics need.
+//!
+//! Embedded SQLite ([`sqlite::SqliteStore`]) is the default: one file, one process.
+//! Every backend keeps the same guarantees, and the same test suite
+//! (`store/suite.rs`) runs against each.
+//!
+//! # Layout
+//! - [`Store`]: the interface; [`open`] picks a backend from `--db`.
+//! - [`StoreError`]: one error type for every backend.
+//! - rows and results shared by every backend: [`Batch`] (and its rows), [`Counts`],
+//!   [`IdMaps`], [`TrainingSet`], [`Appended`], [`WriteHealth`], [`ReplayReport`],
+//!   [`Projections`].
+//! - `sqlite/`: the SQLite backend (catalogue tables, the event log and its writer
+//!   thread, the analytics queries).
+
+pub mod sqlite;
+#[cfg(test)]
+mod suite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use contract::UserId;
+use thiserror::Error;
+
+use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
+use crate::events::Event;
+use crate::model::TrainingData;
+
+pub use sqlite::SqliteStore;
+
+/// Half-life of the trending score, in seconds.
+pub const TRENDING_HALF_LIFE_S: f64 = 6.0 * 3600.0;
+/// How many of a user's most recent items a newly seen item is paired with.
+pub const COOCCURRENCE_RECENT: usize = 10;
+/// Region recorded for popularity when an event has none.
+pub const UNKNOWN_REGION: &str = "unknown";
+/// How often a store that refused a write is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create the directory of {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "database schema version {found} is newer than this program understands ({supported})"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("{path} is not an origin database ({why}); refusing to use it, give --db a new or an origin file")]
+    Foreign { path: String, why: String },
+    #[error("{path}: {source}")]
+    At {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("--db {0:?}: {1}")]
+    BadLocation(String, String),
+    #[error("the event writer has stopped")]
+    WriterGone,
+    #[error("the log holds an event that cannot be read back: seq {seq}: {message}")]
+    Corrupt { seq: i64, message: String },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// The error, naming the database file when SQLite's own message does not.
+    pub fn at(path: &std::path::Path, e: impl Into<StoreError>) -> StoreError {
+        match e.into() {
+            StoreError::Sqlite(source) => StoreError::At {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+/// An item of the catalogue.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemRow {
+    pub item_id: String,
+    pub title: String,
+    pub categories: Vec<String>,
+    pub tags: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A user, with an ISO country code when known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserRow {
+    pub user_id: String,
+    pub country: Option<String>,
+}
+
+/// One interaction of a user with an item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InteractionRow {
+    pub user_id: String,
+    pub item_id: String,
+    pub weight: f32,
+    /// Unix seconds.
+    pub ts: i64,
+}
+
+/// Rows written together in one transaction.
+///
+/// Items and users are upserted (a later row replaces an earlier one); users and
+/// items named only by interactions are created with empty attributes.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub items: Vec<ItemRow>,
+    pub users: Vec<UserRow>,
+    pub interactions: Vec<InteractionRow>,
+}
+
+/// How many rows each table holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub users: u64,
+    pub items: u64,
+    pub interactions: u64,
+}
+
+/// External ids of the dense indices used in [`TrainingData`].
+#[derive(Debug, Clone, Default)]
+pub struct IdMaps {
+    /// `user_ids[idx]` is the id of user `idx`.
+    pub user_ids: Vec<String>,
+    /// `item_ids[idx]` is the id of item `idx`.
+    pub item_ids: Vec<String>,
+    /// `user_country[idx]`: the country of user `idx`, when known.
+    pub user_country: Vec<Option<String>>,
+    /// `item_from_events[idx]`: the item is known only from live events (not imported
+    /// or loaded as catalogue), so it must earn its place in the model.
+    pub item_from_events: Vec<bool>,
+    /// `user_client_users[idx]`: how many users the client that first sent events for
+    /// user `idx` has introduced (0: no client recorded, e.g. imported users).
+    pub user_client_users: Vec<u32>,
+}
+
+/// Everything a model is trained from: the data in dense index space, the ids of the
+/// indices and the table counts, read together.
+#[derive(Debug, Clone, Default)]
+pub struct TrainingSet {
+    pub counts: Counts,
+    pub data: TrainingData,
+    pub maps: IdMaps,
+}
+
+/// Where a batch landed in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// Events whose `event_id` the log already held: acknowledged, not stored again
+    /// (their seq is the stored one's).
+    pub duplicates: usize,
+}
+
+/// Whether the store takes writes: the outcome of the last commit or probe. While it
+/// does not (a full disk, a read-only file), a probe write is tried every
+/// [`PROBE_EVERY`], so `/health` recovers on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteHealth {
+    pub writable: bool,
+    pub error: Option<String>,
+}
+
+impl Default for WriteHealth {
+    fn default() -> Self {
+        WriteHealth {
+            writable: true,
+            error: None,
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub interactions: u64,
+    pub last_seq: i64,
+}
+
+/// Every projection row, sorted, for comparing a rebuild with the live state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Projections {
+    /// (user, item, weight, events, last_ts, last_seq)
+    pub user_history: Vec<(String, String, f64, i64, i64, i64)>,
+    /// (region, item, events, weight)
+    pub popularity: Vec<(String, String, i64, f64)>,
+    /// (item, score, as_of)
+    pub trending: Vec<(String, f64, i64)>,
+    /// (item_a, item_b, users)
+    pub cooccurrence: Vec<(String, String, i64)>,
+    /// (event_seq, user, item, weight, ts)
+    pub training: Vec<(i64, String, String, f64, i64)>,
+}
+
+/// The origin's store. Writes are durable when they return; reads see every write that
+/// returned before them.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Where the data lives, for logs and errors (a path, or a URL without secrets).
+    fn location(&self) -> String;
+
+    /// Appends a batch of events sent by `client` (a hash the edge reports, or the peer
+    /// address) and projects each stored one, in a transaction shared with other
+    /// waiting batches (group commit); returns once that transaction committed. An
+    /// event whose `event_id` is already stored is acknowledged, not stored again.
+    async fn append(
+        &self,
+        events: Vec<Event>,
+        client: Option<String>,
+    ) -> Result<Appended, StoreError>;
+
+    /// Whether the last write succeeded (see [`WriteHealth`]).
+    fn write_health(&self) -> WriteHealth;
+
+    /// Writes catalogue rows and interactions in one transaction: all or nothing.
+    async fn import(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Rebuilds every projection from the event log alone, in one transaction.
+    async fn replay(&self) -> Result<ReplayReport, StoreError>;
+
+    /// Row counts of users, items and interactions.
+    async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Everything a model trains on. Users and items are numbered in id order, so the
+    /// same data always gives the same indices; `data.user_region` holds countries.
+    async fn training_set(&self) -> Result<TrainingSet, StoreError>;
+
+    /// One user's interactions (imported and live), summed per item, by item id.
+    async fn user_history(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError>;
+
+    /// The recommendation funnel over the `range_s` seconds before `now` (unix s).
+    async fn recommendation_analytics(
+        &self,
+        range: String,
+        range_s: u64,
+        now: i64,
+    ) -> Result<RecommendationAnalytics, StoreError>;
+
+    /// The funnel per step of `step_s` over the `range_s` seconds before `now`.
+    async fn timeline(
+        &self,
+        range: String,
+        range_s: u64,
+        step_s: u64,
+        now: i64,
+    ) -> Result<Timeline, StoreError>;
+
+    /// Events per second, active users and the edge's hit rate around `now_ms`.
+    async fn real_time_counts(&self, now_ms: i64) -> Result<RealTimeCounts, StoreError>;
+
+    /// Stores one edge report (requests and hits, per region) received at `now_ms`.
+    async fn record_edge_report(
+        &self,
+        report: contract::events::EdgeReport,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Events with `seq` in `from..=to`, in order, with their seqs.
+    async fn read_events(&self, from: i64, to: i64) -> Result<Vec<(i64, Event)>, StoreError>;
+
+    /// Every projection row, for comparing a replay with the live state.
+    async fn projections(&self) -> Result<Projections, StoreError>;
+}
+
+/// A shared handle on the process's store.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Where `--db` points: a SQLite file (a path, or `sqlite://PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+}
+
+impl Location {
+    /// Parses `--db`: `sqlite://PATH` or a plain path is SQLite; any other `scheme://`
+    /// is refused with the schemes this build knows.
+    pub fn parse(raw: &str) -> Result<Self, StoreError> {
+        let bad = |why: &str| StoreError::BadLocation(raw.to_owned(), why.to_owned());
+        if raw.trim().is_empty() {
+            return Err(bad("empty"));
+        }
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(bad("sqlite:// needs a path"));
+            }
+            return Ok(Location::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = raw.split_once("://") {
+            return Err(bad(&format!(
+                "unknown scheme {scheme:?}: give a file path or sqlite://PATH"
+            )));
+        }
+        Ok(Location::Sqlite(PathBuf::from(raw)))
+    }
+}
+
+/// Opens the store `--db` names, with the event writer committing at most
+/// `group_max` events per transaction. Needs a tokio runtime (the write probe).
+pub fn open(location: &Location, group_max: usize) -> Result<SharedStore, StoreError> {
+    match location {
+        Location::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, group_max)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_or_sqlite_url_is_sqlite_and_other_schemes_are_refused() {
+        assert_eq!(
+            Location::parse("var/origin.sqlite").unwrap(),
+            Location::Sqlite("var/origin.sqlite".into())
+        );
+        assert_eq!(
+            Location::parse("sqlite:///tmp/x.db").unwrap(),
+            Location::Sqlite("/tmp/x.db".into())
+        );
+        for bad in ["", "sqlite://", "mysql://h/db"] {
+            let e = Location::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--db"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The embedded SQLite backend of [`Store`]: one file in WAL mode, written by one
+//! event-writer thread (group commit, `synchronous=FULL`) and read through a side
+//! connection.
+//!
+//! # Layout
+//! - [`SqliteStore`]: the [`Store`] implementation.
+//! - `database`: the file, its schema and migrations, catalogue inserts and the
+//!   training read ([`Database`]; also used directly by `import` and `demo-data`).
+//! - `event_log`: the durable log, its writer thread, projections and replay.
+//! - `analytics`: the analytics queries.
+
+pub mod analytics;
+pub mod database;
+pub mod event_log;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use contract::UserId;
+
+use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
+use crate::events::Event;
+use crate::store::{
+    Appended, Batch, Counts, Projections, ReplayReport, Store, StoreError, TrainingSet, WriteHealth,
+};
+
+pub use database::{Database, APPLICATION_ID, SCHEMA_VERSION};
+pub use event_log::EventLog;
+
+/// The SQLite store of one database file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    log: EventLog,
+}
+
+impl SqliteStore {
+    /// Opens (creating, checking and migrating) the file at `path` and starts its event
+    /// writer, which commits at most `group_max` events per transaction.
+    pub fn open(path: &Path, group_max: usize) -> Result<Self, StoreError> {
+        let log = EventLog::open(path, group_max)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            log,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The event log (its writer and side connection).
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// Runs `f` on a connection of its own to the file, in the blocking pool (reads
+    /// that must not queue behind the side connection, and writes outside the log).
+    async fn with_database<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = Database::open(&path)?;
+            f(&mut db).map_err(|e| StoreError::at(&path, e))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    async fn append(
+        &self,
+        events: Vec<Event>,
+        client: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        self.log.append_from(events, client).await
+    }
+
+    fn write_health(&self) -> WriteHealth {
+        self.log.write_health()
+    }
+
+    async fn import(&self, batch: Batch) -> Result<(), StoreError> {
+        self.with_database(move |db| db.insert_batch(&batch)).await
+    }
+
+    async fn replay(&self) -> Result<ReplayReport, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || event_log::replay(&path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        self.with_database(|db| db.counts()).await
+    }
+
+    async fn training_set(&self) -> Result<TrainingSet, StoreError> {
+        self.with_database(|db| db.training_set()).await
+    }
+
+    async fn user_history(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
+        self.log.user_history(user).await
+    }
+
+    async fn recommendation_analytics(
+        &self,
+        range: String,
+        range_s: u64,
+        now: i64,
+    ) -> Result<RecommendationAnalytics, StoreError> {
+        self.log
+            .read(move |conn| analytics::recommendations(conn, &range, range_s, now))
+            .await
+    }
+
+    async fn timeline(
+        &self,
+        range: String,
+        range_s: u64,
+        step_s: u64,
+        now: i64,
+    ) -> Result<Timeline, StoreError> {
+        self.log
+            .read(move |conn| analytics::timeline(conn, &range, range_s, step_s, now))
+            .await
+    }
+
+    async fn real_time_counts(&self, now_ms: i64) -> Result<RealTimeCounts, StoreError> {
+        self.log
+            .read(move |conn| analytics::real_time_counts(conn, now_ms))
+            .await
+    }
+
+    async fn record_edge_report(
+        &self,
+        report: contract::events::EdgeReport,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.log
+            .read(move |conn| analytics::record_edge_report(conn, &report, now_ms))
+            .await
+    }
+
+    async fn read_events(&self, from: i64, to: i64) -> Result<Vec<(i64, Event)>, StoreError> {
+        self.log
+            .read(move |conn| event_log::read_events(conn, from, to))
+            .await
+    }
+
+    async fn projections(&self) -> Result<Projections, StoreError> {
+        self.log.read(event_log::read_projections).await
+    }
+}
