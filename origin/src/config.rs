@@ -32,6 +32,10 @@ pub enum ConfigError {
     EdgeUrl(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("publishing to kv-api needs --kv-account-id (CLOUDFLARE_ACCOUNT_ID) and --kv-namespace-id (ORIGIN_KV_NAMESPACE_ID), each 1-64 letters and digits, and the CLOUDFLARE_API_TOKEN environment variable")]
+    KvApiNeedsIds,
+    #[error("--kv-api-rps must be above 0 and at most 1000, not {0}")]
+    KvApiRate(String),
 }
 
 /// The origin: stores interactions, computes recommendations, serves and publishes them.
@@ -262,6 +266,9 @@ pub enum Target {
     Kv,
     /// The CDN folder given by `--out`.
     Cdn,
+    /// Workers KV through Cloudflare's REST bulk API (`--kv-account-id`,
+    /// `--kv-namespace-id`, token in `CLOUDFLARE_API_TOKEN`).
+    KvApi,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -304,6 +311,22 @@ pub struct PublishConfig {
     /// Users computed (and held in memory) at a time.
     #[arg(long, env = "ORIGIN_PUBLISH_CHUNK", default_value_t = 500)]
     pub chunk: usize,
+    /// Cloudflare account id, for the `kv-api` target.
+    #[arg(long, env = "CLOUDFLARE_ACCOUNT_ID")]
+    pub kv_account_id: Option<String>,
+    /// Workers KV namespace id, for the `kv-api` target.
+    #[arg(long, env = "ORIGIN_KV_NAMESPACE_ID")]
+    pub kv_namespace_id: Option<String>,
+    /// Base URL of Cloudflare's REST API (a local server implementing it in tests).
+    #[arg(
+        long,
+        env = "ORIGIN_KV_API_URL",
+        default_value = "https://api.cloudflare.com/client/v4"
+    )]
+    pub kv_api_url: String,
+    /// Calls per second to the KV API at most (Cloudflare allows 1,200 per 5 minutes).
+    #[arg(long, env = "ORIGIN_KV_API_RPS", default_value_t = 4.0)]
+    pub kv_api_rps: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -400,6 +423,20 @@ impl PublishConfig {
         }
         if targets.contains(&Target::Kv) && (self.edge_url.is_none() || token.is_none()) {
             return Err(ConfigError::KvNeedsEdge);
+        }
+        if targets.contains(&Target::KvApi) {
+            let ok = |v: &Option<String>| {
+                v.as_deref().is_some_and(|s| {
+                    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+            };
+            if !ok(&self.kv_account_id) || !ok(&self.kv_namespace_id) {
+                return Err(ConfigError::KvApiNeedsIds);
+            }
+            if !(self.kv_api_rps > 0.0 && self.kv_api_rps <= 1000.0) {
+                return Err(ConfigError::KvApiRate(self.kv_api_rps.to_string()));
+            }
+            check_edge_url(&Some(self.kv_api_url.clone()))?;
         }
         let users = self
             .users

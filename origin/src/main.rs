@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use contract::RegionMap;
 use origin::config::{Command, Config, Secret, Target};
-use origin::publish::{CdnFolder, EdgeClient, EdgeKv, PublishJob, PublishTargets};
+use origin::publish::{
+    CdnFolder, EdgeClient, EdgeKv, KvApiSettings, KvRest, PublishJob, PublishTargets,
+};
 use origin::snapshot::{Freshness, Snapshot};
 use origin::store::sqlite::Database;
 use origin::store::Location;
@@ -145,6 +147,22 @@ async fn main() -> Result<()> {
             {
                 publish = publish.with(Arc::new(EdgeKv::new(EdgeClient::new(url, token))));
             }
+            if targets.contains(&Target::KvApi) {
+                let token = std::env::var("CLOUDFLARE_API_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .context(
+                        "the kv-api target needs the CLOUDFLARE_API_TOKEN environment variable",
+                    )?;
+                let mut settings = KvApiSettings::new(
+                    &c.kv_api_url,
+                    c.kv_account_id.as_deref().unwrap_or_default(),
+                    c.kv_namespace_id.as_deref().unwrap_or_default(),
+                    Secret::new(token),
+                );
+                settings.requests_per_second = c.kv_api_rps;
+                publish = publish.with(Arc::new(KvRest::new(settings)));
+            }
             let bar = progress_bar();
             let progress_bar = bar.clone();
             let job = PublishJob {
@@ -162,12 +180,13 @@ async fn main() -> Result<()> {
             bar.finish_and_clear();
             let report = report?;
             println!(
-                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} popular lists, {} old generations pruned, in {:.2}s",
+                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} KV API documents, {} popular lists, {} old generations pruned, in {:.2}s",
                 report.generation,
                 report.users,
                 report.users_per_second(),
                 report.documents("cdn"),
                 report.documents("kv"),
+                report.documents("kv-api"),
                 report.popular_lists,
                 report.pruned_generations(),
                 report.elapsed.as_secs_f64()

@@ -12,6 +12,8 @@
 //! - [`PublishTargets`]: the configured targets of a process, cheap to clone.
 //! - `edge_kv`: the edge's KV through the Worker's `POST /admin/publish` ([`EdgeKv`],
 //!   its HTTP client [`EdgeClient`]).
+//! - `kv_rest`: Workers KV through Cloudflare's REST bulk API ([`KvRest`]), within the
+//!   API's limits, with retries and a bounded rate.
 //! - `cdn_folder`: the secondary CDN folder of generations and a `current` symlink
 //!   ([`CdnFolder`]).
 //! - `bulk`: [`publish_all`], the bulk publish behind `origin publish`, with progress
@@ -21,6 +23,7 @@
 mod bulk;
 mod cdn_folder;
 mod edge_kv;
+mod kv_rest;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use thiserror::Error;
 pub use bulk::{publish_all, Progress, PublishJob, PublishReport, TargetReport};
 pub use cdn_folder::CdnFolder;
 pub use edge_kv::{EdgeClient, EdgeKv, KV_BATCH};
+pub use kv_rest::{batches, pair_for, BulkPair, KvApiSettings, KvRest, MAX_CALL_BYTES};
 
 #[derive(Debug, Error)]
 pub enum PublishError {
@@ -54,6 +58,17 @@ pub enum PublishError {
     BadUserId(String, IdError),
     #[error("{0} has no current generation (publish one with `origin publish --out`)")]
     NoCurrent(PathBuf),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("KV API: batch {batch} ({keys} keys, first {first_key:?}) failed: {message}; the generation pointer was not flipped by this call")]
+    KvApi {
+        batch: usize,
+        keys: usize,
+        first_key: String,
+        message: String,
+    },
+    #[error("tenant {0} has no current KV generation (publish one with `origin publish`)")]
+    NoKvGeneration(String),
     #[error("generation {0} is already taken at this target")]
     GenerationTaken(String),
     #[error("no free generation name for this second after {0} tries")]

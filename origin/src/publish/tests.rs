@@ -367,3 +367,304 @@ async fn publish_on_miss_sends_one_document_into_the_current_kv_generation() {
     assert!(!req.activate);
     assert_eq!(req.documents, vec![doc]);
 }
+
+/// A local server implementing Cloudflare's documented KV bulk-write and read-value
+/// endpoints. There is no local version of Cloudflare's REST API, so this stands in
+/// for it: it checks every request's shape and the documented limits (auth, at most
+/// 10,000 pairs and 100 MB per call, keys of 1–512 bytes, values up to 25 MiB,
+/// `expiration_ttl` at least 60) and answers with the API's envelope. It can refuse
+/// the first calls with a given status to exercise retries.
+#[derive(Clone, Default)]
+struct FakeKvApi {
+    values: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    /// Keys in the order they were written.
+    order: Arc<Mutex<Vec<String>>>,
+    calls: Arc<Mutex<Vec<usize>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+    /// (status, how many calls) to refuse before answering normally.
+    refuse: Arc<Mutex<(u16, usize)>>,
+}
+
+async fn fake_bulk(
+    State(api): State<FakeKvApi>,
+    axum::extract::Path((account, namespace)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let envelope_error = |status: u16, msg: &str| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            Json(
+                serde_json::json!({"success": false, "errors": [{"code": 10000 + status, "message": msg}], "messages": [], "result": null}),
+            ),
+        )
+    };
+    {
+        let mut refuse = api.refuse.lock().unwrap();
+        if refuse.1 > 0 {
+            refuse.1 -= 1;
+            return envelope_error(refuse.0, "try again later");
+        }
+    }
+    let mut bad = Vec::new();
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer cf-token") {
+        bad.push("authorization".to_owned());
+    }
+    if (account.as_str(), namespace.as_str()) != ("acc1", "ns1") {
+        bad.push(format!("path {account}/{namespace}"));
+    }
+    if body.len() > 100_000_000 {
+        bad.push(format!("body of {} bytes", body.len()));
+    }
+    let pairs: Vec<BulkPair> = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            bad.push(format!("body: {e}"));
+            Vec::new()
+        }
+    };
+    if pairs.is_empty() || pairs.len() > 10_000 {
+        bad.push(format!("{} pairs", pairs.len()));
+    }
+    for p in &pairs {
+        if p.key.is_empty() || p.key.len() > 512 || p.value.len() > 25 * 1024 * 1024 {
+            bad.push(format!("pair {}", p.key));
+        }
+        if p.expiration_ttl.is_some_and(|t| t < 60) {
+            bad.push(format!("ttl of {}", p.key));
+        }
+    }
+    if !bad.is_empty() {
+        api.violations.lock().unwrap().extend(bad.clone());
+        return envelope_error(400, &bad.join("; "));
+    }
+    api.calls.lock().unwrap().push(pairs.len());
+    let n = pairs.len();
+    for p in pairs {
+        api.order.lock().unwrap().push(p.key.clone());
+        api.values.lock().unwrap().insert(p.key, p.value);
+    }
+    (
+        StatusCode::OK,
+        Json(
+            serde_json::json!({"success": true, "errors": [], "messages": [],
+            "result": {"successful_key_count": n, "unsuccessful_keys": []}}),
+        ),
+    )
+}
+
+async fn fake_value(
+    State(api): State<FakeKvApi>,
+    axum::extract::Path((_, _, key)): axum::extract::Path<(String, String, String)>,
+) -> Result<String, StatusCode> {
+    api.values
+        .lock()
+        .unwrap()
+        .get(&key)
+        .cloned()
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+async fn start_fake_kv_api(api: FakeKvApi) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/client/v4/accounts/{account}/storage/kv/namespaces/{namespace}/bulk",
+            axum::routing::put(fake_bulk),
+        )
+        .route(
+            "/client/v4/accounts/{account}/storage/kv/namespaces/{namespace}/values/{key}",
+            axum::routing::get(fake_value),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(120_000_000))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/client/v4")
+}
+
+fn kv_api(url: &str) -> KvApiSettings {
+    let mut s = KvApiSettings::new(url, "acc1", "ns1", Secret::new("cf-token"));
+    s.requests_per_second = 1000.0;
+    s.first_backoff = std::time::Duration::from_millis(10);
+    s
+}
+
+fn kv_api_job(tenant: &Tenant, settings: KvApiSettings) -> PublishJob {
+    let mut j = job(tenant, None, None);
+    j.targets = PublishTargets::default().with(Arc::new(KvRest::new(settings)));
+    j.chunk = 1000;
+    j
+}
+
+#[tokio::test]
+async fn a_kv_api_publish_writes_every_key_in_bounded_batches_then_the_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+    let api = FakeKvApi::default();
+    let url = start_fake_kv_api(api.clone()).await;
+    let mut settings = kv_api(&url);
+    // Small calls, so the 200 users need several batches.
+    settings.max_call_bytes = 200_000;
+    let tenant = Tenant::default_tenant();
+    let report = publish_all(Arc::new(snapshot), kv_api_job(&tenant, settings))
+        .await
+        .unwrap();
+    assert!(api.violations.lock().unwrap().is_empty());
+    assert_eq!(report.documents("kv-api"), 200 + 4);
+    let calls = api.calls.lock().unwrap().clone();
+    assert!(calls.len() >= 3, "several bounded batches: {calls:?}");
+    let values = api.values.lock().unwrap();
+    let pointer = values.get("t/default/generation").unwrap();
+    assert_eq!(pointer, &report.generation);
+    let doc: RecommendationDoc = serde_json::from_str(
+        values
+            .get(&format!("t/default/g/{}/u/u1", report.generation))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc.user_id, "u1");
+    assert!(values.contains_key(&format!("t/default/g/{}/popular/europe", report.generation)));
+    let order = api.order.lock().unwrap();
+    assert_eq!(
+        order.last().unwrap(),
+        "t/default/generation",
+        "the pointer is written last"
+    );
+}
+
+#[tokio::test]
+async fn a_kv_api_call_refused_with_429_or_5xx_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+    let api = FakeKvApi::default();
+    *api.refuse.lock().unwrap() = (429, 2);
+    let url = start_fake_kv_api(api.clone()).await;
+    let tenant = Tenant::default_tenant();
+    let report = publish_all(Arc::new(snapshot), kv_api_job(&tenant, kv_api(&url)))
+        .await
+        .unwrap();
+    assert_eq!(report.documents("kv-api"), 204);
+    assert_eq!(
+        api.values.lock().unwrap().get("t/default/generation"),
+        Some(&report.generation)
+    );
+}
+
+#[tokio::test]
+async fn a_batch_that_keeps_failing_names_itself_and_leaves_the_pointer_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+    let api = FakeKvApi::default();
+    *api.refuse.lock().unwrap() = (503, 1000);
+    let url = start_fake_kv_api(api.clone()).await;
+    let tenant = Tenant::default_tenant();
+    let mut settings = kv_api(&url);
+    settings.attempts = 3;
+    let err = publish_all(Arc::new(snapshot), kv_api_job(&tenant, settings))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("batch 0"), "{msg}");
+    assert!(msg.contains("503"), "{msg}");
+    assert!(msg.contains("pointer was not flipped"), "{msg}");
+    assert_eq!(
+        api.refuse.lock().unwrap().1,
+        1000 - 3,
+        "three tries, then it gave up"
+    );
+    assert!(api.values.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_kv_api_write_after_a_miss_goes_into_the_current_generation() {
+    let api = FakeKvApi::default();
+    api.values
+        .lock()
+        .unwrap()
+        .insert("t/default/generation".into(), "g7-0".into());
+    let url = start_fake_kv_api(api.clone()).await;
+    let target = KvRest::new(kv_api(&url));
+    let mut doc = RecommendationDoc {
+        tenant: "default".into(),
+        user_id: "u/9".into(),
+        region: "europe".into(),
+        items: Vec::new(),
+        model_version: "x#y".into(),
+        generated_at: crate::snapshot::now_unix(),
+        fresh_for_s: 300,
+        stale_for_s: 86_400,
+    };
+    // A user id the contract refuses is an error, never a key.
+    let bad = target
+        .write_current(&Tenant::default_tenant(), &doc, None)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("u/9"), "{bad}");
+    doc.user_id = "u9".into();
+    target
+        .write_current(&Tenant::default_tenant(), &doc, None)
+        .await
+        .unwrap();
+    assert!(api
+        .values
+        .lock()
+        .unwrap()
+        .contains_key("t/default/g/g7-0/u/u9"));
+}
+
+#[test]
+fn an_oversize_key_or_document_is_an_error_naming_the_user() {
+    let mut doc = RecommendationDoc {
+        tenant: "default".into(),
+        user_id: "u1".into(),
+        region: "europe".into(),
+        items: Vec::new(),
+        model_version: "x#y".into(),
+        generated_at: 1,
+        fresh_for_s: 300,
+        stale_for_s: 86_400,
+    };
+    let err = pair_for("k".repeat(513), &doc, 1, "user u1").unwrap_err();
+    assert!(err.to_string().contains("user u1"), "{err}");
+    assert!(err.to_string().contains("512"), "{err}");
+    doc.items = (0..100)
+        .map(|k| contract::RecItem {
+            item_id: format!("item-{k}"),
+            score: 1.0,
+            reason: Some("r".repeat(1000)),
+        })
+        .collect();
+    let err = pair_for("k".into(), &doc, 1, "user u1").unwrap_err();
+    assert!(err.to_string().contains("user u1"), "{err}");
+    assert!(pair_for(
+        "k".repeat(512),
+        &RecommendationDoc {
+            items: Vec::new(),
+            ..doc
+        },
+        1,
+        "x"
+    )
+    .is_ok());
+}
+
+#[test]
+fn batches_respect_the_pair_and_byte_limits() {
+    let pair = |i: usize| BulkPair {
+        key: format!("k{i}"),
+        value: "v".repeat(100),
+        expiration_ttl: Some(60),
+    };
+    let many: Vec<BulkPair> = (0..25_000).map(pair).collect();
+    let b = batches(many, MAX_CALL_BYTES);
+    assert_eq!(
+        b.iter().map(Vec::len).collect::<Vec<_>>(),
+        [10_000, 10_000, 5_000]
+    );
+    let small = batches((0..100).map(pair).collect(), 1_500);
+    for batch in &small {
+        assert!(serde_json::to_string(batch).unwrap().len() <= 1_500);
+    }
+    assert_eq!(small.iter().map(Vec::len).sum::<usize>(), 100);
+}

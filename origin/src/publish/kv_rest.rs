@@ -1,0 +1,449 @@
+//! Workers KV through Cloudflare's REST API, as a publish target: the bulk endpoint
+//! (`PUT /accounts/{account}/storage/kv/namespaces/{namespace}/bulk`, up to
+//! [`MAX_PAIRS_PER_CALL`] pairs and [`MAX_CALL_BYTES`] per call) for whole generations,
+//! so a million users take about a hundred calls instead of thousands of Worker
+//! invocations.
+//!
+//! What it guarantees:
+//! - Cloudflare's limits are checked before anything is sent: a key over
+//!   [`MAX_KEY_BYTES`] or a value over [`MAX_VALUE_BYTES`] is an error naming the user,
+//!   never a failed batch; batches stay within the pair and byte limits.
+//! - A call answered 429 or 5xx (or not answered) is retried with exponential backoff and
+//!   jitter (`backon`), at most [`KvApiSettings::attempts`] times; calls are spaced by at
+//!   least `1 / requests_per_second` (Cloudflare's API allows 1,200 requests per 5
+//!   minutes). A batch that still fails is an error saying which batch, and the bulk
+//!   publish stops before the generation pointer is flipped, so readers keep the old
+//!   generation whole.
+//! - Every key of a generation is written once per publish, and the pointer once, so
+//!   the per-key limit of one write a second holds within a publish.
+//! - Values expire `stale_until` after publishing (at least 60 s, KV's minimum), as the
+//!   Worker's own `/admin/publish` sets them.
+//!
+//! There is no purge through this API: the edge cache lives in each location's Cache
+//! API, reached only from the Worker (`EdgeKv` does that).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use contract::keys::{kv_generation_pointer, kv_popular, kv_user, Generation};
+use contract::{RecommendationDoc, Region, Tenant, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{Activated, PublishError, PublishTarget};
+use crate::auth::Secret;
+
+/// Most pairs in one bulk call.
+pub const MAX_PAIRS_PER_CALL: usize = 10_000;
+/// Largest bulk request body, in bytes (the API's limit is 100 MB; a margin is kept).
+pub const MAX_CALL_BYTES: usize = 95_000_000;
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest value, in bytes (25 MiB).
+pub const MAX_VALUE_BYTES: usize = 25 * 1024 * 1024;
+/// Shortest expiration KV takes, in seconds.
+pub const MIN_TTL_S: u64 = 60;
+
+/// One pair of a bulk write, as the API documents it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkPair {
+    pub key: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_ttl: Option<u64>,
+}
+
+/// The API's answer envelope.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    success: bool,
+    #[serde(default)]
+    errors: Vec<ApiMessage>,
+    #[serde(default)]
+    result: Option<BulkResult>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiMessage {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkResult {
+    #[serde(default)]
+    unsuccessful_keys: Vec<String>,
+}
+
+/// Where and how to reach the API.
+#[derive(Debug, Clone)]
+pub struct KvApiSettings {
+    /// `https://api.cloudflare.com/client/v4`, or a local server implementing it in tests.
+    pub base_url: String,
+    pub account_id: String,
+    pub namespace_id: String,
+    pub token: Secret,
+    /// Calls per second at most.
+    pub requests_per_second: f64,
+    /// Tries per call (the first included).
+    pub attempts: usize,
+    /// First retry delay; doubled each time, with jitter.
+    pub first_backoff: Duration,
+    /// Largest request body sent (at most [`MAX_CALL_BYTES`]).
+    pub max_call_bytes: usize,
+}
+
+impl KvApiSettings {
+    /// Settings with the defaults: 4 calls a second, 5 tries from 500 ms.
+    pub fn new(base_url: &str, account_id: &str, namespace_id: &str, token: Secret) -> Self {
+        KvApiSettings {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            account_id: account_id.to_owned(),
+            namespace_id: namespace_id.to_owned(),
+            token,
+            requests_per_second: 4.0,
+            attempts: 5,
+            first_backoff: Duration::from_millis(500),
+            max_call_bytes: MAX_CALL_BYTES,
+        }
+    }
+}
+
+/// Why one call failed.
+#[derive(Debug)]
+enum CallError {
+    /// Worth another try (429, 5xx, no answer).
+    Transient(String),
+    /// Not worth another try (other 4xx, an answer that says it failed).
+    Final(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Transient(m) | CallError::Final(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Workers KV through the REST API.
+#[derive(Clone, Debug)]
+pub struct KvRest {
+    settings: KvApiSettings,
+    client: reqwest::Client,
+    /// When the next call may start (the rate bound).
+    next_call: Arc<Mutex<Instant>>,
+}
+
+/// The pair of `doc` under `key`, checked against KV's limits; `who` names the document
+/// in errors.
+pub fn pair_for(
+    key: String,
+    doc: &RecommendationDoc,
+    now_s: u64,
+    who: &str,
+) -> Result<BulkPair, PublishError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(PublishError::TooLarge(format!(
+            "{who}: KV key of {} bytes is over the {MAX_KEY_BYTES}-byte limit",
+            key.len()
+        )));
+    }
+    let value = serde_json::to_string(doc)?;
+    if value.len() > MAX_VALUE_BYTES.min(contract::MAX_DOC_BYTES) {
+        return Err(PublishError::TooLarge(format!(
+            "{who}: document of {} bytes is over the {}-byte limit",
+            value.len(),
+            MAX_VALUE_BYTES.min(contract::MAX_DOC_BYTES)
+        )));
+    }
+    Ok(BulkPair {
+        key,
+        value,
+        expiration_ttl: Some(doc.stale_until().saturating_sub(now_s).max(MIN_TTL_S)),
+    })
+}
+
+/// Splits pairs into calls of at most [`MAX_PAIRS_PER_CALL`] pairs and `max_bytes` of
+/// JSON each.
+pub fn batches(pairs: Vec<BulkPair>, max_bytes: usize) -> Vec<Vec<BulkPair>> {
+    let mut out: Vec<Vec<BulkPair>> = Vec::new();
+    let mut bytes = 2; // "[]"
+    for pair in pairs {
+        // Key, value (escaped by JSON: at most about twice as long), ttl and punctuation.
+        let size = serde_json::to_string(&pair).map_or(usize::MAX, |s| s.len()) + 1;
+        let full = out
+            .last()
+            .is_none_or(|b| b.len() >= MAX_PAIRS_PER_CALL || bytes + size > max_bytes);
+        if full {
+            out.push(Vec::new());
+            bytes = 2;
+        }
+        bytes += size;
+        if let Some(last) = out.last_mut() {
+            last.push(pair);
+        }
+    }
+    out
+}
+
+impl KvRest {
+    pub fn new(settings: KvApiSettings) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        KvRest {
+            settings,
+            client,
+            next_call: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    fn namespace_url(&self) -> String {
+        format!(
+            "{}/accounts/{}/storage/kv/namespaces/{}",
+            self.settings.base_url, self.settings.account_id, self.settings.namespace_id
+        )
+    }
+
+    /// Waits until the rate bound lets the next call start.
+    async fn pace(&self) {
+        let gap = Duration::from_secs_f64(1.0 / self.settings.requests_per_second.max(0.001));
+        let start = {
+            let mut next = self.next_call.lock().await;
+            let start = (*next).max(Instant::now());
+            *next = start + gap;
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+
+    async fn put_once(&self, body: &str) -> Result<(), CallError> {
+        self.pace().await;
+        let url = format!("{}/bulk", self.namespace_url());
+        let resp = self
+            .client
+            .put(&url)
+            .bearer_auth(self.settings.token.expose())
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(format!("cannot reach {url}: {e}")))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| CallError::Transient(format!("reading the answer of {url}: {e}")))?;
+        let envelope: Option<Envelope> = serde_json::from_str(&text).ok();
+        let detail = envelope
+            .as_ref()
+            .and_then(|e| e.errors.first())
+            .map(|m| format!("{} {}", m.code, m.message))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(CallError::Transient(format!("{status}: {detail}")));
+        }
+        match envelope {
+            Some(e) if status.is_success() && e.success => {
+                let failed = e.result.map(|r| r.unsuccessful_keys).unwrap_or_default();
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(CallError::Transient(format!(
+                        "{} keys were not written, e.g. {:?}",
+                        failed.len(),
+                        failed.first()
+                    )))
+                }
+            }
+            _ => Err(CallError::Final(format!("{status}: {detail}"))),
+        }
+    }
+
+    /// Writes one batch, retrying transient failures with backoff and jitter.
+    async fn put_batch(&self, index: usize, batch: &[BulkPair]) -> Result<(), PublishError> {
+        let body = serde_json::to_string(batch)?;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.settings.first_backoff)
+            .with_max_delay(Duration::from_secs(30))
+            .with_max_times(self.settings.attempts.saturating_sub(1))
+            .with_jitter();
+        (|| self.put_once(&body))
+            .retry(backoff)
+            .when(|e| matches!(e, CallError::Transient(_)))
+            .notify(|e, after| {
+                tracing::warn!(batch = index, error = %e, retry_in_ms = after.as_millis() as u64, "KV bulk write failed; retrying");
+            })
+            .await
+            .map_err(|e| PublishError::KvApi {
+                batch: index,
+                keys: batch.len(),
+                first_key: batch.first().map(|p| p.key.clone()).unwrap_or_default(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes pairs in as few calls as the limits allow; returns how many were written.
+    async fn put_all(&self, pairs: Vec<BulkPair>) -> Result<usize, PublishError> {
+        let mut written = 0;
+        for (index, batch) in batches(pairs, self.settings.max_call_bytes)
+            .into_iter()
+            .enumerate()
+        {
+            self.put_batch(index, &batch).await?;
+            written += batch.len();
+        }
+        Ok(written)
+    }
+
+    /// The tenant's current generation, read from the pointer key.
+    async fn current_generation(&self, tenant: &Tenant) -> Result<Generation, PublishError> {
+        let key = kv_generation_pointer(tenant);
+        let url = format!("{}/values/{}", self.namespace_url(), encode_key(&key));
+        let resp = self
+            .client
+            .get(&url)
+            .bearer_auth(self.settings.token.expose())
+            .send()
+            .await
+            .map_err(|e| PublishError::Http {
+                url: url.clone(),
+                source: e,
+            })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| PublishError::Http {
+            url: url.clone(),
+            source: e,
+        })?;
+        if status.as_u16() == 404 {
+            return Err(PublishError::NoKvGeneration(tenant.as_str().to_owned()));
+        }
+        if !status.is_success() {
+            return Err(PublishError::KvApi {
+                batch: 0,
+                keys: 1,
+                first_key: key,
+                message: format!("reading the pointer: {status}"),
+            });
+        }
+        Generation::parse(text.trim()).map_err(|e| PublishError::KvApi {
+            batch: 0,
+            keys: 1,
+            first_key: key,
+            message: format!("the pointer holds no generation name: {e}"),
+        })
+    }
+}
+
+/// A key as one URL path segment (KV keys may hold `/`).
+fn encode_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn user_of(doc: &RecommendationDoc) -> Result<UserId, PublishError> {
+    UserId::parse(&doc.user_id).map_err(|e| PublishError::BadUserId(doc.user_id.clone(), e))
+}
+
+#[async_trait]
+impl PublishTarget for KvRest {
+    fn name(&self) -> &'static str {
+        "kv-api"
+    }
+
+    async fn begin(&self, _tenant: &Tenant, _generation: &Generation) -> Result<(), PublishError> {
+        // A KV generation exists once something is written into it.
+        Ok(())
+    }
+
+    async fn write_users(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: Arc<Vec<RecommendationDoc>>,
+    ) -> Result<usize, PublishError> {
+        let now = crate::snapshot::now_unix();
+        let pairs = docs
+            .iter()
+            .map(|doc| {
+                let user = user_of(doc)?;
+                pair_for(
+                    kv_user(tenant, generation, &user),
+                    doc,
+                    now,
+                    &format!("user {}", doc.user_id),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.put_all(pairs).await
+    }
+
+    async fn write_popular(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        docs: &[RecommendationDoc],
+    ) -> Result<usize, PublishError> {
+        let now = crate::snapshot::now_unix();
+        let pairs = docs
+            .iter()
+            .map(|doc| {
+                let region = Region::parse(&doc.region).map_err(|e| {
+                    PublishError::Task(format!("popular list region {:?}: {e}", doc.region))
+                })?;
+                pair_for(
+                    kv_popular(tenant, generation, &region),
+                    doc,
+                    now,
+                    &format!("popular list of {}", doc.region),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.put_all(pairs).await
+    }
+
+    async fn activate(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+    ) -> Result<Activated, PublishError> {
+        let pointer = BulkPair {
+            key: kv_generation_pointer(tenant),
+            value: generation.as_str().to_owned(),
+            expiration_ttl: None,
+        };
+        self.put_batch(0, &[pointer]).await?;
+        Ok(Activated::default())
+    }
+
+    async fn write_current(
+        &self,
+        tenant: &Tenant,
+        doc: &RecommendationDoc,
+        _traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let generation = self.current_generation(tenant).await?;
+        let user = user_of(doc)?;
+        let pair = pair_for(
+            kv_user(tenant, &generation, &user),
+            doc,
+            crate::snapshot::now_unix(),
+            &format!("user {}", doc.user_id),
+        )?;
+        self.put_batch(0, &[pair]).await
+    }
+}
