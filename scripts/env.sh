@@ -13,4 +13,6 @@ export WRANGLER_SEND_METRICS=false WRANGLER_HIDE_BANNER=true CLOUDFLARE_CF_FETCH
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 # Pinned tool versions (TOOLCHAIN: worker-build 0.8.7; wasm-bindgen-cli = the locked crate).
 WORKER_BUILD_VERSION=0.8.7
+# The S3-compatible server the object-storage publish tests run against (origin/tests/object_storage.rs).
+S3S_FS_VERSION=0.14.1
 WASM_BINDGEN_VERSION="$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print}' "$ROOT/Cargo.lock")"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the build needs and is missing: the wasm target, pinned worker-build and
-# wasm-bindgen-cli, and the npm packages (wrangler, esbuild, binaryen). Idempotent: each
-# step is skipped when the right version is already there.
+# Installs what the build needs and is missing: the wasm target, pinned worker-build,
+# wasm-bindgen-cli and s3s-fs (the tests' S3 server), and the npm packages (wrangler,
+# esbuild, binaryen). Idempotent: each step is skipped when the right version is there.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -18,6 +18,10 @@ if ! wasm-bindgen --version 2>/dev/null | grep -qF "$WASM_BINDGEN_VERSION"; then
   echo "setup: installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (takes a few minutes once)"
   # Not --locked: its lockfile wants a crate version the registry mirror may lack.
   cargo install wasm-bindgen-cli --version "=$WASM_BINDGEN_VERSION" --debug
+fi
+if ! s3s-fs --version 2>/dev/null | grep -qF "$S3S_FS_VERSION"; then
+  echo "setup: installing s3s-fs $S3S_FS_VERSION, the local S3 server of the tests (takes a few minutes once)"
+  cargo install s3s-fs --version "=$S3S_FS_VERSION" --features binary --debug
 fi
 if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: npm ci"

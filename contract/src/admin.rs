@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::RecommendationDoc;
 
-/// Most documents (users plus popular lists) one publish request may carry.
-pub const MAX_PUBLISH_DOCS: usize = 1000;
+/// KV operations one Worker invocation may make (Cloudflare's limit).
+pub const KV_OPS_PER_INVOCATION: usize = 1000;
+/// Most documents (users plus popular lists) one publish request may carry: with the
+/// generation pointer read and the pointer write of an activation, one call stays
+/// within [`KV_OPS_PER_INVOCATION`]. Bulk publishing goes through Cloudflare's REST API
+/// (`origin publish --targets kv-api`) instead.
+pub const MAX_PUBLISH_DOCS: usize = KV_OPS_PER_INVOCATION - 2;
 /// Most user ids one purge request may carry.
 pub const MAX_PURGE_IDS: usize = 1000;
 /// Largest admin request body the edge reads, in bytes.

@@ -3,8 +3,8 @@
 //! rules) into KV writes and cache deletions.
 
 use contract::admin::{
-    PublishRequest, PurgeRequest, MAX_ADMIN_BODY_BYTES, MAX_PUBLISH_DOCS, MAX_PURGE_IDS,
-    POPULAR_USER_ID,
+    PublishRequest, PurgeRequest, KV_OPS_PER_INVOCATION, MAX_ADMIN_BODY_BYTES, MAX_PUBLISH_DOCS,
+    MAX_PURGE_IDS, POPULAR_USER_ID,
 };
 use contract::keys::{self, Generation};
 use contract::{RecommendationDoc, Region, Tenant, UserId};
@@ -96,7 +96,9 @@ pub fn publish_plan(
     let total = req.documents.len() + req.popular.len();
     if total > MAX_PUBLISH_DOCS {
         return Err(EdgeError::BadBody(format!(
-            "{total} documents in one publish; at most {MAX_PUBLISH_DOCS} are allowed"
+            "{total} documents in one publish; at most {MAX_PUBLISH_DOCS}, so the call stays within \
+             a Worker's {KV_OPS_PER_INVOCATION} KV operations (for bulk publishing use \
+             `origin publish --targets kv-api`)"
         )));
     }
     let (generation, activate) = match (req.generation.as_deref(), current) {
@@ -267,6 +269,26 @@ mod tests {
         ] {
             assert_eq!(publish_plan(req, None, 0).unwrap_err().status(), 400);
         }
+    }
+
+    #[test]
+    fn a_publish_stays_within_one_invocations_kv_operations() {
+        let full = PublishRequest {
+            generation: Some("g1-0".into()),
+            activate: true,
+            documents: vec![doc("u1"); MAX_PUBLISH_DOCS],
+            ..Default::default()
+        };
+        let plan = publish_plan(full, None, 0).unwrap();
+        // One pointer read, the writes, one pointer write.
+        assert!(1 + plan.writes.len() + usize::from(plan.activate) <= KV_OPS_PER_INVOCATION);
+        let over = PublishRequest {
+            documents: vec![doc("u1"); MAX_PUBLISH_DOCS + 1],
+            ..Default::default()
+        };
+        let err = publish_plan(over, None, 0).unwrap_err().to_string();
+        assert!(err.contains("1000 KV operations"), "{err}");
+        assert!(err.contains("kv-api"), "{err}");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("publishing to kv-api needs --kv-account-id (CLOUDFLARE_ACCOUNT_ID) and --kv-namespace-id (ORIGIN_KV_NAMESPACE_ID), each 1-64 letters and digits, and the CLOUDFLARE_API_TOKEN environment variable")]
     KvApiNeedsIds,
+    #[error("publishing to object-storage needs --s3-endpoint (ORIGIN_S3_ENDPOINT), --s3-bucket (ORIGIN_S3_BUCKET) and the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables")]
+    ObjectStorageNeeds,
     #[error("--kv-api-rps must be above 0 and at most 1000, not {0}")]
     KvApiRate(String),
 }
@@ -269,6 +271,9 @@ pub enum Target {
     /// Workers KV through Cloudflare's REST bulk API (`--kv-account-id`,
     /// `--kv-namespace-id`, token in `CLOUDFLARE_API_TOKEN`).
     KvApi,
+    /// The secondary CDN on S3-compatible object storage (R2, S3): `--s3-endpoint`,
+    /// `--s3-bucket`, keys in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    ObjectStorage,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -327,6 +332,19 @@ pub struct PublishConfig {
     /// Calls per second to the KV API at most (Cloudflare allows 1,200 per 5 minutes).
     #[arg(long, env = "ORIGIN_KV_API_RPS", default_value_t = 4.0)]
     pub kv_api_rps: f64,
+    /// S3-compatible endpoint for the `object-storage` target (R2:
+    /// `https://<account>.r2.cloudflarestorage.com`).
+    #[arg(long, env = "ORIGIN_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Bucket of the `object-storage` target.
+    #[arg(long, env = "ORIGIN_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Region of the bucket (`auto` for R2).
+    #[arg(long, env = "ORIGIN_S3_REGION", default_value = "auto")]
+    pub s3_region: String,
+    /// Prefix of every object the `object-storage` target writes.
+    #[arg(long, env = "ORIGIN_S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -437,6 +455,12 @@ impl PublishConfig {
                 return Err(ConfigError::KvApiRate(self.kv_api_rps.to_string()));
             }
             check_edge_url(&Some(self.kv_api_url.clone()))?;
+        }
+        if targets.contains(&Target::ObjectStorage) {
+            if self.s3_bucket.as_deref().is_none_or(str::is_empty) || self.s3_endpoint.is_none() {
+                return Err(ConfigError::ObjectStorageNeeds);
+            }
+            check_edge_url(&self.s3_endpoint)?;
         }
         let users = self
             .users

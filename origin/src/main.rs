@@ -9,7 +9,8 @@ use clap::Parser;
 use contract::RegionMap;
 use origin::config::{Command, Config, Secret, Target};
 use origin::publish::{
-    CdnFolder, EdgeClient, EdgeKv, KvApiSettings, KvRest, PublishJob, PublishTargets,
+    CdnFolder, EdgeClient, EdgeKv, KvApiSettings, KvRest, ObjectStorage, ObjectStorageSettings,
+    PublishJob, PublishTargets,
 };
 use origin::snapshot::{Freshness, Snapshot};
 use origin::store::sqlite::Database;
@@ -163,6 +164,24 @@ async fn main() -> Result<()> {
                 settings.requests_per_second = c.kv_api_rps;
                 publish = publish.with(Arc::new(KvRest::new(settings)));
             }
+            if targets.contains(&Target::ObjectStorage) {
+                let env =
+                    |name: &str| {
+                        std::env::var(name).ok().filter(|v| !v.is_empty()).with_context(|| {
+                        format!("the object-storage target needs the {name} environment variable")
+                    })
+                    };
+                let storage = ObjectStorage::new(ObjectStorageSettings {
+                    endpoint: c.s3_endpoint.clone().unwrap_or_default(),
+                    bucket: c.s3_bucket.clone().unwrap_or_default(),
+                    region: c.s3_region.clone(),
+                    access_key: env("AWS_ACCESS_KEY_ID")?,
+                    secret_key: Secret::new(env("AWS_SECRET_ACCESS_KEY")?),
+                    prefix: c.s3_prefix.clone(),
+                    keep_generations: c.keep_generations,
+                })?;
+                publish = publish.with(Arc::new(storage));
+            }
             let bar = progress_bar();
             let progress_bar = bar.clone();
             let job = PublishJob {
@@ -180,13 +199,14 @@ async fn main() -> Result<()> {
             bar.finish_and_clear();
             let report = report?;
             println!(
-                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} KV API documents, {} popular lists, {} old generations pruned, in {:.2}s",
+                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} KV API documents, {} objects, {} popular lists, {} old generations pruned, in {:.2}s",
                 report.generation,
                 report.users,
                 report.users_per_second(),
                 report.documents("cdn"),
                 report.documents("kv"),
                 report.documents("kv-api"),
+                report.documents("object-storage"),
                 report.popular_lists,
                 report.pruned_generations(),
                 report.elapsed.as_secs_f64()

@@ -14,6 +14,8 @@
 //!   its HTTP client [`EdgeClient`]).
 //! - `kv_rest`: Workers KV through Cloudflare's REST bulk API ([`KvRest`]), within the
 //!   API's limits, with retries and a bounded rate.
+//! - `object_storage`: the secondary CDN on S3-compatible storage (R2, S3) with a pointer
+//!   object instead of a symlink ([`ObjectStorage`]).
 //! - `cdn_folder`: the secondary CDN folder of generations and a `current` symlink
 //!   ([`CdnFolder`]).
 //! - `bulk`: [`publish_all`], the bulk publish behind `origin publish`, with progress
@@ -24,6 +26,7 @@ mod bulk;
 mod cdn_folder;
 mod edge_kv;
 mod kv_rest;
+mod object_storage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ pub use bulk::{publish_all, Progress, PublishJob, PublishReport, TargetReport};
 pub use cdn_folder::CdnFolder;
 pub use edge_kv::{EdgeClient, EdgeKv, KV_BATCH};
 pub use kv_rest::{batches, pair_for, BulkPair, KvApiSettings, KvRest, MAX_CALL_BYTES};
+pub use object_storage::{ObjectStorage, ObjectStorageSettings, POINTER};
 
 #[derive(Debug, Error)]
 pub enum PublishError {
@@ -60,6 +64,8 @@ pub enum PublishError {
     NoCurrent(PathBuf),
     #[error("{0}")]
     TooLarge(String),
+    #[error("object storage: {0}")]
+    ObjectStorage(String),
     #[error("KV API: batch {batch} ({keys} keys, first {first_key:?}) failed: {message}; the generation pointer was not flipped by this call")]
     KvApi {
         batch: usize,
