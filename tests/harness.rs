@@ -191,7 +191,7 @@ pub struct StackOptions {
     pub origins: Vec<&'static str>,
     /// `request.cf.country` the local runtime reports; `None`: no country (GeoIP decides).
     pub cf_country: Option<&'static str>,
-    /// Extra `[vars]` for the worker.
+    /// Extra `[vars]` for the worker (one named here replaces the stack's default).
     pub vars: Vec<(&'static str, String)>,
     /// The built worker to run (default `edge/build/index.js`).
     pub worker: Option<PathBuf>,
@@ -303,10 +303,26 @@ impl Stack {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let mut vars = format!(
-            "ORIGINS = '{{{origin_urls}}}'\nSECONDARY_CDN_URL = \"http://127.0.0.1:{cdn_port}\"\n\
-             SUBREQUEST_TIMEOUT_MS = \"{SUBREQUEST_TIMEOUT_MS}\"\nEDGE_CACHE_TTL_S = \"300\"\nGENERATION_CACHE_S = \"0\"\n"
-        );
+        // The stack's defaults, each unless `opts.vars` sets it.
+        let defaults = [
+            ("ORIGINS", format!("'{{{origin_urls}}}'")),
+            (
+                "SECONDARY_CDN_URL",
+                format!("\"http://127.0.0.1:{cdn_port}\""),
+            ),
+            (
+                "SUBREQUEST_TIMEOUT_MS",
+                format!("\"{SUBREQUEST_TIMEOUT_MS}\""),
+            ),
+            ("EDGE_CACHE_TTL_S", "\"300\"".to_string()),
+            ("GENERATION_CACHE_S", "\"0\"".to_string()),
+        ];
+        let mut vars = String::new();
+        for (k, v) in defaults {
+            if !opts.vars.iter().any(|(set, _)| *set == k) {
+                vars.push_str(&format!("{k} = {v}\n"));
+            }
+        }
         for (k, v) in &opts.vars {
             vars.push_str(&format!("{k} = \"{v}\"\n"));
         }
@@ -939,4 +955,65 @@ pub fn recording_origin(port: u16, status: u16) -> std::sync::Arc<Mutex<Vec<Reco
         }
     });
     seen
+}
+
+/// Keys of the [`S3Server`] that signs (the publisher's side).
+pub const S3_ACCESS_KEY: &str = "e2e-access-key";
+pub const S3_SECRET_KEY: &str = "e2e-secret-key-0123456789";
+
+/// A real S3-compatible server (`s3s-fs`, installed by `scripts/setup.sh`) over a folder
+/// in its own process: with keys, it takes signed requests (as R2's API does); without,
+/// it answers anonymous reads (as a public R2 bucket domain does). Two servers over one
+/// folder give a bucket with a private write side and a public read side.
+pub struct S3Server {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl S3Server {
+    /// Starts `s3s-fs` over `root` (creating it), signed with the keys above when
+    /// `signed`. `None` (locally, with a message) when `s3s-fs` is not installed; in CI
+    /// (`CI` set) that is a failure.
+    pub fn start(root: &Path, signed: bool, logs: &Path) -> Option<S3Server> {
+        let bin = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+            .map(|d| d.join("s3s-fs"))
+            .find(|p| p.is_file());
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "s3s-fs is not installed (scripts/setup.sh installs it); CI must run this test"
+            );
+            eprintln!("SKIPPED locally: s3s-fs is not installed (run scripts/setup.sh)");
+            return None;
+        };
+        fs::create_dir_all(root).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        if signed {
+            cmd.args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY]);
+        }
+        cmd.arg(root);
+        let name = if signed {
+            "s3s-fs (signed)"
+        } else {
+            "s3s-fs (public)"
+        };
+        let log = logs.join(format!("s3s-fs-{port}.log"));
+        let proc = Proc::spawn(name, &mut cmd, log);
+        wait_for_http(
+            &format!("http://127.0.0.1:{port}/"),
+            &proc,
+            Duration::from_secs(20),
+        );
+        Some(S3Server { proc, port })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
 }

@@ -82,6 +82,16 @@ pub fn cdn_popular(tenant: &Tenant, region: &Region) -> String {
     format!("{tenant}/popular/{}.json", region.as_str())
 }
 
+/// Name of the pointer object of a secondary CDN on object storage (below its root):
+/// it holds the current generation's name.
+pub const CDN_POINTER: &str = "current";
+
+/// Directory of a generation below the secondary CDN's root (object storage layout:
+/// `generations/{gen}/` holds what the folder layout's `current/` view shows).
+pub fn cdn_generation_dir(generation: &Generation) -> String {
+    format!("generations/{}", generation.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +108,7 @@ mod tests {
             "t/shop/g/g1764237600-3/popular/europe"
         );
         assert_eq!(kv_generation_pointer(&t), "t/shop/generation");
+        assert_eq!(cdn_generation_dir(&g), "generations/g1764237600-3");
         assert_eq!(cdn_user(&t, &u), "shop/users/u1.json");
         assert_eq!(cdn_popular(&t, &r), "shop/popular/europe.json");
     }

@@ -14,6 +14,7 @@
 //! | `TRUST_X_FORWARDED_FOR` | false | use the first `X-Forwarded-For` address as the client IP (only behind a proxy of yours) |
 //! | `GEO_DB_KEY` | `geo/country.mmdb` | KV key of the MaxMind DB used when Cloudflare gives no country |
 //! | `SECONDARY_CDN_URL` | unset (tier skipped) | base URL of the static secondary CDN |
+//! | `SECONDARY_CDN_LAYOUT` | `current` | `current`: the base URL shows the current generation (`origin cdn` over the CDN folder); `pointer`: object storage (R2/S3), where the base holds a `current` pointer object and `generations/{gen}/…` (read through the pointer, remembered for `GENERATION_CACHE_S`) |
 //! | `EDGE_CACHE_TTL_S` | 300 | longest time a document stays in the edge cache (capped by its freshness) |
 //! | `HOT_CACHE_S` | 5 | seconds a document stays in an isolate's memory in front of the Cache API (0 = off) |
 //! | `HOT_CACHE_ITEMS` | 1000 | documents an isolate keeps in memory at most |
@@ -23,7 +24,7 @@
 //! | `SUBREQUEST_TIMEOUT_MS` | 2000 | timeout of each fetch to the secondary CDN or the origin |
 //! | `BROWSER_MAX_AGE_S` | 30 | `max-age` for browsers (capped by freshness) |
 //! | `DEFAULT_N` | 10 | items returned when the request has no `n` |
-//! | `GENERATION_CACHE_S` | 5 | how long an isolate remembers a tenant's current KV generation |
+//! | `GENERATION_CACHE_S` | 5 | how long an isolate remembers a tenant's current KV generation (and the secondary CDN's pointer) |
 //! | `CORS_ALLOW_ORIGIN` | `*` | value of `Access-Control-Allow-Origin` |
 //! | `COUNTRY_REGIONS` | `geo-data/country-regions.json` | JSON override of the country → region map |
 //! | `CACHE_HOST` | `edge-recs.invalid` | host of every edge-cache key (set it to your zone's host in production); the client's `Host` never enters a key |
@@ -63,6 +64,8 @@ pub struct EdgeConfig {
     pub trust_x_forwarded_for: bool,
     pub geo_db_key: String,
     pub secondary_cdn_url: Option<String>,
+    /// How documents are laid out below `secondary_cdn_url` (`SECONDARY_CDN_LAYOUT`).
+    pub secondary_cdn_layout: CdnLayout,
     pub edge_cache_ttl_s: u64,
     pub hot_cache_s: u64,
     pub hot_cache_items: usize,
@@ -79,6 +82,46 @@ pub struct EdgeConfig {
     pub rate_limit_period_s: u64,
     /// SipHash keys of the client key, derived from `ADMIN_TOKEN`.
     pub client_hash_keys: (u64, u64),
+}
+
+/// How the secondary CDN lays documents out below its base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CdnLayout {
+    /// The base URL shows the current generation: `{base}/{tenant}/users/{user}.json`
+    /// (the CDN folder served by `origin cdn`, whose `current` is a symlink).
+    #[default]
+    Current,
+    /// Object storage: `{base}/current` names the generation, documents are at
+    /// `{base}/generations/{gen}/{tenant}/users/{user}.json`.
+    Pointer,
+}
+
+impl CdnLayout {
+    /// The URL of a document at `path` (below a generation's root) under `base`, when the
+    /// current generation (needed by [`CdnLayout::Pointer`]) is `generation`.
+    pub fn document_url(
+        self,
+        base: &str,
+        generation: Option<&contract::keys::Generation>,
+        path: &str,
+    ) -> Option<String> {
+        match (self, generation) {
+            (CdnLayout::Current, _) => Some(format!("{base}/{path}")),
+            (CdnLayout::Pointer, Some(g)) => Some(format!(
+                "{base}/{}/{path}",
+                contract::keys::cdn_generation_dir(g)
+            )),
+            (CdnLayout::Pointer, None) => None,
+        }
+    }
+
+    /// The URL of the pointer object, in the layouts that have one.
+    pub fn pointer_url(self, base: &str) -> Option<String> {
+        match self {
+            CdnLayout::Current => None,
+            CdnLayout::Pointer => Some(format!("{base}/{}", contract::keys::CDN_POINTER)),
+        }
+    }
 }
 
 /// Default [`EdgeConfig::cache_host`]: a reserved name that is nobody's host.
@@ -105,6 +148,7 @@ impl Default for EdgeConfig {
             trust_x_forwarded_for: false,
             geo_db_key: "geo/country.mmdb".into(),
             secondary_cdn_url: None,
+            secondary_cdn_layout: CdnLayout::Current,
             edge_cache_ttl_s: 300,
             hot_cache_s: 5,
             hot_cache_items: 1000,
@@ -339,6 +383,17 @@ impl EdgeConfig {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(d.geo_db_key),
             secondary_cdn_url: base_url("SECONDARY_CDN_URL", lookup("SECONDARY_CDN_URL"))?,
+            secondary_cdn_layout: match lookup("SECONDARY_CDN_LAYOUT").as_deref().map(str::trim) {
+                None | Some("") | Some("current") => CdnLayout::Current,
+                Some("pointer") => CdnLayout::Pointer,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "SECONDARY_CDN_LAYOUT",
+                        expected: "current or pointer",
+                        got: other.to_string(),
+                    })
+                }
+            },
             edge_cache_ttl_s: number(
                 "EDGE_CACHE_TTL_S",
                 lookup("EDGE_CACHE_TTL_S"),
@@ -430,6 +485,37 @@ mod tests {
         assert_eq!(c, EdgeConfig::default());
         assert_eq!(c.edge_cache_ttl_s, 300);
         assert_eq!(c.subrequest_timeout_ms, 2000);
+    }
+
+    #[test]
+    fn the_secondary_cdn_layout_picks_where_documents_are_read() {
+        let g = contract::keys::generation_name(7, 1);
+        let base = "https://cdn.example.com/recs";
+        let current = cfg(&[]).unwrap().secondary_cdn_layout;
+        assert_eq!(current, CdnLayout::Current);
+        assert_eq!(current.pointer_url(base), None);
+        assert_eq!(
+            current
+                .document_url(base, None, "t/users/u.json")
+                .as_deref(),
+            Some("https://cdn.example.com/recs/t/users/u.json")
+        );
+        let pointer = cfg(&[("SECONDARY_CDN_LAYOUT", "pointer")])
+            .unwrap()
+            .secondary_cdn_layout;
+        assert_eq!(
+            pointer.pointer_url(base).as_deref(),
+            Some("https://cdn.example.com/recs/current")
+        );
+        assert_eq!(
+            pointer
+                .document_url(base, Some(&g), "t/users/u.json")
+                .as_deref(),
+            Some("https://cdn.example.com/recs/generations/g7-1/t/users/u.json")
+        );
+        assert_eq!(pointer.document_url(base, None, "t/users/u.json"), None);
+        let err = cfg(&[("SECONDARY_CDN_LAYOUT", "symlink")]).unwrap_err();
+        assert!(err.to_string().contains("SECONDARY_CDN_LAYOUT"), "{err}");
     }
 
     #[test]

@@ -296,11 +296,55 @@ fn doc_from_http(result: Result<(u16, String), TierFailure>, r: &RecRequest) -> 
     }
 }
 
+/// The secondary CDN's current generation in the pointer layout (object storage), read
+/// from its pointer object and remembered per isolate for `generation_cache_s`.
+async fn cdn_generation(
+    cfg: &EdgeConfig,
+    pointer_url: &str,
+) -> Result<Option<Generation>, TierFailure> {
+    let now = now_ms();
+    // Tenant ids cannot hold ':', so these entries never meet a tenant's KV generation.
+    let key = format!("cdn:{pointer_url}");
+    let max_age_ms = cfg.generation_cache_s as f64 * 1000.0;
+    if let Some((generation, read_at)) = GENERATIONS.with(|g| g.borrow().get(&key).cloned()) {
+        if now - read_at < max_age_ms {
+            return Ok(generation);
+        }
+    }
+    let generation =
+        match get_with_timeout(pointer_url.to_owned(), cfg.subrequest_timeout_ms, None).await? {
+            (200, body) => Some(
+                Generation::parse(body.trim())
+                    .map_err(|e| TierFailure::BadDocument(format!("secondary CDN pointer: {e}")))?,
+            ),
+            (404, _) => None,
+            (status, _) => return Err(TierFailure::Status(status)),
+        };
+    GENERATIONS.with(|g| g.borrow_mut().insert(key, (generation.clone(), now)));
+    Ok(generation)
+}
+
 pub async fn from_secondary_cdn(cfg: &EdgeConfig, r: &RecRequest) -> TierResult {
     let Some(base) = &cfg.secondary_cdn_url else {
         return TierResult::NotFound;
     };
-    let url = format!("{base}/{}", keys::cdn_user(&r.tenant, &r.user));
+    let layout = cfg.secondary_cdn_layout;
+    let generation = match layout.pointer_url(base) {
+        None => None,
+        Some(pointer) => match cdn_generation(cfg, &pointer).await {
+            Ok(Some(g)) => Some(g),
+            // Nothing published there yet.
+            Ok(None) => return TierResult::NotFound,
+            Err(f) => return TierResult::Failed(f),
+        },
+    };
+    let Some(url) = layout.document_url(
+        base,
+        generation.as_ref(),
+        &keys::cdn_user(&r.tenant, &r.user),
+    ) else {
+        return TierResult::NotFound;
+    };
     let result = match join_in_flight(&url, cfg.subrequest_timeout_ms).await {
         Some(joined) => joined,
         None => {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contract::keys::{cdn_popular, cdn_user, Generation};
+use contract::keys::{cdn_generation_dir, cdn_popular, cdn_user, Generation, CDN_POINTER};
 use contract::{RecommendationDoc, Region, Tenant, UserId};
 use rusty_s3::actions::{DeleteObjects, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -37,8 +37,8 @@ const SIGNED_FOR: Duration = Duration::from_secs(600);
 const CONCURRENT_PUTS: usize = 32;
 /// Keys per `DeleteObjects` call (the S3 limit).
 const DELETE_BATCH: usize = 1000;
-/// Name of the pointer object, under the prefix.
-pub const POINTER: &str = "current";
+/// Name of the pointer object, under the prefix (the contract's, which the edge reads).
+pub const POINTER: &str = CDN_POINTER;
 
 /// Where the bucket is and how to sign for it.
 #[derive(Clone, Debug)]
@@ -111,11 +111,7 @@ impl ObjectStorage {
     }
 
     fn generation_object(&self, generation: &Generation, rest: &str) -> String {
-        format!(
-            "{}{}/{rest}",
-            self.generations_prefix(),
-            generation.as_str()
-        )
+        format!("{}{}/{rest}", self.prefix, cdn_generation_dir(generation))
     }
 
     /// Stores `body` as `key`.
