@@ -2,7 +2,8 @@
 //! (`POST /admin/publish`, `POST /admin/purge`).
 //!
 //! A generation's documents go in batches of [`KV_BATCH`] into `{gen}`; activation is
-//! one more request that flips the tenant's generation pointer.
+//! one more request that flips the tenant's generation pointer. No KV key is sent twice
+//! within a second ([`KeySpacing`]): such a request waits for the rest of that second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use contract::admin::{PublishRequest, PublishResponse, PurgeRequest, PurgeRespon
 use contract::keys::Generation;
 use contract::{ErrorBody, RecommendationDoc, Tenant, UserId};
 
-use super::{Activated, PublishError, PublishTarget};
+use super::{Activated, KeySpacing, PublishError, PublishTarget, KV_KEY_INTERVAL};
 use crate::auth::Secret;
 
 /// Most documents sent in one KV publish request (the edge accepts up to
@@ -109,11 +110,28 @@ impl EdgeClient {
 #[derive(Clone, Debug)]
 pub struct EdgeKv {
     client: EdgeClient,
+    spacing: Arc<std::sync::Mutex<KeySpacing>>,
 }
 
 impl EdgeKv {
     pub fn new(client: EdgeClient) -> Self {
-        EdgeKv { client }
+        EdgeKv {
+            client,
+            spacing: Arc::new(std::sync::Mutex::new(KeySpacing::new(KV_KEY_INTERVAL))),
+        }
+    }
+
+    /// Waits until none of `keys` was sent within the last second.
+    async fn space(&self, keys: impl IntoIterator<Item = String>) {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let wait = self
+            .spacing
+            .lock()
+            .map(|mut s| s.reserve(keys.iter().map(String::as_str), std::time::Instant::now()))
+            .unwrap_or(KV_KEY_INTERVAL);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 
     fn request(
@@ -152,6 +170,12 @@ impl PublishTarget for EdgeKv {
     ) -> Result<usize, PublishError> {
         let mut written = 0;
         for batch in docs.chunks(KV_BATCH) {
+            self.space(
+                batch
+                    .iter()
+                    .map(|d| format!("t/{tenant}/g/{}/u/{}", generation.as_str(), d.user_id)),
+            )
+            .await;
             let req = Self::request(tenant, Some(generation), false, batch.to_vec(), Vec::new());
             written += self.client.publish(&req).await?.written;
         }
@@ -173,6 +197,8 @@ impl PublishTarget for EdgeKv {
         tenant: &Tenant,
         generation: &Generation,
     ) -> Result<Activated, PublishError> {
+        self.space([contract::keys::kv_generation_pointer(tenant)])
+            .await;
         let req = Self::request(tenant, Some(generation), true, Vec::new(), Vec::new());
         self.client.publish(&req).await?;
         Ok(Activated::default())
@@ -184,6 +210,9 @@ impl PublishTarget for EdgeKv {
         doc: &RecommendationDoc,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
+        // The Worker writes it into the current generation, whichever that is.
+        self.space([format!("t/{tenant}/current/u/{}", doc.user_id)])
+            .await;
         let req = Self::request(tenant, None, false, vec![doc.clone()], Vec::new());
         self.client.publish_traced(&req, traceparent).await?;
         Ok(())

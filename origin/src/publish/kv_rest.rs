@@ -14,8 +14,9 @@
 //!   minutes). A batch that still fails is an error saying which batch, and the bulk
 //!   publish stops before the generation pointer is flipped, so readers keep the old
 //!   generation whole.
-//! - Every key of a generation is written once per publish, and the pointer once, so
-//!   the per-key limit of one write a second holds within a publish.
+//! - No key is written twice within a second ([`KeySpacing`]): a call holding a key
+//!   written less than a second ago waits for the rest of that second (the pointer of two
+//!   quick publishes, a document replaced right after a bulk write).
 //! - Values expire `stale_until` after publishing (at least 60 s, KV's minimum), as the
 //!   Worker's own `/admin/publish` sets them.
 //!
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{Activated, PublishError, PublishTarget};
+use super::{Activated, KeySpacing, PublishError, PublishTarget, KV_KEY_INTERVAL};
 use crate::auth::Secret;
 
 /// Most pairs in one bulk call.
@@ -138,6 +139,8 @@ pub struct KvRest {
     client: reqwest::Client,
     /// When the next call may start (the rate bound).
     next_call: Arc<Mutex<Instant>>,
+    /// KV's one write per key per second.
+    spacing: Arc<std::sync::Mutex<KeySpacing>>,
 }
 
 /// The pair of `doc` under `key`, checked against KV's limits; `who` names the document
@@ -203,6 +206,7 @@ impl KvRest {
             settings,
             client,
             next_call: Arc::new(Mutex::new(Instant::now())),
+            spacing: Arc::new(std::sync::Mutex::new(KeySpacing::new(KV_KEY_INTERVAL))),
         }
     }
 
@@ -271,6 +275,24 @@ impl KvRest {
     /// Writes one batch, retrying transient failures with backoff and jitter.
     async fn put_batch(&self, index: usize, batch: &[BulkPair]) -> Result<(), PublishError> {
         let body = serde_json::to_string(batch)?;
+        let wait = self
+            .spacing
+            .lock()
+            .map(|mut s| {
+                s.reserve(
+                    batch.iter().map(|p| p.key.as_str()),
+                    std::time::Instant::now(),
+                )
+            })
+            .unwrap_or(KV_KEY_INTERVAL);
+        if !wait.is_zero() {
+            tracing::debug!(
+                batch = index,
+                wait_ms = wait.as_millis() as u64,
+                "waiting for KV's one write per key per second"
+            );
+            tokio::time::sleep(wait).await;
+        }
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.settings.first_backoff)
             .with_max_delay(Duration::from_secs(30))

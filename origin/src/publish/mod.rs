@@ -16,6 +16,7 @@
 //!   API's limits, with retries and a bounded rate.
 //! - `object_storage`: the secondary CDN on S3-compatible storage (R2, S3) with a pointer
 //!   object instead of a symlink ([`ObjectStorage`]).
+//! - `spacing`: [`KeySpacing`], KV's one write per key per second, for both KV targets.
 //! - `cdn_folder`: the secondary CDN folder of generations and a `current` symlink
 //!   ([`CdnFolder`]).
 //! - `bulk`: [`publish_all`], the bulk publish behind `origin publish`, with progress
@@ -27,6 +28,7 @@ mod cdn_folder;
 mod edge_kv;
 mod kv_rest;
 mod object_storage;
+mod spacing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +43,7 @@ pub use cdn_folder::CdnFolder;
 pub use edge_kv::{EdgeClient, EdgeKv, KV_BATCH};
 pub use kv_rest::{batches, pair_for, BulkPair, KvApiSettings, KvRest, MAX_CALL_BYTES};
 pub use object_storage::{ObjectStorage, ObjectStorageSettings, POINTER};
+pub use spacing::{KeySpacing, KV_KEY_INTERVAL};
 
 #[derive(Debug, Error)]
 pub enum PublishError {

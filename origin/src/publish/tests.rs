@@ -668,3 +668,29 @@ fn batches_respect_the_pair_and_byte_limits() {
     }
     assert_eq!(small.iter().map(Vec::len).sum::<usize>(), 100);
 }
+
+#[tokio::test]
+async fn two_quick_activations_write_the_pointer_a_second_apart() {
+    let api = FakeKvApi::default();
+    let url = start_fake_kv_api(api.clone()).await;
+    let target = KvRest::new(kv_api(&url));
+    let tenant = Tenant::default_tenant();
+    let started = std::time::Instant::now();
+    for counter in 0..2 {
+        let g = contract::keys::generation_name(5, counter);
+        target.activate(&tenant, &g).await.unwrap();
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(950),
+        "the second pointer write waited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        api.values
+            .lock()
+            .unwrap()
+            .get("t/default/generation")
+            .map(String::as_str),
+        Some("g5-1")
+    );
+}
