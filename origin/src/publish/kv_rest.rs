@@ -141,6 +141,10 @@ pub struct KvRest {
     next_call: Arc<Mutex<Instant>>,
     /// KV's one write per key per second.
     spacing: Arc<std::sync::Mutex<KeySpacing>>,
+    /// Pairs of the generation being written, waiting to fill a call.
+    pending: Arc<Mutex<Vec<BulkPair>>>,
+    /// Number of the next bulk call of this target (named in errors).
+    next_batch: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The pair of `doc` under `key`, checked against KV's limits; `who` names the document
@@ -207,6 +211,8 @@ impl KvRest {
             client,
             next_call: Arc::new(Mutex::new(Instant::now())),
             spacing: Arc::new(std::sync::Mutex::new(KeySpacing::new(KV_KEY_INTERVAL))),
+            pending: Arc::new(Mutex::new(Vec::new())),
+            next_batch: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -313,17 +319,37 @@ impl KvRest {
             })
     }
 
-    /// Writes pairs in as few calls as the limits allow; returns how many were written.
-    async fn put_all(&self, pairs: Vec<BulkPair>) -> Result<usize, PublishError> {
-        let mut written = 0;
-        for (index, batch) in batches(pairs, self.settings.max_call_bytes)
-            .into_iter()
-            .enumerate()
-        {
-            self.put_batch(index, &batch).await?;
-            written += batch.len();
+    /// Queues a generation's pairs and sends every full call; the rest waits for more
+    /// pairs or [`KvRest::flush`], so a bulk publish fills calls up to the API's limits
+    /// whatever its chunk size. Returns how many pairs were taken.
+    async fn enqueue(&self, pairs: Vec<BulkPair>) -> Result<usize, PublishError> {
+        let taken = pairs.len();
+        let mut pending = self.pending.lock().await;
+        pending.extend(pairs);
+        let mut calls = batches(std::mem::take(&mut *pending), self.settings.max_call_bytes);
+        // The last call may not be full yet: it waits for more pairs.
+        if let Some(last) = calls.pop() {
+            *pending = last;
         }
-        Ok(written)
+        for batch in calls {
+            let index = self
+                .next_batch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.put_batch(index, &batch).await?;
+        }
+        Ok(taken)
+    }
+
+    /// Sends every queued pair.
+    async fn flush(&self) -> Result<(), PublishError> {
+        let mut pending = self.pending.lock().await;
+        for batch in batches(std::mem::take(&mut *pending), self.settings.max_call_bytes) {
+            let index = self
+                .next_batch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.put_batch(index, &batch).await?;
+        }
+        Ok(())
     }
 
     /// The tenant's current generation, read from the pointer key.
@@ -411,7 +437,7 @@ impl PublishTarget for KvRest {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.put_all(pairs).await
+        self.enqueue(pairs).await
     }
 
     async fn write_popular(
@@ -435,7 +461,10 @@ impl PublishTarget for KvRest {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.put_all(pairs).await
+        let taken = self.enqueue(pairs).await?;
+        // The generation is complete: everything goes out before it can be activated.
+        self.flush().await?;
+        Ok(taken)
     }
 
     async fn activate(
@@ -443,6 +472,7 @@ impl PublishTarget for KvRest {
         tenant: &Tenant,
         generation: &Generation,
     ) -> Result<Activated, PublishError> {
+        self.flush().await?;
         let pointer = BulkPair {
             key: kv_generation_pointer(tenant),
             value: generation.as_str().to_owned(),
