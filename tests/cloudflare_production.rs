@@ -38,22 +38,29 @@ fn generations(root: &std::path::Path) -> Vec<String> {
 }
 
 fn publish_to_bucket(stack: &Stack, writer: &S3Server, keep: &str) -> String {
+    publish_to_bucket_with(stack, writer, keep, &[])
+}
+
+fn publish_to_bucket_with(stack: &Stack, writer: &S3Server, keep: &str, extra: &[&str]) -> String {
+    let endpoint = writer.endpoint();
+    let mut args = vec![
+        "publish",
+        "--db",
+        stack.db.to_str().unwrap(),
+        "--targets",
+        "object-storage",
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-bucket",
+        "recs",
+        "--s3-prefix",
+        "cdn",
+        "--keep-generations",
+        keep,
+    ];
+    args.extend_from_slice(extra);
     run_origin(
-        &[
-            "publish",
-            "--db",
-            stack.db.to_str().unwrap(),
-            "--targets",
-            "object-storage",
-            "--s3-endpoint",
-            &writer.endpoint(),
-            "--s3-bucket",
-            "recs",
-            "--s3-prefix",
-            "cdn",
-            "--keep-generations",
-            keep,
-        ],
+        &args,
         &[
             ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
@@ -120,4 +127,81 @@ fn the_edge_reads_the_secondary_cdn_on_object_storage_through_its_pointer() {
         stack.edge.log_tail()
     );
     assert_eq!(served(r)["user_id"], "u3");
+}
+
+#[test]
+fn a_delta_publish_writes_only_changes_and_the_edge_reads_the_rest_from_its_base() {
+    let bucket_root = tempfile::tempdir().unwrap();
+    let root = bucket_root.path().join("s3");
+    std::fs::create_dir_all(root.join("recs")).unwrap();
+    let Some(writer) = S3Server::start(&root, true, bucket_root.path()) else {
+        return;
+    };
+    let Some(public) = S3Server::start(&root, false, bucket_root.path()) else {
+        return;
+    };
+    let stack = Stack::start(StackOptions {
+        vars: vec![
+            (
+                "SECONDARY_CDN_URL",
+                format!("{}/recs/cdn", public.endpoint()),
+            ),
+            ("SECONDARY_CDN_LAYOUT", "pointer".into()),
+        ],
+        ..Default::default()
+    });
+    let state = stack.dir.path().join("publish-state.json");
+    let delta = ["--delta", "--publish-state", state.to_str().unwrap()];
+
+    // The first delta-enabled publish is whole: it becomes the base.
+    let first = publish_to_bucket_with(&stack, &writer, "0", &delta);
+    assert!(!first.contains("delta against"), "{first}");
+    let base = generations(&root);
+    assert_eq!(base.len(), 1);
+    // Nothing changed since: the second writes no user document, only popular lists.
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = publish_to_bucket_with(&stack, &writer, "0", &delta);
+    assert!(
+        second.contains(&format!("delta against {}", base[0])),
+        "{second}"
+    );
+    assert!(second.contains("200 users unchanged"), "{second}");
+    let gens = generations(&root);
+    let newest = gens.last().unwrap();
+    assert_ne!(newest, &base[0]);
+    let users_dir = root
+        .join("recs/cdn/generations")
+        .join(newest)
+        .join("default/users");
+    assert!(
+        std::fs::read_dir(&users_dir).map_or(0, |d| d.count()) == 0,
+        "the delta holds no user document"
+    );
+    let pointer = std::fs::read_to_string(root.join("recs/cdn/current")).unwrap();
+    assert!(pointer.contains(&format!("base={}", base[0])), "{pointer}");
+
+    // The edge reads through the delta's pointer into the base, and counts the
+    // document's freshness from the delta's publication.
+    let before = now_s();
+    let r = stack.get("/v1/recommendations/u5");
+    assert_eq!(
+        header(&r, "x-served-by"),
+        "secondary-cdn",
+        "{}",
+        stack.edge.log_tail()
+    );
+    let doc = served(r);
+    assert_eq!(doc["user_id"], "u5");
+    let at: u64 = pointer
+        .rsplit("at=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(doc["generated_at"].as_u64().unwrap(), at);
+    assert!(
+        at + 5 >= before,
+        "confirmed at the delta's time, not the base's"
+    );
 }

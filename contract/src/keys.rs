@@ -10,6 +10,13 @@
 //!
 //! On the CDN side the origin writes `generations/{generation}/…` and atomically
 //! points `current` at it, and the static server serves `current/`.
+//!
+//! **Delta generations.** A pointer ([`GenerationPointer`]) may name a *base* besides its
+//! generation: the generation then holds only the documents that changed since the base
+//! was published, and a reader that finds no document in the generation reads the base's,
+//! which was unchanged when the generation was published at `published_at` (so the
+//! reader counts its freshness from then: [`GenerationPointer::confirm`]). A pointer
+//! without a base is written as the bare generation name, as before.
 
 use crate::ids::{IdError, Tenant, UserId};
 use crate::region::Region;
@@ -51,6 +58,81 @@ impl Generation {
 /// (for example a counter): `g{unix_s}-{suffix}`.
 pub fn generation_name(unix_s: u64, suffix: u32) -> Generation {
     Generation(format!("g{unix_s}-{suffix}"))
+}
+
+/// What a generation pointer holds: the current generation, and for a delta generation
+/// its base and when it was published.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GenerationPointer {
+    pub generation: Generation,
+    pub base: Option<Generation>,
+    /// Unix seconds the generation was published (0 when not recorded).
+    pub published_at: u64,
+}
+
+impl GenerationPointer {
+    /// A pointer to a whole generation.
+    pub fn whole(generation: Generation) -> Self {
+        GenerationPointer {
+            generation,
+            base: None,
+            published_at: 0,
+        }
+    }
+
+    /// Parses a pointer value: a bare generation name, or
+    /// `{generation};base={base};at={unix seconds}`.
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        let raw = raw.trim();
+        let mut parts = raw.split(';');
+        let generation = Generation::parse(parts.next().unwrap_or(""))?;
+        let mut pointer = GenerationPointer::whole(generation);
+        let bad = |found: char| IdError::BadChar {
+            kind: "generation pointer",
+            found,
+            at: 0,
+            allowed: "{generation};base={generation};at={unix seconds}",
+        };
+        for part in parts {
+            match part.split_once('=') {
+                Some(("base", g)) if pointer.base.is_none() => {
+                    pointer.base = Some(Generation::parse(g)?)
+                }
+                Some(("at", t)) if pointer.published_at == 0 => {
+                    pointer.published_at = t
+                        .parse()
+                        .ok()
+                        .filter(|&t| t > 0)
+                        .ok_or_else(|| bad(t.chars().next().unwrap_or('?')))?
+                }
+                _ => return Err(bad(part.chars().next().unwrap_or(';'))),
+            }
+        }
+        if pointer.base.is_some() != (pointer.published_at > 0) {
+            return Err(bad(';'));
+        }
+        Ok(pointer)
+    }
+
+    /// The value to store: [`GenerationPointer::parse`] reads it back.
+    pub fn encode(&self) -> String {
+        match &self.base {
+            None => self.generation.as_str().to_owned(),
+            Some(base) => format!(
+                "{};base={};at={}",
+                self.generation.as_str(),
+                base.as_str(),
+                self.published_at
+            ),
+        }
+    }
+
+    /// A document read from the base through this pointer: its items were unchanged when
+    /// the generation was published, so it is as fresh as if generated then.
+    pub fn confirm(&self, mut doc: crate::RecommendationDoc) -> crate::RecommendationDoc {
+        doc.generated_at = doc.generated_at.max(self.published_at);
+        doc
+    }
 }
 
 /// KV key of the pointer to a tenant's current generation.
@@ -120,5 +202,55 @@ mod tests {
         for bad in ["", "x1", "g/..", "g1/2", "G1"] {
             assert!(Generation::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pointers_round_trip_bare_or_with_a_base() {
+        let whole = GenerationPointer::whole(generation_name(5, 0));
+        assert_eq!(whole.encode(), "g5-0");
+        assert_eq!(GenerationPointer::parse("g5-0\n").unwrap(), whole);
+        let delta = GenerationPointer {
+            generation: generation_name(9, 1),
+            base: Some(generation_name(5, 0)),
+            published_at: 1_764_000_000,
+        };
+        assert_eq!(delta.encode(), "g9-1;base=g5-0;at=1764000000");
+        assert_eq!(GenerationPointer::parse(&delta.encode()).unwrap(), delta);
+        for bad in [
+            "",
+            "g9-1;base=g5-0",
+            "g9-1;at=5",
+            "g9-1;base=../x;at=5",
+            "g9-1;base=g5-0;at=0",
+            "g9-1;base=g5-0;at=5;base=g4-0",
+            "g9-1;other=1",
+        ] {
+            assert!(GenerationPointer::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_document_from_the_base_counts_its_freshness_from_the_delta() {
+        let pointer = GenerationPointer {
+            generation: generation_name(9, 1),
+            base: Some(generation_name(5, 0)),
+            published_at: 1_000,
+        };
+        let doc = crate::RecommendationDoc {
+            tenant: "t".into(),
+            user_id: "u".into(),
+            region: "europe".into(),
+            items: Vec::new(),
+            model_version: "m".into(),
+            generated_at: 400,
+            fresh_for_s: 300,
+            stale_for_s: 600,
+        };
+        assert_eq!(pointer.confirm(doc.clone()).generated_at, 1_000);
+        let newer = crate::RecommendationDoc {
+            generated_at: 2_000,
+            ..doc
+        };
+        assert_eq!(pointer.confirm(newer).generated_at, 2_000);
     }
 }

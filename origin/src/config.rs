@@ -36,6 +36,8 @@ pub enum ConfigError {
     KvApiNeedsIds,
     #[error("publishing to object-storage needs --s3-endpoint (ORIGIN_S3_ENDPOINT), --s3-bucket (ORIGIN_S3_BUCKET) and the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables")]
     ObjectStorageNeeds,
+    #[error("--delta publishes every user (a base must hold them all); it cannot be combined with --users")]
+    DeltaWithUsers,
     #[error("--kv-api-rps must be above 0 and at most 1000, not {0}")]
     KvApiRate(String),
 }
@@ -345,6 +347,16 @@ pub struct PublishConfig {
     /// Prefix of every object the `object-storage` target writes.
     #[arg(long, env = "ORIGIN_S3_PREFIX", default_value = "")]
     pub s3_prefix: String,
+    /// Write only documents whose content changed since the last whole publish (the
+    /// base; `kv-api` and `object-storage` targets only), remembered in --publish-state.
+    #[arg(long, env = "ORIGIN_PUBLISH_DELTA")]
+    pub delta: bool,
+    /// State of delta publishing [default: the database's path + `.publish-state.json`].
+    #[arg(long, env = "ORIGIN_PUBLISH_STATE")]
+    pub publish_state: Option<PathBuf>,
+    /// Longest time deltas are written against one base before a whole publish.
+    #[arg(long, env = "ORIGIN_MAX_BASE_AGE_S", default_value_t = 6 * 86_400)]
+    pub max_base_age_s: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -455,6 +467,9 @@ impl PublishConfig {
                 return Err(ConfigError::KvApiRate(self.kv_api_rps.to_string()));
             }
             check_edge_url(&Some(self.kv_api_url.clone()))?;
+        }
+        if self.delta && !self.users.is_empty() {
+            return Err(ConfigError::DeltaWithUsers);
         }
         if targets.contains(&Target::ObjectStorage) {
             if self.s3_bucket.as_deref().is_none_or(str::is_empty) || self.s3_endpoint.is_none() {

@@ -9,8 +9,8 @@ use clap::Parser;
 use contract::RegionMap;
 use origin::config::{Command, Config, Secret, Target};
 use origin::publish::{
-    CdnFolder, EdgeClient, EdgeKv, KvApiSettings, KvRest, ObjectStorage, ObjectStorageSettings,
-    PublishJob, PublishTargets,
+    delta, CdnFolder, EdgeClient, EdgeKv, KvApiSettings, KvRest, ObjectStorage,
+    ObjectStorageSettings, PublishJob, PublishTargets,
 };
 use origin::snapshot::{Freshness, Snapshot};
 use origin::store::sqlite::Database;
@@ -182,10 +182,32 @@ async fn main() -> Result<()> {
                 })?;
                 publish = publish.with(Arc::new(storage));
             }
+            // Delta publishing: a delta against the last whole publish, or a whole one
+            // that becomes the next base (origin::publish::delta).
+            let state_path = c.publish_state.clone().unwrap_or_else(|| {
+                let mut p = c.store.db.clone().into_os_string();
+                p.push(".publish-state.json");
+                std::path::PathBuf::from(p)
+            });
+            let target_names: Vec<String> = publish.iter().map(|t| t.name().to_owned()).collect();
+            let published_at = origin::snapshot::now_unix();
+            let plan = match c.delta {
+                false => None,
+                true => Some(delta::plan(
+                    delta::load(&state_path)?.as_ref(),
+                    tenant.as_str(),
+                    &target_names,
+                    published_at,
+                    c.fresh_for_s.saturating_add(c.stale_for_s),
+                    c.max_base_age_s,
+                )),
+            };
             let bar = progress_bar();
             let progress_bar = bar.clone();
             let job = PublishJob {
-                tenant,
+                tenant: tenant.clone(),
+                delta: plan.as_ref().and_then(|p| p.delta.clone()),
+                keep_until: plan.as_ref().map(|p| p.keep_until),
                 n: c.n,
                 users: (!users.is_empty()).then_some(users),
                 chunk: c.chunk,
@@ -198,6 +220,23 @@ async fn main() -> Result<()> {
             let report = origin::publish::publish_all(Arc::new(snapshot), job).await;
             bar.finish_and_clear();
             let report = report?;
+            if let Some(plan) = plan.as_ref().filter(|p| p.delta.is_none()) {
+                let state = delta::after_whole(
+                    &report,
+                    tenant.as_str(),
+                    &target_names,
+                    published_at,
+                    plan.keep_until,
+                );
+                delta::save(&state_path, &state)?;
+            }
+            if let Some(base) = &report.pointer.base {
+                println!(
+                    "delta against {}: {} users unchanged, not written",
+                    base.as_str(),
+                    report.unchanged
+                );
+            }
             println!(
                 "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} KV API documents, {} objects, {} popular lists, {} old generations pruned, in {:.2}s",
                 report.generation,

@@ -130,6 +130,8 @@ fn job(target: ObjectStorage) -> PublishJob {
         chunk: 128,
         targets: PublishTargets::default().with(Arc::new(target)),
         progress: None,
+        delta: None,
+        keep_until: None,
     }
 }
 

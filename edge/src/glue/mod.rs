@@ -429,9 +429,11 @@ async fn admin_publish(
     let kv = env.kv(KV_BINDING).map_err(internal)?;
     let tenant =
         contract::Tenant::parse(body.tenant.as_deref().unwrap_or(contract::DEFAULT_TENANT))?;
+    // Documents without a generation go into the current one (a delta's, not its base).
     let current = tiers::read_generation_pointer(&kv, &tenant)
         .await
-        .map_err(|f| EdgeError::Internal(format!("{f:?}")))?;
+        .map_err(|f| EdgeError::Internal(format!("{f:?}")))?
+        .map(|p| p.generation);
     let plan = admin::publish_plan(body, current, now_s())?;
     let written = tiers::write_kv(&kv, &plan.writes).await?;
     if plan.activate {

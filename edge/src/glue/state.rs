@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use contract::keys::Generation;
+use contract::keys::GenerationPointer;
 
 use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::chain::TierFailure;
@@ -54,7 +54,7 @@ impl Counters {
 thread_local! {
     pub static BREAKERS: RefCell<HashMap<String, Breaker>> = RefCell::new(HashMap::new());
     pub static IN_FLIGHT: RefCell<HashMap<String, InFlight>> = RefCell::new(HashMap::new());
-    pub static GENERATIONS: RefCell<HashMap<String, (Option<Generation>, f64)>> = RefCell::new(HashMap::new());
+    pub static GENERATIONS: RefCell<HashMap<String, (Option<GenerationPointer>, f64)>> = RefCell::new(HashMap::new());
     pub static GEO: RefCell<GeoState> = const { RefCell::new(GeoState::NotLoaded) };
     pub static COUNTERS: Counters = Counters::default();
     pub static HOT: RefCell<Option<HotCache>> = const { RefCell::new(None) };

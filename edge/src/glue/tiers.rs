@@ -6,7 +6,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use contract::keys::{self, Generation};
+use contract::keys::{self, GenerationPointer};
 use contract::{RecommendationDoc, Region, Tenant, MAX_N};
 use futures_util::future::{select, Either};
 use worker::kv::KvStore;
@@ -92,25 +92,26 @@ pub async fn put_in_edge_cache(
 pub async fn read_generation_pointer(
     kv: &KvStore,
     tenant: &Tenant,
-) -> Result<Option<Generation>, TierFailure> {
+) -> Result<Option<GenerationPointer>, TierFailure> {
     let raw = kv
         .get(&keys::kv_generation_pointer(tenant))
         .text()
         .await
         .map_err(|e| TierFailure::Storage(e.to_string()))?;
     raw.map(|g| {
-        Generation::parse(g.trim())
+        GenerationPointer::parse(&g)
             .map_err(|e| TierFailure::BadDocument(format!("generation pointer: {e}")))
     })
     .transpose()
 }
 
-/// The tenant's current generation, remembered per isolate for `generation_cache_s`.
+/// The tenant's current generation pointer, remembered per isolate for
+/// `generation_cache_s`.
 async fn current_generation(
     kv: &KvStore,
     tenant: &Tenant,
     cfg: &EdgeConfig,
-) -> Result<Option<Generation>, TierFailure> {
+) -> Result<Option<GenerationPointer>, TierFailure> {
     let now = now_ms();
     let max_age_ms = cfg.generation_cache_s as f64 * 1000.0;
     let remembered = GENERATIONS.with(|g| g.borrow().get(tenant.as_str()).cloned());
@@ -127,20 +128,32 @@ async fn current_generation(
     Ok(generation)
 }
 
+/// The user's document in KV: in the pointer's generation, else (a delta generation)
+/// in its base, confirmed as of the delta's publication.
 pub async fn from_kv(kv: &KvStore, cfg: &EdgeConfig, r: &RecRequest) -> TierResult {
-    let generation = match current_generation(kv, &r.tenant, cfg).await {
-        Ok(Some(g)) => g,
+    let pointer = match current_generation(kv, &r.tenant, cfg).await {
+        Ok(Some(p)) => p,
         Ok(None) => return TierResult::NotFound,
         Err(f) => return TierResult::Failed(f),
     };
-    match kv
-        .get(&keys::kv_user(&r.tenant, &generation, &r.user))
-        .text()
-        .await
-    {
-        Ok(Some(body)) => found(accept_doc(&body, &r.tenant, &r.user)),
+    let read = |generation| async move {
+        kv.get(&keys::kv_user(&r.tenant, generation, &r.user))
+            .text()
+            .await
+            .map_err(|e| TierFailure::Storage(e.to_string()))
+    };
+    match read(&pointer.generation).await {
+        Ok(Some(body)) => return found(accept_doc(&body, &r.tenant, &r.user)),
+        Ok(None) => {}
+        Err(f) => return TierResult::Failed(f),
+    }
+    let Some(base) = &pointer.base else {
+        return TierResult::NotFound;
+    };
+    match read(base).await {
+        Ok(Some(body)) => found(accept_doc(&body, &r.tenant, &r.user).map(|d| pointer.confirm(d))),
         Ok(None) => TierResult::NotFound,
-        Err(e) => TierResult::Failed(TierFailure::Storage(e.to_string())),
+        Err(f) => TierResult::Failed(f),
     }
 }
 
@@ -151,7 +164,8 @@ pub async fn kv_popular(
     tenant: &Tenant,
     region: &Region,
 ) -> Option<RecommendationDoc> {
-    let generation = current_generation(kv, tenant, cfg).await.ok()??;
+    // Every generation, delta or whole, holds its popular lists.
+    let generation = current_generation(kv, tenant, cfg).await.ok()??.generation;
     let body = kv
         .get(&keys::kv_popular(tenant, &generation, region))
         .text()
@@ -301,7 +315,7 @@ fn doc_from_http(result: Result<(u16, String), TierFailure>, r: &RecRequest) -> 
 async fn cdn_generation(
     cfg: &EdgeConfig,
     pointer_url: &str,
-) -> Result<Option<Generation>, TierFailure> {
+) -> Result<Option<GenerationPointer>, TierFailure> {
     let now = now_ms();
     // Tenant ids cannot hold ':', so these entries never meet a tenant's KV generation.
     let key = format!("cdn:{pointer_url}");
@@ -314,7 +328,7 @@ async fn cdn_generation(
     let generation =
         match get_with_timeout(pointer_url.to_owned(), cfg.subrequest_timeout_ms, None).await? {
             (200, body) => Some(
-                Generation::parse(body.trim())
+                GenerationPointer::parse(&body)
                     .map_err(|e| TierFailure::BadDocument(format!("secondary CDN pointer: {e}")))?,
             ),
             (404, _) => None,
@@ -329,33 +343,53 @@ pub async fn from_secondary_cdn(cfg: &EdgeConfig, r: &RecRequest) -> TierResult 
         return TierResult::NotFound;
     };
     let layout = cfg.secondary_cdn_layout;
-    let generation = match layout.pointer_url(base) {
+    let pointer = match layout.pointer_url(base) {
         None => None,
         Some(pointer) => match cdn_generation(cfg, &pointer).await {
-            Ok(Some(g)) => Some(g),
+            Ok(Some(p)) => Some(p),
             // Nothing published there yet.
             Ok(None) => return TierResult::NotFound,
             Err(f) => return TierResult::Failed(f),
         },
     };
-    let Some(url) = layout.document_url(
-        base,
-        generation.as_ref(),
-        &keys::cdn_user(&r.tenant, &r.user),
-    ) else {
-        return TierResult::NotFound;
-    };
-    let result = match join_in_flight(&url, cfg.subrequest_timeout_ms).await {
-        Some(joined) => joined,
-        None => {
-            lead_fetch(
-                url.clone(),
-                get_with_timeout(url, cfg.subrequest_timeout_ms, None),
+    let path = keys::cdn_user(&r.tenant, &r.user);
+    let fetch = |generation: Option<&keys::Generation>| {
+        let url = layout.document_url(base, generation, &path);
+        async move {
+            let url = url?;
+            Some(
+                match join_in_flight(&url, cfg.subrequest_timeout_ms).await {
+                    Some(joined) => joined,
+                    None => {
+                        lead_fetch(
+                            url.clone(),
+                            get_with_timeout(url, cfg.subrequest_timeout_ms, None),
+                        )
+                        .await
+                    }
+                },
             )
-            .await
         }
     };
-    doc_from_http(result, r)
+    let Some(result) = fetch(pointer.as_ref().map(|p| &p.generation)).await else {
+        return TierResult::NotFound;
+    };
+    // A delta generation lacks the documents unchanged since its base: read the base's.
+    match (
+        &result,
+        pointer
+            .as_ref()
+            .and_then(|p| p.base.as_ref().map(|b| (p, b))),
+    ) {
+        (Ok((404, _)), Some((pointer, base))) => match fetch(Some(base)).await {
+            Some(from_base) => match doc_from_http(from_base, r) {
+                TierResult::Found(doc) => TierResult::Found(pointer.confirm(doc)),
+                other => other,
+            },
+            None => TierResult::NotFound,
+        },
+        _ => doc_from_http(result, r),
+    }
 }
 
 /// The `index`-th origin of the region's failover list, behind its circuit breaker.
@@ -428,7 +462,10 @@ pub async fn activate_generation(kv: &KvStore, plan: &PublishPlan) -> Result<(),
     GENERATIONS.with(|g| {
         g.borrow_mut().insert(
             plan.tenant.to_string(),
-            (Some(plan.generation.clone()), now_ms()),
+            (
+                Some(GenerationPointer::whole(plan.generation.clone())),
+                now_ms(),
+            ),
         )
     });
     Ok(())

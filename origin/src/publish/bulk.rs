@@ -5,11 +5,20 @@
 //! Users are computed in chunks (in parallel with rayon), so memory stays bounded
 //! however many users there are; each chunk goes to every target before the next is
 //! computed. Progress is reported through a callback after each chunk.
+//!
+//! **Delta publishing.** With a [`DeltaBase`] (the content hash of every document of an
+//! earlier whole generation, the *base*), only documents whose content changed since the
+//! base are written; the new generation's pointer names the base, and readers read an
+//! unchanged document from the base (see [`contract::keys::GenerationPointer`]). Readers
+//! still switch at once from one complete state to the next: the base is never changed
+//! while pointers name it, and a delta generation is only activated once whole. The
+//! report carries every document's hash, so a whole publish can become the next base.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contract::keys::{generation_name, Generation};
+use contract::keys::{generation_name, Generation, GenerationPointer};
 use contract::{RecommendationDoc, Tenant, UserId};
 use rayon::prelude::*;
 
@@ -19,6 +28,37 @@ use crate::snapshot::{now_unix, DocRequest, Snapshot};
 /// Names tried for a generation in one second before giving up (other publishers may
 /// be taking names at the same time).
 const GENERATION_TRIES: u32 = 10_000;
+
+/// A stable hash of what a reader is served from a document: item ids, reasons and scores
+/// (to 1e-4; a score that moved less is not a change worth a write). FNV-1a over the
+/// fields, so it is the same in every build and process (it is stored between publishes).
+pub fn content_hash(items: &[contract::RecItem]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    eat(&(items.len() as u64).to_le_bytes());
+    for i in items {
+        eat(i.item_id.as_bytes());
+        eat(i.reason.as_deref().unwrap_or("").as_bytes());
+        eat(&((i.score * 10_000.0).round() as i64).to_le_bytes());
+    }
+    h
+}
+
+/// The base a delta publish writes against.
+#[derive(Debug, Clone)]
+pub struct DeltaBase {
+    pub generation: Generation,
+    /// Content hash of each user's document in the base.
+    pub hashes: HashMap<String, u64>,
+}
 
 /// How far a bulk publish has come: users done out of all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +80,11 @@ pub struct PublishJob {
     pub targets: PublishTargets,
     /// Called after each chunk (and once before the first).
     pub progress: Option<Box<dyn Fn(Progress) + Send + Sync>>,
+    /// Write only what changed since this base (every target must support deltas).
+    pub delta: Option<DeltaBase>,
+    /// Keep the generation's documents readable until then (unix seconds): set for a
+    /// generation that later deltas will read through.
+    pub keep_until: Option<u64>,
 }
 
 /// What one target took in a bulk publish.
@@ -60,6 +105,12 @@ pub struct PublishReport {
     pub popular_lists: usize,
     /// Per target, in the order of the job's targets.
     pub targets: Vec<TargetReport>,
+    /// Users whose document was not written, unchanged since the delta's base.
+    pub unchanged: usize,
+    /// The pointer activated.
+    pub pointer: GenerationPointer,
+    /// Content hash of every user's document computed (written or not).
+    pub hashes: HashMap<String, u64>,
     pub elapsed: Duration,
 }
 
@@ -88,6 +139,7 @@ async fn begin_generation(
     targets: &PublishTargets,
     tenant: &Tenant,
     now: u64,
+    keep_until: Option<u64>,
 ) -> Result<Generation, PublishError> {
     let mut counter = 0;
     for t in targets.iter() {
@@ -97,7 +149,7 @@ async fn begin_generation(
         let generation = generation_name(now, counter);
         counter = counter.saturating_add(1);
         for t in targets.iter() {
-            match t.begin(tenant, &generation).await {
+            match t.begin(tenant, &generation, keep_until).await {
                 Ok(()) => {}
                 Err(PublishError::GenerationTaken(_)) => continue 'names,
                 Err(e) => return Err(e),
@@ -116,7 +168,20 @@ pub async fn publish_all(
 ) -> Result<PublishReport, PublishError> {
     let started = Instant::now();
     let now = now_unix();
-    let generation = begin_generation(&job.targets, &job.tenant, now).await?;
+    if job.delta.is_some() {
+        if let Some(t) = job.targets.iter().find(|t| !t.supports_delta()) {
+            return Err(PublishError::DeltaUnsupported(t.name()));
+        }
+    }
+    let generation = begin_generation(&job.targets, &job.tenant, now, job.keep_until).await?;
+    let pointer = match &job.delta {
+        None => GenerationPointer::whole(generation.clone()),
+        Some(d) => GenerationPointer {
+            generation: generation.clone(),
+            base: Some(d.generation.clone()),
+            published_at: now.max(1),
+        },
+    };
     let users: Vec<UserId> = match job.users {
         Some(u) => u,
         None => snapshot
@@ -147,6 +212,9 @@ pub async fn publish_all(
                 pruned_generations: 0,
             })
             .collect(),
+        unchanged: 0,
+        pointer: pointer.clone(),
+        hashes: HashMap::with_capacity(users.len()),
         elapsed: Duration::ZERO,
     };
     let n = job.n;
@@ -170,13 +238,28 @@ pub async fn publish_all(
         })
         .await
         .map_err(|e| PublishError::Task(e.to_string()))?;
-        let docs = Arc::new(docs);
+        let done = docs.len();
+        let mut changed = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let hash = content_hash(&doc.items);
+            let same = job
+                .delta
+                .as_ref()
+                .is_some_and(|d| d.hashes.get(&doc.user_id) == Some(&hash));
+            report.hashes.insert(doc.user_id.clone(), hash);
+            if same {
+                report.unchanged += 1;
+            } else {
+                changed.push(doc);
+            }
+        }
+        let docs = Arc::new(changed);
         for (target, tally) in job.targets.iter().zip(&mut report.targets) {
             tally.documents += target
                 .write_users(&job.tenant, &generation, docs.clone())
                 .await?;
         }
-        report.users += docs.len();
+        report.users += done;
         report_progress(report.users);
     }
     let popular: Vec<RecommendationDoc> = snapshot
@@ -192,7 +275,7 @@ pub async fn publish_all(
             .await?;
     }
     for (target, tally) in job.targets.iter().zip(&mut report.targets) {
-        tally.pruned_generations = target.activate(&job.tenant, &generation).await?.pruned;
+        tally.pruned_generations = target.activate(&job.tenant, &pointer).await?.pruned;
     }
     report.elapsed = started.elapsed();
     Ok(report)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use contract::keys::{cdn_popular, cdn_user, Generation};
+use contract::keys::{cdn_popular, cdn_user, Generation, GenerationPointer};
 use contract::{RecommendationDoc, Region, Tenant, UserId};
 use rayon::prelude::*;
 
@@ -247,7 +247,12 @@ impl PublishTarget for CdnFolder {
         self.blocking(move |f| f.first_free_counter_at(now)).await
     }
 
-    async fn begin(&self, _tenant: &Tenant, generation: &Generation) -> Result<(), PublishError> {
+    async fn begin(
+        &self,
+        _tenant: &Tenant,
+        generation: &Generation,
+        _keep_until: Option<u64>,
+    ) -> Result<(), PublishError> {
         let g = generation.clone();
         self.blocking(move |f| f.create_generation(&g)).await
     }
@@ -295,9 +300,12 @@ impl PublishTarget for CdnFolder {
     async fn activate(
         &self,
         _tenant: &Tenant,
-        generation: &Generation,
+        pointer: &GenerationPointer,
     ) -> Result<Activated, PublishError> {
-        let g = generation.clone();
+        if pointer.base.is_some() {
+            return Err(PublishError::DeltaUnsupported("cdn"));
+        }
+        let g = pointer.generation.clone();
         self.blocking(move |f| {
             f.switch_current(&g)?;
             let pruned = match f.keep_generations {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use contract::admin::{PublishRequest, PublishResponse, PurgeRequest, PurgeResponse};
-use contract::keys::Generation;
+use contract::keys::{Generation, GenerationPointer};
 use contract::{ErrorBody, RecommendationDoc, Tenant, UserId};
 
 use super::{Activated, KeySpacing, PublishError, PublishTarget, KV_KEY_INTERVAL};
@@ -157,7 +157,12 @@ impl PublishTarget for EdgeKv {
         "kv"
     }
 
-    async fn begin(&self, _tenant: &Tenant, _generation: &Generation) -> Result<(), PublishError> {
+    async fn begin(
+        &self,
+        _tenant: &Tenant,
+        _generation: &Generation,
+        _keep_until: Option<u64>,
+    ) -> Result<(), PublishError> {
         // A KV generation exists once something is written into it.
         Ok(())
     }
@@ -195,11 +200,21 @@ impl PublishTarget for EdgeKv {
     async fn activate(
         &self,
         tenant: &Tenant,
-        generation: &Generation,
+        pointer: &GenerationPointer,
     ) -> Result<Activated, PublishError> {
+        // The Worker writes a bare pointer: no base.
+        if pointer.base.is_some() {
+            return Err(PublishError::DeltaUnsupported("kv"));
+        }
         self.space([contract::keys::kv_generation_pointer(tenant)])
             .await;
-        let req = Self::request(tenant, Some(generation), true, Vec::new(), Vec::new());
+        let req = Self::request(
+            tenant,
+            Some(&pointer.generation),
+            true,
+            Vec::new(),
+            Vec::new(),
+        );
         self.client.publish(&req).await?;
         Ok(Activated::default())
     }

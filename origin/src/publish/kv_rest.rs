@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use contract::keys::{kv_generation_pointer, kv_popular, kv_user, Generation};
+use contract::keys::{kv_generation_pointer, kv_popular, kv_user, Generation, GenerationPointer};
 use contract::{RecommendationDoc, Region, Tenant, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -141,18 +141,22 @@ pub struct KvRest {
     next_call: Arc<Mutex<Instant>>,
     /// KV's one write per key per second.
     spacing: Arc<std::sync::Mutex<KeySpacing>>,
+    /// How long the generation being written must stay readable (see
+    /// [`PublishTarget::begin`]).
+    keep_until: Arc<Mutex<Option<u64>>>,
     /// Pairs of the generation being written, waiting to fill a call.
     pending: Arc<Mutex<Vec<BulkPair>>>,
     /// Number of the next bulk call of this target (named in errors).
     next_batch: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// The pair of `doc` under `key`, checked against KV's limits; `who` names the document
-/// in errors.
+/// The pair of `doc` under `key`, checked against KV's limits, expiring at the document's
+/// `stale_until` or `keep_until`, whichever is later; `who` names the document in errors.
 pub fn pair_for(
     key: String,
     doc: &RecommendationDoc,
     now_s: u64,
+    keep_until: Option<u64>,
     who: &str,
 ) -> Result<BulkPair, PublishError> {
     if key.len() > MAX_KEY_BYTES {
@@ -172,7 +176,12 @@ pub fn pair_for(
     Ok(BulkPair {
         key,
         value,
-        expiration_ttl: Some(doc.stale_until().saturating_sub(now_s).max(MIN_TTL_S)),
+        expiration_ttl: Some(
+            doc.stale_until()
+                .max(keep_until.unwrap_or(0))
+                .saturating_sub(now_s)
+                .max(MIN_TTL_S),
+        ),
     })
 }
 
@@ -211,6 +220,7 @@ impl KvRest {
             client,
             next_call: Arc::new(Mutex::new(Instant::now())),
             spacing: Arc::new(std::sync::Mutex::new(KeySpacing::new(KV_KEY_INTERVAL))),
+            keep_until: Arc::new(Mutex::new(None)),
             pending: Arc::new(Mutex::new(Vec::new())),
             next_batch: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
@@ -382,12 +392,14 @@ impl KvRest {
                 message: format!("reading the pointer: {status}"),
             });
         }
-        Generation::parse(text.trim()).map_err(|e| PublishError::KvApi {
-            batch: 0,
-            keys: 1,
-            first_key: key,
-            message: format!("the pointer holds no generation name: {e}"),
-        })
+        GenerationPointer::parse(&text)
+            .map(|p| p.generation)
+            .map_err(|e| PublishError::KvApi {
+                batch: 0,
+                keys: 1,
+                first_key: key,
+                message: format!("the pointer holds no generation: {e}"),
+            })
     }
 }
 
@@ -413,8 +425,18 @@ impl PublishTarget for KvRest {
         "kv-api"
     }
 
-    async fn begin(&self, _tenant: &Tenant, _generation: &Generation) -> Result<(), PublishError> {
+    fn supports_delta(&self) -> bool {
+        true
+    }
+
+    async fn begin(
+        &self,
+        _tenant: &Tenant,
+        _generation: &Generation,
+        keep_until: Option<u64>,
+    ) -> Result<(), PublishError> {
         // A KV generation exists once something is written into it.
+        *self.keep_until.lock().await = keep_until;
         Ok(())
     }
 
@@ -425,6 +447,7 @@ impl PublishTarget for KvRest {
         docs: Arc<Vec<RecommendationDoc>>,
     ) -> Result<usize, PublishError> {
         let now = crate::snapshot::now_unix();
+        let keep_until = *self.keep_until.lock().await;
         let pairs = docs
             .iter()
             .map(|doc| {
@@ -433,6 +456,7 @@ impl PublishTarget for KvRest {
                     kv_user(tenant, generation, &user),
                     doc,
                     now,
+                    keep_until,
                     &format!("user {}", doc.user_id),
                 )
             })
@@ -447,6 +471,7 @@ impl PublishTarget for KvRest {
         docs: &[RecommendationDoc],
     ) -> Result<usize, PublishError> {
         let now = crate::snapshot::now_unix();
+        let keep_until = *self.keep_until.lock().await;
         let pairs = docs
             .iter()
             .map(|doc| {
@@ -457,6 +482,7 @@ impl PublishTarget for KvRest {
                     kv_popular(tenant, generation, &region),
                     doc,
                     now,
+                    keep_until,
                     &format!("popular list of {}", doc.region),
                 )
             })
@@ -470,12 +496,12 @@ impl PublishTarget for KvRest {
     async fn activate(
         &self,
         tenant: &Tenant,
-        generation: &Generation,
+        pointer: &GenerationPointer,
     ) -> Result<Activated, PublishError> {
         self.flush().await?;
         let pointer = BulkPair {
             key: kv_generation_pointer(tenant),
-            value: generation.as_str().to_owned(),
+            value: pointer.encode(),
             expiration_ttl: None,
         };
         self.put_batch(0, &[pointer]).await?;
@@ -494,6 +520,7 @@ impl PublishTarget for KvRest {
             kv_user(tenant, &generation, &user),
             doc,
             crate::snapshot::now_unix(),
+            None,
             &format!("user {}", doc.user_id),
         )?;
         self.put_batch(0, &[pair]).await

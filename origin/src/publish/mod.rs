@@ -20,11 +20,13 @@
 //! - `cdn_folder`: the secondary CDN folder of generations and a `current` symlink
 //!   ([`CdnFolder`]).
 //! - `bulk`: [`publish_all`], the bulk publish behind `origin publish`, with progress
-//!   reported through a callback.
+//!   reported through a callback, whole or as a delta against a base.
+//! - `delta`: when a publish may be a delta, and the state kept between publishes.
 //! - [`publish_one`]: one answered document to every target.
 
 mod bulk;
 mod cdn_folder;
+pub mod delta;
 mod edge_kv;
 mod kv_rest;
 mod object_storage;
@@ -34,11 +36,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use contract::keys::Generation;
+use contract::keys::{Generation, GenerationPointer};
 use contract::{IdError, RecommendationDoc, Tenant, UserId};
 use thiserror::Error;
 
-pub use bulk::{publish_all, Progress, PublishJob, PublishReport, TargetReport};
+pub use bulk::{
+    content_hash, publish_all, DeltaBase, Progress, PublishJob, PublishReport, TargetReport,
+};
 pub use cdn_folder::CdnFolder;
 pub use edge_kv::{EdgeClient, EdgeKv, KV_BATCH};
 pub use kv_rest::{batches, pair_for, BulkPair, KvApiSettings, KvRest, MAX_CALL_BYTES};
@@ -78,6 +82,8 @@ pub enum PublishError {
     },
     #[error("tenant {0} has no current KV generation (publish one with `origin publish`)")]
     NoKvGeneration(String),
+    #[error("the {0} target cannot hold delta generations; publish without --delta")]
+    DeltaUnsupported(&'static str),
     #[error("generation {0} is already taken at this target")]
     GenerationTaken(String),
     #[error("no free generation name for this second after {0} tries")]
@@ -112,9 +118,23 @@ pub trait PublishTarget: Send + Sync + std::fmt::Debug {
         Ok(0)
     }
 
+    /// Whether this target can hold delta generations (only changed documents, the rest
+    /// read from a base; see [`contract::keys::GenerationPointer`]).
+    fn supports_delta(&self) -> bool {
+        false
+    }
+
     /// Reserves `generation` for `tenant`; [`PublishError::GenerationTaken`] when this
-    /// target already has it (the bulk publish then tries the next name).
-    async fn begin(&self, tenant: &Tenant, generation: &Generation) -> Result<(), PublishError>;
+    /// target already has it (the bulk publish then tries the next name). With
+    /// `keep_until` (unix seconds), the generation's documents must stay readable until
+    /// then (a base that later delta generations read through), not only until each
+    /// document's own `stale_until`.
+    async fn begin(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+        keep_until: Option<u64>,
+    ) -> Result<(), PublishError>;
 
     /// Writes users' documents into `generation`; returns how many were written.
     async fn write_users(
@@ -132,11 +152,12 @@ pub trait PublishTarget: Send + Sync + std::fmt::Debug {
         docs: &[RecommendationDoc],
     ) -> Result<usize, PublishError>;
 
-    /// Makes `generation` the one readers see, atomically.
+    /// Makes `pointer`'s generation (with its base, for a delta) the one readers see,
+    /// atomically.
     async fn activate(
         &self,
         tenant: &Tenant,
-        generation: &Generation,
+        pointer: &GenerationPointer,
     ) -> Result<Activated, PublishError>;
 
     /// Replaces one user's document in the current generation (publish on miss, and

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contract::keys::{cdn_generation_dir, cdn_popular, cdn_user, Generation, CDN_POINTER};
+use contract::keys::{
+    cdn_generation_dir, cdn_popular, cdn_user, Generation, GenerationPointer, CDN_POINTER,
+};
 use contract::{RecommendationDoc, Region, Tenant, UserId};
 use rusty_s3::actions::{DeleteObjects, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -169,16 +171,20 @@ impl ObjectStorage {
         Ok(Some(bytes.to_vec()))
     }
 
-    /// The generation the pointer names, if any.
-    pub async fn current_generation(&self) -> Result<Option<Generation>, PublishError> {
+    /// What the pointer holds, if there is one.
+    pub async fn current_pointer(&self) -> Result<Option<GenerationPointer>, PublishError> {
         let key = format!("{}{POINTER}", self.prefix);
         let Some(raw) = self.get(&key).await? else {
             return Ok(None);
         };
-        let name = String::from_utf8_lossy(&raw);
-        Generation::parse(name.trim())
+        GenerationPointer::parse(&String::from_utf8_lossy(&raw))
             .map(Some)
             .map_err(|e| failed(&format!("pointer {key}"), e))
+    }
+
+    /// The generation the pointer names, if any.
+    pub async fn current_generation(&self) -> Result<Option<Generation>, PublishError> {
+        Ok(self.current_pointer().await?.map(|p| p.generation))
     }
 
     /// Every key under `prefix` (all pages), or with `delimiter` the common prefixes.
@@ -254,10 +260,15 @@ impl ObjectStorage {
         Ok(())
     }
 
-    /// Deletes all generations but the newest `keep` and the current one; returns how
-    /// many were deleted.
+    /// Deletes all generations but the newest `keep`, the current one and its base;
+    /// returns how many were deleted.
     pub async fn prune(&self, keep: usize) -> Result<usize, PublishError> {
-        let current = self.current_generation().await?;
+        let current = self.current_pointer().await?;
+        let in_use = |name: &str| {
+            current.as_ref().is_some_and(|p| {
+                p.generation.as_str() == name || p.base.as_ref().is_some_and(|b| b.as_str() == name)
+            })
+        };
         let root = self.generations_prefix();
         let mut names: Vec<(u64, u32, String)> = self
             .list(&root, Some("/"))
@@ -273,7 +284,7 @@ impl ObjectStorage {
         let old = names.len().saturating_sub(keep);
         let mut deleted = 0;
         for (_, _, name) in names.into_iter().take(old) {
-            if current.as_ref().is_some_and(|c| c.as_str() == name) {
+            if in_use(&name) {
                 continue;
             }
             let keys = self.list(&format!("{root}{name}/"), None).await?;
@@ -316,7 +327,16 @@ impl PublishTarget for ObjectStorage {
         "object-storage"
     }
 
-    async fn begin(&self, _tenant: &Tenant, generation: &Generation) -> Result<(), PublishError> {
+    fn supports_delta(&self) -> bool {
+        true
+    }
+
+    async fn begin(
+        &self,
+        _tenant: &Tenant,
+        generation: &Generation,
+        _keep_until: Option<u64>,
+    ) -> Result<(), PublishError> {
         let marker = self.generation_object(generation, ".started");
         if self.get(&marker).await?.is_some() {
             return Err(PublishError::GenerationTaken(
@@ -370,15 +390,11 @@ impl PublishTarget for ObjectStorage {
     async fn activate(
         &self,
         _tenant: &Tenant,
-        generation: &Generation,
+        pointer: &GenerationPointer,
     ) -> Result<Activated, PublishError> {
-        let pointer = format!("{}{POINTER}", self.prefix);
-        self.put(
-            &pointer,
-            generation.as_str().as_bytes().to_vec(),
-            "text/plain",
-        )
-        .await?;
+        let key = format!("{}{POINTER}", self.prefix);
+        self.put(&key, pointer.encode().into_bytes(), "text/plain")
+            .await?;
         let pruned = match self.keep_generations {
             0 => 0,
             keep => self.prune(keep).await?,

@@ -28,6 +28,8 @@ fn job(tenant: &Tenant, cdn: Option<CdnFolder>, kv: Option<EdgeClient>) -> Publi
         chunk: 64,
         targets,
         progress: None,
+        delta: None,
+        keep_until: None,
     }
 }
 
@@ -377,6 +379,7 @@ async fn publish_on_miss_sends_one_document_into_the_current_kv_generation() {
 #[derive(Clone, Default)]
 struct FakeKvApi {
     values: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    ttls: Arc<Mutex<std::collections::HashMap<String, Option<u64>>>>,
     /// Keys in the order they were written.
     order: Arc<Mutex<Vec<String>>>,
     calls: Arc<Mutex<Vec<usize>>>,
@@ -442,6 +445,10 @@ async fn fake_bulk(
     let n = pairs.len();
     for p in pairs {
         api.order.lock().unwrap().push(p.key.clone());
+        api.ttls
+            .lock()
+            .unwrap()
+            .insert(p.key.clone(), p.expiration_ttl);
         api.values.lock().unwrap().insert(p.key, p.value);
     }
     (
@@ -625,7 +632,7 @@ fn an_oversize_key_or_document_is_an_error_naming_the_user() {
         fresh_for_s: 300,
         stale_for_s: 86_400,
     };
-    let err = pair_for("k".repeat(513), &doc, 1, "user u1").unwrap_err();
+    let err = pair_for("k".repeat(513), &doc, 1, None, "user u1").unwrap_err();
     assert!(err.to_string().contains("user u1"), "{err}");
     assert!(err.to_string().contains("512"), "{err}");
     doc.items = (0..100)
@@ -635,7 +642,7 @@ fn an_oversize_key_or_document_is_an_error_naming_the_user() {
             reason: Some("r".repeat(1000)),
         })
         .collect();
-    let err = pair_for("k".into(), &doc, 1, "user u1").unwrap_err();
+    let err = pair_for("k".into(), &doc, 1, None, "user u1").unwrap_err();
     assert!(err.to_string().contains("user u1"), "{err}");
     assert!(pair_for(
         "k".repeat(512),
@@ -644,6 +651,7 @@ fn an_oversize_key_or_document_is_an_error_naming_the_user() {
             ..doc
         },
         1,
+        None,
         "x"
     )
     .is_ok());
@@ -678,7 +686,10 @@ async fn two_quick_activations_write_the_pointer_a_second_apart() {
     let started = std::time::Instant::now();
     for counter in 0..2 {
         let g = contract::keys::generation_name(5, counter);
-        target.activate(&tenant, &g).await.unwrap();
+        target
+            .activate(&tenant, &contract::keys::GenerationPointer::whole(g))
+            .await
+            .unwrap();
     }
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(950),
@@ -693,4 +704,92 @@ async fn two_quick_activations_write_the_pointer_a_second_apart() {
             .map(String::as_str),
         Some("g5-1")
     );
+}
+
+#[tokio::test]
+async fn a_delta_writes_only_changed_documents_and_points_at_its_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+    let snapshot = Arc::new(snapshot);
+    let api = FakeKvApi::default();
+    let url = start_fake_kv_api(api.clone()).await;
+    let tenant = Tenant::default_tenant();
+    let keep_until = crate::snapshot::now_unix() + 7 * 86_400;
+
+    let mut whole = kv_api_job(&tenant, kv_api(&url));
+    whole.keep_until = Some(keep_until);
+    let base = publish_all(snapshot.clone(), whole).await.unwrap();
+    assert_eq!(base.pointer.base, None);
+    assert_eq!(base.hashes.len(), 200);
+    let key = format!("t/default/g/{}/u/u1", base.generation);
+    let ttl = api.ttls.lock().unwrap()[&key].unwrap();
+    assert!(
+        ttl + 5 >= 7 * 86_400,
+        "a base outlives its documents' own window: {ttl}"
+    );
+
+    // One user's document differs from what the base holds; everyone else's is the same.
+    let mut hashes = base.hashes.clone();
+    *hashes.get_mut("u7").unwrap() ^= 1;
+    let mut delta = kv_api_job(&tenant, kv_api(&url));
+    delta.keep_until = Some(keep_until);
+    delta.delta = Some(DeltaBase {
+        generation: contract::keys::Generation::parse(&base.generation).unwrap(),
+        hashes,
+    });
+    let before = api.order.lock().unwrap().len();
+    let report = publish_all(snapshot.clone(), delta).await.unwrap();
+    assert_eq!(report.users, 200);
+    assert_eq!(report.unchanged, 199);
+    assert_eq!(
+        report.documents("kv-api"),
+        1 + 4,
+        "u7 and the popular lists"
+    );
+    let written: Vec<String> = api.order.lock().unwrap()[before..].to_vec();
+    assert!(written.contains(&format!("t/default/g/{}/u/u7", report.generation)));
+    assert!(!written.iter().any(|k| k.ends_with("/u/u1")), "{written:?}");
+    let pointer = api.values.lock().unwrap()["t/default/generation"].clone();
+    let pointer = contract::keys::GenerationPointer::parse(&pointer).unwrap();
+    assert_eq!(pointer.generation.as_str(), report.generation);
+    assert_eq!(pointer.base.unwrap().as_str(), base.generation);
+    assert!(pointer.published_at > 0);
+}
+
+#[tokio::test]
+async fn a_delta_to_a_target_that_cannot_hold_one_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+    let tenant = Tenant::default_tenant();
+    let out = dir.path().join("cdn");
+    let mut j = job(&tenant, Some(CdnFolder::new(out.clone())), None);
+    j.delta = Some(DeltaBase {
+        generation: contract::keys::generation_name(1, 0),
+        hashes: Default::default(),
+    });
+    let err = publish_all(Arc::new(snapshot), j).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cdn target cannot hold delta"),
+        "{err}"
+    );
+    assert!(!out.join("generations").exists());
+}
+
+#[test]
+fn content_hashes_see_items_reasons_and_scores_but_not_float_noise() {
+    let item = |id: &str, score: f64| contract::RecItem {
+        item_id: id.into(),
+        score,
+        reason: Some("r".into()),
+    };
+    let a = content_hash(&[item("i1", 0.5), item("i2", 0.25)]);
+    assert_eq!(
+        a,
+        content_hash(&[item("i1", 0.500_000_01), item("i2", 0.25)])
+    );
+    assert_ne!(a, content_hash(&[item("i2", 0.25), item("i1", 0.5)]));
+    assert_ne!(a, content_hash(&[item("i1", 0.6), item("i2", 0.25)]));
+    assert_ne!(a, content_hash(&[item("i1", 0.5)]));
+    // Stable across builds: the value is stored between publishes.
+    assert_eq!(content_hash(&[]), content_hash(&[]));
 }
