@@ -4,7 +4,7 @@
 #   1. KV through Cloudflare's REST bulk API, USERS_KV users (default 1,000,000), against
 #      bench/fake_kv_api.py (no local Cloudflare API exists; it implements the documented
 #      endpoint and checks its limits): wall time, calls, bytes; then the same publish again
-#      (nothing changed) to count what a second publish writes.
+#      (nothing changed; --delta) to count what a second publish writes.
 #   2. Object storage, USERS_S3 users (default 100,000), to a real s3s-fs process:
 #      wall time, objects, bytes.
 # Usage: bench/publish_targets.sh [ORIGIN_BIN]   (default target/native/origin)
@@ -31,12 +31,13 @@ kv_port=$(free_port)
 python3 bench/fake_kv_api.py "$kv_port" bench-token &
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$kv_port/stats" >/dev/null && break; sleep 0.1; done
 kv_args=(--targets kv-api --kv-account-id acc1 --kv-namespace-id ns1
-         --kv-api-url "http://127.0.0.1:$kv_port/client/v4" --kv-api-rps "$kv_rps" --model "$model")
+         --kv-api-url "http://127.0.0.1:$kv_port/client/v4" --kv-api-rps "$kv_rps" --model "$model"
+         --delta --publish-state "$tmp/kv-state.json")
 timed "peer: publish to the CDN folder" "$origin" publish --db "$tmp/kv.sqlite" --out "$tmp/cdn" --targets cdn --model "$model" --keep-generations 1
 rm -rf "$tmp/cdn"
-CLOUDFLARE_API_TOKEN=bench-token timed "publish to KV through the bulk API" "$origin" publish --db "$tmp/kv.sqlite" "${kv_args[@]}"
+CLOUDFLARE_API_TOKEN=bench-token timed "publish to KV through the bulk API (whole: the base)" "$origin" publish --db "$tmp/kv.sqlite" "${kv_args[@]}"
 curl -fs "http://127.0.0.1:$kv_port/stats" | tee "$tmp/stats1"; echo
-CLOUDFLARE_API_TOKEN=bench-token timed "the same publish again, nothing changed" "$origin" publish --db "$tmp/kv.sqlite" "${kv_args[@]}"
+CLOUDFLARE_API_TOKEN=bench-token timed "the same publish again, nothing changed (--delta)" "$origin" publish --db "$tmp/kv.sqlite" "${kv_args[@]}"
 curl -fs "http://127.0.0.1:$kv_port/stats" | tee "$tmp/stats2"; echo
 python3 - "$tmp/stats1" "$tmp/stats2" <<'EOF'
 import json, sys
