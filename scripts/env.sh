@@ -15,4 +15,8 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 WORKER_BUILD_VERSION=0.8.7
 # The S3-compatible server the object-storage publish tests run against (origin/tests/object_storage.rs).
 S3S_FS_VERSION=0.14.1
+# kubernetes-validate (PyPI) checks deploy/k8s in tests/deploy_manifests.rs; it lives in
+# its own venv, where that test looks for it.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+TOOLS_VENV="$ROOT/target/tools-venv"
 WASM_BINDGEN_VERSION="$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print}' "$ROOT/Cargo.lock")"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build needs and is missing: the wasm target, pinned worker-build,
-# wasm-bindgen-cli and s3s-fs (the tests' S3 server), and the npm packages (wrangler,
-# esbuild, binaryen). Idempotent: each step is skipped when the right version is there.
+# wasm-bindgen-cli and s3s-fs (the tests' S3 server), the npm packages (wrangler,
+# esbuild, binaryen), and kubernetes-validate (PyPI, in target/tools-venv) for the
+# deploy manifests. Idempotent: each step is skipped when the right version is there.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -26,6 +27,16 @@ fi
 if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+if ! "$TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qxF "$KUBERNETES_VALIDATE_VERSION"; then
+  # Checks deploy/k8s offline in tests/deploy_manifests.rs (which fails without it in CI).
+  echo "setup: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into target/tools-venv (PyPI)"
+  if ! { python3 -m venv "$TOOLS_VENV" \
+      && "$TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"; } >/dev/null 2>&1; then
+    echo "setup: could not install kubernetes-validate (needs python3 with venv and pip, and PyPI);"
+    echo "       tests/deploy_manifests.rs will skip locally and fail in CI"
+  fi
 fi
 if ! command -v promtool >/dev/null 2>&1; then
   # Optional: checks ops/prometheus/alerts.yml in origin/tests/alerts.rs (skipped without it).

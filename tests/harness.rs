@@ -813,6 +813,21 @@ impl Proc {
         }
         None
     }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, or `None` if it
+    /// is still running (it is then left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// One `origin serve` on its own (no edge, no CDN), on a free port, over `db`, with

@@ -63,8 +63,24 @@ fn init_tracing(otel_endpoint: Option<&str>) {
     origin::observability::warn_if_otel_missing(otel_endpoint);
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// How long the exit waits for work left on the runtime's blocking pool once a command
+/// is done. `origin serve` has drained its requests by then; what may remain is a
+/// training that cannot be cancelled, which must not hold the exit past the shutdown
+/// deadline (the next start trains again).
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(run());
+    // Dropping the runtime would wait for every blocking task, however long.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+async fn run() -> Result<()> {
     let config = Config::parse();
     init_tracing(match &config.command {
         Command::Serve(c) => c.otel_endpoint.as_deref(),
