@@ -31,7 +31,7 @@
 //! a batch goes where the batch went. Every write carries idempotency keys, so a write
 //! that fails over is stored once whichever instance takes it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::Hasher;
 
 use contract::events::{Event, Shown};
@@ -96,7 +96,8 @@ fn ranks_of(region: &str, list: serde_json::Value) -> Result<Ranks, RegionOrigin
         Value::Array(entries) if !entries.is_empty() => entries,
         _ => return Err(RegionOriginsError::NotAList(region.into())),
     };
-    let mut seen = BTreeSet::new();
+    // A list holds a few names: a linear look-up keeps the worker small.
+    let mut seen: Vec<String> = Vec::new();
     let mut ranks = Vec::with_capacity(entries.len());
     for (position, entry) in entries.into_iter().enumerate() {
         let names = match entry {
@@ -129,12 +130,13 @@ fn ranks_of(region: &str, list: serde_json::Value) -> Result<Ranks, RegionOrigin
                     position,
                 });
             }
-            if !seen.insert(name.clone()) {
+            if seen.contains(&name) {
                 return Err(RegionOriginsError::Duplicate {
                     region: region.into(),
                     name,
                 });
             }
+            seen.push(name.clone());
             group.push(name);
         }
         ranks.push(group);
@@ -215,13 +217,29 @@ const WEIGHT_KEYS: (u64, u64) = (0x6564_6765_2d72_656e, 0x6465_7a76_6f75_7321);
 /// The order to try `ranks` in for `key`: rank after rank, each rank's members by
 /// descending rendezvous weight (ties, which need a 64-bit collision, by name).
 pub fn order(ranks: Vec<Vec<Origin>>, key: &AffinityKey) -> Vec<Origin> {
-    ranks
-        .into_iter()
-        .flat_map(|mut group| {
-            group.sort_by_cached_key(|o| (std::cmp::Reverse(key.weight(&o.name)), o.name.clone()));
-            group
-        })
-        .collect()
+    let mut out = Vec::with_capacity(ranks.iter().map(Vec::len).sum());
+    for group in ranks {
+        let mut weighed: Vec<(u64, Origin)> = group
+            .into_iter()
+            .map(|o| (key.weight(&o.name), o))
+            .collect();
+        // An insertion sort: a rank holds a few instances, and the worker stays smaller
+        // than with another instance of the standard library's sort.
+        for i in 1..weighed.len() {
+            let mut j = i;
+            while j > 0 && ahead(&weighed[j], &weighed[j - 1]) {
+                weighed.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+        out.extend(weighed.into_iter().map(|(_, o)| o));
+    }
+    out
+}
+
+/// Whether `a` goes before `b`: the higher weight, or on a tie the smaller name.
+fn ahead(a: &(u64, Origin), b: &(u64, Origin)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1.name < b.1.name)
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
