@@ -454,9 +454,61 @@ fn origins_of_equal_rank_split_users_by_affinity_and_take_over_a_stopped_ones_us
         );
     }
 
-    // Writes take the same order: each user's events reach that user's instance
-    // (recording servers stand in for the two instances).
+    // Stopping an instance under load (3 clients, a new user per request) costs no
+    // answer: requests to it in flight finish or fail over, later ones fail over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|t| {
+            let (stop, url) = (stop.clone(), stack.edge_url("/v1/recommendations/"));
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .unwrap();
+                let mut answers = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = client
+                        .get(format!("{url}load-{t}-{i}"))
+                        .header("CF-Connecting-IP", eu_ip)
+                        .send()
+                        .map(|r| (r.status().as_u16(), header(&r, "x-origin")));
+                    answers.push(r.map_err(|e| e.to_string()));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     stack.stop_origin(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers: Vec<_> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let count = |origin: &str| {
+        answers
+            .iter()
+            .filter(|a| matches!(a, Ok((200, o)) if o == origin))
+            .count()
+    };
+    eprintln!(
+        "europe-a stopped under load: {} answers, {} from europe-a, {} from europe-b",
+        answers.len(),
+        count("europe-a"),
+        count("europe-b")
+    );
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, _))))
+        .collect();
+    assert!(failed.is_empty(), "failed under load: {failed:?}");
+    assert!(answers.len() >= 10, "{} answers", answers.len());
+
+    // Writes take the same order: each user's events reach that user's instance
+    // (recording servers stand in for the two instances; past BREAKER_OPEN_S the first
+    // event for europe-a is its breaker's probe, which closes it).
+    std::thread::sleep(Duration::from_millis(2200));
     stack.stop_origin(1);
     let recorders = [
         e2e::recording_origin(stack.origin_port(0), 202),
