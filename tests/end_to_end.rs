@@ -400,6 +400,25 @@ fn origins_of_equal_rank_split_users_by_affinity_and_take_over_a_stopped_ones_us
         on_b.len()
     );
 
+    // `/health` lists the region's origins with their rank.
+    let h = served(stack.get_as("/health", eu_ip));
+    let listed: Vec<(String, u64)> = h["origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap().into(),
+                o["rank"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("europe-a".to_string(), 0), ("europe-b".to_string(), 0)],
+        "{h}"
+    );
+
     // Every miss of a user reaches the instance the core picks for them, every time.
     for round in 0..3 {
         for u in &users {
