@@ -332,6 +332,238 @@ fn european_users_fail_over_to_the_next_origin_and_the_breaker_opens_and_closes(
     assert_eq!(header(&r, "x-origin"), "europe");
 }
 
+/// Which of `instances` (one rank) the edge's core sends `user`'s misses to first.
+fn predicted_instance(instances: &[&str], user: &str) -> String {
+    use edge::origins::{order, AffinityKey, Origin};
+    let rank = instances
+        .iter()
+        .map(|name| Origin {
+            name: name.to_string(),
+            url: String::new(),
+            rank: 0,
+        })
+        .collect();
+    let key = AffinityKey::User {
+        tenant: "default".into(),
+        user: user.into(),
+    };
+    order(vec![rank], &key)[0].name.clone()
+}
+
+#[test]
+fn origins_of_equal_rank_split_users_by_affinity_and_take_over_a_stopped_ones_users() {
+    // Two instances of Europe's origin, of equal rank; both serve region europe.
+    const GROUP: [&str; 2] = ["europe-a", "europe-b"];
+    let mut stack = Stack::start(StackOptions {
+        users: 30,
+        items: 30,
+        origins: GROUP.to_vec(),
+        origin_regions: vec![("europe-a", "europe"), ("europe-b", "europe")],
+        vars: vec![
+            ("BREAKER_FAILURES", "3".to_string()),
+            ("BREAKER_OPEN_S", "2".to_string()),
+        ],
+        extra_config: "REGION_ORIGINS = '{\"europe\": [[\"europe-a\", \"europe-b\"]]}'\n".into(),
+        ..Default::default()
+    });
+    let eu_ip = "81.2.69.160";
+    // Users no tier has: the origin answers them (the region's popular list, never
+    // published), so every miss after a purge reaches an origin again.
+    let users: Vec<String> = (0..40).map(|i| format!("affinity-{i}")).collect();
+    let miss = |stack: &Stack, user: &str| {
+        stack.purge(user);
+        let r = stack.get_as(&format!("/v1/recommendations/{user}"), eu_ip);
+        let answer = (
+            r.status().as_u16(),
+            header(&r, "x-served-by"),
+            header(&r, "x-origin"),
+        );
+        assert_eq!(header(&r, "x-edge-region"), "europe");
+        answer
+    };
+    let on = |instance: &str| -> Vec<&String> {
+        users
+            .iter()
+            .filter(|u| predicted_instance(&GROUP, u) == instance)
+            .collect()
+    };
+    let (on_a, on_b) = (on("europe-a"), on("europe-b"));
+    eprintln!(
+        "affinity: {} users on europe-a, {} on europe-b",
+        on_a.len(),
+        on_b.len()
+    );
+    assert!(
+        on_a.len() >= 10 && on_b.len() >= 10,
+        "the core spreads 40 users: {} / {}",
+        on_a.len(),
+        on_b.len()
+    );
+
+    // `/health` lists the region's origins with their rank.
+    let h = served(stack.get_as("/health", eu_ip));
+    let listed: Vec<(String, u64)> = h["origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap().into(),
+                o["rank"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("europe-a".to_string(), 0), ("europe-b".to_string(), 0)],
+        "{h}"
+    );
+
+    // Every miss of a user reaches the instance the core picks for them, every time.
+    for round in 0..3 {
+        for u in &users {
+            let (status, served_by, origin) = miss(&stack, u);
+            assert_eq!(
+                (status, served_by.as_str(), origin.as_str()),
+                (200, "origin", predicted_instance(&GROUP, u).as_str()),
+                "round {round}, user {u}"
+            );
+        }
+    }
+
+    // europe-a stops: its users go to europe-b from their very first miss (the failed
+    // connection is that request's failover, no 5xx), and after BREAKER_FAILURES
+    // failures europe-a is skipped without being tried; europe-b's users never move.
+    stack.stop_origin(0);
+    for u in on_a.iter().chain(&on_b) {
+        let started = Instant::now();
+        let (status, served_by, origin) = miss(&stack, u);
+        assert_eq!(
+            (status, served_by.as_str(), origin.as_str()),
+            (200, "origin", "europe-b"),
+            "{u} with europe-a stopped"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(SUBREQUEST_TIMEOUT_MS),
+            "{u} waited {:?}",
+            started.elapsed()
+        );
+    }
+    let b = breaker_of(&stack, stack.origin_port(0));
+    assert_eq!(b["state"], "open", "{b}");
+    assert!(
+        b["skipped"].as_u64().unwrap() >= (on_a.len() - 3) as u64,
+        "after 3 failures europe-a is skipped: {b}"
+    );
+    assert_eq!(
+        breaker_of(&stack, stack.origin_port(1))["state"],
+        "closed",
+        "europe-b took everything"
+    );
+
+    // europe-a returns: after BREAKER_OPEN_S a probe reaches it and its users come back.
+    stack.start_origin(0);
+    std::thread::sleep(Duration::from_millis(2200));
+    for u in &users {
+        let (status, _, origin) = miss(&stack, u);
+        assert_eq!(
+            (status, origin),
+            (200, predicted_instance(&GROUP, u)),
+            "{u} after europe-a returned"
+        );
+    }
+
+    // Stopping an instance under load (3 clients, a new user per request) costs no
+    // answer: requests to it in flight finish or fail over, later ones fail over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|t| {
+            let (stop, url) = (stop.clone(), stack.edge_url("/v1/recommendations/"));
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .unwrap();
+                let mut answers = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = client
+                        .get(format!("{url}load-{t}-{i}"))
+                        .header("CF-Connecting-IP", eu_ip)
+                        .send()
+                        .map(|r| (r.status().as_u16(), header(&r, "x-origin")));
+                    answers.push(r.map_err(|e| e.to_string()));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    stack.stop_origin(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers: Vec<_> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let count = |origin: &str| {
+        answers
+            .iter()
+            .filter(|a| matches!(a, Ok((200, o)) if o == origin))
+            .count()
+    };
+    eprintln!(
+        "europe-a stopped under load: {} answers, {} from europe-a, {} from europe-b",
+        answers.len(),
+        count("europe-a"),
+        count("europe-b")
+    );
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, _))))
+        .collect();
+    assert!(failed.is_empty(), "failed under load: {failed:?}");
+    assert!(answers.len() >= 10, "{} answers", answers.len());
+
+    // Writes take the same order: each user's events reach that user's instance
+    // (recording servers stand in for the two instances; past BREAKER_OPEN_S the first
+    // event for europe-a is its breaker's probe, which closes it).
+    std::thread::sleep(Duration::from_millis(2200));
+    stack.stop_origin(1);
+    let recorders = [
+        e2e::recording_origin(stack.origin_port(0), 202),
+        e2e::recording_origin(stack.origin_port(1), 202),
+    ];
+    for u in users.iter().take(12) {
+        let r = stack
+            .client
+            .post(stack.edge_url("/v1/events"))
+            .header("CF-Connecting-IP", eu_ip)
+            .json(&json!({ "user_id": u, "item_id": "i1", "type": "view" }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    }
+    for (i, recorder) in recorders.iter().enumerate() {
+        let got: Vec<String> = recorder
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.head.starts_with("POST /v1/events "))
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                body["events"][0]["user_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        let want: Vec<String> = users
+            .iter()
+            .take(12)
+            .filter(|u| predicted_instance(&GROUP, u) == GROUP[i])
+            .cloned()
+            .collect();
+        assert_eq!(got, want, "events that reached {}", GROUP[i]);
+    }
+}
+
 #[test]
 fn concurrent_misses_for_one_user_share_one_origin_fetch() {
     // Its own stack, with the origin 600 ms away (still under the subrequest timeout), so

@@ -189,6 +189,9 @@ pub struct StackOptions {
     pub items: usize,
     /// Origins to start, named by the region they serve (each `origin serve --region NAME`).
     pub origins: Vec<&'static str>,
+    /// The region an origin serves when it is not its name: `("europe-a", "europe")` for
+    /// instances of equal rank (`REGION_ORIGINS` groups them).
+    pub origin_regions: Vec<(&'static str, &'static str)>,
     /// `request.cf.country` the local runtime reports; `None`: no country (GeoIP decides).
     pub cf_country: Option<&'static str>,
     /// Extra `[vars]` for the worker (one named here replaces the stack's default).
@@ -209,6 +212,7 @@ impl Default for StackOptions {
             users: 200,
             items: 120,
             origins: vec!["us-east"],
+            origin_regions: Vec::new(),
             cf_country: None,
             vars: Vec::new(),
             worker: None,
@@ -221,6 +225,8 @@ impl Default for StackOptions {
 /// One origin process slot (stopped when `proc` is `None`).
 pub struct OriginSlot {
     pub name: &'static str,
+    /// The region it serves (`--region`).
+    pub region: &'static str,
     pub port: u16,
     /// Port of its Prometheus `/metrics` listener.
     pub metrics_port: u16,
@@ -286,6 +292,11 @@ impl Stack {
             .iter()
             .map(|&name| OriginSlot {
                 name,
+                region: opts
+                    .origin_regions
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(name, |(_, r)| *r),
                 port: free_port(),
                 metrics_port: free_port(),
                 proc: None,
@@ -683,7 +694,11 @@ impl Stack {
     /// Starts (or restarts) origin `i` on its port, publishing to the edge at `edge_url`
     /// (e.g. through a [`counting_link`]), with extra environment variables.
     pub fn start_origin_with(&mut self, i: usize, edge_url: &str, envs: &[(&str, &str)]) {
-        let (name, port) = (self.origins[i].name, self.origins[i].port);
+        let (name, region, port) = (
+            self.origins[i].name,
+            self.origins[i].region,
+            self.origins[i].port,
+        );
         let metrics_listen = format!("127.0.0.1:{}", self.origins[i].metrics_port);
         let proc = Proc::spawn(
             &format!("origin {name}"),
@@ -695,7 +710,7 @@ impl Stack {
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                     "--region",
-                    name,
+                    region,
                 ])
                 .args([
                     "--edge-url",

@@ -1,18 +1,19 @@
 //! The source chain and the walk through it.
 //!
 //! A recommendation request tries tiers in a fixed order — edge cache, KV, secondary
-//! CDN, then the origins of the user's region in failover order — skipping the ones
-//! that are not configured. [`Walk`] is the state machine the glue drives: it says
+//! CDN, then the origins of the user's region in the user's failover order
+//! ([`crate::origins`]) — skipping the ones that are not configured. [`Walk`] is the state machine the glue drives: it says
 //! which tier to try next, takes each tier's result and decides whether to serve, to
 //! serve a stale copy at once while the rest of the chain refreshes it in the
 //! background (stale-while-revalidate), to go on, or — when the chain is exhausted —
 //! to serve the best stale copy seen (stale-if-error) or fall back to popular lists
 //! ([`popular_answer`]). Reasons are data ([`MissReason`], [`TierFailure`]).
 
-use contract::{RecommendationDoc, Region, Source, Tenant, UserId};
+use contract::{RecommendationDoc, Source, Tenant, UserId};
 
 use crate::config::EdgeConfig;
 use crate::freshness::{edge_cache_ttl, Freshness};
+use crate::origins::Origin;
 
 /// A place the edge may find a document, in chain order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,7 +21,7 @@ pub enum Tier {
     EdgeCache,
     Kv,
     SecondaryCdn,
-    /// The n-th origin of the region's failover list ([`EdgeConfig::origins_for`]).
+    /// The n-th origin of the request's failover order ([`EdgeConfig::origins_for`]).
     Origin(u8),
 }
 
@@ -49,14 +50,15 @@ impl Tier {
 /// Most origins one request may try.
 pub const MAX_ORIGINS: usize = 8;
 
-/// The tiers to try for a request from `region`, in order: the edge cache and KV
-/// always, the secondary CDN when configured, then the region's origins.
-pub fn chain_for(cfg: &EdgeConfig, region: &Region) -> Vec<Tier> {
+/// The tiers to try for a request, in order: the edge cache and KV always, the
+/// secondary CDN when configured, then `origins`, the request's origins in its failover
+/// order ([`EdgeConfig::origins_for`]; at most [`MAX_ORIGINS`] of them).
+pub fn chain_for(cfg: &EdgeConfig, origins: &[Origin]) -> Vec<Tier> {
     let mut chain = vec![Tier::EdgeCache, Tier::Kv];
     if cfg.secondary_cdn_url.is_some() {
         chain.push(Tier::SecondaryCdn);
     }
-    let origins = cfg.origins_for(region).len().min(MAX_ORIGINS);
+    let origins = origins.len().min(MAX_ORIGINS);
     chain.extend((0..origins).map(|i| Tier::Origin(i as u8)));
     chain
 }
@@ -344,22 +346,32 @@ mod tests {
         .unwrap()
     }
 
-    fn region(r: &str) -> Region {
-        Region::parse(r).unwrap()
+    /// The origins of region `r` for user u1.
+    fn origins(cfg: &EdgeConfig, r: &str) -> Vec<Origin> {
+        let key = crate::origins::AffinityKey::User {
+            tenant: "default".into(),
+            user: "u1".into(),
+        };
+        cfg.origins_for(&contract::Region::parse(r).unwrap(), &key)
     }
 
     #[test]
     fn the_chain_is_cache_kv_cdn_then_the_regions_origins_and_skips_unconfigured_tiers() {
-        assert_eq!(chain_for(&full_cfg(), &region("europe")), ALL.to_vec());
         assert_eq!(
-            chain_for(&EdgeConfig::default(), &region("europe")),
+            chain_for(&full_cfg(), &origins(&full_cfg(), "europe")),
+            ALL.to_vec()
+        );
+        let none = EdgeConfig::default();
+        assert_eq!(
+            chain_for(&none, &origins(&none, "europe")),
             vec![Tier::EdgeCache, Tier::Kv]
         );
     }
 
     #[test]
     fn a_fresh_kv_document_is_served_and_cached_while_it_stays_usable() {
-        let mut w = Walk::new(chain_for(&full_cfg(), &region("us-east")), 300);
+        let cfg = full_cfg();
+        let mut w = Walk::new(chain_for(&cfg, &origins(&cfg, "us-east")), 300);
         assert_eq!(w.next_tier(), Some(Tier::EdgeCache));
         assert_eq!(
             w.record(Tier::EdgeCache, TierResult::NotFound, 100),
@@ -580,10 +592,10 @@ mod tests {
             names in proptest::collection::btree_set("[a-z]{1,3}", 0..12),
             r in 0usize..4,
         ) {
-            let origins = names.into_iter().map(|n| (n.clone(), format!("http://{n}"))).collect();
-            let cfg = EdgeConfig { origins, secondary_cdn_url: cdn.then(|| "http://c".into()), ..EdgeConfig::default() };
+            let bound = names.into_iter().map(|n| (n.clone(), format!("http://{n}"))).collect();
+            let cfg = EdgeConfig { origins: bound, secondary_cdn_url: cdn.then(|| "http://c".into()), ..EdgeConfig::default() };
             let regions = ["us-east", "us-west", "europe", "asia"];
-            let chain = chain_for(&cfg, &region(regions[r]));
+            let chain = chain_for(&cfg, &origins(&cfg, regions[r]));
             prop_assert!(chain.windows(2).all(|w| w[0] < w[1]));
             prop_assert_eq!(chain[0], Tier::EdgeCache);
             prop_assert!(chain.len() <= 3 + MAX_ORIGINS);

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `ORIGIN_URL` | unset | the origin's base URL when there is one origin for every region |
 //! | `ORIGINS` | unset | JSON `{"name": "url", …}`: named origins, tried per region in `REGION_ORIGINS` order |
-//! | `REGION_ORIGINS` | `geo-data/region-origins.json` | JSON `{"region": ["name", …]}`: each region's origins, in failover order |
+//! | `REGION_ORIGINS` | `geo-data/region-origins.json` | JSON `{"region": ["name" or ["name", …], …]}`: each region's origins in failover order; an array is a group of equal rank, spread by user ([`crate::origins`]) |
 //! | `BREAKER_FAILURES` | 5 | consecutive failures that open an origin's circuit breaker |
 //! | `BREAKER_OPEN_S` | 60 | seconds a breaker stays open before one probe is let through |
 //! | `TRUST_X_FORWARDED_FOR` | false | use the first `X-Forwarded-For` address as the client IP (only behind a proxy of yours) |
@@ -42,23 +42,17 @@ use thiserror::Error;
 
 use crate::breaker::BreakerConfig;
 use crate::impressions::ImpressionConfig;
+pub use crate::origins::{parse_region_origins, AffinityKey, Origin, Ranks};
 
 /// The region → origin names map shipped in `geo-data/region-origins.json`.
 pub const BUILTIN_REGION_ORIGINS_JSON: &str = include_str!("../../geo-data/region-origins.json");
-
-/// A named origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub name: String,
-    pub url: String,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EdgeConfig {
     /// Named origins (`ORIGINS`, or `ORIGIN_URL` as the one origin named `default`).
     pub origins: BTreeMap<String, String>,
-    /// Region → origin names in failover order.
-    pub region_origins: BTreeMap<String, Vec<String>>,
+    /// Region → origin names in failover order, in ranks of equal rank.
+    pub region_origins: BTreeMap<String, Ranks>,
     pub breaker: BreakerConfig,
     pub impressions: ImpressionConfig,
     pub trust_x_forwarded_for: bool,
@@ -135,6 +129,9 @@ pub enum ConfigError {
         expected: &'static str,
         got: String,
     },
+    /// `REGION_ORIGINS` is not a valid region → origins map (the error names the region).
+    #[error("REGION_ORIGINS: {0}")]
+    RegionOrigins(#[from] crate::origins::RegionOriginsError),
 }
 
 impl Default for EdgeConfig {
@@ -237,31 +234,6 @@ fn base_url(var: &'static str, raw: Option<String>) -> Result<Option<String>, Co
     }
 }
 
-/// Parses and checks a region → origin names map: names are non-empty and unique per region.
-pub fn parse_region_origins(json: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    for (region, names) in raw.into_iter().filter(|(k, _)| !k.starts_with('_')) {
-        Region::parse(&region).map_err(|e| e.to_string())?;
-        let names: Vec<String> =
-            serde_json::from_value(names).map_err(|e| format!("{region}: {e}"))?;
-        if names.is_empty() || names.iter().any(|n| n.is_empty()) {
-            return Err(format!(
-                "{region}: origin names must be a non-empty list of non-empty names"
-            ));
-        }
-        let mut sorted = names.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != names.len() {
-            return Err(format!("{region}: an origin is listed twice"));
-        }
-        out.insert(region, names);
-    }
-    Ok(out)
-}
-
 fn parse_origins(json: &str) -> Result<BTreeMap<String, String>, String> {
     let raw: BTreeMap<String, String> = serde_json::from_str(json).map_err(|e| e.to_string())?;
     raw.into_iter()
@@ -274,31 +246,42 @@ fn parse_origins(json: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 impl EdgeConfig {
-    /// The origins to try for a region, in order: the region's configured names that
-    /// are bound to a URL; when none is, every origin (sorted by name).
-    pub fn origins_for(&self, region: &Region) -> Vec<Origin> {
-        let listed: Vec<Origin> = self
+    /// A region's origins bound to a URL, in ranks: the region's configured names that
+    /// are bound (a rank with none bound is dropped); when none is, every origin, each a
+    /// rank of its own, by name (as before ranks existed).
+    pub fn ranks_for(&self, region: &Region) -> Vec<Vec<Origin>> {
+        let bound = |name: &String, rank: usize| {
+            self.origins.get(name).map(|url| Origin {
+                name: name.clone(),
+                url: url.clone(),
+                rank,
+            })
+        };
+        let listed: Vec<Vec<Origin>> = self
             .region_origins
             .get(region.as_str())
             .into_iter()
             .flatten()
-            .filter_map(|name| {
-                self.origins.get(name).map(|url| Origin {
-                    name: name.clone(),
-                    url: url.clone(),
-                })
-            })
+            .map(|group| group.iter().filter_map(|n| bound(n, 0)).collect::<Vec<_>>())
+            .filter(|group| !group.is_empty())
+            .enumerate()
+            .map(|(rank, group)| group.into_iter().map(|o| Origin { rank, ..o }).collect())
             .collect();
         if !listed.is_empty() {
             return listed;
         }
         self.origins
-            .iter()
-            .map(|(name, url)| Origin {
-                name: name.clone(),
-                url: url.clone(),
-            })
+            .keys()
+            .enumerate()
+            .filter_map(|(rank, name)| bound(name, rank).map(|o| vec![o]))
             .collect()
+    }
+
+    /// The origins to try for a region, in order, for a request keyed by `key`: rank
+    /// after rank, each rank's instances by rendezvous hashing of `key`
+    /// ([`crate::origins::order`]).
+    pub fn origins_for(&self, region: &Region, key: &AffinityKey) -> Vec<Origin> {
+        crate::origins::order(self.ranks_for(region), key)
     }
 
     /// Reads every setting through `lookup` (var or secret name → value).
@@ -326,10 +309,7 @@ impl EdgeConfig {
             origins.entry("default".to_string()).or_insert(url);
         }
         let region_origins = match lookup("REGION_ORIGINS").filter(|s| !s.trim().is_empty()) {
-            Some(json) => parse_region_origins(&json).map_err(invalid(
-                "REGION_ORIGINS",
-                "a JSON object of region to a list of origin names",
-            ))?,
+            Some(json) => parse_region_origins(&json)?,
             None => d.region_origins,
         };
         let admin_token = lookup("ADMIN_TOKEN").filter(|s| !s.is_empty());
@@ -574,11 +554,17 @@ mod tests {
             let names = ro
                 .get(region.as_str())
                 .unwrap_or_else(|| panic!("{region} has no origins"));
-            assert_eq!(
-                names[0],
-                region.as_str(),
-                "a region's own origin comes first"
+            assert!(
+                names[0].iter().all(|n| n.starts_with(region.as_str())),
+                "a region's own origins come first: {region}: {names:?}"
             );
+        }
+    }
+
+    fn key(user: &str) -> AffinityKey {
+        AffinityKey::User {
+            tenant: "default".into(),
+            user: user.into(),
         }
     }
 
@@ -586,7 +572,7 @@ mod tests {
     fn each_region_tries_its_own_origin_first_then_the_others_in_order() {
         let c = cfg(&[("ORIGINS", r#"{"us-east":"http://us","europe":"http://eu"}"#)]).unwrap();
         let names = |r: &str| {
-            c.origins_for(&Region::parse(r).unwrap())
+            c.origins_for(&Region::parse(r).unwrap(), &key("u1"))
                 .into_iter()
                 .map(|o| o.name)
                 .collect::<Vec<_>>()
@@ -599,13 +585,61 @@ mod tests {
     #[test]
     fn a_single_origin_url_serves_every_region() {
         let c = cfg(&[("ORIGIN_URL", "http://o")]).unwrap();
-        let o = c.origins_for(&Region::parse("asia").unwrap());
+        let o = c.origins_for(&Region::parse("asia").unwrap(), &key("u1"));
         assert_eq!(
             o,
             vec![Origin {
                 name: "default".into(),
-                url: "http://o".into()
+                url: "http://o".into(),
+                rank: 0,
             }]
+        );
+    }
+
+    #[test]
+    fn equal_rank_instances_come_first_in_each_users_own_order_then_the_next_ranks() {
+        let c = cfg(&[
+            (
+                "ORIGINS",
+                r#"{"eu-a":"http://a","eu-b":"http://b","us-east":"http://us"}"#,
+            ),
+            (
+                "REGION_ORIGINS",
+                r#"{"europe":[["eu-a","eu-b","eu-c"],"unbound","us-east"]}"#,
+            ),
+        ])
+        .unwrap();
+        let europe = Region::parse("europe").unwrap();
+        let ranks = c.ranks_for(&europe);
+        let spelled: Vec<Vec<(&str, usize)>> = ranks
+            .iter()
+            .map(|g| g.iter().map(|o| (o.name.as_str(), o.rank)).collect())
+            .collect();
+        assert_eq!(
+            spelled,
+            vec![vec![("eu-a", 0), ("eu-b", 0)], vec![("us-east", 1)]],
+            "unbound names and ranks are dropped, the rest renumbered"
+        );
+        let mut firsts = std::collections::BTreeSet::new();
+        for u in 0..50 {
+            let o = c.origins_for(&europe, &key(&format!("u{u}")));
+            let names: Vec<&str> = o.iter().map(|o| o.name.as_str()).collect();
+            assert_eq!(names.len(), 3);
+            assert_eq!(names[2], "us-east");
+            assert_eq!(o, c.origins_for(&europe, &key(&format!("u{u}"))));
+            firsts.insert(names[0].to_string());
+        }
+        assert_eq!(firsts.len(), 2, "both instances get users: {firsts:?}");
+    }
+
+    #[test]
+    fn a_bad_region_origins_var_names_the_region() {
+        let e = cfg(&[("REGION_ORIGINS", r#"{"europe":[["a"],[]]}"#)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e == r#"REGION_ORIGINS: region "europe": entry 1 is an empty group"#,
+            "{e}"
         );
     }
 }

@@ -13,6 +13,8 @@
 //! - [`cache_key`]: edge-cache keys (ignore `n`, query order and headers).
 //! - [`hot_cache`]: a few seconds of in-isolate memory in front of the Cache API.
 //! - [`geo`]: country from `request.cf`, else GeoIP of the client IP; the region.
+//! - [`origins`]: a region's origins in ranks; the order a request tries them in
+//!   (rendezvous hashing by user within a rank of equal instances).
 //! - [`breaker`]: a circuit breaker per origin, with time passed in.
 //! - [`freshness`]: fresh / stale / expired verdicts and cache TTLs.
 //! - [`chain`]: the source chain and the walk through it (`Walk`), with typed reasons.
@@ -36,6 +38,7 @@ pub mod freshness;
 pub mod geo;
 pub mod hot_cache;
 pub mod impressions;
+pub mod origins;
 pub mod respond;
 pub mod route;
 pub mod trace;

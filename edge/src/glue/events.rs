@@ -2,7 +2,8 @@
 //! rate limiting binding, validated with the contract's rules, given event ids, then
 //! forwarded to the user's regional origin with the bearer token and the client key,
 //! failing over like reads), and the impressions and cache-hit counts it reports in the
-//! background.
+//! background. Writes take the same origin order as reads, keyed as
+//! [`crate::origins::AffinityKey`] says (events by user, impressions by batch).
 
 use contract::events::{self, Limits, Shown};
 use contract::{Region, ServedDoc, Source};
@@ -19,6 +20,7 @@ use crate::error::EdgeError;
 use crate::forward::{event_id_base, events_to_forward, write_headers};
 use crate::geo::Location;
 use crate::impressions::{impressions_of, Flush};
+use crate::origins::AffinityKey;
 use crate::respond;
 
 /// Largest events body the edge reads (500 events with their context).
@@ -72,20 +74,21 @@ async fn post_to_origin(
     }
 }
 
-/// POSTs `body` to `path` on the region's origins in failover order (each behind its
-/// breaker) until one answers below 500; that answer, or every attempt. When every
-/// breaker refused, the origin refusing longest is tried anyway
+/// POSTs `body` to `path` on the region's origins in failover order for `key` (each
+/// behind its breaker) until one answers below 500; that answer, or every attempt. When
+/// every breaker refused, the origin refusing longest is tried anyway
 /// ([`crate::breaker::last_resort`]): a write has no other place to go.
 async fn post_to_origins(
     cfg: &EdgeConfig,
     region: &Region,
+    key: &AffinityKey,
     path: &str,
     body: String,
     mut headers: Vec<(&'static str, String)>,
 ) -> Result<(u16, String), Vec<Attempt>> {
     headers.push(("Content-Type", "application/json".into()));
     let mut attempts = Vec::new();
-    let origins = cfg.origins_for(region);
+    let origins = cfg.origins_for(region, key);
     for (i, origin) in origins.iter().enumerate() {
         let tier = Tier::Origin(i as u8);
         let outcome = if state::breaker_permit(&origin.url, cfg.breaker, now_ms()) == Permit::Deny {
@@ -139,7 +142,8 @@ pub async fn accept(
     let raw = events_to_forward(&parsed, &location.region, &event_id_base(random_bytes()));
     let body = serde_json::json!({ "events": raw }).to_string();
     let headers = write_headers(cfg.admin_token.as_deref(), Some(client), Some(traceparent));
-    match post_to_origins(cfg, &location.region, "/v1/events", body, headers).await {
+    let key = AffinityKey::events(&parsed);
+    match post_to_origins(cfg, &location.region, &key, "/v1/events", body, headers).await {
         Ok((status, text)) => {
             let mut h = respond::error_headers(cfg, Some(&location.region));
             h.push(("X-Served-By", "origin".into()));
@@ -203,7 +207,9 @@ async fn send(flush: Flush, cfg: EdgeConfig, region: Region) {
         }
     };
     let headers = write_headers(cfg.admin_token.as_deref(), None, None);
-    match post_to_origins(&cfg, &region, "/v1/impressions", body, headers).await {
+    // The batch's key also sends its hit-rate report where the batch went.
+    let key = AffinityKey::impressions(&flush.shown);
+    match post_to_origins(&cfg, &region, &key, "/v1/impressions", body, headers).await {
         Ok((status, _)) if status < 300 => {}
         // Refused: the same batch would be refused again.
         Ok((status, text)) => {
@@ -226,7 +232,7 @@ async fn send(flush: Flush, cfg: EdgeConfig, region: Region) {
                 .to_string();
         let auth = vec![("Authorization", contract::auth::bearer_header(&token))];
         if let Err(attempts) =
-            post_to_origins(&cfg, &region, "/v1/analytics/edge-report", body, auth).await
+            post_to_origins(&cfg, &region, &key, "/v1/analytics/edge-report", body, auth).await
         {
             worker::console_warn!("edge report not delivered: {attempts:?}");
         }

@@ -25,6 +25,7 @@ use crate::chain::{chain_for, popular_answer, Final, PopularFrom, Step, Tier, Ti
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::geo::{self, Location};
+use crate::origins::{AffinityKey, Origin};
 use crate::respond::{self, Timings};
 use crate::route::{self, RecRequest, Route};
 use convert::{json_response, now_ms, random_bytes, respond_with};
@@ -185,6 +186,7 @@ async fn fetch_tier(
     env: &Env,
     cfg: &EdgeConfig,
     location: &Location,
+    origins: &[Origin],
     r: &RecRequest,
     traceparent: &str,
 ) -> TierResult {
@@ -195,17 +197,22 @@ async fn fetch_tier(
             Err(e) => TierResult::Failed(crate::chain::TierFailure::Storage(e.to_string())),
         },
         Tier::SecondaryCdn => tiers::from_secondary_cdn(cfg, r).await,
-        Tier::Origin(i) => tiers::from_origin(cfg, r, &location.region, i, traceparent).await,
+        Tier::Origin(i) => match origins.get(i as usize) {
+            Some(origin) => tiers::from_origin(cfg, r, &location.region, origin, traceparent).await,
+            None => TierResult::NotFound,
+        },
     }
 }
 
 /// Walks `refresh_with` in the background and stores what it finds fresh in the edge
 /// cache (stale-while-revalidate).
+#[allow(clippy::too_many_arguments)] // the request's facts, moved into a background task
 async fn refresh(
     tiers_left: Vec<Tier>,
     env: Env,
     cfg: EdgeConfig,
     location: Location,
+    origins: Vec<Origin>,
     cache_key: String,
     r: RecRequest,
     traceparent: String,
@@ -221,6 +228,7 @@ async fn refresh(
             &env,
             &cfg,
             &location,
+            &origins,
             &r,
             &traceparent,
         )
@@ -248,7 +256,9 @@ async fn recommendations(
 ) -> std::result::Result<Response, EdgeError> {
     let cache = Cache::default();
     let cache_key = cache_key::user_doc_key(&cfg.cache_host, &r.tenant, &location.region, &r.user);
-    let mut walk = Walk::new(chain_for(cfg, &location.region), cfg.edge_cache_ttl_s);
+    // The user's failover order: the same instance of a rank for every miss of theirs.
+    let origins = cfg.origins_for(&location.region, &AffinityKey::user(&r.tenant, &r.user));
+    let mut walk = Walk::new(chain_for(cfg, &origins), cfg.edge_cache_ttl_s);
     let mut timings: Timings = Vec::new();
     let mut served_by_origin: Option<String> = None;
 
@@ -292,6 +302,7 @@ async fn recommendations(
             env,
             cfg,
             location,
+            &origins,
             &r,
             traceparent,
         )
@@ -307,11 +318,7 @@ async fn recommendations(
                     tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, cfg).await;
                 }
                 if let Tier::Origin(i) = tier {
-                    served_by_origin = cfg
-                        .origins_for(&location.region)
-                        .into_iter()
-                        .nth(i as usize)
-                        .map(|o| o.name);
+                    served_by_origin = origins.get(i as usize).map(|o| o.name.clone());
                 }
                 break (doc, source, false);
             }
@@ -322,6 +329,7 @@ async fn recommendations(
                     env.clone(),
                     cfg.clone(),
                     location.clone(),
+                    origins.clone(),
                     cache_key.clone(),
                     r.clone(),
                     traceparent.to_string(),
@@ -354,14 +362,19 @@ async fn recommendations(
 }
 
 fn health(cfg: &EdgeConfig, location: &Location) -> std::result::Result<Response, EdgeError> {
-    let tiers: Vec<&str> = chain_for(cfg, &location.region)
+    // The region's origins in rank order (a user's order within a rank is their own).
+    let ranked: Vec<Origin> = cfg
+        .ranks_for(&location.region)
+        .into_iter()
+        .flatten()
+        .collect();
+    let tiers: Vec<&str> = chain_for(cfg, &ranked)
         .into_iter()
         .map(Tier::name)
         .collect();
-    let origins: Vec<serde_json::Value> = cfg
-        .origins_for(&location.region)
+    let origins: Vec<serde_json::Value> = ranked
         .into_iter()
-        .map(|o| serde_json::json!({ "name": o.name, "url": o.url }))
+        .map(|o| serde_json::json!({ "name": o.name, "url": o.url, "rank": o.rank }))
         .collect();
     let breakers: Vec<serde_json::Value> = state::breaker_snapshot()
         .into_iter()

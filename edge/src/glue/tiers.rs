@@ -20,6 +20,7 @@ use crate::chain::{accept_doc, TierFailure, TierResult};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::geo::GeoDb;
+use crate::origins::Origin;
 use crate::respond;
 use crate::route::RecRequest;
 
@@ -392,18 +393,15 @@ pub async fn from_secondary_cdn(cfg: &EdgeConfig, r: &RecRequest) -> TierResult 
     }
 }
 
-/// The `index`-th origin of the region's failover list, behind its circuit breaker.
-/// Concurrent misses of the same user share one fetch, and the breaker hears of it once.
+/// One origin of the request's failover order, behind its circuit breaker. Concurrent
+/// misses of the same user share one fetch, and the breaker hears of it once.
 pub async fn from_origin(
     cfg: &EdgeConfig,
     r: &RecRequest,
     region: &Region,
-    index: u8,
+    origin: &Origin,
     traceparent: &str,
 ) -> TierResult {
-    let Some(origin) = cfg.origins_for(region).into_iter().nth(index as usize) else {
-        return TierResult::NotFound;
-    };
     // The whole list is asked for, so the cached copy can serve any `n`.
     let url = format!(
         "{}/v1/recommendations/{}?tenant={}&region={}&n={MAX_N}",
@@ -420,7 +418,7 @@ pub async fn from_origin(
     let (breaker_cfg, timeout_ms, origin_url, key) = (
         cfg.breaker,
         cfg.subrequest_timeout_ms,
-        origin.url,
+        origin.url.clone(),
         url.clone(),
     );
     let traceparent = traceparent.to_string();
