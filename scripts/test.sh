@@ -18,8 +18,8 @@ run() {
 
 # The origin is built with its `otel` feature everywhere in the tests (here and in
 # `make origin`), so tests/otel.rs runs and target/debug/origin is one binary.
-run cargo test --workspace --exclude e2e --features origin/otel
-run cargo test -p e2e -- --test-threads 4
+run cargo test --no-fail-fast --workspace --exclude e2e --features origin/otel
+run cargo test --no-fail-fast -p e2e -- --test-threads 4
 run cargo test -p edge --target wasm32-unknown-unknown --lib
 
 passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) p += $i } END { print p + 0 }' "$log")

@@ -258,9 +258,46 @@ pub struct ImportConfig {
     /// Format of the input files.
     #[arg(long, value_enum)]
     pub format: ImportFormat,
+    /// CSV columns by header name, in any order:
+    /// `user=COL,item=COL[,weight=COL][,timestamp=COL]` (other columns are ignored).
+    #[arg(long)]
+    pub columns: Option<String>,
+    /// Skip rows with a weight (rating) below this; the others count as weight 1.
+    #[arg(long)]
+    pub min_weight: Option<f32>,
+    /// CSV field delimiter (one ASCII character; `\t` for tab).
+    #[arg(long, default_value = ",")]
+    pub delimiter: String,
     /// Files to import.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+}
+
+impl ImportConfig {
+    /// The reading options, checked.
+    pub fn options(&self) -> Result<crate::import::ImportOptions, crate::import::ImportError> {
+        use crate::import::{ColumnMap, ImportError, ImportOptions};
+        let mut options = ImportOptions::new(self.format);
+        options.columns = self.columns.as_deref().map(ColumnMap::parse).transpose()?;
+        options.min_weight = match self.min_weight {
+            Some(w) if !w.is_finite() => {
+                return Err(ImportError::Columns(format!(
+                    "--min-weight {w} is not a number"
+                )))
+            }
+            other => other,
+        };
+        options.delimiter = match self.delimiter.as_str() {
+            "\\t" | "\t" => b'\t',
+            d if d.len() == 1 && d.is_ascii() && d != "\"" => d.as_bytes()[0],
+            d => {
+                return Err(ImportError::Columns(format!(
+                    "--delimiter {d:?}: one ASCII character other than a quote"
+                )))
+            }
+        };
+        Ok(options)
+    }
 }
 
 /// Where `origin publish` writes.

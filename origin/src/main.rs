@@ -122,16 +122,18 @@ async fn run() -> Result<()> {
             let started = Instant::now();
             let mut store =
                 Database::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
+            let options = c.options()?;
             let sum = tokio::task::block_in_place(|| {
-                origin::import::import_files(&mut store, c.format, &c.files)
+                origin::import::import_files(&mut store, &options, &c.files)
             })?;
             println!(
-                "imported {} interactions from {} file(s) into {}: {} new users, {} new items, in {:.2}s",
+                "imported {} interactions from {} file(s) into {}: {} new users, {} new items, {} rows below --min-weight skipped, in {:.2}s",
                 sum.interactions,
                 sum.files,
                 c.db.display(),
                 sum.users,
                 sum.items,
+                sum.below_min_weight,
                 started.elapsed().as_secs_f64()
             );
         }
