@@ -447,9 +447,13 @@ fn the_service_pdb_probes_and_config_reach_the_pods() {
     for p in service["spec"]["ports"].as_array().expect("service ports") {
         port_of(&p["targetPort"]);
     }
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+    for (probe, path) in [
+        ("startupProbe", "/health"),
+        ("readinessProbe", "/health/ready"),
+        ("livenessProbe", "/health"),
+    ] {
         let get = &container[probe]["httpGet"];
-        assert_eq!(get["path"], "/health", "{probe}");
+        assert_eq!(get["path"], path, "{probe}");
         assert_eq!(port_of(&get["port"]), ports["http"], "{probe} port");
     }
 

@@ -145,7 +145,7 @@ pub fn too_many_requests(wait: Duration) -> Response {
 
 /// Middleware: answers `429` to clients over their limit; `/health` is never limited.
 pub async fn limit(State(limits): State<RateLimits>, req: Request, next: Next) -> Response {
-    if limits.limiter.is_none() || req.uri().path() == "/health" {
+    if limits.limiter.is_none() || matches!(req.uri().path(), "/health" | "/health/ready") {
         return next.run(req).await;
     }
     let client = client_of(req.headers(), peer_of(&req), limits.admin.as_ref());

@@ -99,6 +99,37 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
+/// `GET /health/ready`: 200 when this origin should get traffic (a model is trained
+/// and the store takes writes), else 503 with the reason, so a load balancer (a
+/// Kubernetes readiness probe) sends requests to the other instances meanwhile.
+pub(crate) async fn ready(
+    State(state): State<AppState>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    let Json(h) = health(State(state)).await;
+    match h.status.as_str() {
+        "ok" => (
+            axum::http::StatusCode::OK,
+            Json(serde_json::json!({ "ready": true, "model_version": h.model_version })),
+        ),
+        status => {
+            let message = match status {
+                "loading" => "training the first model".to_string(),
+                _ => format!(
+                    "the store refuses writes: {}",
+                    h.store.and_then(|s| s.error).unwrap_or_default()
+                ),
+            };
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({
+                    "ready": false,
+                    "error": { "code": format!("not_ready_{status}"), "message": message }
+                })),
+            )
+        }
+    }
+}
+
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
@@ -124,6 +155,7 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/v1/popular", get(recommendations::popular))
         .route("/health", get(health))
+        .route("/health/ready", get(ready))
         .route("/dashboard", get(crate::dashboard::dashboard_page))
         .route(
             "/v1/events",

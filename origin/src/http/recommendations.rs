@@ -523,6 +523,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readiness_is_503_while_the_first_model_trains_and_200_once_it_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (trained, _store) = state(dir.path());
+        let (status, body) = get(&trained, "/health/ready").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["ready"], true);
+        let loading = AppState::new(
+            Arc::new(Snapshot::loading(
+                Tenant::default_tenant(),
+                contract::RegionMap::builtin(),
+                crate::snapshot::Freshness::default(),
+            )),
+            Region::parse("us-east").unwrap(),
+        );
+        let (status, body) = get(&loading, "/health/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "not_ready_loading");
+    }
+
+    #[tokio::test]
     async fn health_reports_counts_and_model() {
         let dir = tempfile::tempdir().unwrap();
         let (state, _store) = state(dir.path());

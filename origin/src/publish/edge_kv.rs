@@ -2,8 +2,10 @@
 //! (`POST /admin/publish`, `POST /admin/purge`).
 //!
 //! A generation's documents go in batches of [`KV_BATCH`] into `{gen}`; activation is
-//! one more request that flips the tenant's generation pointer. No KV key is sent twice
-//! within a second ([`KeySpacing`]): such a request waits for the rest of that second.
+//! one more request that flips the tenant's generation pointer. A generation's keys and
+//! its pointer are not sent twice within a second ([`KeySpacing`]): such a request waits
+//! for the rest of that second. Single documents (publish on miss, republish) are spaced
+//! by the serving process's publish gate (`--publish-min-interval-ms`) instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -225,9 +227,9 @@ impl PublishTarget for EdgeKv {
         doc: &RecommendationDoc,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
-        // The Worker writes it into the current generation, whichever that is.
-        self.space([format!("t/{tenant}/current/u/{}", doc.user_id)])
-            .await;
+        // No KeySpacing here: in `origin serve`, the only caller, the publish gate already
+        // keeps one user's publishes --publish-min-interval-ms apart (KV's one write a
+        // second by default), and a second, fixed bound would override that setting.
         let req = Self::request(tenant, None, false, vec![doc.clone()], Vec::new());
         self.client.publish_traced(&req, traceparent).await?;
         Ok(())
