@@ -175,18 +175,20 @@ async fn main() -> Result<()> {
         }
         Command::Replay(c) => {
             let started = Instant::now();
-            let store = origin::store::open(&Location::Sqlite(c.db.clone()), 1)
-                .with_context(|| format!("opening {}", c.db.display()))?;
+            let location = Location::parse(&c.db.to_string_lossy())?;
+            let store = origin::store::open(&location, contract::DEFAULT_TENANT, 1)
+                .await
+                .with_context(|| format!("opening {}", location.display()))?;
             let report = store
                 .replay()
                 .await
-                .with_context(|| format!("replaying the event log in {}", c.db.display()))?;
+                .with_context(|| format!("replaying the event log in {}", location.display()))?;
             println!(
                 "replayed {} events ({} interactions, last seq {}) into every projection of {} in {:.2}s",
                 report.events,
                 report.interactions,
                 report.last_seq,
-                c.db.display(),
+                location.display(),
                 started.elapsed().as_secs_f64()
             );
         }

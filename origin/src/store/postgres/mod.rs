@@ -1,0 +1,434 @@
+//! The PostgreSQL backend of [`Store`] (`--db postgres://…`): for running the origin on
+//! an existing database server, and several origins on one database.
+//!
+//! The same guarantees as SQLite: an event is acknowledged only after its transaction
+//! committed (`synchronous_commit` left on); group commit (one writer task per store);
+//! the projections in the same transaction; every statement parameterised (DDL names
+//! are built from fixed names and integers only). Reads go through a pool of
+//! connections (`deadpool-postgres`). Connections are plain TCP or a Unix socket
+//! (`NoTls`): TLS to the server is not supported yet.
+//!
+//! # Layout
+//! - [`PostgresStore`]: the [`Store`] implementation: connect, catalogue writes and
+//!   reads, training reads.
+//! - `schema`: versioned migrations under an advisory lock, event partitions.
+//! - `event_log`: the writer task (group commit), projections, replay.
+//! - `analytics`: the analytics queries.
+//! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
+
+pub mod analytics;
+pub mod event_log;
+pub mod schema;
+#[doc(hidden)]
+pub mod test_server;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use contract::UserId;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
+use crate::events::Event;
+use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
+use crate::store::{
+    Appended, Batch, Counts, IdMaps, Projections, ReplayReport, Store, StoreError, TrainingSet,
+    WriteHealth,
+};
+
+use event_log::Writer;
+
+/// Connections in the pool, at most (the writer task takes one per group commit).
+pub const POOL_SIZE: usize = 16;
+
+/// `url` with any password replaced by `***` (in the user info and in a `password=`
+/// query parameter), for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(cut);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The store of one tenant in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    location: String,
+    tenant: String,
+    pool: Pool,
+    writer: Writer,
+}
+
+impl PostgresStore {
+    /// Connects to `url`, applies the migrations (under a lock: several origins may
+    /// start at once), creates the event partitions ahead and starts the event writer,
+    /// which commits at most `group_max` events per transaction. Needs a tokio runtime.
+    pub async fn connect(url: &str, tenant: &str, group_max: usize) -> Result<Self, StoreError> {
+        let location = redact(url);
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            StoreError::BadLocation(location.clone(), e.to_string())
+        })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let at = |e: StoreError| StoreError::Postgres(format!("{location}: {e}"));
+        {
+            let mut conn = pool.get().await.map_err(|e| at(e.into()))?;
+            let client: &mut tokio_postgres::Client = &mut conn;
+            schema::migrate(client, event_log::now_ms() / 1000)
+                .await
+                .map_err(at)?;
+        }
+        let writer = Writer::start(pool.clone(), tenant.to_owned(), group_max);
+        Ok(PostgresStore {
+            location,
+            tenant: tenant.to_owned(),
+            pool,
+            writer,
+        })
+    }
+
+    /// The tenant whose rows this store reads and writes.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn insert_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let item = tx
+            .prepare_cached(
+                "INSERT INTO items(tenant, item_id, title, categories, tags, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (tenant, item_id) DO UPDATE SET title = EXCLUDED.title,
+                     categories = EXCLUDED.categories, tags = EXCLUDED.tags,
+                     created_at = EXCLUDED.created_at",
+            )
+            .await?;
+        for i in &batch.items {
+            tx.execute(
+                &item,
+                &[
+                    &tenant,
+                    &i.item_id,
+                    &i.title,
+                    &i.categories.join(","),
+                    &i.tags.join(","),
+                    &i.created_at,
+                ],
+            )
+            .await?;
+        }
+        let user = tx
+            .prepare_cached(
+                "INSERT INTO users(tenant, user_id, country) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, user_id) DO UPDATE SET country = EXCLUDED.country",
+            )
+            .await?;
+        for u in &batch.users {
+            tx.execute(&user, &[&tenant, &u.user_id, &u.country])
+                .await?;
+        }
+        let new_user = tx
+            .prepare_cached(
+                "INSERT INTO users(tenant, user_id) VALUES ($1, $2)
+                 ON CONFLICT (tenant, user_id) DO NOTHING",
+            )
+            .await?;
+        let new_item = tx
+            .prepare_cached(
+                "INSERT INTO items(tenant, item_id) VALUES ($1, $2)
+                 ON CONFLICT (tenant, item_id) DO NOTHING",
+            )
+            .await?;
+        let interaction = tx
+            .prepare_cached(
+                "INSERT INTO interactions(tenant, user_id, item_id, weight, ts)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await?;
+        let mut users_done: std::collections::HashSet<&str> =
+            batch.users.iter().map(|u| u.user_id.as_str()).collect();
+        let mut items_done: std::collections::HashSet<&str> =
+            batch.items.iter().map(|i| i.item_id.as_str()).collect();
+        for r in &batch.interactions {
+            if users_done.insert(r.user_id.as_str()) {
+                tx.execute(&new_user, &[&tenant, &r.user_id]).await?;
+            }
+            if items_done.insert(r.item_id.as_str()) {
+                tx.execute(&new_item, &[&tenant, &r.item_id]).await?;
+            }
+            tx.execute(
+                &interaction,
+                &[&tenant, &r.user_id, &r.item_id, &f64::from(r.weight), &r.ts],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn read_counts(
+        &self,
+        conn: &impl tokio_postgres::GenericClient,
+    ) -> Result<Counts, StoreError> {
+        let row = conn
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM users WHERE tenant = $1),
+                        (SELECT COUNT(*) FROM items WHERE tenant = $1),
+                        (SELECT COUNT(*) FROM interactions WHERE tenant = $1)",
+                &[&self.tenant],
+            )
+            .await?;
+        let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok(Counts {
+            users: n(0),
+            items: n(1),
+            interactions: n(2),
+        })
+    }
+
+    async fn read_training_set(&self) -> Result<TrainingSet, StoreError> {
+        let tenant = self.tenant.as_str();
+        let mut conn = self.pool.get().await?;
+        // One snapshot for the counts and every table.
+        let tx = conn
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let counts = self.read_counts(&*tx).await?;
+        let mut maps = IdMaps::default();
+        let mut user_index: HashMap<String, UserIdx> = HashMap::new();
+        for r in tx
+            .query(
+                "SELECT u.user_id, u.country, COALESCE(c.users, 0) FROM users u
+                 LEFT JOIN client_users c ON c.tenant = u.tenant AND c.client = u.client
+                 WHERE u.tenant = $1 ORDER BY u.user_id",
+                &[&tenant],
+            )
+            .await?
+        {
+            let id: String = r.get(0);
+            let client_users: i64 = r.get(2);
+            user_index.insert(id.clone(), maps.user_ids.len() as UserIdx);
+            maps.user_ids.push(id);
+            maps.user_country.push(r.get(1));
+            maps.user_client_users
+                .push(client_users.clamp(0, i64::from(u32::MAX)) as u32);
+        }
+        let mut item_index: HashMap<String, ItemIdx> = HashMap::new();
+        let mut item_text = Vec::new();
+        for r in tx
+            .query(
+                "SELECT item_id, title, categories, tags, from_events FROM items
+                 WHERE tenant = $1 ORDER BY item_id",
+                &[&tenant],
+            )
+            .await?
+        {
+            let id: String = r.get(0);
+            item_index.insert(id.clone(), maps.item_ids.len() as ItemIdx);
+            maps.item_ids.push(id);
+            maps.item_from_events.push(r.get(4));
+            item_text.push(ItemText {
+                title: r.get(1),
+                categories: split_list(r.get(2)),
+                tags: split_list(r.get(3)),
+            });
+        }
+        let rows = tx
+            .query(
+                "SELECT user_id, item_id, weight, ts FROM interactions WHERE tenant = $1",
+                &[&tenant],
+            )
+            .await?;
+        let mut interactions = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (u, i): (&str, &str) = (r.get(0), r.get(1));
+            // Both exist: inserts create missing users and items in the same transaction.
+            if let (Some(&user), Some(&item)) = (user_index.get(u), item_index.get(i)) {
+                interactions.push(Interaction {
+                    user,
+                    item,
+                    weight: r.get::<_, f64>(2) as f32,
+                    timestamp: r.get(3),
+                });
+            }
+        }
+        drop(rows);
+        tx.commit().await?;
+        let data = TrainingData {
+            n_users: maps.user_ids.len(),
+            n_items: maps.item_ids.len(),
+            interactions,
+            item_text,
+            user_region: maps.user_country.clone(),
+            user_weight: Vec::new(),
+        };
+        Ok(TrainingSet { counts, data, maps })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn append(
+        &self,
+        events: Vec<Event>,
+        client: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        self.writer.append(events, client).await
+    }
+
+    fn write_health(&self) -> WriteHealth {
+        self.writer.health()
+    }
+
+    async fn import(&self, batch: Batch) -> Result<(), StoreError> {
+        self.insert_batch(&batch).await
+    }
+
+    async fn replay(&self) -> Result<ReplayReport, StoreError> {
+        event_log::replay(&self.pool, &self.tenant).await
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let conn = self.pool.get().await?;
+        self.read_counts(&**conn).await
+    }
+
+    async fn training_set(&self) -> Result<TrainingSet, StoreError> {
+        self.read_training_set().await
+    }
+
+    async fn user_history(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(
+                "SELECT item_id, SUM(weight) FROM interactions WHERE tenant = $1 AND user_id = $2
+                 GROUP BY item_id ORDER BY item_id",
+            )
+            .await?;
+        Ok(conn
+            .query(&stmt, &[&self.tenant, &user.as_str()])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, f64>(1) as f32))
+            .collect())
+    }
+
+    async fn recommendation_analytics(
+        &self,
+        range: String,
+        range_s: u64,
+        now: i64,
+    ) -> Result<RecommendationAnalytics, StoreError> {
+        analytics::recommendations(&self.pool, &self.tenant, &range, range_s, now).await
+    }
+
+    async fn timeline(
+        &self,
+        range: String,
+        range_s: u64,
+        step_s: u64,
+        now: i64,
+    ) -> Result<Timeline, StoreError> {
+        analytics::timeline(&self.pool, &self.tenant, &range, range_s, step_s, now).await
+    }
+
+    async fn real_time_counts(&self, now_ms: i64) -> Result<RealTimeCounts, StoreError> {
+        analytics::real_time_counts(&self.pool, &self.tenant, now_ms).await
+    }
+
+    async fn record_edge_report(
+        &self,
+        report: contract::events::EdgeReport,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        analytics::record_edge_report(&self.pool, &self.tenant, &report, now_ms).await
+    }
+
+    async fn read_events(&self, from: i64, to: i64) -> Result<Vec<(i64, Event)>, StoreError> {
+        event_log::read_events(&self.pool, &self.tenant, from, to).await
+    }
+
+    async fn projections(&self) -> Result<Projections, StoreError> {
+        event_log::read_projections(&self.pool, &self.tenant).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_shows_in_the_location() {
+        assert_eq!(
+            redact("postgres://app:s3cr%40t@db.internal:5432/recs?sslmode=disable"),
+            "postgres://app:***@db.internal:5432/recs?sslmode=disable"
+        );
+        assert_eq!(
+            redact("postgresql://db/recs?user=app&password=hunter2"),
+            "postgresql://db/recs?user=app&password=***"
+        );
+        assert_eq!(
+            redact("postgres://app@127.0.0.1/recs"),
+            "postgres://app@127.0.0.1/recs"
+        );
+        assert_eq!(redact("postgres://h"), "postgres://h");
+    }
+}
