@@ -68,9 +68,9 @@ pub enum StoreError {
     },
     #[error("--db {0:?}: {1}")]
     BadLocation(String, String),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", with_causes(.0))]
     Pg(#[from] tokio_postgres::Error),
-    #[error("postgres connection pool: {0}")]
+    #[error("postgres connection pool: {}", with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A PostgreSQL error with where it happened (the URL without its password).
     #[error("postgres {0}")]
@@ -81,6 +81,21 @@ pub enum StoreError {
     Corrupt { seq: i64, message: String },
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+/// An error with its causes (`tokio-postgres` says only "db error" and keeps the
+/// server's message as the cause).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl StoreError {

@@ -31,6 +31,9 @@ use crate::store::{
 pub const QUEUE_DEPTH: usize = 1024;
 /// Advisory lock key (first half) of the event writers; the second is the tenant's hash.
 const WRITE_LOCK: i32 = 0x5245_4357;
+/// How often a running store makes sure the event partitions of the coming months
+/// exist (they are also created at every start).
+pub const PARTITION_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -56,6 +59,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task (and the probe) on the current tokio runtime.
     pub fn start(pool: Pool, tenant: String, group_max: usize) -> Writer {
+        let upkeep_pool = pool.clone();
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let group_max = group_max.max(1);
         let health = Arc::new(Mutex::new(WriteHealth::default()));
@@ -119,6 +123,7 @@ impl Writer {
         });
         let writer = Writer { tx, health };
         writer.spawn_probe();
+        writer.spawn_partition_upkeep(upkeep_pool);
         writer
     }
 
@@ -150,6 +155,30 @@ impl Writer {
                         probe: true,
                         reply,
                     });
+                }
+            }
+        });
+    }
+
+    /// Creates the coming months' event partitions every [`PARTITION_UPKEEP_EVERY`],
+    /// while the writer lives (a process running for months keeps partitions ahead).
+    fn spawn_partition_upkeep(&self, pool: Pool) {
+        let tx = self.tx.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PARTITION_UPKEEP_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if tx.upgrade().is_none() {
+                    break;
+                }
+                let done = async {
+                    let mut conn = pool.get().await?;
+                    let client: &mut tokio_postgres::Client = &mut conn;
+                    super::schema::migrate(client, now_ms() / 1000).await
+                };
+                if let Err(e) = done.await {
+                    tracing::warn!(error = %e, "event partition upkeep failed; retrying later");
                 }
             }
         });

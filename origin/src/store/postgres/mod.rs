@@ -414,6 +414,8 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventType;
+    use contract::{EventId, ItemId, Region};
 
     #[test]
     fn a_password_never_shows_in_the_location() {
@@ -430,5 +432,217 @@ mod tests {
             "postgres://app@127.0.0.1/recs"
         );
         assert_eq!(redact("postgres://h"), "postgres://h");
+    }
+
+    fn event(user: &str, item: &str, kind: EventType, ts: i64) -> Event {
+        Event {
+            user_id: UserId::parse(user).unwrap(),
+            item_id: ItemId::parse(item).unwrap(),
+            kind,
+            value: None,
+            timestamp: ts,
+            context: None,
+            source: None,
+            region: Some(Region::parse("europe").unwrap()),
+            event_id: None,
+        }
+    }
+
+    /// A new database on the shared test server, or `None` (skipped, said why).
+    async fn database() -> Option<String> {
+        Some(test_server::shared()?.database().await)
+    }
+
+    async fn sql(url: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn several_origins_starting_at_once_migrate_the_schema_once() {
+        let Some(url) = database().await else { return };
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PostgresStore::connect(&url, "default", 10).await })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap().unwrap();
+        }
+        let db = sql(&url).await;
+        let versions: Vec<i64> = db
+            .query(
+                "SELECT version FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [schema::schema_version()]);
+        let partitions: Vec<String> = db
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'events'::regclass ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            partitions.len(),
+            2 + schema::MONTHS_AHEAD as usize,
+            "{partitions:?}"
+        );
+        assert!(partitions.contains(&"events_default".to_owned()));
+        let per_user: i64 = db
+            .query_one(
+                "SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'proj_user_history'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(per_user, i64::from(schema::USER_PARTITIONS));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_of_any_time_is_stored_in_its_month_or_the_default_partition() {
+        let Some(url) = database().await else { return };
+        let store = PostgresStore::connect(&url, "default", 10).await.unwrap();
+        let now = event_log::now_ms() / 1000;
+        let times = [0, now, now + 20 * 365 * 86_400];
+        let events = times
+            .iter()
+            .map(|&t| event("u1", "i1", EventType::View, t))
+            .collect();
+        let appended = store.append(events, None).await.unwrap();
+        assert_eq!(appended.last_seq - appended.first_seq, 2);
+        let db = sql(&url).await;
+        let places: Vec<String> = db
+            .query(
+                "SELECT tableoid::regclass::text FROM events ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(places[0], "events_default");
+        assert!(places[1].starts_with("events_y"), "{places:?}");
+        assert_eq!(places[2], "events_default");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenants_in_one_database_never_see_each_other() {
+        let Some(url) = database().await else { return };
+        let a = PostgresStore::connect(&url, "shop-a", 10).await.unwrap();
+        let b = PostgresStore::connect(&url, "shop-b", 10).await.unwrap();
+        let mut e = event("u1", "i1", EventType::Purchase, 5);
+        e.event_id = Some(EventId::parse("e-1").unwrap());
+        let first = a.append(vec![e.clone()], None).await.unwrap();
+        let other = b.append(vec![e.clone()], None).await.unwrap();
+        assert_eq!(
+            (first.duplicates, other.duplicates),
+            (0, 0),
+            "ids are per tenant"
+        );
+        b.append(vec![event("u2", "i2", EventType::View, 6)], None)
+            .await
+            .unwrap();
+        assert_eq!(a.counts().await.unwrap().users, 1);
+        assert_eq!(b.counts().await.unwrap().users, 2);
+        assert_eq!(a.projections().await.unwrap().user_history.len(), 1);
+        assert!(a
+            .read_events(other.first_seq, other.last_seq)
+            .await
+            .unwrap()
+            .is_empty());
+        a.replay().await.unwrap();
+        assert_eq!(b.projections().await.unwrap().user_history.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_origins_writing_one_tenant_agree_with_a_replay() {
+        let Some(url) = database().await else { return };
+        let stores = [
+            PostgresStore::connect(&url, "default", 50).await.unwrap(),
+            PostgresStore::connect(&url, "default", 50).await.unwrap(),
+        ];
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let store = stores[t % 2].clone();
+                tokio::spawn(async move {
+                    let events = (0..6)
+                        .map(|k| {
+                            let kind = [EventType::View, EventType::Purchase][k % 2];
+                            event(
+                                &format!("u{}", t % 5),
+                                &format!("i{}", (t + k) % 7),
+                                kind,
+                                1_000 + k as i64,
+                            )
+                        })
+                        .collect();
+                    store
+                        .append(events, Some(format!("c{}", t % 3)))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let live = stores[0].projections().await.unwrap();
+        assert_eq!(live.training.len(), 96);
+        stores[1].replay().await.unwrap();
+        assert_eq!(stores[0].projections().await.unwrap(), live);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_commit_is_not_acknowledged_and_a_probe_finds_the_store_writable_again() {
+        let Some(url) = database().await else { return };
+        let store = PostgresStore::connect(&url, "default", 10).await.unwrap();
+        let db = sql(&url).await;
+        db.batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'disk full (test)'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON proj_trending
+                 FOR EACH ROW EXECUTE FUNCTION refuse();
+             CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON meta
+                 FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+        let refused = store
+            .append(vec![event("u1", "i1", EventType::View, 1)], None)
+            .await;
+        assert!(refused.is_err());
+        let health = store.write_health();
+        assert!(!health.writable);
+        assert!(health.error.unwrap().contains("disk full"));
+        assert_eq!(store.counts().await.unwrap().interactions, 0, "rolled back");
+        db.batch_execute("DROP TRIGGER refuse ON proj_trending; DROP TRIGGER refuse ON meta;")
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + crate::store::PROBE_EVERY * 4;
+        while !store.write_health().writable {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no probe recovered it"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        store
+            .append(vec![event("u1", "i1", EventType::View, 1)], None)
+            .await
+            .unwrap();
     }
 }
