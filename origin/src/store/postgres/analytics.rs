@@ -10,7 +10,7 @@ use crate::store::StoreError;
 
 /// Counts a click only for an item the user was shown before (an impression of the same
 /// user and item at or before the click); every other row counts as it is.
-const SERVED: &str = "(type <> 'click' OR EXISTS (SELECT 1 FROM events v
+pub(super) const SERVED: &str = "(type <> 'click' OR EXISTS (SELECT 1 FROM events v
      WHERE v.tenant = events.tenant AND v.type = 'recommendation_viewed'
        AND v.user_id = events.user_id AND v.item_id = events.item_id
        AND v.ts <= events.ts))";

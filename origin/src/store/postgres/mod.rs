@@ -645,4 +645,100 @@ mod tests {
             .await
             .unwrap();
     }
+
+    /// The plan of `query` as text.
+    async fn plan(db: &tokio_postgres::Client, query: &str) -> String {
+        db.query(&format!("EXPLAIN {query}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The hot queries use the indexes made for them (and partition pruning), on a
+    /// table filled like a live one. Run with `--nocapture` to see the plans. (An
+    /// index of a partitioned table is named per partition: `{partition}_{columns}_idx`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hot_queries_use_their_indexes() {
+        let Some(url) = database().await else { return };
+        let store = PostgresStore::connect(&url, "default", 10).await.unwrap();
+        let now = event_log::now_ms() / 1000;
+        let db = sql(&url).await;
+        db.execute(
+            "INSERT INTO events(tenant, received_at, user_id, item_id, type, ts)
+             SELECT 'default', ($1::bigint - g * 2) * 1000, 'u' || (g % 2000),
+                    'i' || (g % 500),
+                    CASE WHEN g % 3 = 0 THEN 'recommendation_viewed' ELSE 'click' END,
+                    $1::bigint - g * 2
+             FROM generate_series(1, 60000) g",
+            &[&now],
+        )
+        .await
+        .unwrap();
+        db.batch_execute(
+            "INSERT INTO interactions(tenant, user_id, item_id, weight, ts)
+                 SELECT 'default', 'u' || (g % 2000), 'i' || (g % 500), 1.0, g
+                 FROM generate_series(1, 60000) g;
+             INSERT INTO proj_user_history(tenant, user_id, item_id, weight, events, last_ts,
+                     last_seq)
+                 SELECT 'default', 'u' || (g % 2000), 'i' || (g % 577), 1.0, 1, g, g
+                 FROM generate_series(1, 60000) g ON CONFLICT DO NOTHING;
+             ANALYZE;",
+        )
+        .await
+        .unwrap();
+        let hour_ago = now - 3600;
+        let checks = [
+            (
+                "a user's history (serving, republish)".to_owned(),
+                "SELECT item_id, SUM(weight) FROM interactions
+                 WHERE tenant = 'default' AND user_id = 'u42' GROUP BY item_id ORDER BY item_id"
+                    .to_owned(),
+                vec!["interactions_p", "_tenant_user_id_idx"],
+            ),
+            (
+                "a user's recent items (co-occurrence, per event)".into(),
+                "SELECT item_id FROM proj_user_history WHERE tenant = 'default'
+                 AND user_id = 'u42' ORDER BY last_seq DESC LIMIT 10"
+                    .into(),
+                vec!["_tenant_user_id_last_seq_idx"],
+            ),
+            (
+                "the funnel of the last hour (analytics)".into(),
+                format!(
+                    "SELECT type, COUNT(*) FROM events WHERE tenant = 'default'
+                     AND ts BETWEEN {hour_ago} AND {now} AND {}
+                     GROUP BY type",
+                    analytics::SERVED
+                ),
+                vec!["_tenant_ts_idx", "_tenant_user_id_item_id_ts_idx"],
+            ),
+            (
+                "active users (real time)".into(),
+                format!(
+                    "SELECT COUNT(DISTINCT user_id) FROM events WHERE tenant = 'default'
+                     AND received_at >= {}",
+                    (now - 300) * 1000
+                ),
+                vec!["_tenant_received_at_idx"],
+            ),
+            (
+                "events by seq (read_events, replay)".into(),
+                "SELECT * FROM events WHERE tenant = 'default' AND seq BETWEEN 100 AND 150
+                 ORDER BY seq"
+                    .into(),
+                vec!["_pkey"],
+            ),
+        ];
+        for (what, query, indexes) in checks {
+            let plan = plan(&db, &query).await;
+            println!("-- {what}\n{plan}\n");
+            for index in indexes {
+                assert!(plan.contains(index), "{what}: no {index} in\n{plan}");
+            }
+        }
+        drop(store);
+    }
 }
