@@ -15,6 +15,10 @@ pub(super) const SERVED: &str = "(type <> 'click' OR EXISTS (SELECT 1 FROM event
        AND v.user_id = events.user_id AND v.item_id = events.item_id
        AND v.ts <= events.ts))";
 
+// Sums of float values (impression scores) use `kbn_sum` (schema migration 2), SQLite's
+// compensated summation: a plain float8 SUM drifts in the last bits, and the averages
+// must be the same numbers on both backends.
+
 fn count(n: i64) -> u64 {
     n.max(0) as u64
 }
@@ -36,7 +40,7 @@ pub async fn recommendations(
         .query(
             &format!(
                 "SELECT coalesce(source, $4::text), coalesce(region, $4::text), type, COUNT(*),
-                        coalesce(SUM(value), 0.0::float8), COUNT(value)
+                        kbn_sum(value), COUNT(value)
                  FROM events WHERE tenant = $1 AND ts BETWEEN $2 AND $3
                    AND type IN ('recommendation_viewed', 'click', 'purchase') AND {SERVED}
                  GROUP BY 1, 2, 3"
@@ -122,7 +126,7 @@ pub async fn timeline(
         .query(
             &format!(
                 "SELECT (ts - $2::bigint) / $4::bigint, coalesce(region, $5::text), type,
-                        COUNT(*), coalesce(SUM(value), 0.0::float8), COUNT(value)
+                        COUNT(*), kbn_sum(value), COUNT(value)
                  FROM events WHERE tenant = $1 AND ts >= $2 AND ts < $3
                    AND type IN ('recommendation_viewed', 'click', 'purchase') AND {SERVED}
                  GROUP BY 1, 2, 3"

@@ -10,9 +10,10 @@
 //!
 //! # Layout
 //! - [`Writer`]: the writer task and its queue, write health and probe.
-//! - [`append_batches`], [`project`]: one group commit.
+//! - [`append_batches`]: one group commit (the projections in `project`).
 //! - [`replay`], [`read_events`], [`read_projections`].
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,11 +22,9 @@ use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 
+use super::project::{project_all, Logged};
 use crate::events::{Event, EventType};
-use crate::store::{
-    Appended, Projections, ReplayReport, StoreError, WriteHealth, COOCCURRENCE_RECENT, PROBE_EVERY,
-    TRENDING_HALF_LIFE_S, UNKNOWN_REGION,
-};
+use crate::store::{Appended, Projections, ReplayReport, StoreError, WriteHealth, PROBE_EVERY};
 
 /// Requests waiting for the writer, at most; more wait for room (back pressure).
 pub const QUEUE_DEPTH: usize = 1024;
@@ -231,227 +230,11 @@ pub(crate) async fn lock_writers(tx: &Transaction<'_>, tenant: &str) -> Result<(
     Ok(())
 }
 
-/// Inserts one event; `(seq, false)` when its `event_id` was already stored (the
-/// stored event's seq, nothing written).
-async fn insert_event(
-    tx: &Transaction<'_>,
-    tenant: &str,
-    received_at: i64,
-    e: &Event,
-    client: Option<&str>,
-) -> Result<(i64, bool), StoreError> {
-    let event_id = e.event_id.as_ref().map(|id| id.as_str());
-    // With an id, the id is claimed first (with the seq the event gets); without, the
-    // event takes the sequence's next value as it is inserted.
-    let claimed: Option<i64> = match event_id {
-        None => None,
-        Some(id) => {
-            let known = tx
-                .prepare_cached("SELECT seq FROM event_ids WHERE tenant = $1 AND event_id = $2")
-                .await?;
-            if let Some(row) = tx.query_opt(&known, &[&tenant, &id]).await? {
-                return Ok((row.get(0), false));
-            }
-            let claim = tx
-                .prepare_cached(
-                    "INSERT INTO event_ids(tenant, event_id, seq)
-                     VALUES ($1, $2, nextval('events_seq'))
-                     ON CONFLICT (tenant, event_id) DO NOTHING RETURNING seq",
-                )
-                .await?;
-            match tx.query_opt(&claim, &[&tenant, &id]).await? {
-                Some(row) => Some(row.get(0)),
-                // Another origin stored it since (it committed before our insert).
-                None => {
-                    let row = tx.query_one(&known, &[&tenant, &id]).await?;
-                    return Ok((row.get(0), false));
-                }
-            }
-        }
-    };
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO events(tenant, seq, received_at, user_id, item_id, type, value, ts,
-                 context, source, region, event_id, client)
-             VALUES ($1, coalesce($2::bigint, nextval('events_seq')), $3, $4, $5, $6, $7, $8,
-                 $9, $10, $11, $12, $13)
-             RETURNING seq",
-        )
-        .await?;
-    let seq: i64 = tx
-        .query_one(
-            &stmt,
-            &[
-                &tenant,
-                &claimed,
-                &received_at,
-                &e.user_id.as_str(),
-                &e.item_id.as_str(),
-                &e.kind.as_str(),
-                &e.value,
-                &e.timestamp,
-                &e.context,
-                &e.source,
-                &e.region.as_ref().map(|r| r.as_str()),
-                &event_id,
-                &client,
-            ],
-        )
-        .await?
-        .get(0);
-    Ok((seq, true))
-}
-
-fn decay(dt_s: i64) -> f64 {
-    0.5f64.powf(dt_s as f64 / TRENDING_HALF_LIFE_S)
-}
-
-/// Applies one logged event, sent by `client`, to every projection (inside the
-/// caller's transaction): the port of SQLite's `project`, statement for statement.
-pub async fn project(
-    tx: &Transaction<'_>,
-    tenant: &str,
-    seq: i64,
-    e: &Event,
-    client: Option<&str>,
-) -> Result<(), StoreError> {
-    let Some(w) = e.weight() else {
-        return Ok(());
-    };
-    let w = f64::from(w);
-    let (user, item) = (e.user_id.as_str(), e.item_id.as_str());
-    let seen = tx
-        .prepare_cached(
-            "SELECT 1 FROM proj_user_history WHERE tenant = $1 AND user_id = $2 AND item_id = $3",
-        )
-        .await?;
-    let is_new = tx
-        .query_opt(&seen, &[&tenant, &user, &item])
-        .await?
-        .is_none();
-    let recent: Vec<String> = if is_new {
-        let stmt = tx
-            .prepare_cached(
-                "SELECT item_id FROM proj_user_history WHERE tenant = $1 AND user_id = $2
-                 ORDER BY last_seq DESC LIMIT $3",
-            )
-            .await?;
-        tx.query(&stmt, &[&tenant, &user, &(COOCCURRENCE_RECENT as i64)])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let history = tx
-        .prepare_cached(
-            "INSERT INTO proj_user_history(tenant, user_id, item_id, weight, events, last_ts,
-                 last_seq)
-             VALUES ($1, $2, $3, $4, 1, $5, $6)
-             ON CONFLICT (tenant, user_id, item_id) DO UPDATE SET
-                 weight = proj_user_history.weight + EXCLUDED.weight,
-                 events = proj_user_history.events + 1,
-                 last_ts = GREATEST(proj_user_history.last_ts, EXCLUDED.last_ts),
-                 last_seq = EXCLUDED.last_seq",
-        )
-        .await?;
-    tx.execute(&history, &[&tenant, &user, &item, &w, &e.timestamp, &seq])
-        .await?;
-    if !recent.is_empty() {
-        let co = tx
-            .prepare_cached(
-                "INSERT INTO proj_cooccurrence(tenant, item_a, item_b, users) VALUES ($1, $2, $3, 1)
-                 ON CONFLICT (tenant, item_a, item_b) DO UPDATE SET
-                     users = proj_cooccurrence.users + 1",
-            )
-            .await?;
-        for other in &recent {
-            tx.execute(&co, &[&tenant, &item, other]).await?;
-            tx.execute(&co, &[&tenant, other, &item]).await?;
-        }
-    }
-    let region = e.region.as_ref().map_or(UNKNOWN_REGION, |r| r.as_str());
-    let popularity = tx
-        .prepare_cached(
-            "INSERT INTO proj_item_popularity(tenant, region, item_id, events, weight)
-             VALUES ($1, $2, $3, 1, $4)
-             ON CONFLICT (tenant, region, item_id) DO UPDATE SET
-                 events = proj_item_popularity.events + 1,
-                 weight = proj_item_popularity.weight + EXCLUDED.weight",
-        )
-        .await?;
-    tx.execute(&popularity, &[&tenant, &region, &item, &w])
-        .await?;
-    let read_trending = tx
-        .prepare_cached("SELECT score, as_of FROM proj_trending WHERE tenant = $1 AND item_id = $2")
-        .await?;
-    let trending: Option<(f64, i64)> = tx
-        .query_opt(&read_trending, &[&tenant, &item])
-        .await?
-        .map(|r| (r.get(0), r.get(1)));
-    let (score, as_of) = match trending {
-        None => (w, e.timestamp),
-        Some((s, t)) if e.timestamp >= t => (s * decay(e.timestamp - t) + w, e.timestamp),
-        Some((s, t)) => (s + w * decay(t - e.timestamp), t),
-    };
-    let write_trending = tx
-        .prepare_cached(
-            "INSERT INTO proj_trending(tenant, item_id, score, as_of) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant, item_id) DO UPDATE SET score = EXCLUDED.score,
-                 as_of = EXCLUDED.as_of",
-        )
-        .await?;
-    tx.execute(&write_trending, &[&tenant, &item, &score, &as_of])
-        .await?;
-    let new_user = tx
-        .prepare_cached(
-            "INSERT INTO users(tenant, user_id) VALUES ($1, $2)
-             ON CONFLICT (tenant, user_id) DO NOTHING",
-        )
-        .await?;
-    tx.execute(&new_user, &[&tenant, &user]).await?;
-    if let Some(client) = client {
-        // A user belongs to the first client that sent events for them.
-        let claim = tx
-            .prepare_cached(
-                "UPDATE users SET client = $3
-                 WHERE tenant = $1 AND user_id = $2 AND client IS NULL",
-            )
-            .await?;
-        if tx.execute(&claim, &[&tenant, &user, &client]).await? == 1 {
-            let count = tx
-                .prepare_cached(
-                    "INSERT INTO client_users(tenant, client, users) VALUES ($1, $2, 1)
-                     ON CONFLICT (tenant, client) DO UPDATE SET
-                         users = client_users.users + 1",
-                )
-                .await?;
-            tx.execute(&count, &[&tenant, &client]).await?;
-        }
-    }
-    // Items first seen in events are marked: they must earn their place in the model.
-    let new_item = tx
-        .prepare_cached(
-            "INSERT INTO items(tenant, item_id, from_events) VALUES ($1, $2, true)
-             ON CONFLICT (tenant, item_id) DO NOTHING",
-        )
-        .await?;
-    tx.execute(&new_item, &[&tenant, &item]).await?;
-    let training = tx
-        .prepare_cached(
-            "INSERT INTO interactions(tenant, user_id, item_id, weight, ts, event_seq)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .await?;
-    tx.execute(&training, &[&tenant, &user, &item, &w, &e.timestamp, &seq])
-        .await?;
-    Ok(())
-}
-
 /// Appends batches in one transaction, projecting each event stored (an event whose
-/// id is already in the log is not stored again); returns each batch's range once the
-/// transaction committed.
+/// id is already in the log, or earlier in the group, is not stored again); returns
+/// each batch's range once the transaction committed. A few round trips per group,
+/// whatever its size: the ids known, the seqs, the events, then the projections
+/// ([`project_all`]).
 pub async fn append_batches(
     pool: &Pool,
     tenant: &str,
@@ -461,36 +244,175 @@ pub async fn append_batches(
     let tx = conn.transaction().await?;
     lock_writers(&tx, tenant).await?;
     let received_at = now_ms();
-    let mut out = Vec::with_capacity(batches.len());
-    for (batch, client) in batches {
-        let mut range: Option<Appended> = None;
-        for e in *batch {
-            let (seq, stored) = insert_event(&tx, tenant, received_at, e, *client).await?;
-            if stored {
-                project(&tx, tenant, seq, e, *client).await?;
-            }
-            let duplicate = usize::from(!stored);
-            range = Some(match range {
-                None => Appended {
-                    first_seq: seq,
-                    last_seq: seq,
-                    duplicates: duplicate,
-                },
-                Some(a) => Appended {
-                    first_seq: a.first_seq.min(seq),
-                    last_seq: a.last_seq.max(seq),
-                    duplicates: a.duplicates + duplicate,
-                },
-            });
+    let all: Vec<(&Event, Option<&str>)> = batches
+        .iter()
+        .flat_map(|(events, client)| events.iter().map(move |e| (e, *client)))
+        .collect();
+    // Ids already stored (the writers' lock makes this the final word).
+    let ids: Vec<&str> = all
+        .iter()
+        .filter_map(|(e, _)| e.event_id.as_ref().map(|id| id.as_str()))
+        .collect();
+    let mut known: HashMap<String, i64> = HashMap::new();
+    if !ids.is_empty() {
+        for r in tx
+            .query(
+                "SELECT event_id, seq FROM event_ids WHERE tenant = $1 AND event_id = ANY($2)",
+                &[&tenant, &ids],
+            )
+            .await?
+        {
+            known.insert(r.get(0), r.get(1));
         }
-        out.push(range.unwrap_or(Appended {
-            first_seq: 0,
-            last_seq: -1,
-            duplicates: 0,
-        }));
     }
+    // Which events are new: those without an id, and the first of each id not stored.
+    let mut fresh_ids: HashSet<&str> = HashSet::new();
+    let new: Vec<bool> = all
+        .iter()
+        .map(|(e, _)| match e.event_id.as_ref().map(|id| id.as_str()) {
+            None => true,
+            Some(id) => !known.contains_key(id) && fresh_ids.insert(id),
+        })
+        .collect();
+    let wanted = new.iter().filter(|n| **n).count() as i64;
+    let mut seqs: Vec<i64> = tx
+        .query(
+            "SELECT nextval('events_seq') FROM generate_series(1, $1::bigint)",
+            &[&wanted],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    seqs.sort_unstable();
+    let mut next = seqs.into_iter();
+    // Each event's seq and whether it is stored now.
+    let mut placed: Vec<(i64, bool)> = Vec::with_capacity(all.len());
+    let mut logged: Vec<Logged<'_>> = Vec::with_capacity(wanted as usize);
+    for ((e, client), is_new) in all.iter().zip(&new) {
+        let id = e.event_id.as_ref().map(|id| id.as_str());
+        if *is_new {
+            let seq = next
+                .next()
+                .ok_or_else(|| StoreError::Task("the sequence gave too few values".into()))?;
+            if let Some(id) = id {
+                known.insert(id.to_owned(), seq);
+            }
+            placed.push((seq, true));
+            logged.push(Logged {
+                seq,
+                event: e,
+                client: *client,
+            });
+        } else {
+            let seq = id.and_then(|id| known.get(id)).copied().unwrap_or_default();
+            placed.push((seq, false));
+        }
+    }
+    insert_events(&tx, tenant, received_at, &logged).await?;
+    project_all(&tx, tenant, &logged).await?;
     tx.commit().await?;
+    // Each batch's range.
+    let mut out = Vec::with_capacity(batches.len());
+    let mut at = 0;
+    for (events, _) in batches {
+        let mine = &placed[at..at + events.len()];
+        at += events.len();
+        out.push(
+            match (
+                mine.iter().map(|p| p.0).min(),
+                mine.iter().map(|p| p.0).max(),
+            ) {
+                (Some(first_seq), Some(last_seq)) => Appended {
+                    first_seq,
+                    last_seq,
+                    duplicates: mine.iter().filter(|p| !p.1).count(),
+                },
+                _ => Appended {
+                    first_seq: 0,
+                    last_seq: -1,
+                    duplicates: 0,
+                },
+            },
+        );
+    }
     Ok(out)
+}
+
+/// Inserts the new events (and their ids) in two statements.
+async fn insert_events(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    received_at: i64,
+    logged: &[Logged<'_>],
+) -> Result<(), StoreError> {
+    if logged.is_empty() {
+        return Ok(());
+    }
+    let (mut id_keys, mut id_seqs): (Vec<&str>, Vec<i64>) = Default::default();
+    let mut seq = Vec::with_capacity(logged.len());
+    let (mut user, mut item, mut kind) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut value, mut ts, mut context) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut source, mut region, mut event_id, mut client) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for l in logged {
+        let e = l.event;
+        let id = e.event_id.as_ref().map(|id| id.as_str());
+        if let Some(id) = id {
+            id_keys.push(id);
+            id_seqs.push(l.seq);
+        }
+        seq.push(l.seq);
+        user.push(e.user_id.as_str());
+        item.push(e.item_id.as_str());
+        kind.push(e.kind.as_str());
+        value.push(e.value);
+        ts.push(e.timestamp);
+        context.push(e.context.as_deref());
+        source.push(e.source.as_deref());
+        region.push(e.region.as_ref().map(|r| r.as_str()));
+        event_id.push(id);
+        client.push(l.client);
+    }
+    if !id_keys.is_empty() {
+        let claimed = tx
+            .execute(
+                "INSERT INTO event_ids(tenant, event_id, seq)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::bigint[])
+                 ON CONFLICT (tenant, event_id) DO NOTHING",
+                &[&tenant, &id_keys, &id_seqs],
+            )
+            .await?;
+        if claimed != id_keys.len() as u64 {
+            return Err(StoreError::Task(
+                "an event id was stored by another writer meanwhile".into(),
+            ));
+        }
+    }
+    tx.execute(
+        "INSERT INTO events(tenant, received_at, seq, user_id, item_id, type, value, ts,
+             context, source, region, event_id, client)
+         SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[],
+             $7::float8[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
+             $13::text[])",
+        &[
+            &tenant,
+            &received_at,
+            &seq,
+            &user,
+            &item,
+            &kind,
+            &value,
+            &ts,
+            &context,
+            &source,
+            &region,
+            &event_id,
+            &client,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The columns [`row_to_event`] reads, in its order.
@@ -590,15 +512,25 @@ pub async fn replay(pool: &Pool, tenant: &str) -> Result<ReplayReport, StoreErro
     let mut after = i64::MIN;
     loop {
         let rows = tx.query(&page, &[&tenant, &after, &REPLAY_PAGE]).await?;
+        let mut events = Vec::with_capacity(rows.len());
         for r in &rows {
             let (seq, e, client) = row_to_event(r);
             let e = e.map_err(|message| StoreError::Corrupt { seq, message })?;
-            project(&tx, tenant, seq, &e, client.as_deref()).await?;
             report.events += 1;
             report.interactions += u64::from(e.weight().is_some());
             report.last_seq = seq;
             after = seq;
+            events.push((seq, e, client));
         }
+        let logged: Vec<Logged<'_>> = events
+            .iter()
+            .map(|(seq, event, client)| Logged {
+                seq: *seq,
+                event,
+                client: client.as_deref(),
+            })
+            .collect();
+        project_all(&tx, tenant, &logged).await?;
         if (rows.len() as i64) < REPLAY_PAGE {
             break;
         }

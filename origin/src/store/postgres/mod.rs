@@ -12,12 +12,14 @@
 //! - [`PostgresStore`]: the [`Store`] implementation: connect, catalogue writes and
 //!   reads, training reads.
 //! - `schema`: versioned migrations under an advisory lock, event partitions.
-//! - `event_log`: the writer task (group commit), projections, replay.
+//! - `event_log`: the writer task (group commit), replay, reads of the log.
+//! - `project`: the projections of a group of events, in a few round trips.
 //! - `analytics`: the analytics queries.
 //! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
 
 pub mod analytics;
 pub mod event_log;
+pub mod project;
 pub mod schema;
 #[doc(hidden)]
 pub mod test_server;
@@ -482,7 +484,7 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, [schema::schema_version()]);
+        assert_eq!(versions, (1..=schema::schema_version()).collect::<Vec<_>>());
         let partitions: Vec<String> = db
             .query(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -740,5 +742,113 @@ mod tests {
             }
         }
         drop(store);
+    }
+
+    /// The same events, in the same batches, give PostgreSQL exactly SQLite's answers:
+    /// every projection row (floats to the bit), the training set, histories and the
+    /// analytics; and both rebuild the same from their logs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_answers_exactly_as_sqlite_does() {
+        let Some(url) = database().await else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite: crate::store::SharedStore = std::sync::Arc::new(
+            crate::store::SqliteStore::open(&dir.path().join("o.sqlite"), 100).unwrap(),
+        );
+        let pg: crate::store::SharedStore =
+            std::sync::Arc::new(PostgresStore::connect(&url, "default", 100).await.unwrap());
+        let kinds = EventType::ALL;
+        let mut t = 1_764_000_000;
+        for round in 0..20usize {
+            let batch: Vec<Event> = (0..25usize)
+                .map(|i| {
+                    t += (i * 7 % 5) as i64 * 900 - 1800;
+                    let kind = kinds[(i + round) % kinds.len()];
+                    let mut e = event(
+                        &format!("u{}", (i * 3 + round) % 9),
+                        &format!("i{}", (i * i + round) % 17),
+                        kind,
+                        t,
+                    );
+                    e.value = match kind {
+                        EventType::Rating => Some(0.1 + (i % 5) as f64 * 0.7),
+                        EventType::RecommendationViewed => Some(0.33),
+                        _ => None,
+                    };
+                    if (i + round) % 4 == 0 {
+                        e.region = None;
+                    }
+                    if i % 6 == 0 {
+                        e.event_id =
+                            Some(EventId::parse(&format!("e{}", (round * 25 + i) % 70)).unwrap());
+                    }
+                    e
+                })
+                .collect();
+            let client = [None, Some("c0"), Some("c1")][round % 3].map(str::to_owned);
+            for store in [&sqlite, &pg] {
+                let a = store
+                    .append(batch[..10].to_vec(), client.clone())
+                    .await
+                    .unwrap();
+                let b = store.append(batch[10..].to_vec(), None).await.unwrap();
+                let _ = (a, b);
+            }
+        }
+        let want = sqlite.projections().await.unwrap();
+        assert!(!want.cooccurrence.is_empty());
+        assert_eq!(pg.projections().await.unwrap(), want);
+        let (a, b) = (
+            sqlite.training_set().await.unwrap(),
+            pg.training_set().await.unwrap(),
+        );
+        assert_eq!(a.counts, b.counts);
+        assert_eq!(a.maps.user_ids, b.maps.user_ids);
+        assert_eq!(a.maps.item_ids, b.maps.item_ids);
+        assert_eq!(a.maps.user_client_users, b.maps.user_client_users);
+        assert_eq!(a.maps.item_from_events, b.maps.item_from_events);
+        let rows = |s: &crate::store::TrainingSet| {
+            let mut v: Vec<_> = s
+                .data
+                .interactions
+                .iter()
+                .map(|i| (i.user, i.item, i.weight.to_bits(), i.timestamp))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(rows(&a), rows(&b));
+        for u in ["u0", "u4", "u8", "nobody"] {
+            let u = UserId::parse(u).unwrap();
+            assert_eq!(
+                sqlite.user_history(&u).await.unwrap(),
+                pg.user_history(&u).await.unwrap()
+            );
+        }
+        let now = t + 60;
+        let (a, b) = (
+            sqlite
+                .recommendation_analytics("1d".into(), 86_400, now)
+                .await
+                .unwrap(),
+            pg.recommendation_analytics("1d".into(), 86_400, now)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let (a, b) = (
+            sqlite
+                .timeline("1d".into(), 86_400, 3600, now)
+                .await
+                .unwrap(),
+            pg.timeline("1d".into(), 86_400, 3600, now).await.unwrap(),
+        );
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let all =
+            |s: crate::store::SharedStore| async move { s.read_events(0, i64::MAX).await.unwrap() };
+        assert_eq!(all(sqlite.clone()).await, all(pg.clone()).await);
+        sqlite.replay().await.unwrap();
+        pg.replay().await.unwrap();
+        assert_eq!(pg.projections().await.unwrap(), want);
+        assert_eq!(sqlite.projections().await.unwrap(), want);
     }
 }

@@ -158,7 +158,25 @@ CREATE INDEX edge_reports_by_received_at ON edge_reports(tenant, received_at);
         interactions = hash_partitions("interactions"),
         history = hash_partitions("proj_user_history"),
     );
-    vec![(1, v1)]
+    // SQLite's SUM of floats is compensated (Kahan-Babuska-Neumaier, SQLite ≥ 3.43);
+    // PostgreSQL's float8 SUM is not, and drifts in the last bits. `kbn_sum` is SQLite's
+    // algorithm step for step, so averages of scores are the same numbers on both.
+    let v2 = r#"
+CREATE FUNCTION kbn_sum_step(state float8[], r float8) RETURNS float8[]
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT ARRAY[t, state[2] + CASE WHEN abs(state[1]) > abs(r)
+                                    THEN (state[1] - t) + r
+                                    ELSE (r - t) + state[1] END]
+    FROM (SELECT state[1] + r AS t) AS x
+$$;
+CREATE FUNCTION kbn_sum_final(state float8[]) RETURNS float8
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT state[1] + state[2] $$;
+CREATE AGGREGATE kbn_sum(float8) (
+    SFUNC = kbn_sum_step, STYPE = float8[], FINALFUNC = kbn_sum_final,
+    INITCOND = '{0,0}');
+"#
+    .to_owned();
+    vec![(1, v1), (2, v2)]
 }
 
 /// The newest schema version this program knows.
