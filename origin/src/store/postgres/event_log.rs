@@ -221,7 +221,12 @@ async fn probe(pool: &Pool, tenant: &str) -> Result<(), StoreError> {
 
 /// Serialises the event writers (and replays) of one tenant across processes, until
 /// the transaction ends.
+///
+/// Also makes the transaction's commit durable whatever the server's or role's default
+/// (`synchronous_commit = on`): an acknowledged event must survive a crash.
 pub(crate) async fn lock_writers(tx: &Transaction<'_>, tenant: &str) -> Result<(), StoreError> {
+    tx.batch_execute("SET LOCAL synchronous_commit = on")
+        .await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[&WRITE_LOCK, &tenant],
