@@ -6,9 +6,11 @@
 //! `initdb` refuses to run as root, so as root the server runs as the `postgres`
 //! system user (`runuser -u postgres --`), its folder handed to that user. A
 //! [`PgServer`] is stopped (`pg_ctl stop -m immediate`) and its folder removed when it
-//! is dropped, also when a test panics. The one a test binary shares ([`shared`]) lives
-//! in a static, which is never dropped: a watchdog process stops it and removes its
-//! folder once the test process is gone, however it ended.
+//! is dropped, also when a test panics; and since the one a test binary shares
+//! ([`shared`]) lives in a static, which is never dropped, every server also has a
+//! watchdog process that stops it and removes its folder once the test process is
+//! gone, however it ended. [`PgServer::start_replica`] makes a streaming replica
+//! (`pg_basebackup -R`).
 //!
 //! When the binaries or the `postgres` user are missing, [`available`] says why; with
 //! `CI` set in the environment the tests fail on that, elsewhere they skip with the
@@ -99,9 +101,8 @@ impl PgServer {
         tool_command(self.as_postgres, tool)
     }
 
-    /// initdb into a new temporary folder, start on a free port, wait until it accepts
-    /// connections.
-    pub fn start() -> Result<PgServer, String> {
+    /// A new temporary folder (handed to `postgres` when root) and a free port.
+    fn prepare() -> Result<PgServer, String> {
         available()?;
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -121,28 +122,57 @@ impl PgServer {
             as_postgres,
             next_db: AtomicU32::new(0),
         };
-        let data = server.data_dir();
+        // Whatever happens to this process, the server does not outlive it.
+        server.watch(std::process::id());
+        Ok(server)
+    }
+
+    /// Starts the server of `data/` and waits until it accepts connections.
+    fn launch(self) -> Result<PgServer, String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+             -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.display()
+        );
+        run(self
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-o", &options, "-w", "-t", "60", "start"]))
+        .map_err(|e| format!("{e}\n{}", self.log()))?;
+        self.wait_ready()?;
+        Ok(self)
+    }
+
+    /// initdb into a new temporary folder, start on a free port, wait until it accepts
+    /// connections.
+    pub fn start() -> Result<PgServer, String> {
+        let server = Self::prepare()?;
         run(server
             .tool("initdb")
             .arg("-D")
-            .arg(&data)
+            .arg(server.data_dir())
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
             .arg("--no-sync"))?;
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-             -c fsync=off -c full_page_writes=off",
-            server.dir.display()
-        );
-        run(server
-            .tool("pg_ctl")
+        server.launch()
+    }
+
+    /// A streaming replica of this server (`pg_basebackup -R`: a copy of its data that
+    /// follows its WAL), in a temporary folder of its own on another free port. Read
+    /// only; it sees what the primary commits after a short lag.
+    pub fn start_replica(&self) -> Result<PgServer, String> {
+        let replica = Self::prepare()?;
+        run(replica
+            .tool("pg_basebackup")
             .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(server.dir.join("server.log"))
-            .args(["-o", &options, "-w", "-t", "60", "start"]))
-        .map_err(|e| format!("{e}\n{}", server.log()))?;
-        server.wait_ready()?;
-        Ok(server)
+            .arg(replica.data_dir())
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+            .args(["-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string()]))?;
+        replica.launch()
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -286,13 +316,62 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 pub fn shared() -> Option<&'static PgServer> {
     static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
     require()?;
-    let server = SERVER.get_or_init(|| {
-        let server = PgServer::start()?;
-        server.watch(std::process::id());
-        Ok(server)
-    });
+    let server = SERVER.get_or_init(PgServer::start);
     match server {
         Ok(s) => Some(s),
         Err(e) => panic!("cannot start the test PostgreSQL server: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn connect(url: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_follows_the_primary_and_refuses_writes() {
+        let Some(primary) = shared() else { return };
+        let url = primary.database().await;
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let writer = connect(&url).await;
+        writer
+            .batch_execute("CREATE TABLE t(x int); INSERT INTO t VALUES (1);")
+            .await
+            .unwrap();
+        let replica = primary.start_replica().unwrap();
+        let reader = connect(&replica.url(&db)).await;
+        writer
+            .execute("INSERT INTO t VALUES (2)", &[])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n: i64 = reader
+                .query_one("SELECT COUNT(*) FROM t", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if n == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not catch up:\n{}",
+                replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let refused = reader.execute("INSERT INTO t VALUES (3)", &[]).await;
+        assert!(refused.is_err());
+        let dir = replica.dir().to_owned();
+        drop(replica);
+        assert!(!dir.exists(), "a dropped server removes its folder");
     }
 }
