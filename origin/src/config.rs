@@ -77,8 +77,7 @@ pub struct ReplayConfig {
 #[derive(Debug, Clone, Args)]
 pub struct StoreConfig {
     /// The store: a SQLite file (a path or `sqlite://PATH`, created when missing) or a
-    /// PostgreSQL URL (`postgres://user:password@host:port/db`; `serve` only, the
-    /// other commands read SQLite files).
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`; `serve` and `publish`).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
     /// The tenant this database holds: the namespace of every published key and path
