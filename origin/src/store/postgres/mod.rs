@@ -934,4 +934,42 @@ mod tests {
         assert!(refused.is_err());
         assert_eq!(store.counts().await.unwrap(), set.counts);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_whose_connections_are_cut_takes_writes_again() {
+        let Some(url) = database().await else { return };
+        let store = PostgresStore::connect(&url, "default", 10).await.unwrap();
+        store
+            .append(vec![event("u1", "i1", EventType::View, 1)], None)
+            .await
+            .unwrap();
+        let db = sql(&url).await;
+        let cut: i64 = db
+            .query_one(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(cut >= 1);
+        // A write on a cut connection fails (unacknowledged); a fresh one takes it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let appended = loop {
+            match store
+                .append(vec![event("u1", "i2", EventType::View, 2)], None)
+                .await
+            {
+                Ok(a) => break a,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        assert!(store.write_health().writable);
+        let logged = store.read_events(0, appended.last_seq).await.unwrap();
+        assert_eq!(logged.len(), 2, "nothing lost, nothing doubled");
+    }
 }
