@@ -314,8 +314,11 @@ pub async fn append_batches(
             placed.push((seq, false));
         }
     }
-    insert_events(&tx, tenant, received_at, &logged).await?;
-    project_all(&tx, tenant, &logged).await?;
+    // The events and their projections touch different tables: sent together.
+    futures_util::try_join!(
+        insert_events(&tx, tenant, received_at, &logged),
+        project_all(&tx, tenant, &logged)
+    )?;
     tx.commit().await?;
     // Each batch's range.
     let mut out = Vec::with_capacity(batches.len());

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use crate::events::Event;
 use crate::store::{StoreError, COOCCURRENCE_RECENT, TRENDING_HALF_LIFE_S, UNKNOWN_REGION};
@@ -100,17 +101,49 @@ pub async fn project_all(
         weighted.iter().map(|(l, _)| (region(l), item(l))).collect();
     let (pop_regions, pop_items): (Vec<String>, Vec<String>) = regional.into_iter().unzip();
 
-    // Read what the group touches.
-    let mut history: HashMap<(String, String), History> = HashMap::new();
-    for r in tx
-        .query(
-            "SELECT h.user_id, h.item_id, h.weight, h.events, h.last_ts, h.last_seq
+    // Read what the group touches: five independent queries, sent together (the
+    // client pipelines them on the connection), one round trip.
+    let recent_limit = COOCCURRENCE_RECENT as i64;
+    let history_params: [&(dyn ToSql + Sync); 3] = [&tenant, &pair_users, &pair_items];
+    let history_rows = tx.query(
+        "SELECT h.user_id, h.item_id, h.weight, h.events, h.last_ts, h.last_seq
              FROM UNNEST($2::text[], $3::text[]) AS p(u, i)
              JOIN proj_user_history h ON h.tenant = $1 AND h.user_id = p.u AND h.item_id = p.i",
-            &[&tenant, &pair_users, &pair_items],
-        )
-        .await?
-    {
+        &history_params,
+    );
+    let recent_params: [&(dyn ToSql + Sync); 3] = [&tenant, &users, &recent_limit];
+    let recent_rows = tx.query(
+        "SELECT p.u, h.item_id, h.last_seq FROM UNNEST($2::text[]) AS p(u)
+             CROSS JOIN LATERAL (SELECT item_id, last_seq FROM proj_user_history
+                 WHERE tenant = $1 AND user_id = p.u ORDER BY last_seq DESC LIMIT $3) h",
+        &recent_params,
+    );
+    let popularity_params: [&(dyn ToSql + Sync); 3] = [&tenant, &pop_regions, &pop_items];
+    let popularity_rows = tx.query(
+        "SELECT p.r, p.i, x.events, x.weight FROM UNNEST($2::text[], $3::text[]) AS p(r, i)
+             JOIN proj_item_popularity x ON x.tenant = $1 AND x.region = p.r AND x.item_id = p.i",
+        &popularity_params,
+    );
+    let trending_params: [&(dyn ToSql + Sync); 2] = [&tenant, &items];
+    let trending_rows = tx.query(
+        "SELECT item_id, score, as_of FROM proj_trending
+             WHERE tenant = $1 AND item_id = ANY($2)",
+        &trending_params,
+    );
+    let user_params: [&(dyn ToSql + Sync); 2] = [&tenant, &users];
+    let user_rows = tx.query(
+        "SELECT user_id, client FROM users WHERE tenant = $1 AND user_id = ANY($2)",
+        &user_params,
+    );
+    let (history_rows, recent_rows, popularity_rows, trending_rows, user_rows) = futures_util::try_join!(
+        history_rows,
+        recent_rows,
+        popularity_rows,
+        trending_rows,
+        user_rows
+    )?;
+    let mut history: HashMap<(String, String), History> = HashMap::new();
+    for r in &history_rows {
         history.insert(
             (r.get(0), r.get(1)),
             History {
@@ -123,15 +156,7 @@ pub async fn project_all(
     }
     // Each user's most recent items, newest first, as (last_seq, item).
     let mut recent: HashMap<String, Vec<(i64, String)>> = HashMap::new();
-    for r in tx
-        .query(
-            "SELECT p.u, h.item_id, h.last_seq FROM UNNEST($2::text[]) AS p(u)
-             CROSS JOIN LATERAL (SELECT item_id, last_seq FROM proj_user_history
-                 WHERE tenant = $1 AND user_id = p.u ORDER BY last_seq DESC LIMIT $3) h",
-            &[&tenant, &users, &(COOCCURRENCE_RECENT as i64)],
-        )
-        .await?
-    {
+    for r in &recent_rows {
         recent
             .entry(r.get(0))
             .or_default()
@@ -141,35 +166,15 @@ pub async fn project_all(
         list.sort_by_key(|r| std::cmp::Reverse(r.0));
     }
     let mut popularity: HashMap<(String, String), (i64, f64)> = HashMap::new();
-    for r in tx
-        .query(
-            "SELECT p.r, p.i, x.events, x.weight FROM UNNEST($2::text[], $3::text[]) AS p(r, i)
-             JOIN proj_item_popularity x ON x.tenant = $1 AND x.region = p.r AND x.item_id = p.i",
-            &[&tenant, &pop_regions, &pop_items],
-        )
-        .await?
-    {
+    for r in &popularity_rows {
         popularity.insert((r.get(0), r.get(1)), (r.get(2), r.get(3)));
     }
     let mut trending: HashMap<String, (f64, i64)> = HashMap::new();
-    for r in tx
-        .query(
-            "SELECT item_id, score, as_of FROM proj_trending
-             WHERE tenant = $1 AND item_id = ANY($2)",
-            &[&tenant, &items],
-        )
-        .await?
-    {
+    for r in &trending_rows {
         trending.insert(r.get(0), (r.get(1), r.get(2)));
     }
     let mut user_state: HashMap<String, UserState> = HashMap::new();
-    for r in tx
-        .query(
-            "SELECT user_id, client FROM users WHERE tenant = $1 AND user_id = ANY($2)",
-            &[&tenant, &users],
-        )
-        .await?
-    {
+    for r in &user_rows {
         user_state.insert(
             r.get(0),
             UserState {
@@ -253,23 +258,57 @@ pub async fn project_all(
         training.push((l.seq, u, i, *w, ts));
     }
 
-    // Write back, one statement per table.
+    // Write back, one statement per table, all sent together (one round trip).
     let dedup = |keys: Vec<(String, String)>| -> Vec<(String, String)> {
         let mut seen = HashSet::new();
         keys.into_iter()
             .filter(|k| seen.insert(k.clone()))
             .collect()
     };
-    {
-        let keys = dedup(touched_history);
-        let rows: Vec<History> = keys.iter().map(|k| history[k]).collect();
-        let users: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-        let items: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let weight: Vec<f64> = rows.iter().map(|h| h.weight).collect();
-        let events: Vec<i64> = rows.iter().map(|h| h.events).collect();
-        let last_ts: Vec<i64> = rows.iter().map(|h| h.last_ts).collect();
-        let last_seq: Vec<i64> = rows.iter().map(|h| h.last_seq).collect();
-        tx.execute(
+    let history_keys = dedup(touched_history);
+    let history_rows: Vec<History> = history_keys.iter().map(|k| history[k]).collect();
+    let h_users: Vec<&str> = history_keys.iter().map(|k| k.0.as_str()).collect();
+    let h_items: Vec<&str> = history_keys.iter().map(|k| k.1.as_str()).collect();
+    let h_weight: Vec<f64> = history_rows.iter().map(|h| h.weight).collect();
+    let h_events: Vec<i64> = history_rows.iter().map(|h| h.events).collect();
+    let h_last_ts: Vec<i64> = history_rows.iter().map(|h| h.last_ts).collect();
+    let h_last_seq: Vec<i64> = history_rows.iter().map(|h| h.last_seq).collect();
+
+    let co_a: Vec<&str> = cooccurrence.keys().map(|k| k.0.as_str()).collect();
+    let co_b: Vec<&str> = cooccurrence.keys().map(|k| k.1.as_str()).collect();
+    let co_n: Vec<i64> = cooccurrence.values().copied().collect();
+
+    let pop_keys = dedup(touched_popularity);
+    let p_regions: Vec<&str> = pop_keys.iter().map(|k| k.0.as_str()).collect();
+    let p_items: Vec<&str> = pop_keys.iter().map(|k| k.1.as_str()).collect();
+    let p_events: Vec<i64> = pop_keys.iter().map(|k| popularity[k].0).collect();
+    let p_weight: Vec<f64> = pop_keys.iter().map(|k| popularity[k].1).collect();
+
+    let mut seen = HashSet::new();
+    let t_items: Vec<&str> = touched_trending
+        .iter()
+        .filter(|i| seen.insert(*i))
+        .map(String::as_str)
+        .collect();
+    let t_score: Vec<f64> = t_items.iter().map(|i| trending[*i].0).collect();
+    let t_as_of: Vec<i64> = t_items.iter().map(|i| trending[*i].1).collect();
+
+    let dirty: Vec<(&String, &UserState)> = user_state.iter().filter(|(_, s)| s.dirty).collect();
+    let u_ids: Vec<&str> = dirty.iter().map(|(u, _)| u.as_str()).collect();
+    let u_clients: Vec<Option<&str>> = dirty.iter().map(|(_, s)| s.client.as_deref()).collect();
+
+    let c_clients: Vec<&str> = client_users.keys().map(String::as_str).collect();
+    let c_counts: Vec<i64> = client_users.values().copied().collect();
+
+    let i_seq: Vec<i64> = training.iter().map(|r| r.0).collect();
+    let i_users: Vec<&str> = training.iter().map(|r| r.1.as_str()).collect();
+    let i_items: Vec<&str> = training.iter().map(|r| r.2.as_str()).collect();
+    let i_weight: Vec<f64> = training.iter().map(|r| r.3).collect();
+    let i_ts: Vec<i64> = training.iter().map(|r| r.4).collect();
+
+    type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
+    let mut writes: Vec<(&str, Params<'_>)> = vec![
+        (
             "INSERT INTO proj_user_history(tenant, user_id, item_id, weight, events, last_ts,
                  last_seq)
              SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bigint[],
@@ -277,114 +316,71 @@ pub async fn project_all(
              ON CONFLICT (tenant, user_id, item_id) DO UPDATE SET weight = EXCLUDED.weight,
                  events = EXCLUDED.events, last_ts = EXCLUDED.last_ts,
                  last_seq = EXCLUDED.last_seq",
-            &[
-                &tenant, &users, &items, &weight, &events, &last_ts, &last_seq,
+            vec![
+                &tenant,
+                &h_users,
+                &h_items,
+                &h_weight,
+                &h_events,
+                &h_last_ts,
+                &h_last_seq,
             ],
-        )
-        .await?;
-    }
-    if !cooccurrence.is_empty() {
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-        for ((a, b), n) in &cooccurrence {
-            cols.0.push(a);
-            cols.1.push(b);
-            cols.2.push(*n);
-        }
-        tx.execute(
-            "INSERT INTO proj_cooccurrence(tenant, item_a, item_b, users)
-             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[])
-             ON CONFLICT (tenant, item_a, item_b) DO UPDATE SET
-                 users = proj_cooccurrence.users + EXCLUDED.users",
-            &[&tenant, &cols.0, &cols.1, &cols.2],
-        )
-        .await?;
-    }
-    {
-        let keys = dedup(touched_popularity);
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<f64>) = Default::default();
-        for k in &keys {
-            let (n, w) = popularity[k];
-            cols.0.push(&k.0);
-            cols.1.push(&k.1);
-            cols.2.push(n);
-            cols.3.push(w);
-        }
-        tx.execute(
+        ),
+        (
             "INSERT INTO proj_item_popularity(tenant, region, item_id, events, weight)
              SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::float8[])
              ON CONFLICT (tenant, region, item_id) DO UPDATE SET events = EXCLUDED.events,
                  weight = EXCLUDED.weight",
-            &[&tenant, &cols.0, &cols.1, &cols.2, &cols.3],
-        )
-        .await?;
-    }
-    {
-        let mut seen = HashSet::new();
-        let mut cols: (Vec<&str>, Vec<f64>, Vec<i64>) = Default::default();
-        for i in touched_trending.iter().filter(|i| seen.insert(*i)) {
-            let (score, as_of) = trending[i];
-            cols.0.push(i);
-            cols.1.push(score);
-            cols.2.push(as_of);
-        }
-        tx.execute(
+            vec![&tenant, &p_regions, &p_items, &p_events, &p_weight],
+        ),
+        (
             "INSERT INTO proj_trending(tenant, item_id, score, as_of)
              SELECT $1, * FROM UNNEST($2::text[], $3::float8[], $4::bigint[])
              ON CONFLICT (tenant, item_id) DO UPDATE SET score = EXCLUDED.score,
                  as_of = EXCLUDED.as_of",
-            &[&tenant, &cols.0, &cols.1, &cols.2],
-        )
-        .await?;
+            vec![&tenant, &t_items, &t_score, &t_as_of],
+        ),
+        // Items first seen in events are marked: they must earn their place in the model.
+        (
+            "INSERT INTO items(tenant, item_id, from_events)
+             SELECT $1, i, true FROM UNNEST($2::text[]) AS x(i)
+             ON CONFLICT (tenant, item_id) DO NOTHING",
+            vec![&tenant, &items],
+        ),
+        (
+            "INSERT INTO interactions(tenant, event_seq, user_id, item_id, weight, ts)
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::float8[],
+                 $6::bigint[])",
+            vec![&tenant, &i_seq, &i_users, &i_items, &i_weight, &i_ts],
+        ),
+    ];
+    if !co_a.is_empty() {
+        writes.push((
+            "INSERT INTO proj_cooccurrence(tenant, item_a, item_b, users)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[])
+             ON CONFLICT (tenant, item_a, item_b) DO UPDATE SET
+                 users = proj_cooccurrence.users + EXCLUDED.users",
+            vec![&tenant, &co_a, &co_b, &co_n],
+        ));
     }
-    {
-        let mut cols: (Vec<&str>, Vec<Option<&str>>) = Default::default();
-        for (u, s) in user_state.iter().filter(|(_, s)| s.dirty) {
-            cols.0.push(u);
-            cols.1.push(s.client.as_deref());
-        }
-        if !cols.0.is_empty() {
-            tx.execute(
-                "INSERT INTO users(tenant, user_id, client)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[])
-                 ON CONFLICT (tenant, user_id) DO UPDATE SET client = EXCLUDED.client",
-                &[&tenant, &cols.0, &cols.1],
-            )
-            .await?;
-        }
+    if !u_ids.is_empty() {
+        writes.push((
+            "INSERT INTO users(tenant, user_id, client)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[])
+             ON CONFLICT (tenant, user_id) DO UPDATE SET client = EXCLUDED.client",
+            vec![&tenant, &u_ids, &u_clients],
+        ));
     }
-    if !client_users.is_empty() {
-        let (clients, counts): (Vec<&str>, Vec<i64>) =
-            client_users.iter().map(|(c, n)| (c.as_str(), *n)).unzip();
-        tx.execute(
+    if !c_clients.is_empty() {
+        writes.push((
             "INSERT INTO client_users(tenant, client, users)
              SELECT $1, * FROM UNNEST($2::text[], $3::bigint[])
              ON CONFLICT (tenant, client) DO UPDATE SET
                  users = client_users.users + EXCLUDED.users",
-            &[&tenant, &clients, &counts],
-        )
-        .await?;
+            vec![&tenant, &c_clients, &c_counts],
+        ));
     }
-    // Items first seen in events are marked: they must earn their place in the model.
-    tx.execute(
-        "INSERT INTO items(tenant, item_id, from_events)
-         SELECT $1, i, true FROM UNNEST($2::text[]) AS x(i)
-         ON CONFLICT (tenant, item_id) DO NOTHING",
-        &[&tenant, &items],
-    )
-    .await?;
-    {
-        let seq: Vec<i64> = training.iter().map(|r| r.0).collect();
-        let users: Vec<&str> = training.iter().map(|r| r.1.as_str()).collect();
-        let items: Vec<&str> = training.iter().map(|r| r.2.as_str()).collect();
-        let weight: Vec<f64> = training.iter().map(|r| r.3).collect();
-        let ts: Vec<i64> = training.iter().map(|r| r.4).collect();
-        tx.execute(
-            "INSERT INTO interactions(tenant, event_seq, user_id, item_id, weight, ts)
-             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::float8[],
-                 $6::bigint[])",
-            &[&tenant, &seq, &users, &items, &weight, &ts],
-        )
+    futures_util::future::try_join_all(writes.iter().map(|(sql, params)| tx.execute(*sql, params)))
         .await?;
-    }
     Ok(())
 }
