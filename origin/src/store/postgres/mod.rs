@@ -980,4 +980,25 @@ mod tests {
         let logged = store.read_events(0, appended.last_seq).await.unwrap();
         assert_eq!(logged.len(), 2, "nothing lost, nothing doubled");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_password_shows_neither_in_the_location_nor_in_errors() {
+        let Some(url) = database().await else { return };
+        let with_password = url.replacen("postgres@", "postgres:s3cret@", 1);
+        let store = PostgresStore::connect(&with_password, "default", 10)
+            .await
+            .unwrap();
+        assert!(!store.location().contains("s3cret"), "{}", store.location());
+        assert!(store.location().contains("postgres:***@"));
+        let closed = format!(
+            "postgres://app:s3cret@127.0.0.1:{}/nowhere",
+            test_server::free_port_for_tests()
+        );
+        let err = match PostgresStore::connect(&closed, "default", 10).await {
+            Ok(_) => panic!("connected to a closed port"),
+            Err(e) => e.to_string(),
+        };
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(err.contains("app:***@127.0.0.1"), "{err}");
+    }
 }

@@ -89,6 +89,11 @@ pub struct PgServer {
     next_db: AtomicU32,
 }
 
+/// A port free on 127.0.0.1 right now (nothing listens on it), for tests.
+pub fn free_port_for_tests() -> u16 {
+    free_port().expect("a free port")
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
