@@ -1001,4 +1001,50 @@ mod tests {
         assert!(!err.contains("s3cret"), "{err}");
         assert!(err.contains("app:***@127.0.0.1"), "{err}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_detaches_the_months_before_the_ones_kept() {
+        let Some(url) = database().await else { return };
+        let store = PostgresStore::connect(&url, "default", 10).await.unwrap();
+        let db = sql(&url).await;
+        // Two old months with events, as a long-running origin would have made them.
+        db.batch_execute(
+            "CREATE TABLE events_y2020m01 PARTITION OF events
+                 FOR VALUES FROM (1577836800) TO (1580515200);
+             CREATE TABLE events_y2020m02 PARTITION OF events
+                 FOR VALUES FROM (1580515200) TO (1583020800);",
+        )
+        .await
+        .unwrap();
+        let now = event_log::now_ms() / 1000;
+        store
+            .append(
+                vec![
+                    event("u1", "i1", EventType::View, 1_578_000_000),
+                    event("u1", "i2", EventType::View, 1_581_000_000),
+                    event("u1", "i3", EventType::View, now),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        let detached = schema::detach_months_before(&db, now, 3).await.unwrap();
+        assert_eq!(detached, ["events_y2020m01", "events_y2020m02"]);
+        let left: i64 = db
+            .query_one("SELECT COUNT(*) FROM events", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 1, "only this month's event is still in the log");
+        let archived: i64 = db
+            .query_one("SELECT COUNT(*) FROM events_y2020m01", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(archived, 1, "a detached month keeps its rows");
+        assert!(schema::detach_months_before(&db, now, 3)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }

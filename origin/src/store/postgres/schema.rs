@@ -311,9 +311,63 @@ pub async fn ensure_partitions(client: &Client, now: i64) -> Result<(), StoreErr
     Ok(())
 }
 
+/// The month `months` before `month`.
+fn months_before((y, m): Month, months: u32) -> Month {
+    let index = y * 12 + i64::from(m) - 1 - i64::from(months);
+    (index.div_euclid(12), (index.rem_euclid(12) + 1) as u32)
+}
+
+/// Retention: detaches from `events` every monthly partition that ended before the
+/// `keep_months` months up to the one holding `now`, and gives their names. A detached
+/// month is a table of its own (`events_yYYYYmMM`) to archive or drop; its events leave
+/// the log, so a later replay rebuilds the projections without them (until then the
+/// projections keep what they counted). The DEFAULT partition is never detached.
+///
+/// Not run by the origin yet (no setting); partition names are rebuilt from the
+/// integers parsed out of the catalogue's, never used as given.
+pub async fn detach_months_before(
+    client: &Client,
+    now: i64,
+    keep_months: u32,
+) -> Result<Vec<String>, StoreError> {
+    let cutoff = month_start(months_before(month_of(now), keep_months.saturating_sub(1)));
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_y[0-9]{4}m[0-9]{2}$'",
+            &[],
+        )
+        .await?;
+    let mut detached = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let (Ok(y), Ok(m)) = (name[8..12].parse::<i64>(), name[13..15].parse::<u32>()) else {
+            continue;
+        };
+        if !(1..=12).contains(&m) || month_start(next_month((y, m))) > cutoff {
+            continue;
+        }
+        let table = format!("events_y{y:04}m{m:02}");
+        client
+            .batch_execute(&format!("ALTER TABLE events DETACH PARTITION {table}"))
+            .await?;
+        detached.push(table);
+    }
+    detached.sort();
+    Ok(detached)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn months_count_back_across_years() {
+        assert_eq!(months_before((2026, 3), 0), (2026, 3));
+        assert_eq!(months_before((2026, 3), 2), (2026, 1));
+        assert_eq!(months_before((2026, 3), 3), (2025, 12));
+        assert_eq!(months_before((2026, 3), 27), (2023, 12));
+    }
 
     #[test]
     fn months_start_where_the_calendar_says() {
