@@ -53,3 +53,11 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "setup: could not install chromium (no root or no apt); the browser test will not run"
   fi
 fi
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  # For the PostgreSQL store tests (origin/src/store/postgres/test_server.rs): they run
+  # a throwaway server with Debian's initdb and pg_ctl in a temporary folder.
+  echo "setup: installing Debian's PostgreSQL 15 for the store tests (apt-get install -y postgresql-15)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; } >/dev/null 2>&1; then
+    echo "setup: could not install postgresql-15 (no root or no apt); the PostgreSQL tests skip locally and fail in CI"
+  fi
+fi

@@ -75,7 +75,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayConfig {
-    /// SQLite database file holding the event log.
+    /// The store holding the event log: a SQLite file (a path or `sqlite://PATH`) or a
+    /// PostgreSQL URL (`postgres://…`, the `default` tenant).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
 }
@@ -83,7 +84,8 @@ pub struct ReplayConfig {
 /// Where the database is and which tenant it holds.
 #[derive(Debug, Clone, Args)]
 pub struct StoreConfig {
-    /// SQLite database file (created when missing).
+    /// The store: a SQLite file (a path or `sqlite://PATH`, created when missing) or a
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`; `serve` and `publish`).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
     /// The tenant this database holds: the namespace of every published key and path

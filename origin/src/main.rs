@@ -63,6 +63,20 @@ fn init_tracing(otel_endpoint: Option<&str>) {
     origin::observability::warn_if_otel_missing(otel_endpoint);
 }
 
+/// The SQLite file `--db` names (a path or `sqlite://PATH`), for a command that only
+/// writes SQLite files: a PostgreSQL URL is refused (rather than creating a file named
+/// like the URL).
+fn sqlite_only(db: &std::path::Path, command: &str) -> Result<std::path::PathBuf> {
+    match Location::parse(&db.to_string_lossy())? {
+        Location::Sqlite(path) => Ok(path),
+        other => anyhow::bail!(
+            "origin {command} writes SQLite files only, not {}; import into SQLite, or use \
+             `origin serve` with the PostgreSQL URL",
+            other.display()
+        ),
+    }
+}
+
 /// How long the exit waits for work left on the runtime's blocking pool once a command
 /// is done. `origin serve` has drained its requests by then; what may remain is a
 /// training that cannot be cancelled, which must not hold the exit past the shutdown
@@ -89,9 +103,10 @@ async fn run() -> Result<()> {
     let regions = RegionMap::builtin();
     match config.command {
         Command::Serve(c) => origin::serve::serve(c, regions, shutdown_signal()).await?,
-        Command::DemoData(c) => {
+        Command::DemoData(mut c) => {
             c.validate()?;
             let started = Instant::now();
+            c.db = sqlite_only(&c.db, "demo-data")?;
             let mut store =
                 Database::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
             let bar = indicatif::ProgressBar::with_draw_target(
@@ -118,8 +133,9 @@ async fn run() -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        Command::Import(c) => {
+        Command::Import(mut c) => {
             let started = Instant::now();
+            c.db = sqlite_only(&c.db, "import")?;
             let mut store =
                 Database::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
             let options = c.options()?;
@@ -141,9 +157,20 @@ async fn run() -> Result<()> {
             let token = Secret::admin_token_from_env();
             let (tenant, users) = c.validate(token.as_ref())?;
             let targets = c.effective_targets();
-            let store = Database::open(&c.store.db)
-                .with_context(|| format!("opening {}", c.store.db.display()))?;
-            let set = tokio::task::block_in_place(|| store.training_set())?;
+            let location = Location::parse(&c.store.db.to_string_lossy())?;
+            let set = match &location {
+                Location::Sqlite(path) => {
+                    let store = Database::open(path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    tokio::task::block_in_place(|| store.training_set())?
+                }
+                Location::Postgres(_) => origin::store::open(&location, tenant.as_str(), 1)
+                    .await
+                    .with_context(|| format!("opening {}", location.display()))?
+                    .training_set()
+                    .await
+                    .with_context(|| format!("reading {}", location.display()))?,
+            };
             let freshness = Freshness {
                 fresh_for_s: c.fresh_for_s,
                 stale_for_s: c.stale_for_s,
@@ -154,7 +181,6 @@ async fn run() -> Result<()> {
                     origin::training::train_or_popularity(data, &c.model.choice)
                 })
             });
-            drop(store);
             let mut publish = PublishTargets::default();
             if let (true, Some(out)) = (targets.contains(&Target::Cdn), &c.out) {
                 publish = publish.with(Arc::new(
@@ -271,18 +297,20 @@ async fn run() -> Result<()> {
         }
         Command::Replay(c) => {
             let started = Instant::now();
-            let store = origin::store::open(&Location::Sqlite(c.db.clone()), 1)
-                .with_context(|| format!("opening {}", c.db.display()))?;
+            let location = Location::parse(&c.db.to_string_lossy())?;
+            let store = origin::store::open(&location, contract::DEFAULT_TENANT, 1)
+                .await
+                .with_context(|| format!("opening {}", location.display()))?;
             let report = store
                 .replay()
                 .await
-                .with_context(|| format!("replaying the event log in {}", c.db.display()))?;
+                .with_context(|| format!("replaying the event log in {}", location.display()))?;
             println!(
                 "replayed {} events ({} interactions, last seq {}) into every projection of {} in {:.2}s",
                 report.events,
                 report.interactions,
                 report.last_seq,
-                c.db.display(),
+                location.display(),
                 started.elapsed().as_secs_f64()
             );
         }

@@ -50,8 +50,10 @@ pub async fn serve(
     let train: crate::retrain::TrainFn =
         Arc::new(move |data| crate::training::train_or_popularity(data, &choice));
     // Opened (and checked to be ours) before anything listens.
-    let store = crate::store::open(&Location::Sqlite(c.store.db.clone()), c.event_group_max)
-        .with_context(|| format!("opening the store {}", c.store.db.display()))?;
+    let location = Location::parse(&c.store.db.to_string_lossy())?;
+    let store = crate::store::open(&location, tenant.as_str(), c.event_group_max)
+        .await
+        .with_context(|| format!("opening the store {}", location.display()))?;
     let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
     let token = Secret::admin_token_from_env();
     let mut state = AppState::new(Arc::new(placeholder), region)

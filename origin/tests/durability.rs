@@ -3,15 +3,20 @@
 //! database; every acknowledged event must be in the log, and the projections rebuilt
 //! from the log (`origin replay`) must equal the live ones. Also measures ingest
 //! throughput with durability on (printed; run with `--nocapture` to see it).
+//!
+//! Runs on both backends: a SQLite file, and a database of a throwaway PostgreSQL
+//! server (`origin::store::postgres::test_server`; skipped with the reason printed
+//! when PostgreSQL is not installed, a failure when `CI` is set). The log is read back
+//! through the `Store` interface, so both are checked the same way.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use origin::events::EventType;
-use origin::store::sqlite::event_log::{read_events, read_projections};
+use origin::store::{Location, SharedStore};
 
 mod common;
 use common::free_port;
@@ -27,7 +32,7 @@ struct Origin {
 }
 
 impl Origin {
-    fn start(db: &Path, log: &Path) -> Origin {
+    fn start(db: &str, log: &Path) -> Origin {
         let (port, metrics_port) = (free_port(), free_port());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -188,10 +193,18 @@ async fn burst(base: &str, phase: usize, acked: Arc<AtomicUsize>) -> (Vec<Ack>, 
     (acks, elapsed)
 }
 
-fn check_acknowledged(db: &Path, acks: &[Ack]) {
-    let conn = rusqlite::Connection::open(db).unwrap();
+/// The store `--db` names, opened as the origin opens it.
+async fn open(db: &str) -> SharedStore {
+    let location = Location::parse(db).unwrap();
+    origin::store::open(&location, contract::DEFAULT_TENANT, 1)
+        .await
+        .unwrap()
+}
+
+async fn check_acknowledged(db: &str, acks: &[Ack]) {
+    let store = open(db).await;
     for (first, last, sent) in acks {
-        let logged = read_events(&conn, *first, *last).unwrap();
+        let logged = store.read_events(*first, *last).await.unwrap();
         assert_eq!(logged.len(), sent.len(), "seqs {first}..={last} missing");
         for ((seq, got), want) in logged.iter().zip(sent) {
             let got = Sent {
@@ -206,7 +219,7 @@ fn check_acknowledged(db: &Path, acks: &[Ack]) {
     }
 }
 
-fn replay(db: &Path) {
+fn replay(db: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_origin"))
         .args(["replay", "--db"])
         .arg(db)
@@ -222,8 +235,33 @@ fn replay(db: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_events_survive_sigkill_and_projections_rebuild_equal() {
     let dir = tempfile::tempdir().unwrap();
-    let db: PathBuf = dir.path().join("origin.sqlite");
-    let log = dir.path().join("origin.log");
+    let db = dir.path().join("origin.sqlite").display().to_string();
+    survive_sigkill(
+        &db,
+        &dir.path().join("origin.log"),
+        "SQLite synchronous=FULL",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_events_survive_sigkill_and_projections_rebuild_equal_on_postgres() {
+    let Some(server) = origin::store::postgres::test_server::shared() else {
+        return;
+    };
+    let db = server.database().await;
+    let dir = tempfile::tempdir().unwrap();
+    survive_sigkill(
+        &db,
+        &dir.path().join("origin.log"),
+        "PostgreSQL synchronous_commit=on",
+    )
+    .await;
+}
+
+async fn survive_sigkill(db: &str, log: &Path, durability: &str) {
+    let db = db.to_owned();
+    let log = log.to_owned();
 
     // Phase 1: a burst, killed midway.
     let mut origin = Origin::start(&db, &log);
@@ -254,7 +292,7 @@ async fn acknowledged_events_survive_sigkill_and_projections_rebuild_equal() {
     // Restart on the same database: everything acknowledged is there.
     let mut origin = Origin::start(&db, &log);
     origin.wait_ready().await;
-    check_acknowledged(&db, &acks1);
+    check_acknowledged(&db, &acks1).await;
 
     // Phase 2: a full burst against the restarted origin, timed.
     let (acks2, elapsed) = burst(&origin.base, 2, Arc::new(AtomicUsize::new(0))).await;
@@ -263,10 +301,10 @@ async fn acknowledged_events_survive_sigkill_and_projections_rebuild_equal() {
     let rate = acked2 as f64 / elapsed.as_secs_f64();
     println!(
         "ingest throughput: {acked2} events in {:.2}s = {rate:.0} events/s \
-         ({TASKS} concurrent clients, {BATCH} events per request, synchronous=FULL, group commit)",
+         ({TASKS} concurrent clients, {BATCH} events per request, {durability}, group commit)",
         elapsed.as_secs_f64()
     );
-    check_acknowledged(&db, &acks2);
+    check_acknowledged(&db, &acks2).await;
     let metrics = reqwest::get(&origin.metrics)
         .await
         .unwrap()
@@ -281,10 +319,10 @@ async fn acknowledged_events_survive_sigkill_and_projections_rebuild_equal() {
 
     // Kill again; the live projections on disk equal a rebuild from the log alone.
     origin.sigkill();
-    let live = read_projections(&rusqlite::Connection::open(&db).unwrap()).unwrap();
+    let live = open(&db).await.projections().await.unwrap();
     assert!(!live.user_history.is_empty() && !live.cooccurrence.is_empty());
     replay(&db);
-    let rebuilt = read_projections(&rusqlite::Connection::open(&db).unwrap()).unwrap();
+    let rebuilt = open(&db).await.projections().await.unwrap();
     assert_eq!(rebuilt.user_history.len(), live.user_history.len());
     assert!(
         rebuilt == live,

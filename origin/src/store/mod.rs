@@ -14,7 +14,10 @@
 //!   [`Projections`].
 //! - `sqlite/`: the SQLite backend (catalogue tables, the event log and its writer
 //!   thread, the analytics queries).
+//! - `postgres/`: the PostgreSQL backend (`--db postgres://…`): migrations, partitions,
+//!   the writer task, the analytics queries, and a throwaway server for tests.
 
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -31,6 +34,7 @@ use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::TrainingData;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Half-life of the trending score, in seconds.
@@ -64,12 +68,34 @@ pub enum StoreError {
     },
     #[error("--db {0:?}: {1}")]
     BadLocation(String, String),
+    #[error("postgres: {}", with_causes(.0))]
+    Pg(#[from] tokio_postgres::Error),
+    #[error("postgres connection pool: {}", with_causes(.0))]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A PostgreSQL error with where it happened (the URL without its password).
+    #[error("postgres {0}")]
+    Postgres(String),
     #[error("the event writer has stopped")]
     WriterGone,
     #[error("the log holds an event that cannot be read back: seq {seq}: {message}")]
     Corrupt { seq: i64, message: String },
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+/// An error with its causes (`tokio-postgres` says only "db error" and keeps the
+/// server's message as the cause).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl StoreError {
@@ -282,17 +308,33 @@ pub trait Store: Send + Sync {
 /// A shared handle on the process's store.
 pub type SharedStore = Arc<dyn Store>;
 
-/// Where `--db` points: a SQLite file (a path, or `sqlite://PATH`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where `--db` points: a SQLite file (a path, or `sqlite://PATH`) or a PostgreSQL
+/// database (`postgres://…` or `postgresql://…`; its `Debug` and [`Location::display`]
+/// never show a password).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Location::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&postgres::redact(url))
+                .finish(),
+        }
+    }
 }
 
 impl Location {
-    /// Parses `--db`: `sqlite://PATH` or a plain path is SQLite; any other `scheme://`
-    /// is refused with the schemes this build knows.
+    /// Parses `--db`: `sqlite://PATH` or a plain path is SQLite, `postgres://` or
+    /// `postgresql://` a PostgreSQL URL (checked here, so a typo fails at once); any
+    /// other `scheme://` is refused with the schemes this build knows.
     pub fn parse(raw: &str) -> Result<Self, StoreError> {
-        let bad = |why: &str| StoreError::BadLocation(raw.to_owned(), why.to_owned());
+        let bad = |why: &str| StoreError::BadLocation(postgres::redact(raw), why.to_owned());
         if raw.trim().is_empty() {
             return Err(bad("empty"));
         }
@@ -302,20 +344,43 @@ impl Location {
             }
             return Ok(Location::Sqlite(PathBuf::from(path)));
         }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return match raw.parse::<tokio_postgres::Config>() {
+                Ok(_) => Ok(Location::Postgres(raw.to_owned())),
+                Err(e) => Err(bad(&format!("not a PostgreSQL URL: {e}"))),
+            };
+        }
         if let Some((scheme, _)) = raw.split_once("://") {
             return Err(bad(&format!(
-                "unknown scheme {scheme:?}: give a file path or sqlite://PATH"
+                "unknown scheme {scheme:?}: give a file path, sqlite://PATH or postgres://…"
             )));
         }
         Ok(Location::Sqlite(PathBuf::from(raw)))
     }
+
+    /// The location for logs and errors: the path, or the URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(url) => postgres::redact(url),
+        }
+    }
 }
 
-/// Opens the store `--db` names, with the event writer committing at most
-/// `group_max` events per transaction. Needs a tokio runtime (the write probe).
-pub fn open(location: &Location, group_max: usize) -> Result<SharedStore, StoreError> {
+/// Opens the store `--db` names for `tenant`, with the event writer committing at most
+/// `group_max` events per transaction. Needs a tokio runtime (the writer, the probe).
+/// A SQLite file holds one tenant, so it ignores `tenant`; a PostgreSQL database keys
+/// every row by it.
+pub async fn open(
+    location: &Location,
+    tenant: &str,
+    group_max: usize,
+) -> Result<SharedStore, StoreError> {
     match location {
         Location::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, group_max)?)),
+        Location::Postgres(url) => Ok(Arc::new(
+            PostgresStore::connect(url, tenant, group_max).await?,
+        )),
     }
 }
 
@@ -333,9 +398,26 @@ mod tests {
             Location::parse("sqlite:///tmp/x.db").unwrap(),
             Location::Sqlite("/tmp/x.db".into())
         );
-        for bad in ["", "sqlite://", "mysql://h/db"] {
+        for bad in [
+            "",
+            "sqlite://",
+            "mysql://h/db",
+            "postgres://u:pw@h:notaport/db",
+        ] {
             let e = Location::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--db"), "{e}");
+            assert!(!e.contains("pw"), "{e}");
         }
+        let pg = Location::parse("postgresql://app:hunter2@db:5432/recs").unwrap();
+        assert_eq!(
+            pg,
+            Location::Postgres("postgresql://app:hunter2@db:5432/recs".into())
+        );
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        assert_eq!(pg.display(), "postgresql://app:***@db:5432/recs");
+        assert!(matches!(
+            Location::parse("postgres://localhost/recs"),
+            Ok(Location::Postgres(_))
+        ));
     }
 }
