@@ -51,9 +51,15 @@ pub async fn serve(
         Arc::new(move |data| crate::training::train_or_popularity(data, &choice));
     // Opened (and checked to be ours) before anything listens.
     let location = Location::parse(&c.store.db.to_string_lossy())?;
-    let store = crate::store::open(&location, tenant.as_str(), c.event_group_max)
-        .await
-        .with_context(|| format!("opening the store {}", location.display()))?;
+    let store = crate::store::open_with_replicas(
+        &location,
+        &c.db_replicas,
+        std::time::Duration::from_millis(c.replica_max_lag_ms),
+        tenant.as_str(),
+        c.event_group_max,
+    )
+    .await
+    .with_context(|| format!("opening the store {}", location.display()))?;
     let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
     let token = Secret::admin_token_from_env();
     let mut state = AppState::new(Arc::new(placeholder), region)

@@ -59,6 +59,9 @@ pub struct Health {
     pub items: u64,
     pub interactions: u64,
     pub model_version: String,
+    /// The read replicas and their lag (empty without `--db-replica`).
+    #[serde(default)]
+    pub replicas: Vec<crate::store::replicas::ReplicaStatus>,
 }
 
 /// Whether the store takes writes (see [`crate::store::WriteHealth`]).
@@ -96,6 +99,11 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
         items: s.counts.items,
         interactions: s.counts.interactions,
         model_version: s.model_version(),
+        replicas: state
+            .live
+            .as_ref()
+            .map(|l| l.store.replicas())
+            .unwrap_or_default(),
     })
 }
 

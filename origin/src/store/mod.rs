@@ -16,8 +16,11 @@
 //!   thread, the analytics queries).
 //! - `postgres/`: the PostgreSQL backend (`--db postgres://…`): migrations, partitions,
 //!   the writer task, the analytics queries, and a throwaway server for tests.
+//! - `replicas`: the primary plus read replicas (`--db-replica`): writes to the
+//!   primary, reads spread over healthy replicas; [`open_with_replicas`].
 
 pub mod postgres;
+pub mod replicas;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -303,6 +306,12 @@ pub trait Store: Send + Sync {
 
     /// Every projection row, for comparing a replay with the live state.
     async fn projections(&self) -> Result<Projections, StoreError>;
+
+    /// The read replicas behind this store and their health (none for a single
+    /// database).
+    fn replicas(&self) -> Vec<replicas::ReplicaStatus> {
+        Vec::new()
+    }
 }
 
 /// A shared handle on the process's store.
@@ -381,6 +390,42 @@ pub async fn open(
         Location::Postgres(url) => Ok(Arc::new(
             PostgresStore::connect(url, tenant, group_max).await?,
         )),
+    }
+}
+
+/// [`open`], plus read replicas at `replica_urls` (PostgreSQL only) whose lag may be
+/// at most `max_lag` (see [`replicas`]). Without replicas, just [`open`].
+pub async fn open_with_replicas(
+    location: &Location,
+    replica_urls: &[String],
+    max_lag: Duration,
+    tenant: &str,
+    group_max: usize,
+) -> Result<SharedStore, StoreError> {
+    if replica_urls.is_empty() {
+        return open(location, tenant, group_max).await;
+    }
+    for url in replica_urls {
+        if let Location::Sqlite(_) = Location::parse(url)? {
+            return Err(StoreError::BadLocation(
+                postgres::redact(url),
+                "--db-replica must be a postgres:// URL".into(),
+            ));
+        }
+    }
+    match location {
+        Location::Sqlite(_) => Err(StoreError::BadLocation(
+            location.display(),
+            "--db-replica needs a PostgreSQL --db (SQLite has no replicas)".into(),
+        )),
+        Location::Postgres(url) => {
+            let primary = PostgresStore::connect(url, tenant, group_max).await?;
+            Ok(replicas::ReplicatedStore::new(
+                primary,
+                replica_urls,
+                max_lag,
+            )?)
+        }
     }
 }
 

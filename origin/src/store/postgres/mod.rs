@@ -93,7 +93,8 @@ pub struct PostgresStore {
     location: String,
     tenant: String,
     pool: Pool,
-    writer: Writer,
+    /// `None` for a read-only connection to a replica ([`PostgresStore::connect_replica`]).
+    writer: Option<Writer>,
 }
 
 impl PostgresStore {
@@ -101,6 +102,46 @@ impl PostgresStore {
     /// start at once), creates the event partitions ahead and starts the event writer,
     /// which commits at most `group_max` events per transaction. Needs a tokio runtime.
     pub async fn connect(url: &str, tenant: &str, group_max: usize) -> Result<Self, StoreError> {
+        let (location, pool) = Self::pool_for(url)?;
+        let at = |e: StoreError| StoreError::Postgres(format!("{location}: {e}"));
+        {
+            let mut conn = pool.get().await.map_err(|e| at(e.into()))?;
+            let client: &mut tokio_postgres::Client = &mut conn;
+            schema::migrate(client, event_log::now_ms() / 1000)
+                .await
+                .map_err(at)?;
+        }
+        let writer = Writer::start(pool.clone(), tenant.to_owned(), group_max);
+        Ok(PostgresStore {
+            location,
+            tenant: tenant.to_owned(),
+            pool,
+            writer: Some(writer),
+        })
+    }
+
+    /// A read-only store on a streaming replica at `url`: no migrations (the primary
+    /// applies them and the replica replays them), no writer; every write method fails.
+    /// Connects lazily, so a replica that is down at start is only unhealthy.
+    pub fn connect_replica(url: &str, tenant: &str) -> Result<Self, StoreError> {
+        let (location, pool) = Self::pool_for(url)?;
+        Ok(PostgresStore {
+            location,
+            tenant: tenant.to_owned(),
+            pool,
+            writer: None,
+        })
+    }
+
+    /// The writer, or an error naming a replica (which takes no writes).
+    fn writer(&self) -> Result<&Writer, StoreError> {
+        self.writer.as_ref().ok_or_else(|| {
+            StoreError::Postgres(format!("{}: a read replica takes no writes", self.location))
+        })
+    }
+
+    /// The redacted location and a connection pool for `url` (not connected yet).
+    fn pool_for(url: &str) -> Result<(String, Pool), StoreError> {
         let location = redact(url);
         let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
             StoreError::BadLocation(location.clone(), e.to_string())
@@ -119,21 +160,7 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(30)))
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        let at = |e: StoreError| StoreError::Postgres(format!("{location}: {e}"));
-        {
-            let mut conn = pool.get().await.map_err(|e| at(e.into()))?;
-            let client: &mut tokio_postgres::Client = &mut conn;
-            schema::migrate(client, event_log::now_ms() / 1000)
-                .await
-                .map_err(at)?;
-        }
-        let writer = Writer::start(pool.clone(), tenant.to_owned(), group_max);
-        Ok(PostgresStore {
-            location,
-            tenant: tenant.to_owned(),
-            pool,
-            writer,
-        })
+        Ok((location, pool))
     }
 
     /// The tenant whose rows this store reads and writes.
@@ -354,18 +381,20 @@ impl Store for PostgresStore {
         events: Vec<Event>,
         client: Option<String>,
     ) -> Result<Appended, StoreError> {
-        self.writer.append(events, client).await
+        self.writer()?.append(events, client).await
     }
 
     fn write_health(&self) -> WriteHealth {
-        self.writer.health()
+        self.writer.as_ref().map(Writer::health).unwrap_or_default()
     }
 
     async fn import(&self, batch: Batch) -> Result<(), StoreError> {
+        self.writer()?;
         self.insert_batch(&batch).await
     }
 
     async fn replay(&self) -> Result<ReplayReport, StoreError> {
+        self.writer()?;
         event_log::replay(&self.pool, &self.tenant).await
     }
 
@@ -422,6 +451,7 @@ impl Store for PostgresStore {
         report: contract::events::EdgeReport,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        self.writer()?;
         analytics::record_edge_report(&self.pool, &self.tenant, &report, now_ms).await
     }
 
