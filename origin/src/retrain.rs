@@ -151,13 +151,22 @@ impl Retrainer {
     }
 }
 
-/// Retrains every `every` (the first one after one period), logging failures.
-pub fn spawn_schedule(retrainer: Arc<Retrainer>, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Retrains every `every` (the first one after one period) while this process is
+/// the leader (see [`crate::leader`]; a tick while not leading does nothing), logging
+/// failures.
+pub fn spawn_schedule(
+    retrainer: Arc<Retrainer>,
+    every: Duration,
+    leader: Arc<crate::leader::Leadership>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !leader.is_leader() {
+                continue;
+            }
             if let Err(e) = retrainer.retrain().await {
                 tracing::error!(error = %e, "scheduled retrain failed");
             }

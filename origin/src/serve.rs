@@ -18,6 +18,7 @@ use crate::clients::RateLimits;
 use crate::config::{Secret, ServeConfig};
 use crate::freshness::{PublishGate, PublishHealth, Republisher, Targets};
 use crate::http::Live;
+use crate::leader::Leadership;
 use crate::publish::EdgeClient;
 use crate::retrain::Retrainer;
 use crate::snapshot::{Freshness, Snapshot};
@@ -60,6 +61,15 @@ pub async fn serve(
     )
     .await
     .with_context(|| format!("opening the store {}", location.display()))?;
+    // One origin per database runs the schedule (see `leader`).
+    let leader = match &location {
+        Location::Sqlite(_) => Leadership::always(),
+        Location::Postgres(url) => Leadership::elect(
+            url,
+            tenant.as_str(),
+            std::time::Duration::from_millis(c.leader_retry_ms),
+        ),
+    };
     let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
     let token = Secret::admin_token_from_env();
     let mut state = AppState::new(Arc::new(placeholder), region)
@@ -123,12 +133,14 @@ pub async fn serve(
         admin_token: token,
         max_future_s: i64::from(c.event_max_future_s),
         health,
+        leader: leader.clone(),
     });
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .with_context(|| format!("binding {}", c.listen))?;
     tracing::info!(addr = %listener.local_addr()?, ?policy, "origin listening; training the first model");
     let first = retrainer.clone();
+    let schedule_leader = leader.clone();
     let every = c.retrain_every_s;
     tokio::spawn(async move {
         match first.retrain().await {
@@ -140,7 +152,11 @@ pub async fn serve(
             Err(e) => tracing::error!(error = %e, "first training failed; still loading"),
         }
         if every > 0 {
-            crate::retrain::spawn_schedule(first, std::time::Duration::from_secs(every));
+            crate::retrain::spawn_schedule(
+                first,
+                std::time::Duration::from_secs(every),
+                schedule_leader,
+            );
         }
     });
     crate::run_with(listener, state, c.guard.serve_options(), shutdown).await?;
