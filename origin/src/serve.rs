@@ -142,15 +142,14 @@ pub async fn serve(
     let first = retrainer.clone();
     let schedule_leader = leader.clone();
     let every = c.retrain_every_s;
+    let follow_every = std::time::Duration::from_millis(c.leader_retry_ms);
     tokio::spawn(async move {
-        match first.retrain().await {
-            Ok(r) => tracing::info!(
-                model = %r.new_model_version,
-                seconds = r.train_seconds,
-                "first model trained and serving"
-            ),
+        match first.start().await {
+            Ok(version) => tracing::info!(model = %version, "first model trained and serving"),
             Err(e) => tracing::error!(error = %e, "first training failed; still loading"),
         }
+        // Every origin serves the model the newest retrain recorded (see `retrain`).
+        crate::retrain::spawn_follow(first.clone(), follow_every);
         if every > 0 {
             crate::retrain::spawn_schedule(
                 first,

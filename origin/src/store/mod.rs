@@ -185,6 +185,21 @@ pub struct TrainingSet {
     pub counts: Counts,
     pub data: TrainingData,
     pub maps: IdMaps,
+    /// The seq of the newest event whose interaction is in the set, when the backend
+    /// says (the watermark other origins train up to; see [`TrainedModel`]).
+    pub upto_seq: Option<i64>,
+}
+
+/// What a retrain trained, recorded in the store so that every origin on the database
+/// serves the same model (see `crate::retrain`): its version, the second it names, the
+/// training watermark (the last event seq included) and the counts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrainedModel {
+    pub model_version: String,
+    /// Unix seconds, as in the version.
+    pub trained_at: u64,
+    pub upto_seq: Option<i64>,
+    pub counts: Counts,
 }
 
 /// Where a batch landed in the log.
@@ -311,6 +326,27 @@ pub trait Store: Send + Sync {
     /// database).
     fn replicas(&self) -> Vec<replicas::ReplicaStatus> {
         Vec::new()
+    }
+
+    /// The training set as of event `upto_seq`: imported interactions and those of
+    /// events with seq ≤ `upto_seq` (`None`: everything, as [`Store::training_set`]).
+    /// Users and items are the current ones. A backend without event seqs on its
+    /// interactions gives everything.
+    async fn training_set_upto(&self, upto_seq: Option<i64>) -> Result<TrainingSet, StoreError> {
+        let _ = upto_seq;
+        self.training_set().await
+    }
+
+    /// Records the model a retrain trained (for the other origins on this database).
+    /// A store that only one process uses (SQLite) need not keep it.
+    async fn record_model(&self, model: &TrainedModel) -> Result<(), StoreError> {
+        let _ = model;
+        Ok(())
+    }
+
+    /// The model the newest retrain on this database trained, if recorded.
+    async fn latest_model(&self) -> Result<Option<TrainedModel>, StoreError> {
+        Ok(None)
     }
 }
 

@@ -7,6 +7,9 @@
 //!   round-robin; with no healthy replica, to the primary. A read that fails on a
 //!   replica marks it unhealthy and is answered by the primary, so a replica going
 //!   down costs no error.
+//! - `training_set_upto` (a follower training the leader's data, see `crate::retrain`)
+//!   reads a replica that has replayed up to the watermark, else the primary;
+//!   `latest_model` reads the primary, `record_model` writes it.
 //! - **`user_history` stays on the primary.** The republish right after an event reads
 //!   the user's history to rescore them; it must see the event it was called for (read
 //!   your own writes), and a replica may lag behind by up to `--replica-max-lag-ms`.
@@ -34,7 +37,7 @@ use crate::events::Event;
 use crate::store::postgres::PostgresStore;
 use crate::store::{
     Appended, Batch, Counts, Projections, ReplayReport, SharedStore, Store, StoreError,
-    TrainingSet, WriteHealth,
+    TrainedModel, TrainingSet, WriteHealth,
 };
 
 /// How often every replica's health and lag are checked.
@@ -363,6 +366,26 @@ impl Store for ReplicatedStore {
 
     fn replicas(&self) -> Vec<ReplicaStatus> {
         self.statuses()
+    }
+
+    /// On a replica that has replayed up to `upto_seq`, else on the primary.
+    async fn training_set_upto(&self, upto_seq: Option<i64>) -> Result<TrainingSet, StoreError> {
+        let set = self
+            .read(|s| async move { s.training_set_upto(upto_seq).await })
+            .await?;
+        if upto_seq.is_some() && set.upto_seq < upto_seq {
+            return self.primary.training_set_upto(upto_seq).await;
+        }
+        Ok(set)
+    }
+
+    async fn record_model(&self, model: &TrainedModel) -> Result<(), StoreError> {
+        self.primary.record_model(model).await
+    }
+
+    /// On the primary: a replica may not have the newest record yet.
+    async fn latest_model(&self) -> Result<Option<TrainedModel>, StoreError> {
+        self.primary.latest_model().await
     }
 }
 

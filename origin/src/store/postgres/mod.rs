@@ -15,10 +15,12 @@
 //! - `event_log`: the writer task (group commit), replay, reads of the log.
 //! - `project`: the projections of a group of events, in a few round trips.
 //! - `analytics`: the analytics queries.
+//! - `models`: the record of trained models (every origin serves the newest).
 //! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
 
 pub mod analytics;
 pub mod event_log;
+pub mod models;
 pub mod project;
 pub mod schema;
 #[doc(hidden)]
@@ -37,8 +39,8 @@ use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
 use crate::store::{
-    Appended, Batch, Counts, IdMaps, Projections, ReplayReport, Store, StoreError, TrainingSet,
-    WriteHealth,
+    Appended, Batch, Counts, IdMaps, Projections, ReplayReport, Store, StoreError, TrainedModel,
+    TrainingSet, WriteHealth,
 };
 
 use event_log::Writer;
@@ -284,7 +286,9 @@ impl PostgresStore {
         })
     }
 
-    async fn read_training_set(&self) -> Result<TrainingSet, StoreError> {
+    /// The training set; with `upto`, only the interactions imported or of events with
+    /// seq ≤ `upto` (see [`Store::training_set_upto`]).
+    async fn read_training_set(&self, upto: Option<i64>) -> Result<TrainingSet, StoreError> {
         let tenant = self.tenant.as_str();
         let mut conn = self.pool.get().await?;
         // One snapshot for the counts and every table.
@@ -294,7 +298,15 @@ impl PostgresStore {
             .read_only(true)
             .start()
             .await?;
-        let counts = self.read_counts(&*tx).await?;
+        let mut counts = self.read_counts(&*tx).await?;
+        let upto_seq: Option<i64> = tx
+            .query_one(
+                "SELECT MAX(event_seq) FROM interactions WHERE tenant = $1
+                     AND ($2::bigint IS NULL OR event_seq <= $2)",
+                &[&tenant, &upto],
+            )
+            .await?
+            .get(0);
         let mut maps = IdMaps::default();
         let mut user_index: HashMap<String, UserIdx> = HashMap::new();
         for r in tx
@@ -337,10 +349,12 @@ impl PostgresStore {
         // Exact capacity, and rows streamed: at millions of rows, neither doubling growth
         // nor a second copy of every row in memory.
         let mut interactions = Vec::with_capacity(counts.interactions as usize);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenant, &upto];
         let rows = tx
             .query_raw(
-                "SELECT user_id, item_id, weight, ts FROM interactions WHERE tenant = $1",
-                [tenant],
+                "SELECT user_id, item_id, weight, ts FROM interactions WHERE tenant = $1
+                     AND ($2::bigint IS NULL OR event_seq IS NULL OR event_seq <= $2)",
+                params,
             )
             .await?;
         let mut rows = std::pin::pin!(rows);
@@ -358,6 +372,9 @@ impl PostgresStore {
             }
         }
         tx.commit().await?;
+        if upto.is_some() {
+            counts.interactions = interactions.len() as u64;
+        }
         let data = TrainingData {
             n_users: maps.user_ids.len(),
             n_items: maps.item_ids.len(),
@@ -366,7 +383,12 @@ impl PostgresStore {
             user_region: maps.user_country.clone(),
             user_weight: Vec::new(),
         };
-        Ok(TrainingSet { counts, data, maps })
+        Ok(TrainingSet {
+            counts,
+            data,
+            maps,
+            upto_seq,
+        })
     }
 }
 
@@ -404,7 +426,20 @@ impl Store for PostgresStore {
     }
 
     async fn training_set(&self) -> Result<TrainingSet, StoreError> {
-        self.read_training_set().await
+        self.read_training_set(None).await
+    }
+
+    async fn training_set_upto(&self, upto_seq: Option<i64>) -> Result<TrainingSet, StoreError> {
+        self.read_training_set(upto_seq).await
+    }
+
+    async fn record_model(&self, model: &TrainedModel) -> Result<(), StoreError> {
+        self.writer()?;
+        models::record(&self.pool, &self.tenant, model).await
+    }
+
+    async fn latest_model(&self) -> Result<Option<TrainedModel>, StoreError> {
+        models::latest(&self.pool, &self.tenant).await
     }
 
     async fn user_history(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
