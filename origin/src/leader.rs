@@ -72,8 +72,7 @@ impl Leadership {
         let (url, tenant) = (url.to_owned(), tenant.to_owned());
         let location = crate::store::postgres::redact(&url);
         tokio::spawn(async move {
-            loop {
-                let Some(me) = weak.upgrade() else { break };
+            while let Some(me) = weak.upgrade() {
                 if let Err(e) = campaign(&me, &url, &tenant, retry).await {
                     tracing::warn!(db = %location, error = %e, "leader election connection lost; retrying");
                 }
