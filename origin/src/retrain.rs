@@ -364,4 +364,42 @@ mod tests {
         assert_eq!(again.old_model_version, report.new_model_version);
         assert_ne!(again.new_model_version, report.new_model_version);
     }
+
+    /// A process that does not lead lets its schedule tick by; the leader retrains.
+    #[tokio::test]
+    async fn only_the_leader_retrains_on_the_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+        let sqlite =
+            crate::store::SqliteStore::open(&dir.path().join("fixture.sqlite"), 1000).unwrap();
+        let retrainer = |shared: SharedSnapshot| {
+            Arc::new(Retrainer::new(
+                Arc::new(sqlite.clone()),
+                Tenant::default_tenant(),
+                RegionMap::builtin(),
+                Freshness::default(),
+                Arc::new(crate::snapshot::fixture_model),
+                shared,
+            ))
+        };
+        let version = snapshot.model_version();
+        let follower: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let every = Duration::from_millis(50);
+        let not_leading = Arc::new(crate::leader::Leadership::default());
+        let a = spawn_schedule(retrainer(follower.clone()), every, not_leading);
+        tokio::time::sleep(every * 6).await;
+        assert_eq!(follower.load().model_version(), version, "no retrain");
+        let b = spawn_schedule(
+            retrainer(follower.clone()),
+            every,
+            crate::leader::Leadership::always(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while follower.load().model_version() == version {
+            assert!(Instant::now() < deadline, "the leader never retrained");
+            tokio::time::sleep(every).await;
+        }
+        a.abort();
+        b.abort();
+    }
 }
