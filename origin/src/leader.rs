@@ -12,7 +12,8 @@
 //! **The bound.** After the leader process dies, another origin leads within
 //! `--leader-retry-ms` plus one round trip (2 s by default). When the leader's host
 //! vanishes without closing its connection (power loss, a network partition), the
-//! server cannot see it at once: the session sets `idle_session_timeout` to three
+//! server cannot see it at once: the session sets `idle_session_timeout` (PostgreSQL
+//! 14 and later; older servers rely on TCP keepalive) to three
 //! retry periods, so the server ends it (and frees the lock) after 3 × retry without
 //! a check, and another origin leads within 4 × `--leader-retry-ms` (8 s by default).
 //! A leader that loses its session learns it at its next check (within one retry
@@ -103,11 +104,16 @@ async fn campaign(
     let conn = tokio::spawn(conn);
     let idle_ms = (retry.as_millis() * 3).clamp(1_000, i32::MAX as u128);
     client
-        .batch_execute(&format!(
-            "SET idle_session_timeout = {idle_ms}; SET application_name = 'origin leader election'"
-        ))
+        .batch_execute("SET application_name = 'origin leader election'")
         .await
         .map_err(err)?;
+    // PostgreSQL 14 and later; on older servers only a closed connection frees the lock.
+    if let Err(e) = client
+        .batch_execute(&format!("SET idle_session_timeout = {idle_ms}"))
+        .await
+    {
+        tracing::warn!(error = %err(e), "idle_session_timeout not set (PostgreSQL < 14?): a vanished leader host is noticed only by TCP keepalive");
+    }
     let result = async {
         loop {
             let check = async {
