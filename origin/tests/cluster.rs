@@ -21,6 +21,11 @@ const TOKEN: &str = "cluster-test-token";
 /// `--leader-retry-ms` of these tests.
 const RETRY_MS: u64 = 300;
 
+/// The tests of this file run one at a time: each starts a replica and two origins on
+/// ports picked free a moment before they are bound, and two tests picking at once
+/// could be handed the same port (and their timing bounds want the CPU).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Origin {
     child: Child,
     base: String,
@@ -208,6 +213,7 @@ async fn events(base: &str, events: &[(&str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_origins_agree_on_the_model_after_a_retrain_on_the_leader_and_read_a_replica() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(server) = origin::store::postgres::test_server::shared() else {
         return;
     };
@@ -298,6 +304,7 @@ async fn two_origins_agree_on_the_model_after_a_retrain_on_the_leader_and_read_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_leader_is_killed_another_leads_within_the_bound_and_retrains() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(server) = origin::store::postgres::test_server::shared() else {
         return;
     };
