@@ -222,6 +222,18 @@ pub struct ServeConfig {
     /// (exported only when built with the `otel` cargo feature).
     #[arg(long, env = "ORIGIN_OTEL_ENDPOINT")]
     pub otel_endpoint: Option<String>,
+    /// A streaming read replica of the PostgreSQL `--db` (`postgres://…`; repeat the
+    /// flag, or a comma-separated list in the environment): serving, analytics and
+    /// training read from healthy replicas, writes go to the primary.
+    #[arg(long = "db-replica", env = "ORIGIN_DB_REPLICAS", value_delimiter = ',')]
+    pub db_replicas: Vec<String>,
+    /// Milliseconds a replica may lag behind the primary before reads leave it.
+    #[arg(long, env = "ORIGIN_REPLICA_MAX_LAG_MS", default_value_t = 5000)]
+    pub replica_max_lag_ms: u64,
+    /// Milliseconds between a non-leader's attempts to take the leader lock (and the
+    /// leader's checks that it still holds it): the bound on a failover.
+    #[arg(long, env = "ORIGIN_LEADER_RETRY_MS", default_value_t = 2000)]
+    pub leader_retry_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -442,6 +454,9 @@ impl ServeConfig {
         if self.publish_state_users == 0 {
             return Err(ConfigError::Zero("--publish-state-users"));
         }
+        if self.leader_retry_ms == 0 {
+            return Err(ConfigError::Zero("--leader-retry-ms"));
+        }
         Ok((tenant, region))
     }
 }
@@ -559,7 +574,30 @@ mod tests {
         assert_eq!(s.event_max_future_s, 300);
         assert_eq!(s.event_group_max, 5000);
         assert_eq!(s.otel_endpoint, None);
+        assert!(s.db_replicas.is_empty());
+        assert_eq!(s.replica_max_lag_ms, 5000);
+        assert_eq!(s.leader_retry_ms, 2000);
         assert!(s.validate(&RegionMap::builtin()).is_ok());
+    }
+
+    #[test]
+    fn replicas_are_repeated_flags_and_a_comma_separated_list() {
+        let c = Config::try_parse_from([
+            "origin",
+            "serve",
+            "--db-replica",
+            "postgres://r1/db",
+            "--db-replica",
+            "postgres://r2/db,postgres://r3/db",
+        ])
+        .unwrap();
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            s.db_replicas,
+            ["postgres://r1/db", "postgres://r2/db", "postgres://r3/db"]
+        );
     }
 
     #[test]

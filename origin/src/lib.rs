@@ -26,6 +26,8 @@
 //! - `events`: the live event wire format and its validation.
 //! - `freshness`: debounced per-user republish and purge after events.
 //! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
+//! - `leader`: which of several origins on one PostgreSQL runs the schedule (an
+//!   advisory lock; SQLite's one process always leads).
 //! - `analytics`: the recommendation funnel and real-time figures.
 //! - `latency`: request latency per route over the last hour (`/v1/analytics/latency`).
 //! - `auth`: constant-time admin bearer checks.
@@ -49,6 +51,7 @@ pub mod freshness;
 pub mod http;
 pub mod import;
 pub mod latency;
+pub mod leader;
 pub mod model;
 pub mod observability;
 pub mod publish;

@@ -7,10 +7,29 @@
 //! requests in flight keep the snapshot they loaded, new requests see the new one,
 //! and nobody sees a half-built model. Retrains never overlap.
 //!
+//! **One model version on every origin.** Several origins on one database serve the
+//! same model: every retrain records what it trained in the store
+//! ([`TrainedModel`]: version, the second it names, the watermark, i.e. the last event
+//! seq in its training set, and the counts). Every origin polls the record
+//! ([`spawn_follow`]) and, when it names a newer model than the one it serves, trains
+//! on the store's data up to that watermark ([`crate::store::Store::training_set_upto`]: imported
+//! interactions and those of events with seq ≤ the watermark) and serves it under the
+//! recorded version ([`Retrainer::adopt`]). Training is deterministic for the same
+//! data (the interactions are sorted before training, so the order rows come back in
+//! does not matter), so the models are the same, not just their names. A starting
+//! origin adopts the recorded model instead of training a newer one of its own
+//! ([`Retrainer::start`]). Limits: users and items (and clients' user counts) are
+//! read as they are now, not as of the watermark, so a user or item first seen after
+//! the watermark is known to the follower (without interactions) and not to the
+//! leader; an origin started with another `--model` trains its own model and says so
+//! in a warning.
+//!
 //! # Layout
 //! - [`Retrainer`]: what a retrain needs; [`Retrainer::retrain`] runs one.
 //! - [`RetrainReport`]: old and new model versions and timing.
-//! - [`spawn_schedule`]: the periodic retrain task.
+//! - [`spawn_schedule`]: the periodic retrain task (only on the leader).
+//! - [`Retrainer::adopt`], [`Retrainer::follow`], [`spawn_follow`]: serving the
+//!   model the newest retrain recorded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +42,7 @@ use thiserror::Error;
 use crate::admission::TrainingPolicy;
 use crate::model::{Recommender, TrainingData};
 use crate::snapshot::{Freshness, Snapshot};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError, TrainedModel, TrainingSet};
 
 /// Trains a model from training data (the engine plugs in here).
 pub type TrainFn = Arc<dyn Fn(&TrainingData) -> Arc<dyn Recommender> + Send + Sync>;
@@ -115,8 +134,11 @@ impl Retrainer {
         );
         let training = Instant::now();
         let set = self.store.training_set().await?;
+        let upto_seq = set.upto_seq;
         let mut snapshot = tokio::task::spawn_blocking(move || {
-            Snapshot::build_with(set, tenant, regions, freshness, &policy, |d| train(d))
+            Snapshot::build_with(sorted(set), tenant, regions, freshness, &policy, |d| {
+                train(d)
+            })
         })
         .await
         .map_err(|e| RetrainError::Task(e.to_string()))?;
@@ -135,7 +157,16 @@ impl Retrainer {
             train_seconds,
             total_seconds: 0.0,
         };
+        let record = TrainedModel {
+            model_version: snapshot.model_version(),
+            trained_at: snapshot.trained_at,
+            upto_seq,
+            counts: snapshot.counts,
+        };
         self.snapshot.store(Arc::new(snapshot));
+        if let Err(e) = self.store.record_model(&record).await {
+            tracing::warn!(error = %e, "could not record the trained model; other origins keep theirs");
+        }
         metrics::histogram!("origin_model_train_seconds").record(train_seconds);
         record_model_version(Some(&report.old_model_version), &report.new_model_version);
         tracing::info!(
@@ -151,13 +182,135 @@ impl Retrainer {
     }
 }
 
-/// Retrains every `every` (the first one after one period), logging failures.
-pub fn spawn_schedule(retrainer: Arc<Retrainer>, every: Duration) -> tokio::task::JoinHandle<()> {
+impl Retrainer {
+    /// The first model of a starting origin: the one recorded in the store (trained
+    /// up to its watermark, under its version) when there is one, else a new retrain.
+    pub async fn start(&self) -> Result<String, RetrainError> {
+        match self.store.latest_model().await {
+            Ok(Some(m)) => {
+                self.adopt(&m).await?;
+                Ok(self.snapshot.load().model_version())
+            }
+            Ok(None) => Ok(self.retrain().await?.new_model_version),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the recorded model; training anew");
+                Ok(self.retrain().await?.new_model_version)
+            }
+        }
+    }
+
+    /// Trains on the store's data up to `model`'s watermark and serves the result
+    /// under `model`'s version (see the module docs). Nothing is recorded.
+    pub async fn adopt(&self, model: &TrainedModel) -> Result<(), RetrainError> {
+        let _running = self.running.lock().await;
+        let old = self.snapshot.load_full();
+        if old.model_version() == model.model_version {
+            return Ok(());
+        }
+        let (tenant, regions, freshness, train, policy) = (
+            self.tenant.clone(),
+            self.regions.clone(),
+            self.freshness,
+            self.train.clone(),
+            self.policy,
+        );
+        let training = Instant::now();
+        let set = self.store.training_set_upto(model.upto_seq).await?;
+        if set.counts.interactions != model.counts.interactions {
+            tracing::warn!(
+                recorded = model.counts.interactions,
+                read = set.counts.interactions,
+                "the store gave another number of interactions up to the recorded watermark"
+            );
+        }
+        let mut snapshot = tokio::task::spawn_blocking(move || {
+            Snapshot::build_with(sorted(set), tenant, regions, freshness, &policy, |d| {
+                train(d)
+            })
+        })
+        .await
+        .map_err(|e| RetrainError::Task(e.to_string()))?;
+        snapshot.trained_at = model.trained_at;
+        let version = snapshot.model_version();
+        if version != model.model_version {
+            tracing::warn!(
+                recorded = %model.model_version,
+                trained = %version,
+                "this origin trains another model (--model) than the one recorded; serving its own"
+            );
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        record_model_version(Some(&old.model_version()), &version);
+        tracing::info!(
+            old = %old.model_version(),
+            new = %version,
+            train_s = training.elapsed().as_secs_f64(),
+            "adopted the recorded model"
+        );
+        Ok(())
+    }
+
+    /// Adopts the recorded model when it is newer than the one served; returns
+    /// whether it did.
+    pub async fn follow(&self) -> Result<bool, RetrainError> {
+        let Some(model) = self.store.latest_model().await? else {
+            return Ok(false);
+        };
+        let current = self.snapshot.load_full();
+        let newer = current.loading || model.trained_at > current.trained_at;
+        if !newer || current.model_version() == model.model_version {
+            return Ok(false);
+        }
+        self.adopt(&model).await?;
+        Ok(true)
+    }
+}
+
+/// The set with its interactions in one order (user, item, time, weight), so the
+/// same data trains the same model whatever order the store gave the rows in.
+fn sorted(mut set: TrainingSet) -> TrainingSet {
+    set.data.interactions.sort_unstable_by(|a, b| {
+        (a.user, a.item, a.timestamp, a.weight.to_bits()).cmp(&(
+            b.user,
+            b.item,
+            b.timestamp,
+            b.weight.to_bits(),
+        ))
+    });
+    set
+}
+
+/// Every `every`, adopts the model the newest retrain recorded when it is newer than
+/// the one served (see the module docs), logging failures.
+pub fn spawn_follow(retrainer: Arc<Retrainer>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if let Err(e) = retrainer.follow().await {
+                tracing::warn!(error = %e, "could not adopt the recorded model");
+            }
+        }
+    })
+}
+
+/// Retrains every `every` (the first one after one period) while this process is
+/// the leader (see [`crate::leader`]; a tick while not leading does nothing), logging
+/// failures.
+pub fn spawn_schedule(
+    retrainer: Arc<Retrainer>,
+    every: Duration,
+    leader: Arc<crate::leader::Leadership>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !leader.is_leader() {
+                continue;
+            }
             if let Err(e) = retrainer.retrain().await {
                 tracing::error!(error = %e, "scheduled retrain failed");
             }
@@ -210,5 +363,43 @@ mod tests {
         let again = r.retrain().await.unwrap();
         assert_eq!(again.old_model_version, report.new_model_version);
         assert_ne!(again.new_model_version, report.new_model_version);
+    }
+
+    /// A process that does not lead lets its schedule tick by; the leader retrains.
+    #[tokio::test]
+    async fn only_the_leader_retrains_on_the_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+        let sqlite =
+            crate::store::SqliteStore::open(&dir.path().join("fixture.sqlite"), 1000).unwrap();
+        let retrainer = |shared: SharedSnapshot| {
+            Arc::new(Retrainer::new(
+                Arc::new(sqlite.clone()),
+                Tenant::default_tenant(),
+                RegionMap::builtin(),
+                Freshness::default(),
+                Arc::new(crate::snapshot::fixture_model),
+                shared,
+            ))
+        };
+        let version = snapshot.model_version();
+        let follower: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let every = Duration::from_millis(50);
+        let not_leading = Arc::new(crate::leader::Leadership::default());
+        let a = spawn_schedule(retrainer(follower.clone()), every, not_leading);
+        tokio::time::sleep(every * 6).await;
+        assert_eq!(follower.load().model_version(), version, "no retrain");
+        let b = spawn_schedule(
+            retrainer(follower.clone()),
+            every,
+            crate::leader::Leadership::always(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while follower.load().model_version() == version {
+            assert!(Instant::now() < deadline, "the leader never retrained");
+            tokio::time::sleep(every).await;
+        }
+        a.abort();
+        b.abort();
     }
 }

@@ -18,6 +18,7 @@ use crate::clients::RateLimits;
 use crate::config::{Secret, ServeConfig};
 use crate::freshness::{PublishGate, PublishHealth, Republisher, Targets};
 use crate::http::Live;
+use crate::leader::Leadership;
 use crate::publish::EdgeClient;
 use crate::retrain::Retrainer;
 use crate::snapshot::{Freshness, Snapshot};
@@ -51,9 +52,24 @@ pub async fn serve(
         Arc::new(move |data| crate::training::train_or_popularity(data, &choice));
     // Opened (and checked to be ours) before anything listens.
     let location = Location::parse(&c.store.db.to_string_lossy())?;
-    let store = crate::store::open(&location, tenant.as_str(), c.event_group_max)
-        .await
-        .with_context(|| format!("opening the store {}", location.display()))?;
+    let store = crate::store::open_with_replicas(
+        &location,
+        &c.db_replicas,
+        std::time::Duration::from_millis(c.replica_max_lag_ms),
+        tenant.as_str(),
+        c.event_group_max,
+    )
+    .await
+    .with_context(|| format!("opening the store {}", location.display()))?;
+    // One origin per database runs the schedule (see `leader`).
+    let leader = match &location {
+        Location::Sqlite(_) => Leadership::always(),
+        Location::Postgres(url) => Leadership::elect(
+            url,
+            tenant.as_str(),
+            std::time::Duration::from_millis(c.leader_retry_ms),
+        ),
+    };
     let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
     let token = Secret::admin_token_from_env();
     let mut state = AppState::new(Arc::new(placeholder), region)
@@ -117,24 +133,29 @@ pub async fn serve(
         admin_token: token,
         max_future_s: i64::from(c.event_max_future_s),
         health,
+        leader: leader.clone(),
     });
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .with_context(|| format!("binding {}", c.listen))?;
     tracing::info!(addr = %listener.local_addr()?, ?policy, "origin listening; training the first model");
     let first = retrainer.clone();
+    let schedule_leader = leader.clone();
     let every = c.retrain_every_s;
+    let follow_every = std::time::Duration::from_millis(c.leader_retry_ms);
     tokio::spawn(async move {
-        match first.retrain().await {
-            Ok(r) => tracing::info!(
-                model = %r.new_model_version,
-                seconds = r.train_seconds,
-                "first model trained and serving"
-            ),
+        match first.start().await {
+            Ok(version) => tracing::info!(model = %version, "first model trained and serving"),
             Err(e) => tracing::error!(error = %e, "first training failed; still loading"),
         }
+        // Every origin serves the model the newest retrain recorded (see `retrain`).
+        crate::retrain::spawn_follow(first.clone(), follow_every);
         if every > 0 {
-            crate::retrain::spawn_schedule(first, std::time::Duration::from_secs(every));
+            crate::retrain::spawn_schedule(
+                first,
+                std::time::Duration::from_secs(every),
+                schedule_leader,
+            );
         }
     });
     crate::run_with(listener, state, c.guard.serve_options(), shutdown).await?;

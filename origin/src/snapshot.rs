@@ -184,6 +184,7 @@ impl Snapshot {
             counts,
             mut data,
             mut maps,
+            ..
         } = set;
         let user_region: Vec<Region> = maps
             .user_country

@@ -59,6 +59,13 @@ pub struct Health {
     pub items: u64,
     pub interactions: u64,
     pub model_version: String,
+    /// Whether this origin runs the schedule (retrains): one per database; always with
+    /// SQLite. `false` without a store.
+    #[serde(default)]
+    pub leader: bool,
+    /// The read replicas and their lag (empty without `--db-replica`).
+    #[serde(default)]
+    pub replicas: Vec<crate::store::replicas::ReplicaStatus>,
 }
 
 /// Whether the store takes writes (see [`crate::store::WriteHealth`]).
@@ -96,6 +103,12 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
         items: s.counts.items,
         interactions: s.counts.interactions,
         model_version: s.model_version(),
+        leader: state.live.as_ref().is_some_and(|l| l.leader.is_leader()),
+        replicas: state
+            .live
+            .as_ref()
+            .map(|l| l.store.replicas())
+            .unwrap_or_default(),
     })
 }
 

@@ -560,6 +560,15 @@ mod tests {
             "{}",
             h.model_version
         );
+        assert!(!h.leader, "without a store nothing is scheduled");
+        assert!(h.replicas.is_empty());
+        // On a SQLite store, the one process always leads and has no replicas.
+        let sqlite = crate::store::SqliteStore::open(&dir.path().join("live.sqlite"), 10).unwrap();
+        let state = state.with_live(crate::http::Live::new(Arc::new(sqlite)));
+        let (_, body) = get(&state, "/health").await;
+        let h: Health = serde_json::from_value(body).unwrap();
+        assert!(h.leader);
+        assert!(h.replicas.is_empty());
     }
 
     #[tokio::test]

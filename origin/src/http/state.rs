@@ -127,6 +127,8 @@ pub struct Live {
     /// How far ahead of the origin's clock an event timestamp may be.
     pub max_future_s: i64,
     pub health: Arc<PublishHealth>,
+    /// Whether this origin runs the schedule (see [`crate::leader`]).
+    pub leader: Arc<crate::leader::Leadership>,
 }
 
 impl Live {
@@ -138,6 +140,7 @@ impl Live {
             admin_token: None,
             max_future_s: DEFAULT_MAX_FUTURE_S,
             health: Arc::new(PublishHealth::default()),
+            leader: crate::leader::Leadership::always(),
         }
     }
 }

@@ -16,8 +16,11 @@
 //!   thread, the analytics queries).
 //! - `postgres/`: the PostgreSQL backend (`--db postgres://…`): migrations, partitions,
 //!   the writer task, the analytics queries, and a throwaway server for tests.
+//! - `replicas`: the primary plus read replicas (`--db-replica`): writes to the
+//!   primary, reads spread over healthy replicas; [`open_with_replicas`].
 
 pub mod postgres;
+pub mod replicas;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -182,6 +185,21 @@ pub struct TrainingSet {
     pub counts: Counts,
     pub data: TrainingData,
     pub maps: IdMaps,
+    /// The seq of the newest event whose interaction is in the set, when the backend
+    /// says (the watermark other origins train up to; see [`TrainedModel`]).
+    pub upto_seq: Option<i64>,
+}
+
+/// What a retrain trained, recorded in the store so that every origin on the database
+/// serves the same model (see `crate::retrain`): its version, the second it names, the
+/// training watermark (the last event seq included) and the counts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrainedModel {
+    pub model_version: String,
+    /// Unix seconds, as in the version.
+    pub trained_at: u64,
+    pub upto_seq: Option<i64>,
+    pub counts: Counts,
 }
 
 /// Where a batch landed in the log.
@@ -303,6 +321,33 @@ pub trait Store: Send + Sync {
 
     /// Every projection row, for comparing a replay with the live state.
     async fn projections(&self) -> Result<Projections, StoreError>;
+
+    /// The read replicas behind this store and their health (none for a single
+    /// database).
+    fn replicas(&self) -> Vec<replicas::ReplicaStatus> {
+        Vec::new()
+    }
+
+    /// The training set as of event `upto_seq`: imported interactions and those of
+    /// events with seq ≤ `upto_seq` (`None`: everything, as [`Store::training_set`]).
+    /// Users and items are the current ones. A backend without event seqs on its
+    /// interactions gives everything.
+    async fn training_set_upto(&self, upto_seq: Option<i64>) -> Result<TrainingSet, StoreError> {
+        let _ = upto_seq;
+        self.training_set().await
+    }
+
+    /// Records the model a retrain trained (for the other origins on this database).
+    /// A store that only one process uses (SQLite) need not keep it.
+    async fn record_model(&self, model: &TrainedModel) -> Result<(), StoreError> {
+        let _ = model;
+        Ok(())
+    }
+
+    /// The model the newest retrain on this database trained, if recorded.
+    async fn latest_model(&self) -> Result<Option<TrainedModel>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A shared handle on the process's store.
@@ -381,6 +426,42 @@ pub async fn open(
         Location::Postgres(url) => Ok(Arc::new(
             PostgresStore::connect(url, tenant, group_max).await?,
         )),
+    }
+}
+
+/// [`open`], plus read replicas at `replica_urls` (PostgreSQL only) whose lag may be
+/// at most `max_lag` (see [`replicas`]). Without replicas, just [`open`].
+pub async fn open_with_replicas(
+    location: &Location,
+    replica_urls: &[String],
+    max_lag: Duration,
+    tenant: &str,
+    group_max: usize,
+) -> Result<SharedStore, StoreError> {
+    if replica_urls.is_empty() {
+        return open(location, tenant, group_max).await;
+    }
+    for url in replica_urls {
+        if let Location::Sqlite(_) = Location::parse(url)? {
+            return Err(StoreError::BadLocation(
+                postgres::redact(url),
+                "--db-replica must be a postgres:// URL".into(),
+            ));
+        }
+    }
+    match location {
+        Location::Sqlite(_) => Err(StoreError::BadLocation(
+            location.display(),
+            "--db-replica needs a PostgreSQL --db (SQLite has no replicas)".into(),
+        )),
+        Location::Postgres(url) => {
+            let primary = PostgresStore::connect(url, tenant, group_max).await?;
+            Ok(replicas::ReplicatedStore::new(
+                primary,
+                replica_urls,
+                max_lag,
+            )?)
+        }
     }
 }
 

@@ -15,10 +15,12 @@
 //! - `event_log`: the writer task (group commit), replay, reads of the log.
 //! - `project`: the projections of a group of events, in a few round trips.
 //! - `analytics`: the analytics queries.
+//! - `models`: the record of trained models (every origin serves the newest).
 //! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
 
 pub mod analytics;
 pub mod event_log;
+pub mod models;
 pub mod project;
 pub mod schema;
 #[doc(hidden)]
@@ -37,8 +39,8 @@ use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
 use crate::store::{
-    Appended, Batch, Counts, IdMaps, Projections, ReplayReport, Store, StoreError, TrainingSet,
-    WriteHealth,
+    Appended, Batch, Counts, IdMaps, Projections, ReplayReport, Store, StoreError, TrainedModel,
+    TrainingSet, WriteHealth,
 };
 
 use event_log::Writer;
@@ -93,7 +95,8 @@ pub struct PostgresStore {
     location: String,
     tenant: String,
     pool: Pool,
-    writer: Writer,
+    /// `None` for a read-only connection to a replica ([`PostgresStore::connect_replica`]).
+    writer: Option<Writer>,
 }
 
 impl PostgresStore {
@@ -101,6 +104,46 @@ impl PostgresStore {
     /// start at once), creates the event partitions ahead and starts the event writer,
     /// which commits at most `group_max` events per transaction. Needs a tokio runtime.
     pub async fn connect(url: &str, tenant: &str, group_max: usize) -> Result<Self, StoreError> {
+        let (location, pool) = Self::pool_for(url)?;
+        let at = |e: StoreError| StoreError::Postgres(format!("{location}: {e}"));
+        {
+            let mut conn = pool.get().await.map_err(|e| at(e.into()))?;
+            let client: &mut tokio_postgres::Client = &mut conn;
+            schema::migrate(client, event_log::now_ms() / 1000)
+                .await
+                .map_err(at)?;
+        }
+        let writer = Writer::start(pool.clone(), tenant.to_owned(), group_max);
+        Ok(PostgresStore {
+            location,
+            tenant: tenant.to_owned(),
+            pool,
+            writer: Some(writer),
+        })
+    }
+
+    /// A read-only store on a streaming replica at `url`: no migrations (the primary
+    /// applies them and the replica replays them), no writer; every write method fails.
+    /// Connects lazily, so a replica that is down at start is only unhealthy.
+    pub fn connect_replica(url: &str, tenant: &str) -> Result<Self, StoreError> {
+        let (location, pool) = Self::pool_for(url)?;
+        Ok(PostgresStore {
+            location,
+            tenant: tenant.to_owned(),
+            pool,
+            writer: None,
+        })
+    }
+
+    /// The writer, or an error naming a replica (which takes no writes).
+    fn writer(&self) -> Result<&Writer, StoreError> {
+        self.writer.as_ref().ok_or_else(|| {
+            StoreError::Postgres(format!("{}: a read replica takes no writes", self.location))
+        })
+    }
+
+    /// The redacted location and a connection pool for `url` (not connected yet).
+    fn pool_for(url: &str) -> Result<(String, Pool), StoreError> {
         let location = redact(url);
         let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
             StoreError::BadLocation(location.clone(), e.to_string())
@@ -119,21 +162,7 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(30)))
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        let at = |e: StoreError| StoreError::Postgres(format!("{location}: {e}"));
-        {
-            let mut conn = pool.get().await.map_err(|e| at(e.into()))?;
-            let client: &mut tokio_postgres::Client = &mut conn;
-            schema::migrate(client, event_log::now_ms() / 1000)
-                .await
-                .map_err(at)?;
-        }
-        let writer = Writer::start(pool.clone(), tenant.to_owned(), group_max);
-        Ok(PostgresStore {
-            location,
-            tenant: tenant.to_owned(),
-            pool,
-            writer,
-        })
+        Ok((location, pool))
     }
 
     /// The tenant whose rows this store reads and writes.
@@ -257,7 +286,9 @@ impl PostgresStore {
         })
     }
 
-    async fn read_training_set(&self) -> Result<TrainingSet, StoreError> {
+    /// The training set; with `upto`, only the interactions imported or of events with
+    /// seq ≤ `upto` (see [`Store::training_set_upto`]).
+    async fn read_training_set(&self, upto: Option<i64>) -> Result<TrainingSet, StoreError> {
         let tenant = self.tenant.as_str();
         let mut conn = self.pool.get().await?;
         // One snapshot for the counts and every table.
@@ -267,7 +298,15 @@ impl PostgresStore {
             .read_only(true)
             .start()
             .await?;
-        let counts = self.read_counts(&*tx).await?;
+        let mut counts = self.read_counts(&*tx).await?;
+        let upto_seq: Option<i64> = tx
+            .query_one(
+                "SELECT MAX(event_seq) FROM interactions WHERE tenant = $1
+                     AND ($2::bigint IS NULL OR event_seq <= $2)",
+                &[&tenant, &upto],
+            )
+            .await?
+            .get(0);
         let mut maps = IdMaps::default();
         let mut user_index: HashMap<String, UserIdx> = HashMap::new();
         for r in tx
@@ -310,10 +349,12 @@ impl PostgresStore {
         // Exact capacity, and rows streamed: at millions of rows, neither doubling growth
         // nor a second copy of every row in memory.
         let mut interactions = Vec::with_capacity(counts.interactions as usize);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenant, &upto];
         let rows = tx
             .query_raw(
-                "SELECT user_id, item_id, weight, ts FROM interactions WHERE tenant = $1",
-                [tenant],
+                "SELECT user_id, item_id, weight, ts FROM interactions WHERE tenant = $1
+                     AND ($2::bigint IS NULL OR event_seq IS NULL OR event_seq <= $2)",
+                params,
             )
             .await?;
         let mut rows = std::pin::pin!(rows);
@@ -331,6 +372,9 @@ impl PostgresStore {
             }
         }
         tx.commit().await?;
+        if upto.is_some() {
+            counts.interactions = interactions.len() as u64;
+        }
         let data = TrainingData {
             n_users: maps.user_ids.len(),
             n_items: maps.item_ids.len(),
@@ -339,7 +383,12 @@ impl PostgresStore {
             user_region: maps.user_country.clone(),
             user_weight: Vec::new(),
         };
-        Ok(TrainingSet { counts, data, maps })
+        Ok(TrainingSet {
+            counts,
+            data,
+            maps,
+            upto_seq,
+        })
     }
 }
 
@@ -354,18 +403,20 @@ impl Store for PostgresStore {
         events: Vec<Event>,
         client: Option<String>,
     ) -> Result<Appended, StoreError> {
-        self.writer.append(events, client).await
+        self.writer()?.append(events, client).await
     }
 
     fn write_health(&self) -> WriteHealth {
-        self.writer.health()
+        self.writer.as_ref().map(Writer::health).unwrap_or_default()
     }
 
     async fn import(&self, batch: Batch) -> Result<(), StoreError> {
+        self.writer()?;
         self.insert_batch(&batch).await
     }
 
     async fn replay(&self) -> Result<ReplayReport, StoreError> {
+        self.writer()?;
         event_log::replay(&self.pool, &self.tenant).await
     }
 
@@ -375,7 +426,20 @@ impl Store for PostgresStore {
     }
 
     async fn training_set(&self) -> Result<TrainingSet, StoreError> {
-        self.read_training_set().await
+        self.read_training_set(None).await
+    }
+
+    async fn training_set_upto(&self, upto_seq: Option<i64>) -> Result<TrainingSet, StoreError> {
+        self.read_training_set(upto_seq).await
+    }
+
+    async fn record_model(&self, model: &TrainedModel) -> Result<(), StoreError> {
+        self.writer()?;
+        models::record(&self.pool, &self.tenant, model).await
+    }
+
+    async fn latest_model(&self) -> Result<Option<TrainedModel>, StoreError> {
+        models::latest(&self.pool, &self.tenant).await
     }
 
     async fn user_history(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
@@ -422,6 +486,7 @@ impl Store for PostgresStore {
         report: contract::events::EdgeReport,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        self.writer()?;
         analytics::record_edge_report(&self.pool, &self.tenant, &report, now_ms).await
     }
 

@@ -176,7 +176,22 @@ CREATE AGGREGATE kbn_sum(float8) (
     INITCOND = '{0,0}');
 "#
     .to_owned();
-    vec![(1, v1), (2, v2)]
+    // The model the last retrain trained (see `crate::retrain`): the other origins on
+    // this database train the same data and serve the same version.
+    let v3 = r#"
+CREATE TABLE trained_models(
+    tenant text COLLATE "C" NOT NULL,
+    trained_at bigint NOT NULL,
+    model_version text NOT NULL,
+    upto_seq bigint NULL,
+    users bigint NOT NULL,
+    items bigint NOT NULL,
+    interactions bigint NOT NULL,
+    recorded_at bigint NOT NULL,
+    PRIMARY KEY (tenant, trained_at, model_version));
+"#
+    .to_owned();
+    vec![(1, v1), (2, v2), (3, v3)]
 }
 
 /// The newest schema version this program knows.

@@ -353,7 +353,12 @@ impl Database {
     pub fn training_set(&self) -> Result<crate::store::TrainingSet, StoreError> {
         let counts = self.counts().map_err(|e| StoreError::at(&self.path, e))?;
         let (data, maps) = self.training_data()?;
-        Ok(crate::store::TrainingSet { counts, data, maps })
+        Ok(crate::store::TrainingSet {
+            counts,
+            data,
+            maps,
+            upto_seq: None,
+        })
     }
 
     /// Everything a model trains on, in dense index space, plus the ids of the indices.
