@@ -37,6 +37,46 @@ fn generations(root: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// A stack whose worker reads its secondary CDN from a bucket (pointer layout), and the
+/// bucket's two sides over one folder.
+struct BucketStack {
+    stack: Stack,
+    writer: S3Server,
+    public: S3Server,
+    /// The folder behind the bucket `recs`.
+    root: std::path::PathBuf,
+    /// Removed last, after the processes using it.
+    bucket_root: tempfile::TempDir,
+}
+
+impl BucketStack {
+    /// `None` (locally) when s3s-fs is missing; in CI that fails.
+    fn start() -> Option<BucketStack> {
+        let bucket_root = tempfile::tempdir().unwrap();
+        let root = bucket_root.path().join("s3");
+        std::fs::create_dir_all(root.join("recs")).unwrap();
+        let writer = S3Server::start(&root, true, bucket_root.path())?;
+        let public = S3Server::start(&root, false, bucket_root.path())?;
+        let stack = Stack::start(StackOptions {
+            vars: vec![
+                (
+                    "SECONDARY_CDN_URL",
+                    format!("{}/recs/cdn", public.endpoint()),
+                ),
+                ("SECONDARY_CDN_LAYOUT", "pointer".into()),
+            ],
+            ..Default::default()
+        });
+        Some(BucketStack {
+            bucket_root,
+            root,
+            writer,
+            public,
+            stack,
+        })
+    }
+}
+
 fn publish_to_bucket(stack: &Stack, writer: &S3Server, keep: &str) -> String {
     publish_to_bucket_with(stack, writer, keep, &[])
 }
@@ -70,25 +110,16 @@ fn publish_to_bucket_with(stack: &Stack, writer: &S3Server, keep: &str, extra: &
 
 #[test]
 fn the_edge_reads_the_secondary_cdn_on_object_storage_through_its_pointer() {
-    let bucket_root = tempfile::tempdir().unwrap();
-    let root = bucket_root.path().join("s3");
-    std::fs::create_dir_all(root.join("recs")).unwrap();
-    let Some(writer) = S3Server::start(&root, true, bucket_root.path()) else {
+    let Some(BucketStack {
+        bucket_root: _bucket_root,
+        root,
+        writer,
+        public: _public,
+        stack,
+    }) = BucketStack::start()
+    else {
         return;
     };
-    let Some(public) = S3Server::start(&root, false, bucket_root.path()) else {
-        return;
-    };
-    let stack = Stack::start(StackOptions {
-        vars: vec![
-            (
-                "SECONDARY_CDN_URL",
-                format!("{}/recs/cdn", public.endpoint()),
-            ),
-            ("SECONDARY_CDN_LAYOUT", "pointer".into()),
-        ],
-        ..Default::default()
-    });
 
     // Nothing published yet: no pointer, so the CDN tier finds nothing and the origin answers.
     let before = stack.get("/v1/recommendations/u1");
@@ -131,25 +162,16 @@ fn the_edge_reads_the_secondary_cdn_on_object_storage_through_its_pointer() {
 
 #[test]
 fn a_delta_publish_writes_only_changes_and_the_edge_reads_the_rest_from_its_base() {
-    let bucket_root = tempfile::tempdir().unwrap();
-    let root = bucket_root.path().join("s3");
-    std::fs::create_dir_all(root.join("recs")).unwrap();
-    let Some(writer) = S3Server::start(&root, true, bucket_root.path()) else {
+    let Some(BucketStack {
+        bucket_root: _bucket_root,
+        root,
+        writer,
+        public: _public,
+        stack,
+    }) = BucketStack::start()
+    else {
         return;
     };
-    let Some(public) = S3Server::start(&root, false, bucket_root.path()) else {
-        return;
-    };
-    let stack = Stack::start(StackOptions {
-        vars: vec![
-            (
-                "SECONDARY_CDN_URL",
-                format!("{}/recs/cdn", public.endpoint()),
-            ),
-            ("SECONDARY_CDN_LAYOUT", "pointer".into()),
-        ],
-        ..Default::default()
-    });
     let state = stack.dir.path().join("publish-state.json");
     let delta = ["--delta", "--publish-state", state.to_str().unwrap()];
 

@@ -52,6 +52,13 @@ impl Generation {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// (unix seconds, counter) of a name made by [`generation_name`], which orders
+    /// generations by age; `None` for any other name.
+    pub fn age(name: &str) -> Option<(u64, u32)> {
+        let (secs, counter) = name.strip_prefix('g')?.split_once('-')?;
+        Some((secs.parse().ok()?, counter.parse().ok()?))
+    }
 }
 
 /// A generation name for a publish started at `unix_s` with a distinguishing suffix

@@ -102,8 +102,8 @@ impl CdnFolder {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let (secs, counter) = name.strip_prefix('g')?.split_once('-')?;
-                Some((secs.parse().ok()?, counter.parse().ok()?, name))
+                let (secs, counter) = Generation::age(&name)?;
+                Some((secs, counter, name))
             })
             .collect();
         names.sort();

@@ -276,8 +276,8 @@ impl ObjectStorage {
             .into_iter()
             .filter_map(|p| {
                 let name = p.strip_prefix(&root)?.trim_end_matches('/').to_owned();
-                let (secs, counter) = name.strip_prefix('g')?.split_once('-')?;
-                Some((secs.parse().ok()?, counter.parse().ok()?, name))
+                let (secs, counter) = Generation::age(&name)?;
+                Some((secs, counter, name))
             })
             .collect();
         names.sort();
