@@ -255,14 +255,7 @@ pub struct DemoDataConfig {
     pub interactions_per_user: u32,
 }
 
-/// Input file formats of `origin import`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ImportFormat {
-    /// MovieLens `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`.
-    Movielens,
-    /// `user,item,timestamp,weight`, header line optional.
-    Csv,
-}
+pub use crate::import::ImportFormat;
 
 #[derive(Debug, Clone, Args)]
 pub struct ImportConfig {

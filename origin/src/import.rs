@@ -17,9 +17,17 @@ use std::path::{Path, PathBuf};
 use contract::{ItemId, UserId};
 use thiserror::Error;
 
-use crate::config::ImportFormat;
 use crate::store::sqlite::Database;
 use crate::store::{Batch, InteractionRow, StoreError};
+
+/// Input file formats of `origin import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// MovieLens `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`.
+    Movielens,
+    /// `user,item,timestamp,weight`, header line optional.
+    Csv,
+}
 
 #[derive(Debug, Error)]
 pub enum ImportError {
