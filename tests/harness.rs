@@ -204,6 +204,11 @@ pub struct StackOptions {
     /// TOML appended to the worker's config after `[vars]` (bindings such as
     /// `[[ratelimits]]`).
     pub extra_config: String,
+    /// The origins' database (`postgres://…`) when not the stack's own SQLite file;
+    /// the caller fills it (no demo data is generated then).
+    pub db_url: Option<String>,
+    /// Extra arguments of every `origin serve`.
+    pub origin_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -218,6 +223,8 @@ impl Default for StackOptions {
             worker: None,
             origin_latency: None,
             extra_config: String::new(),
+            db_url: None,
+            origin_args: Vec::new(),
         }
     }
 }
@@ -241,7 +248,11 @@ pub fn geo_db_path() -> PathBuf {
 /// One complete system: origin services, static secondary CDN and `wrangler dev`.
 pub struct Stack {
     pub dir: tempfile::TempDir,
+    /// The stack's SQLite file (unused when `db_url` is set).
     pub db: PathBuf,
+    /// The origins' `--db` when not `db` (see [`StackOptions::db_url`]).
+    pub db_url: Option<String>,
+    pub origin_args: Vec<String>,
     pub publish_dir: PathBuf,
     pub origins: Vec<OriginSlot>,
     pub cdn_port: u16,
@@ -272,20 +283,22 @@ impl Stack {
         let db = dir.path().join("origin.sqlite");
         let publish_dir = dir.path().join("cdn");
         fs::create_dir_all(&publish_dir).unwrap();
-        run_origin(
-            &[
-                "demo-data",
-                "--db",
-                db.to_str().unwrap(),
-                "--users",
-                &opts.users.to_string(),
-                "--items",
-                &opts.items.to_string(),
-                "--seed",
-                "7",
-            ],
-            &[],
-        );
+        if opts.db_url.is_none() {
+            run_origin(
+                &[
+                    "demo-data",
+                    "--db",
+                    db.to_str().unwrap(),
+                    "--users",
+                    &opts.users.to_string(),
+                    "--items",
+                    &opts.items.to_string(),
+                    "--seed",
+                    "7",
+                ],
+                &[],
+            );
+        }
 
         let origins: Vec<OriginSlot> = opts
             .origins
@@ -404,6 +417,8 @@ impl Stack {
         let mut stack = Stack {
             dir,
             db,
+            db_url: opts.db_url.clone(),
+            origin_args: opts.origin_args.clone(),
             publish_dir,
             origins,
             cdn_port,
@@ -452,6 +467,13 @@ impl Stack {
         }
     }
 
+    /// The origins' `--db`.
+    pub fn db_arg(&self) -> String {
+        self.db_url
+            .clone()
+            .unwrap_or_else(|| self.db.to_str().unwrap().to_string())
+    }
+
     pub fn origin_port(&self, i: usize) -> u16 {
         self.origins[i].port
     }
@@ -493,7 +515,7 @@ impl Stack {
         let mut args = vec![
             "publish".to_string(),
             "--db".into(),
-            self.db.to_str().unwrap().into(),
+            self.db_arg(),
             "--out".into(),
             self.publish_dir.to_str().unwrap().into(),
             "--edge-url".into(),
@@ -700,13 +722,14 @@ impl Stack {
             self.origins[i].port,
         );
         let metrics_listen = format!("127.0.0.1:{}", self.origins[i].metrics_port);
+        let db = self.db_arg();
         let proc = Proc::spawn(
             &format!("origin {name}"),
             Command::new(origin_bin())
                 .args([
                     "serve",
                     "--db",
-                    self.db.to_str().unwrap(),
+                    db.as_str(),
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                     "--region",
@@ -719,6 +742,7 @@ impl Stack {
                     self.publish_dir.to_str().unwrap(),
                 ])
                 .args(["--metrics-listen", metrics_listen.as_str()])
+                .args(&self.origin_args)
                 .env("ADMIN_TOKEN", ADMIN_TOKEN)
                 .env("RUST_LOG", "info")
                 .envs(envs.iter().copied()),

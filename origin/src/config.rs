@@ -234,6 +234,15 @@ pub struct ServeConfig {
     /// leader's checks that it still holds it): the bound on a failover.
     #[arg(long, env = "ORIGIN_LEADER_RETRY_MS", default_value_t = 2000)]
     pub leader_retry_ms: u64,
+    /// Seconds between full publishes of every user's document to this origin's
+    /// publish targets (--publish-dir, --edge-url), run by the leader only; 0 turns
+    /// them off (publish with `origin publish` instead).
+    #[arg(long, env = "ORIGIN_PUBLISH_EVERY_S", default_value_t = 0)]
+    pub publish_every_s: u64,
+    /// CDN generations a scheduled publish keeps in --publish-dir (older ones are
+    /// deleted after the switch); 0 keeps all.
+    #[arg(long, env = "ORIGIN_KEEP_GENERATIONS", default_value_t = 3)]
+    pub keep_generations: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -569,6 +578,8 @@ mod tests {
         assert_eq!(s.otel_endpoint, None);
         assert!(s.db_replicas.is_empty());
         assert_eq!(s.replica_max_lag_ms, 5000);
+        assert_eq!(s.publish_every_s, 0);
+        assert_eq!(s.keep_generations, 3);
         assert_eq!(s.leader_retry_ms, 2000);
         assert!(s.validate(&RegionMap::builtin()).is_ok());
     }

@@ -382,6 +382,16 @@ impl PublishBudget {
         self.settle(user, at, Content::Failed);
     }
 
+    /// Something else replaced the user's published document (a full publish): what
+    /// the edge holds is not known any more, so the next changed answer is published
+    /// (still no sooner than `min_interval` after the last publish of this process).
+    pub fn replaced_elsewhere(&mut self, user: &UserId, now: Instant) {
+        match self.last.get_mut(user) {
+            Some(last) => last.content = Content::Failed,
+            None => self.record(user, now, Content::Failed),
+        }
+    }
+
     fn settle(&mut self, user: &UserId, at: Instant, content: Content) {
         if let Some(last) = self.last.get_mut(user).filter(|l| l.at == at) {
             last.content = content;
@@ -784,6 +794,37 @@ mod tests {
             min_interval: Duration::from_secs(1),
             capacity,
         })
+    }
+
+    /// After a full publish replaced a user's document, the same content is published
+    /// again (the edge may hold the full publish's one), no sooner than the interval.
+    #[test]
+    fn a_document_replaced_elsewhere_is_published_again_even_when_unchanged() {
+        let mut b = budget(10);
+        let t0 = Instant::now();
+        let (u, c, popular) = (uid("u"), ContentHash(7), ContentHash(1));
+        assert_eq!(b.admit_change(&u, c, popular, t0), Verdict::Publish);
+        b.published(&u, t0, c);
+        assert_eq!(
+            b.admit_change(&u, c, popular, t0 + ms(1500)),
+            Verdict::Unchanged
+        );
+        b.replaced_elsewhere(&u, t0 + ms(1500));
+        assert_eq!(
+            b.admit_change(&u, c, popular, t0 + ms(1600)),
+            Verdict::Publish
+        );
+        // A user this process never published: known again a second later.
+        let v = uid("v");
+        b.replaced_elsewhere(&v, t0);
+        assert_eq!(
+            b.admit_change(&v, c, popular, t0 + ms(10)),
+            Verdict::TooSoon(t0 + ms(1000))
+        );
+        assert_eq!(
+            b.admit_change(&v, c, popular, t0 + ms(1000)),
+            Verdict::Publish
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! - `events`: the live event wire format and its validation.
 //! - `freshness`: debounced per-user republish and purge after events.
 //! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
+//! - `scheduled_publish`: the leader's periodic full publish (`--publish-every-s`).
 //! - `leader`: which of several origins on one PostgreSQL runs the schedule (an
 //!   advisory lock; SQLite's one process always leads).
 //! - `analytics`: the recommendation funnel and real-time figures.
@@ -56,6 +57,7 @@ pub mod model;
 pub mod observability;
 pub mod publish;
 pub mod retrain;
+pub mod scheduled_publish;
 pub mod serve;
 pub mod server;
 pub mod snapshot;

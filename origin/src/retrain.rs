@@ -142,6 +142,7 @@ impl Retrainer {
         })
         .await
         .map_err(|e| RetrainError::Task(e.to_string()))?;
+        snapshot.upto_seq = upto_seq;
         let train_seconds = training.elapsed().as_secs_f64();
         // Versions name the second training finished; two retrains within one second
         // still get different versions.
@@ -231,6 +232,7 @@ impl Retrainer {
         .await
         .map_err(|e| RetrainError::Task(e.to_string()))?;
         snapshot.trained_at = model.trained_at;
+        snapshot.upto_seq = model.upto_seq;
         let version = snapshot.model_version();
         if version != model.model_version {
             tracing::warn!(

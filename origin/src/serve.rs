@@ -83,7 +83,7 @@ pub async fn serve(
     // The CDN folder first, then the edge's KV, then the edge-cache purge.
     if let Some(dir) = c.publish_dir.clone() {
         tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");
-        state = state.with_publish_dir(dir);
+        state = state.with_publish_dir_keeping(dir, c.keep_generations);
     }
     match (&c.edge_url, token.clone()) {
         (Some(url), Some(token)) => {
@@ -126,6 +126,24 @@ pub async fn serve(
             "ADMIN_TOKEN is not set: /v1/admin/*, edge reports and impressions answer 503"
         );
     }
+    let full_publish = Arc::new(crate::scheduled_publish::PublishRecord::default());
+    if c.publish_every_s > 0 {
+        if state.publish.is_empty() {
+            tracing::warn!("--publish-every-s given without --publish-dir or --edge-url: nothing to publish to");
+        } else {
+            crate::scheduled_publish::spawn(crate::scheduled_publish::Schedule {
+                snapshot: state.snapshot.clone(),
+                targets: state.publish.clone(),
+                n: state.publish_n,
+                every: std::time::Duration::from_secs(c.publish_every_s),
+                leader: leader.clone(),
+                record: full_publish.clone(),
+                store: store.clone(),
+                republisher: republisher.clone(),
+                gate: state.publish_gate.clone(),
+            });
+        }
+    }
     state = state.with_live(Live {
         store,
         republisher,
@@ -134,6 +152,7 @@ pub async fn serve(
         max_future_s: i64::from(c.event_max_future_s),
         health,
         leader: leader.clone(),
+        full_publish,
     });
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await

@@ -118,6 +118,9 @@ pub struct Snapshot {
     pub loading: bool,
     /// Which items the model was allowed to train on.
     pub admission: Option<Admission>,
+    /// The seq of the newest event in the training data (set by the retrainer; `None`:
+    /// no event): users with later events have newer histories than this snapshot.
+    pub upto_seq: Option<i64>,
 }
 
 /// Unix seconds now.
@@ -268,6 +271,7 @@ impl Snapshot {
             history,
             user_region,
             loading: false,
+            upto_seq: None,
             admission: Some(admission),
         }
     }
@@ -295,6 +299,7 @@ impl Snapshot {
             history: Vec::new(),
             user_region: Vec::new(),
             loading: true,
+            upto_seq: None,
             admission: None,
         }
     }

@@ -66,6 +66,10 @@ pub struct Health {
     /// The read replicas and their lag (empty without `--db-replica`).
     #[serde(default)]
     pub replicas: Vec<crate::store::replicas::ReplicaStatus>,
+    /// The last scheduled full publish of this process (`--publish-every-s`); absent
+    /// before the first one.
+    #[serde(default)]
+    pub last_full_publish: Option<crate::scheduled_publish::LastPublish>,
 }
 
 /// Whether the store takes writes (see [`crate::store::WriteHealth`]).
@@ -109,6 +113,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
             .as_ref()
             .map(|l| l.store.replicas())
             .unwrap_or_default(),
+        last_full_publish: state.live.as_ref().and_then(|l| l.full_publish.last()),
     })
 }
 

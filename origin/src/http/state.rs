@@ -97,8 +97,16 @@ impl AppState {
     }
 
     /// Publishes answers into the current generation of the CDN folder `dir` as well.
-    pub fn with_publish_dir(mut self, dir: PathBuf) -> Self {
-        self.publish = self.publish.with(Arc::new(CdnFolder::new(dir)));
+    pub fn with_publish_dir(self, dir: PathBuf) -> Self {
+        self.with_publish_dir_keeping(dir, 0)
+    }
+
+    /// As [`AppState::with_publish_dir`], and a full publish into it keeps the newest
+    /// `keep` generations (0: all).
+    pub fn with_publish_dir_keeping(mut self, dir: PathBuf, keep: usize) -> Self {
+        self.publish = self
+            .publish
+            .with(Arc::new(CdnFolder::new(dir).keeping(keep)));
         self
     }
 }
@@ -129,6 +137,8 @@ pub struct Live {
     pub health: Arc<PublishHealth>,
     /// Whether this origin runs the schedule (see [`crate::leader`]).
     pub leader: Arc<crate::leader::Leadership>,
+    /// The last scheduled full publish of this process (see [`crate::scheduled_publish`]).
+    pub full_publish: Arc<crate::scheduled_publish::PublishRecord>,
 }
 
 impl Live {
@@ -141,6 +151,7 @@ impl Live {
             max_future_s: DEFAULT_MAX_FUTURE_S,
             health: Arc::new(PublishHealth::default()),
             leader: crate::leader::Leadership::always(),
+            full_publish: Arc::default(),
         }
     }
 }

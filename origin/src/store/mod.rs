@@ -185,8 +185,9 @@ pub struct TrainingSet {
     pub counts: Counts,
     pub data: TrainingData,
     pub maps: IdMaps,
-    /// The seq of the newest event whose interaction is in the set, when the backend
-    /// says (the watermark other origins train up to; see [`TrainedModel`]).
+    /// The seq of the newest event whose interaction is in the set (`None`: none is;
+    /// the watermark other origins train up to, see [`TrainedModel`]). The SQLite
+    /// backend gives the newest event in its log when the set was read.
     pub upto_seq: Option<i64>,
 }
 

@@ -351,14 +351,31 @@ impl Database {
 
     /// Counts and training data read together (see [`crate::store::Store::training_set`]).
     pub fn training_set(&self) -> Result<crate::store::TrainingSet, StoreError> {
+        // Read first: the data read after it holds at least the events up to it.
+        let upto_seq = self.last_event_seq()?;
         let counts = self.counts().map_err(|e| StoreError::at(&self.path, e))?;
         let (data, maps) = self.training_data()?;
         Ok(crate::store::TrainingSet {
             counts,
             data,
             maps,
-            upto_seq: None,
+            upto_seq,
         })
+    }
+
+    /// The seq of the newest event in the log (`None`: no event log or no events).
+    fn last_event_seq(&self) -> Result<Option<i64>, StoreError> {
+        let has_log: bool = self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_log {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?)
     }
 
     /// Everything a model trains on, in dense index space, plus the ids of the indices.
