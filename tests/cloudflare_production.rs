@@ -86,7 +86,7 @@ fn publish_to_bucket_with(stack: &Stack, writer: &S3Server, keep: &str, extra: &
     let mut args = vec![
         "publish",
         "--db",
-        stack.db.to_str().unwrap(),
+        &stack.db,
         "--targets",
         "object-storage",
         "--s3-endpoint",

@@ -6,7 +6,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,13 +17,13 @@ use serde_json::{json, Value};
 
 const SIGTERM: i32 = 15;
 
-fn demo_db(dir: &Path, users: u32, items: u32) -> PathBuf {
-    let db = dir.join("origin.sqlite");
+fn demo_db(dir: &Path, users: u32, items: u32) -> String {
+    let db = e2e::new_database(dir);
     run_origin(
         &[
             "demo-data",
             "--db",
-            db.to_str().unwrap(),
+            &db,
             "--users",
             &users.to_string(),
             "--items",

@@ -19,13 +19,13 @@ fn client() -> Client {
 }
 
 /// A demo database with `users` users and `items` items.
-fn demo_db(dir: &Path, users: u32, items: u32) -> PathBuf {
-    let db = dir.join("origin.sqlite");
+fn demo_db(dir: &Path, users: u32, items: u32) -> String {
+    let db = e2e::new_database(dir);
     run_origin(
         &[
             "demo-data",
             "--db",
-            db.to_str().unwrap(),
+            &db,
             "--users",
             &users.to_string(),
             "--items",

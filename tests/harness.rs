@@ -182,6 +182,33 @@ pub fn run_origin(args: &[&str], envs: &[(&str, &str)]) -> String {
     text
 }
 
+/// Whether this run's stacks and lone origins use PostgreSQL (`E2E_DB=postgres`; the
+/// default is a SQLite file each): `scripts/test.sh` runs the end-to-end tests once on
+/// each backend.
+pub fn on_postgres() -> bool {
+    std::env::var("E2E_DB").is_ok_and(|v| v == "postgres")
+}
+
+/// A new, empty database for one stack or lone origin: the SQLite file
+/// `dir/origin.sqlite`, or with `E2E_DB=postgres` a new database on the throwaway
+/// PostgreSQL 15 this test process shares (`origin::store::postgres::test_server`,
+/// started on first use; a failure when PostgreSQL is missing, as that mode asks for it).
+pub fn new_database(dir: &Path) -> String {
+    if !on_postgres() {
+        return dir.join("origin.sqlite").to_str().unwrap().to_string();
+    }
+    if let Err(why) = origin::store::postgres::test_server::available() {
+        panic!("E2E_DB=postgres, but no PostgreSQL server can start: {why}");
+    }
+    let server =
+        origin::store::postgres::test_server::shared().expect("the shared PostgreSQL test server");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(server.database())
+}
+
 /// Options for a stack.
 #[derive(Clone, Debug)]
 pub struct StackOptions {
@@ -204,8 +231,8 @@ pub struct StackOptions {
     /// TOML appended to the worker's config after `[vars]` (bindings such as
     /// `[[ratelimits]]`).
     pub extra_config: String,
-    /// The origins' database (`postgres://…`) when not the stack's own SQLite file;
-    /// the caller fills it (no demo data is generated then).
+    /// The origins' database (`postgres://…`) when the caller made and filled it (no
+    /// demo data is generated then); by default a [`new_database`] with demo data.
     pub db_url: Option<String>,
     /// Extra arguments of every `origin serve`.
     pub origin_args: Vec<String>,
@@ -248,10 +275,8 @@ pub fn geo_db_path() -> PathBuf {
 /// One complete system: origin services, static secondary CDN and `wrangler dev`.
 pub struct Stack {
     pub dir: tempfile::TempDir,
-    /// The stack's SQLite file (unused when `db_url` is set).
-    pub db: PathBuf,
-    /// The origins' `--db` when not `db` (see [`StackOptions::db_url`]).
-    pub db_url: Option<String>,
+    /// The origins' `--db`: a SQLite file or a PostgreSQL URL (see [`new_database`]).
+    pub db: String,
     pub origin_args: Vec<String>,
     pub publish_dir: PathBuf,
     pub origins: Vec<OriginSlot>,
@@ -280,7 +305,10 @@ impl Stack {
             .prefix("e2e-")
             .tempdir()
             .expect("temp dir");
-        let db = dir.path().join("origin.sqlite");
+        let db = opts
+            .db_url
+            .clone()
+            .unwrap_or_else(|| new_database(dir.path()));
         let publish_dir = dir.path().join("cdn");
         fs::create_dir_all(&publish_dir).unwrap();
         if opts.db_url.is_none() {
@@ -288,7 +316,7 @@ impl Stack {
                 &[
                     "demo-data",
                     "--db",
-                    db.to_str().unwrap(),
+                    &db,
                     "--users",
                     &opts.users.to_string(),
                     "--items",
@@ -417,7 +445,6 @@ impl Stack {
         let mut stack = Stack {
             dir,
             db,
-            db_url: opts.db_url.clone(),
             origin_args: opts.origin_args.clone(),
             publish_dir,
             origins,
@@ -467,13 +494,6 @@ impl Stack {
         }
     }
 
-    /// The origins' `--db`.
-    pub fn db_arg(&self) -> String {
-        self.db_url
-            .clone()
-            .unwrap_or_else(|| self.db.to_str().unwrap().to_string())
-    }
-
     pub fn origin_port(&self, i: usize) -> u16 {
         self.origins[i].port
     }
@@ -515,7 +535,7 @@ impl Stack {
         let mut args = vec![
             "publish".to_string(),
             "--db".into(),
-            self.db_arg(),
+            self.db.clone(),
             "--out".into(),
             self.publish_dir.to_str().unwrap().into(),
             "--edge-url".into(),
@@ -722,7 +742,7 @@ impl Stack {
             self.origins[i].port,
         );
         let metrics_listen = format!("127.0.0.1:{}", self.origins[i].metrics_port);
-        let db = self.db_arg();
+        let db = self.db.clone();
         let proc = Proc::spawn(
             &format!("origin {name}"),
             Command::new(origin_bin())
@@ -877,13 +897,13 @@ pub struct LoneOrigin {
 }
 
 impl LoneOrigin {
-    pub fn start(db: &Path, logs: &Path, extra: &[&str]) -> LoneOrigin {
+    pub fn start(db: &str, logs: &Path, extra: &[&str]) -> LoneOrigin {
         let port = free_port();
         let metrics = format!("127.0.0.1:{}", free_port());
         let proc = Proc::spawn(
             "lone origin",
             Command::new(origin_bin())
-                .args(["serve", "--db", db.to_str().unwrap()])
+                .args(["serve", "--db", db])
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--metrics-listen", &metrics, "--retrain-every-s", "0"])
                 .args(extra)
@@ -895,7 +915,7 @@ impl LoneOrigin {
     }
 
     /// [`LoneOrigin::start`], then waits until its first model is trained.
-    pub fn start_trained(db: &Path, logs: &Path, extra: &[&str]) -> LoneOrigin {
+    pub fn start_trained(db: &str, logs: &Path, extra: &[&str]) -> LoneOrigin {
         let origin = LoneOrigin::start(db, logs, extra);
         wait_for_trained(origin.port, &origin.proc, Duration::from_secs(60));
         origin
