@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 /// Advisory lock key (first half) of the leader lock ("RECL"); the second half is
 /// the tenant's hash, so each tenant of a database has its own leader.
 pub const LEADER_LOCK: i32 = 0x5245_434C;
@@ -95,8 +93,10 @@ async fn campaign(
     retry: Duration,
 ) -> Result<(), String> {
     let err = |e: tokio_postgres::Error| crate::store::StoreError::from(e).to_string();
+    let (config, tls) =
+        crate::store::postgres::tls::config_and_connector(url).map_err(|e| e.to_string())?;
     let (client, conn) = tokio::time::timeout(retry.max(Duration::from_secs(1)), async {
-        tokio_postgres::connect(url, NoTls).await
+        config.connect(tls).await
     })
     .await
     .map_err(|_| "connecting timed out".to_string())?
@@ -185,7 +185,9 @@ mod tests {
         assert!(a.is_leader() && !b.is_leader(), "exactly one leads");
 
         // The leader's session ends (as when its process dies).
-        let (db, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let started = std::time::Instant::now();
         db.execute(

@@ -391,9 +391,9 @@ impl Location {
             return Ok(Location::Sqlite(PathBuf::from(path)));
         }
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            return match raw.parse::<tokio_postgres::Config>() {
+            return match postgres::tls::split(raw) {
                 Ok(_) => Ok(Location::Postgres(raw.to_owned())),
-                Err(e) => Err(bad(&format!("not a PostgreSQL URL: {e}"))),
+                Err(e) => Err(bad(&e.to_string())),
             };
         }
         if let Some((scheme, _)) = raw.split_once("://") {

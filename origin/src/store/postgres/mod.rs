@@ -5,8 +5,8 @@
 //! committed (`synchronous_commit` left on); group commit (one writer task per store);
 //! the projections in the same transaction; every statement parameterised (DDL names
 //! are built from fixed names and integers only). Reads go through a pool of
-//! connections (`deadpool-postgres`). Connections are plain TCP or a Unix socket
-//! (`NoTls`): TLS to the server is not supported yet.
+//! connections (`deadpool-postgres`). TLS to the server is set in the URL as with
+//! libpq (`sslmode`, `sslrootcert`; see `tls`).
 //!
 //! # Layout
 //! - [`PostgresStore`]: the [`Store`] implementation: connect, catalogue writes and
@@ -16,6 +16,7 @@
 //! - `project`: the projections of a group of events, in a few round trips.
 //! - `analytics`: the analytics queries.
 //! - `models`: the record of trained models (every origin serves the newest).
+//! - `tls`: TLS to the server from the URL's `sslmode` and `sslrootcert`.
 //! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
 
 pub mod analytics;
@@ -25,6 +26,7 @@ pub mod project;
 pub mod schema;
 #[doc(hidden)]
 pub mod test_server;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -33,7 +35,6 @@ use async_trait::async_trait;
 use contract::UserId;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
-use tokio_postgres::NoTls;
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
@@ -145,12 +146,11 @@ impl PostgresStore {
     /// The redacted location and a connection pool for `url` (not connected yet).
     fn pool_for(url: &str) -> Result<(String, Pool), StoreError> {
         let location = redact(url);
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            StoreError::BadLocation(location.clone(), e.to_string())
-        })?;
+        let (config, tls) = tls::config_and_connector(url)
+            .map_err(|e| StoreError::BadLocation(location.clone(), e.to_string()))?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -542,7 +542,9 @@ mod tests {
     }
 
     async fn sql(url: &str) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         client
     }

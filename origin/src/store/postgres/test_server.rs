@@ -184,6 +184,99 @@ impl PgServer {
         self.dir.join("data")
     }
 
+    /// Turns TLS on with a certificate for `127.0.0.1` signed by a new test CA (both
+    /// made with the `openssl` command, which Debian's PostgreSQL packages bring) and
+    /// reloads the configuration; returns the CA's PEM file, the root a client trusts.
+    pub async fn enable_tls(&self) -> Result<PathBuf, String> {
+        let at = |name: &str| self.dir.join(name);
+        let (ca, ca_key, csr) = (at("ca.crt"), at("ca.key"), at("server.csr"));
+        let (cert, key, ext) = (at("server.crt"), at("server.key"), at("server.ext"));
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-days", "2", "-subj", "/CN=origin test CA"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca))?;
+        run(Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr))?;
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .map_err(|e| format!("{}: {e}", ext.display()))?;
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", key.display()))?;
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids().ok_or("no postgres user")?;
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", f.display()))?;
+            }
+        }
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let task = tokio::spawn(conn);
+        // The paths are our own temporary folder's, quoted as SQL literals.
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "''"));
+        // One statement per call: ALTER SYSTEM refuses to run in a multi-statement batch.
+        for statement in [
+            format!("ALTER SYSTEM SET ssl_cert_file = {}", quote(&cert)),
+            format!("ALTER SYSTEM SET ssl_key_file = {}", quote(&key)),
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            client
+                .batch_execute(&statement)
+                .await
+                .map_err(|e| format!("{statement}: {e}\n{}", self.log()))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let on: String = client
+                .query_one("SHOW ssl", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if on == "on" {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("ssl still off after the reload\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(client);
+        let _ = task.await;
+        Ok(ca)
+    }
+
     /// The server's log so far (for errors).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
