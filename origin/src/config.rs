@@ -85,7 +85,7 @@ pub struct ReplayConfig {
 #[derive(Debug, Clone, Args)]
 pub struct StoreConfig {
     /// The store: a SQLite file (a path or `sqlite://PATH`, created when missing) or a
-    /// PostgreSQL URL (`postgres://user:password@host:port/db`; `serve` and `publish`).
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
     /// The tenant this database holds: the namespace of every published key and path
@@ -247,9 +247,15 @@ pub struct ServeConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoDataConfig {
-    /// SQLite database file (its content is replaced).
+    /// The store whose content (the tenant's items, users and interactions) is
+    /// replaced: a SQLite file (a path or `sqlite://PATH`, created when missing) or a
+    /// PostgreSQL URL (`postgres://…`).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
+    /// The tenant whose rows are written (PostgreSQL keys every row by it; a SQLite
+    /// file holds one tenant).
+    #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
+    pub tenant: String,
     /// Number of users.
     #[arg(long, env = "ORIGIN_DEMO_USERS", default_value_t = 3000)]
     pub users: u64,
@@ -268,9 +274,14 @@ pub use crate::import::ImportFormat;
 
 #[derive(Debug, Clone, Args)]
 pub struct ImportConfig {
-    /// SQLite database file (created when missing).
+    /// The store: a SQLite file (a path or `sqlite://PATH`, created when missing) or a
+    /// PostgreSQL URL (`postgres://…`).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
+    /// The tenant whose rows are written (PostgreSQL keys every row by it; a SQLite
+    /// file holds one tenant).
+    #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
+    pub tenant: String,
     /// Format of the input files.
     #[arg(long, value_enum)]
     pub format: ImportFormat,
@@ -290,6 +301,11 @@ pub struct ImportConfig {
 }
 
 impl ImportConfig {
+    /// The tenant, checked.
+    pub fn tenant(&self) -> Result<Tenant, ConfigError> {
+        parse_tenant(&self.tenant)
+    }
+
     /// The reading options, checked.
     pub fn options(&self) -> Result<crate::import::ImportOptions, crate::import::ImportError> {
         use crate::import::{ColumnMap, ImportError, ImportOptions};
@@ -543,14 +559,15 @@ impl PublishConfig {
 }
 
 impl DemoDataConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the sizes and the tenant; returns the tenant.
+    pub fn validate(&self) -> Result<Tenant, ConfigError> {
         if self.users == 0 {
             return Err(ConfigError::Zero("--users"));
         }
         if self.items == 0 {
             return Err(ConfigError::Zero("--items"));
         }
-        Ok(())
+        parse_tenant(&self.tenant)
     }
 }
 

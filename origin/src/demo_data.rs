@@ -5,8 +5,9 @@
 //! the same database content. The data has the shape recommenders feed on: item
 //! popularity is skewed (Zipf-like), users have tastes (two preferred categories) and
 //! regions lean towards their own categories, so regional popular lists differ.
-//! Users are generated and written in chunks, so memory stays bounded for millions
-//! of users.
+//! Users are generated in chunks on a blocking thread while the store writes the
+//! previous chunk ([`Store::replace_content`], SQLite or PostgreSQL alike), so memory
+//! stays bounded for millions of users.
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -14,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
 use crate::store::sqlite::Database;
-use crate::store::{Batch, InteractionRow, ItemRow, StoreError, UserRow};
+use crate::store::{Batch, InteractionRow, ItemRow, Load, Store, StoreError, UserRow};
 
 /// Users generated and written per transaction.
 pub const USER_CHUNK: u64 = 10_000;
@@ -141,20 +142,78 @@ fn region_of(country: Option<&str>) -> usize {
     }
 }
 
-/// Replaces the store's content with a generated data set; `progress` is called with
-/// the number of users written so far.
-pub fn generate(
-    store: &mut Database,
+/// Batches of users (with their interactions) the generator may run ahead of the store.
+const CHUNKS_AHEAD: usize = 2;
+
+/// Replaces the store's content (its tenant's items, users and interactions) with a
+/// generated data set; `progress` is called with the number of users generated so far.
+/// Needs a tokio runtime.
+pub async fn generate(
+    store: &dyn Store,
     spec: &DemoSpec,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64) + Send + 'static,
 ) -> Result<DemoSummary, DemoError> {
     if spec.items > u64::from(u32::MAX) {
         return Err(DemoError::TooManyItems(spec.items));
     }
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    let spec = *spec;
+    let producer = tokio::task::spawn_blocking(move || {
+        let summary = produce(
+            &spec,
+            |batch| tx.blocking_send(Load::Batch(batch)).is_ok(),
+            progress,
+        )?;
+        tx.blocking_send(Load::End).ok()?;
+        Some(summary)
+    });
+    let meta = vec![("demo_seed".to_owned(), spec.seed.to_string())];
+    let stored = store.replace_content(meta, rx).await;
+    let produced = producer
+        .await
+        .map_err(|e| StoreError::Task(format!("generating demo data: {e}")))?;
+    stored?;
+    // The store took every batch and the end, so the producer finished.
+    produced.ok_or_else(|| StoreError::Task("demo data generation stopped early".into()).into())
+}
+
+/// [`generate`] for a synchronous caller holding a SQLite [`Database`] (test fixtures):
+/// the same data, written the way [`crate::store::SqliteStore`] writes it.
+pub fn generate_into(
+    db: &mut Database,
+    spec: &DemoSpec,
+    progress: impl FnMut(u64) + Send,
+) -> Result<DemoSummary, DemoError> {
+    if spec.items > u64::from(u32::MAX) {
+        return Err(DemoError::TooManyItems(spec.items));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+    let meta = vec![("demo_seed".to_owned(), spec.seed.to_string())];
+    let (produced, stored) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let summary = produce(spec, |batch| tx.send(Load::Batch(batch)).is_ok(), progress)?;
+            tx.send(Load::End).ok()?;
+            Some(summary)
+        });
+        let stored = db.replace_content(&meta, || rx.recv().ok());
+        drop(rx);
+        (producer.join(), stored)
+    });
+    stored?;
+    match produced {
+        Ok(Some(summary)) => Ok(summary),
+        _ => Err(StoreError::Task("demo data generation stopped early".into()).into()),
+    }
+}
+
+/// Generates the data set, handing each chunk to `send` (which says whether it was
+/// taken; `None` when not, the receiver being gone).
+fn produce(
+    spec: &DemoSpec,
+    mut send: impl FnMut(Batch) -> bool,
+    mut progress: impl FnMut(u64),
+) -> Option<DemoSummary> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    store.clear()?;
-    store.set_meta("demo_seed", &spec.seed.to_string())?;
-    store.begin_bulk_load()?;
 
     // Catalogue: category, tags and a popularity rank per item.
     let n_items = spec.items as u32;
@@ -194,12 +253,10 @@ pub fn generate(
             created_at: BASE_TS - rng.gen_range(0..365 * DAY),
         });
         if batch.items.len() >= 50_000 {
-            store.insert_batch(&batch)?;
-            batch.items.clear();
+            send(std::mem::take(&mut batch)).then_some(())?;
         }
     }
-    store.insert_batch(&batch)?;
-    batch.items.clear();
+    send(std::mem::take(&mut batch)).then_some(())?;
 
     let weight = |i: u32| 1.0 / (f64::from(rank[i as usize]) + 1.0).powf(0.9);
     let global = Cdf::new((0..n_items).collect(), weight);
@@ -276,21 +333,19 @@ pub fn generate(
         });
         summary.users += 1;
         if batch.users.len() as u64 >= USER_CHUNK {
-            store.insert_batch(&batch)?;
-            batch.users.clear();
-            batch.interactions.clear();
+            send(std::mem::take(&mut batch)).then_some(())?;
             progress(summary.users);
         }
     }
-    store.insert_batch(&batch)?;
-    store.end_bulk_load()?;
+    send(batch).then_some(())?;
     progress(summary.users);
-    Ok(summary)
+    Some(summary)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SqliteStore;
 
     fn spec(seed: u64) -> DemoSpec {
         DemoSpec {
@@ -301,31 +356,33 @@ mod tests {
         }
     }
 
-    fn hash_of(seed: u64) -> (u64, crate::store::Counts) {
+    async fn hash_of(seed: u64) -> (u64, crate::store::Counts) {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Database::open(&dir.path().join("d.sqlite")).unwrap();
-        generate(&mut s, &spec(seed), |_| {}).unwrap();
-        (s.content_hash().unwrap(), s.counts().unwrap())
+        let path = dir.path().join("d.sqlite");
+        let s = SqliteStore::open(&path, 1).unwrap();
+        generate(&s, &spec(seed), |_| {}).await.unwrap();
+        let db = Database::open(&path).unwrap();
+        (db.content_hash().unwrap(), db.counts().unwrap())
     }
 
-    #[test]
-    fn the_same_seed_gives_the_same_content() {
-        let (a, counts) = hash_of(7);
-        let (b, _) = hash_of(7);
+    #[tokio::test]
+    async fn the_same_seed_gives_the_same_content() {
+        let (a, counts) = hash_of(7).await;
+        let (b, _) = hash_of(7).await;
         assert_eq!(a, b);
         assert_eq!(counts.users, 300);
         assert_eq!(counts.items, 100);
         assert!(counts.interactions > 300 * 5);
-        let (c, _) = hash_of(8);
+        let (c, _) = hash_of(8).await;
         assert_ne!(a, c);
     }
 
-    #[test]
-    fn users_come_from_every_region() {
+    #[tokio::test]
+    async fn users_come_from_every_region() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Database::open(&dir.path().join("d.sqlite")).unwrap();
-        generate(&mut s, &spec(1), |_| {}).unwrap();
-        let (_, maps) = s.training_data().unwrap();
+        let s = SqliteStore::open(&dir.path().join("d.sqlite"), 1).unwrap();
+        generate(&s, &spec(1), |_| {}).await.unwrap();
+        let maps = s.training_set().await.unwrap().maps;
         let map = contract::RegionMap::builtin();
         let regions: std::collections::BTreeSet<&str> = maps
             .user_country
@@ -337,13 +394,111 @@ mod tests {
         }
     }
 
-    #[test]
-    fn regenerating_replaces_rather_than_appends() {
+    #[tokio::test]
+    async fn regenerating_replaces_rather_than_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Database::open(&dir.path().join("d.sqlite")).unwrap();
-        generate(&mut s, &spec(3), |_| {}).unwrap();
-        let first = s.content_hash().unwrap();
-        generate(&mut s, &spec(3), |_| {}).unwrap();
-        assert_eq!(s.content_hash().unwrap(), first);
+        let path = dir.path().join("d.sqlite");
+        let s = SqliteStore::open(&path, 1).unwrap();
+        generate(&s, &spec(3), |_| {}).await.unwrap();
+        let first = Database::open(&path).unwrap().content_hash().unwrap();
+        generate(&s, &spec(3), |_| {}).await.unwrap();
+        assert_eq!(
+            Database::open(&path).unwrap().content_hash().unwrap(),
+            first
+        );
+    }
+
+    /// The training set's rows, comparable across backends.
+    fn rows(set: &crate::store::TrainingSet) -> Vec<(String, String, u32, i64)> {
+        let mut v: Vec<_> = set
+            .data
+            .interactions
+            .iter()
+            .map(|i| {
+                (
+                    set.maps.user_ids[i.user as usize].clone(),
+                    set.maps.item_ids[i.item as usize].clone(),
+                    i.weight.to_bits(),
+                    i.timestamp,
+                )
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// PostgreSQL gets exactly the data SQLite gets from one seed (more than one chunk
+    /// of users), a second run replaces it, and a load cut off before its end stores
+    /// nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_holds_what_sqlite_holds_and_a_cut_load_stores_nothing() {
+        let Some(server) = crate::store::postgres::test_server::shared() else {
+            return;
+        };
+        let url = server.database().await;
+        let spec = DemoSpec {
+            users: USER_CHUNK + 500,
+            items: 200,
+            seed: 5,
+            interactions_per_user: 4,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteStore::open(&dir.path().join("d.sqlite"), 1).unwrap();
+        let pg = crate::store::PostgresStore::connect(&url, "default", 1)
+            .await
+            .unwrap();
+        let want = generate(&sqlite, &spec, |_| {}).await.unwrap();
+        let mut seen = Vec::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let got = generate(&pg, &spec, move |n| tx.send(n).unwrap())
+            .await
+            .unwrap();
+        while let Ok(n) = rx.try_recv() {
+            seen.push(n);
+        }
+        assert_eq!(got, want);
+        assert_eq!(
+            seen.last(),
+            Some(&spec.users),
+            "progress reaches every user"
+        );
+        let (a, b) = (
+            sqlite.training_set().await.unwrap(),
+            pg.training_set().await.unwrap(),
+        );
+        assert_eq!(b.counts.users, spec.users);
+        assert_eq!(a.counts, b.counts);
+        assert_eq!(a.maps.user_ids, b.maps.user_ids);
+        assert_eq!(a.maps.user_country, b.maps.user_country);
+        assert_eq!(a.data.item_text, b.data.item_text);
+        assert_eq!(rows(&a), rows(&b));
+
+        generate(&pg, &spec, |_| {}).await.unwrap();
+        assert_eq!(
+            pg.counts().await.unwrap(),
+            a.counts,
+            "replaced, not appended"
+        );
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Load::Batch(Batch {
+            interactions: vec![InteractionRow {
+                user_id: "late".into(),
+                item_id: "i1".into(),
+                weight: 1.0,
+                ts: 1,
+            }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        drop(tx);
+        let cut = pg.replace_content(Vec::new(), rx).await;
+        assert!(cut.is_err(), "a load without its end fails");
+        assert_eq!(
+            pg.counts().await.unwrap(),
+            a.counts,
+            "the old content stays, whole"
+        );
     }
 }

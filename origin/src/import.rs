@@ -9,16 +9,15 @@
 //!
 //! Every file is parsed and validated completely before anything is written; the first
 //! bad line fails the import with `FILE:LINE: what is wrong`, and nothing is imported.
-//! The rows of all files are then written in one transaction, creating missing users
-//! and items.
+//! The rows of all files are then written through [`Store::import`] in one transaction
+//! (SQLite or PostgreSQL alike), creating missing users and items.
 
 use std::path::{Path, PathBuf};
 
 use contract::{ItemId, UserId};
 use thiserror::Error;
 
-use crate::store::sqlite::Database;
-use crate::store::{Batch, InteractionRow, StoreError};
+use crate::store::{Batch, InteractionRow, Store, StoreError};
 
 /// Input file formats of `origin import`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -384,9 +383,10 @@ pub fn parse_file(options: &ImportOptions, path: &Path) -> Result<Parsed, Import
     }
 }
 
-/// Validates every file, then writes all their rows in one transaction.
-pub fn import_files(
-    store: &mut Database,
+/// Validates every file (on the blocking pool: reading and parsing), then writes all
+/// their rows into `store` in one transaction. Needs a tokio runtime.
+pub async fn import_files(
+    store: &dyn Store,
     options: &ImportOptions,
     files: &[PathBuf],
 ) -> Result<ImportSummary, ImportError> {
@@ -395,21 +395,28 @@ pub fn import_files(
             "a column mapping needs --format csv (MovieLens u.data has no header)".into(),
         ));
     }
-    let mut batch = Batch::default();
-    let mut below_min_weight = 0;
-    for f in files {
-        let (rows, below) = parse_file(options, f)?;
-        batch.interactions.extend(rows);
-        below_min_weight += below;
-    }
-    let before = store.counts()?;
-    store.insert_batch(&batch)?;
-    let after = store.counts()?;
+    let (options, paths) = (options.clone(), files.to_vec());
+    let (batch, below_min_weight) = tokio::task::spawn_blocking(move || {
+        let mut batch = Batch::default();
+        let mut below_min_weight = 0;
+        for f in &paths {
+            let (rows, below) = parse_file(&options, f)?;
+            batch.interactions.extend(rows);
+            below_min_weight += below;
+        }
+        Ok::<_, ImportError>((batch, below_min_weight))
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))??;
+    let interactions = batch.interactions.len() as u64;
+    let before = store.counts().await?;
+    store.import(batch).await?;
+    let after = store.counts().await?;
     Ok(ImportSummary {
         files: files.len(),
-        interactions: batch.interactions.len() as u64,
-        users: after.users - before.users,
-        items: after.items - before.items,
+        interactions,
+        users: after.users.saturating_sub(before.users),
+        items: after.items.saturating_sub(before.items),
         below_min_weight,
     })
 }
@@ -418,12 +425,20 @@ pub fn import_files(
 mod tests {
     use super::*;
 
-    fn store(dir: &tempfile::TempDir) -> Database {
+    use crate::store::sqlite::Database;
+    use crate::store::SqliteStore;
+
+    fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("i.sqlite"), 1).unwrap()
+    }
+
+    /// A connection of its own to the store's file, for checking what it holds.
+    fn db(dir: &tempfile::TempDir) -> Database {
         Database::open(&dir.path().join("i.sqlite")).unwrap()
     }
 
-    #[test]
-    fn a_csv_with_a_header_imports_and_creates_users_and_items() {
+    #[tokio::test]
+    async fn a_csv_with_a_header_imports_and_creates_users_and_items() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.csv");
         std::fs::write(
@@ -431,16 +446,18 @@ mod tests {
             "user,item,timestamp,weight\nu1,i1,100,1\nu1,i2,101,2.5\r\nu2,i1,102,1\n",
         )
         .unwrap();
-        let mut s = store(&dir);
-        let sum = import_files(&mut s, &ImportOptions::new(ImportFormat::Csv), &[f]).unwrap();
+        let s = store(&dir);
+        let sum = import_files(&s, &ImportOptions::new(ImportFormat::Csv), &[f])
+            .await
+            .unwrap();
         assert_eq!(sum.interactions, 3);
         assert_eq!(sum.users, 2);
         assert_eq!(sum.items, 2);
-        assert_eq!(s.user_history("u1").unwrap()[1].weight, 2.5);
+        assert_eq!(db(&dir).user_history("u1").unwrap()[1].weight, 2.5);
     }
 
-    #[test]
-    fn a_bad_line_3_imports_nothing_and_names_file_and_line() {
+    #[tokio::test]
+    async fn a_bad_line_3_imports_nothing_and_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.csv");
         std::fs::write(&good, "u9,i9,1,1\n").unwrap();
@@ -450,17 +467,18 @@ mod tests {
             "u1,i1,100,1\nu2,i2,101,1\nu3,../etc,102,1\nu4,i4,103,1\n",
         )
         .unwrap();
-        let mut s = store(&dir);
+        let s = store(&dir);
         let err = import_files(
-            &mut s,
+            &s,
             &ImportOptions::new(ImportFormat::Csv),
             &[good, bad.clone()],
         )
+        .await
         .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with(&format!("{}:3: ", bad.display())), "{msg}");
         assert!(msg.contains("item id"), "{msg}");
-        assert_eq!(s.counts().unwrap(), Default::default());
+        assert_eq!(db(&dir).counts().unwrap(), Default::default());
     }
 
     #[test]
@@ -474,28 +492,25 @@ mod tests {
         assert!(e.contains("timestamp"), "{e}");
     }
 
-    #[test]
-    fn the_movielens_100k_file_imports_when_present() {
+    #[tokio::test]
+    async fn the_movielens_100k_file_imports_when_present() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ml-100k/u.data");
         if !path.exists() {
             println!("skipping: {} is not present", path.display());
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let mut s = store(&dir);
-        let sum = import_files(
-            &mut s,
-            &ImportOptions::new(ImportFormat::Movielens),
-            &[path],
-        )
-        .unwrap();
+        let s = store(&dir);
+        let sum = import_files(&s, &ImportOptions::new(ImportFormat::Movielens), &[path])
+            .await
+            .unwrap();
         assert_eq!(sum.interactions, 100_000);
         assert_eq!(sum.users, 943);
         assert_eq!(sum.items, 1682);
     }
 
-    #[test]
-    fn a_mapped_header_in_any_order_with_quoted_fields_imports() {
+    #[tokio::test]
+    async fn a_mapped_header_in_any_order_with_quoted_fields_imports() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ratings.csv");
         std::fs::write(
@@ -510,10 +525,12 @@ mod tests {
         options.columns = Some(
             ColumnMap::parse("user=userId,item=movieId,weight=rating,timestamp=timestamp").unwrap(),
         );
-        let mut s = store(&dir);
-        let sum = import_files(&mut s, &options, std::slice::from_ref(&f)).unwrap();
+        let s = store(&dir);
+        let sum = import_files(&s, &options, std::slice::from_ref(&f))
+            .await
+            .unwrap();
         assert_eq!(sum.interactions, 3);
-        let h = s.user_history("1").unwrap();
+        let h = db(&dir).user_history("1").unwrap();
         assert_eq!(
             (h[0].item_id.as_str(), h[0].weight, h[0].ts),
             ("31", 2.5, 1_260_759_144)
@@ -521,52 +538,56 @@ mod tests {
         // Ratings made implicit: below 3 skipped, the rest weigh 1.
         options.min_weight = Some(3.0);
         let dir2 = tempfile::tempdir().unwrap();
-        let mut s2 = store(&dir2);
-        let sum = import_files(&mut s2, &options, &[f]).unwrap();
+        let s2 = store(&dir2);
+        let sum = import_files(&s2, &options, &[f]).await.unwrap();
         assert_eq!((sum.interactions, sum.below_min_weight), (2, 1));
-        assert!(s2
+        assert!(db(&dir2)
             .user_history("1")
             .unwrap()
             .iter()
             .all(|r| r.weight == 1.0));
     }
 
-    #[test]
-    fn the_old_header_order_without_a_mapping_names_the_line_and_the_fix() {
+    #[tokio::test]
+    async fn the_old_header_order_without_a_mapping_names_the_line_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("r.csv");
         std::fs::write(&f, "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n").unwrap();
-        let mut s = store(&dir);
-        let err = import_files(&mut s, &ImportOptions::new(ImportFormat::Csv), &[f])
+        let s = store(&dir);
+        let err = import_files(&s, &ImportOptions::new(ImportFormat::Csv), &[f])
+            .await
             .unwrap_err()
             .to_string();
         assert!(err.contains(":1: "), "{err}");
         assert!(err.contains("--columns user="), "{err}");
     }
 
-    #[test]
-    fn a_malformed_line_or_a_missing_column_fails_the_file_with_its_line_and_stores_nothing() {
+    #[tokio::test]
+    async fn a_malformed_line_or_a_missing_column_fails_the_file_with_its_line_and_stores_nothing()
+    {
         let dir = tempfile::tempdir().unwrap();
         let mut options = ImportOptions::new(ImportFormat::Csv);
         options.columns = Some(ColumnMap::parse("user=u,item=i").unwrap());
         let short = dir.path().join("short.csv");
         std::fs::write(&short, "u,i,x\na,b,1\nc\nd,e,2\n").unwrap();
-        let mut s = store(&dir);
-        let err = import_files(&mut s, &options, std::slice::from_ref(&short))
+        let s = store(&dir);
+        let err = import_files(&s, &options, std::slice::from_ref(&short))
+            .await
             .unwrap_err()
             .to_string();
         assert!(
             err.starts_with(&format!("{}:3: ", short.display())),
             "{err}"
         );
-        assert_eq!(s.counts().unwrap(), Default::default());
+        assert_eq!(db(&dir).counts().unwrap(), Default::default());
         let missing = dir.path().join("missing.csv");
         std::fs::write(&missing, "user,thing\na,b\n").unwrap();
-        let err = import_files(&mut s, &options, &[missing])
+        let err = import_files(&s, &options, &[missing])
+            .await
             .unwrap_err()
             .to_string();
         assert!(err.contains(":1: no column \"u\""), "{err}");
-        assert_eq!(s.counts().unwrap(), Default::default());
+        assert_eq!(db(&dir).counts().unwrap(), Default::default());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use origin::publish::{
 };
 use origin::snapshot::{Freshness, Snapshot};
 use origin::store::sqlite::Database;
-use origin::store::Location;
+use origin::store::{Location, SharedStore};
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -63,18 +63,13 @@ fn init_tracing(otel_endpoint: Option<&str>) {
     origin::observability::warn_if_otel_missing(otel_endpoint);
 }
 
-/// The SQLite file `--db` names (a path or `sqlite://PATH`), for a command that only
-/// writes SQLite files: a PostgreSQL URL is refused (rather than creating a file named
-/// like the URL).
-fn sqlite_only(db: &std::path::Path, command: &str) -> Result<std::path::PathBuf> {
-    match Location::parse(&db.to_string_lossy())? {
-        Location::Sqlite(path) => Ok(path),
-        other => anyhow::bail!(
-            "origin {command} writes SQLite files only, not {}; import into SQLite, or use \
-             `origin serve` with the PostgreSQL URL",
-            other.display()
-        ),
-    }
+/// Opens the store `--db` names (a SQLite file, created when missing, or a PostgreSQL
+/// database) for `tenant`, for a command that writes it in bulk.
+async fn open_for_loading(db: &std::path::Path, tenant: &str) -> Result<SharedStore> {
+    let location = Location::parse(&db.to_string_lossy())?;
+    origin::store::open(&location, tenant, 1)
+        .await
+        .with_context(|| format!("opening {}", location.display()))
 }
 
 /// How long the exit waits for work left on the runtime's blocking pool once a command
@@ -103,12 +98,10 @@ async fn run() -> Result<()> {
     let regions = RegionMap::builtin();
     match config.command {
         Command::Serve(c) => origin::serve::serve(c, regions, shutdown_signal()).await?,
-        Command::DemoData(mut c) => {
-            c.validate()?;
+        Command::DemoData(c) => {
+            let tenant = c.validate()?;
             let started = Instant::now();
-            c.db = sqlite_only(&c.db, "demo-data")?;
-            let mut store =
-                Database::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
+            let store = open_for_loading(&c.db, tenant.as_str()).await?;
             let bar = indicatif::ProgressBar::with_draw_target(
                 Some(c.users),
                 indicatif::ProgressDrawTarget::stderr(),
@@ -119,13 +112,16 @@ async fn run() -> Result<()> {
                 seed: c.seed,
                 interactions_per_user: c.interactions_per_user,
             };
-            let sum = tokio::task::block_in_place(|| {
-                origin::demo_data::generate(&mut store, &spec, |done| bar.set_position(done))
-            })?;
+            let progress = bar.clone();
+            let sum = origin::demo_data::generate(&*store, &spec, move |done| {
+                progress.set_position(done)
+            })
+            .await
+            .with_context(|| format!("writing demo data into {}", store.location()))?;
             bar.finish_and_clear();
             println!(
                 "demo data in {}: {} users, {} items, {} interactions (seed {}) in {:.2}s",
-                c.db.display(),
+                store.location(),
                 sum.users,
                 sum.items,
                 sum.interactions,
@@ -133,20 +129,17 @@ async fn run() -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        Command::Import(mut c) => {
+        Command::Import(c) => {
             let started = Instant::now();
-            c.db = sqlite_only(&c.db, "import")?;
-            let mut store =
-                Database::open(&c.db).with_context(|| format!("opening {}", c.db.display()))?;
+            let tenant = c.tenant()?;
             let options = c.options()?;
-            let sum = tokio::task::block_in_place(|| {
-                origin::import::import_files(&mut store, &options, &c.files)
-            })?;
+            let store = open_for_loading(&c.db, tenant.as_str()).await?;
+            let sum = origin::import::import_files(&*store, &options, &c.files).await?;
             println!(
                 "imported {} interactions from {} file(s) into {}: {} new users, {} new items, {} rows below --min-weight skipped, in {:.2}s",
                 sum.interactions,
                 sum.files,
-                c.db.display(),
+                store.location(),
                 sum.users,
                 sum.items,
                 sum.below_min_weight,

@@ -474,7 +474,7 @@ pub(crate) fn fixture_model(
 pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, crate::store::sqlite::Database) {
     let mut store =
         crate::store::sqlite::Database::open(&dir.join("fixture.sqlite")).expect("open store");
-    crate::demo_data::generate(
+    crate::demo_data::generate_into(
         &mut store,
         &crate::demo_data::DemoSpec {
             users: 200,

@@ -86,7 +86,7 @@ fn start_s3(root: &Path) -> Option<S3Server> {
 
 fn snapshot(dir: &Path) -> Arc<Snapshot> {
     let mut db = Database::open(&dir.join("o.sqlite")).unwrap();
-    origin::demo_data::generate(
+    origin::demo_data::generate_into(
         &mut db,
         &origin::demo_data::DemoSpec {
             users: 300,

@@ -1,8 +1,7 @@
 //! The origin's commands against a real PostgreSQL (a throwaway server,
 //! `origin::store::postgres::test_server`; skipped with the reason printed when
 //! PostgreSQL is not installed, a failure when `CI` is set): `publish` reads the
-//! PostgreSQL store, and the commands that only write SQLite files refuse a URL
-//! instead of creating a file named like it.
+//! PostgreSQL store, `import` and `demo-data` write it (all or nothing).
 
 use std::process::Command;
 
@@ -79,23 +78,124 @@ async fn publish_reads_a_postgres_store_into_the_cdn_folder() {
     assert_eq!(documents, 8, "one document per user");
 }
 
-#[test]
-fn commands_that_write_sqlite_files_refuse_a_postgres_url() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_writes_a_csv_into_postgres_and_a_malformed_file_stores_nothing() {
+    let Some(server) = origin::store::postgres::test_server::shared() else {
+        return;
+    };
+    let url = server.database().await;
     let dir = tempfile::tempdir().unwrap();
-    let url = "postgres://app:hunter2@127.0.0.1:1/recs";
-    for args in [
-        vec!["import", "--db", url, "--format", "csv", "missing.csv"],
-        vec!["demo-data", "--db", url],
-    ] {
-        let out = origin(&args, dir.path());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?}");
-        assert!(stderr.contains("SQLite files only"), "{args:?}: {stderr}");
-        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
-    }
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "no file named like the URL"
+    let good = dir.path().join("good.csv");
+    std::fs::write(
+        &good,
+        "user,item,timestamp,weight\nu1,i1,100,1\nu1,i2,101,2.5\nu2,i1,102,1\n",
+    )
+    .unwrap();
+    let imported = origin(
+        &["import", "--db", &url, "--format", "csv", "good.csv"],
+        dir.path(),
     );
+    let stdout = String::from_utf8_lossy(&imported.stdout);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    assert!(
+        stdout.contains("imported 3 interactions") && stdout.contains("2 new users"),
+        "{stdout}"
+    );
+    let store = origin::store::open(&Location::parse(&url).unwrap(), "default", 1)
+        .await
+        .unwrap();
+    let set = store.training_set().await.unwrap();
+    assert_eq!(set.maps.user_ids, ["u1", "u2"]);
+    assert_eq!(set.maps.item_ids, ["i1", "i2"]);
+    let mut rows: Vec<(u32, u32, f32, i64)> = set
+        .data
+        .interactions
+        .iter()
+        .map(|i| (i.user, i.item, i.weight, i.timestamp))
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(rows, [(0, 0, 1.0, 100), (0, 1, 2.5, 101), (1, 0, 1.0, 102)]);
+
+    // Line 3 of the second file is bad: neither file stores anything.
+    let more = dir.path().join("more.csv");
+    std::fs::write(&more, "u7,i7,1,1\n").unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "u8,i8,1,1\nu9,i9,2,1\nu10,i10,soon,1\n").unwrap();
+    let refused = origin(
+        &[
+            "import", "--db", &url, "--format", "csv", "more.csv", "bad.csv",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("bad.csv:3: timestamp"), "{stderr}");
+    assert_eq!(store.counts().await.unwrap(), set.counts, "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_data_fills_a_postgres_tenant_and_leaves_the_others_alone() {
+    let Some(server) = origin::store::postgres::test_server::shared() else {
+        return;
+    };
+    let url = server.database().await;
+    let location = Location::parse(&url).unwrap();
+    let other = origin::store::open(&location, "other", 1).await.unwrap();
+    other
+        .import(Batch {
+            interactions: vec![InteractionRow {
+                user_id: "x".into(),
+                item_id: "y".into(),
+                weight: 1.0,
+                ts: 1,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "demo-data",
+        "--db",
+        &url,
+        "--users",
+        "250",
+        "--items",
+        "40",
+        "--interactions-per-user",
+        "5",
+    ];
+    for _ in 0..2 {
+        let out = origin(&args, dir.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("250 users, 40 items"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let store = origin::store::open(&location, "default", 1).await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.users, counts.items),
+        (250, 40),
+        "replaced, not doubled"
+    );
+    assert!(counts.interactions >= 250);
+    assert_eq!(other.counts().await.unwrap().interactions, 1);
+    let refused = origin(
+        &["demo-data", "--db", &url, "--tenant", "no/such"],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("--tenant"), "{stderr}");
 }

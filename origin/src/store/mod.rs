@@ -153,6 +153,14 @@ pub struct Batch {
     pub interactions: Vec<InteractionRow>,
 }
 
+/// One message of a [`Store::replace_content`] load.
+#[derive(Debug)]
+pub enum Load {
+    Batch(Batch),
+    /// The load is complete (a channel closed without it is a failed load).
+    End,
+}
+
 /// How many rows each table holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -276,6 +284,18 @@ pub trait Store: Send + Sync {
 
     /// Writes catalogue rows and interactions in one transaction: all or nothing.
     async fn import(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Replaces this tenant's items, users and interactions with the batches `load`
+    /// yields until [`Load::End`] (`origin demo-data`), and sets the `meta` pairs. The
+    /// event log and its projections stay. SQLite writes each batch in a transaction of
+    /// its own, bulk-load style (a crash may lose the load, never older data);
+    /// PostgreSQL writes the whole load in one transaction. A load whose channel closes
+    /// before [`Load::End`] fails (on PostgreSQL nothing of it is kept).
+    async fn replace_content(
+        &self,
+        meta: Vec<(String, String)>,
+        load: tokio::sync::mpsc::Receiver<Load>,
+    ) -> Result<(), StoreError>;
 
     /// Rebuilds every projection from the event log alone, in one transaction.
     async fn replay(&self) -> Result<ReplayReport, StoreError>;

@@ -298,6 +298,14 @@ impl Store for ReplicatedStore {
         self.primary.import(batch).await
     }
 
+    async fn replace_content(
+        &self,
+        meta: Vec<(String, String)>,
+        load: tokio::sync::mpsc::Receiver<crate::store::Load>,
+    ) -> Result<(), StoreError> {
+        self.primary.replace_content(meta, load).await
+    }
+
     async fn replay(&self) -> Result<ReplayReport, StoreError> {
         self.primary.replay().await
     }

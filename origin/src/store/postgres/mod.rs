@@ -40,8 +40,8 @@ use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
 use crate::store::{
-    Appended, Batch, Counts, IdMaps, Projections, ReplayReport, Store, StoreError, TrainedModel,
-    TrainingSet, WriteHealth,
+    Appended, Batch, Counts, IdMaps, Load, Projections, ReplayReport, Store, StoreError,
+    TrainedModel, TrainingSet, WriteHealth,
 };
 
 use event_log::Writer;
@@ -180,92 +180,54 @@ impl PostgresStore {
     /// replacing an earlier one; users and items named only by interactions are
     /// created with empty attributes.
     async fn insert_batch(&self, batch: &Batch) -> Result<(), StoreError> {
-        /// The rows of `rows` whose key is not repeated later (the last one wins).
-        fn last_of<T>(rows: &[T], key: impl Fn(&T) -> &str) -> Vec<&T> {
-            let mut seen = std::collections::HashSet::new();
-            let mut out: Vec<&T> = rows.iter().rev().filter(|r| seen.insert(key(r))).collect();
-            out.reverse();
-            out
-        }
-        let tenant = self.tenant.as_str();
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        for chunk in last_of(&batch.items, |i| &i.item_id).chunks(IMPORT_CHUNK) {
-            let ids: Vec<&str> = chunk.iter().map(|i| i.item_id.as_str()).collect();
-            let titles: Vec<&str> = chunk.iter().map(|i| i.title.as_str()).collect();
-            let categories: Vec<String> = chunk.iter().map(|i| i.categories.join(",")).collect();
-            let tags: Vec<String> = chunk.iter().map(|i| i.tags.join(",")).collect();
-            let created: Vec<i64> = chunk.iter().map(|i| i.created_at).collect();
-            tx.execute(
-                "INSERT INTO items(tenant, item_id, title, categories, tags, created_at)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::bigint[])
-                 ON CONFLICT (tenant, item_id) DO UPDATE SET title = EXCLUDED.title,
-                     categories = EXCLUDED.categories, tags = EXCLUDED.tags,
-                     created_at = EXCLUDED.created_at",
-                &[&tenant, &ids, &titles, &categories, &tags, &created],
-            )
-            .await?;
-        }
-        for chunk in last_of(&batch.users, |u| &u.user_id).chunks(IMPORT_CHUNK) {
-            let ids: Vec<&str> = chunk.iter().map(|u| u.user_id.as_str()).collect();
-            let countries: Vec<Option<&str>> = chunk.iter().map(|u| u.country.as_deref()).collect();
-            tx.execute(
-                "INSERT INTO users(tenant, user_id, country)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[])
-                 ON CONFLICT (tenant, user_id) DO UPDATE SET country = EXCLUDED.country",
-                &[&tenant, &ids, &countries],
-            )
-            .await?;
-        }
-        let mut users_done: std::collections::HashSet<&str> =
-            batch.users.iter().map(|u| u.user_id.as_str()).collect();
-        let mut items_done: std::collections::HashSet<&str> =
-            batch.items.iter().map(|i| i.item_id.as_str()).collect();
-        let new_users: Vec<&str> = batch
-            .interactions
-            .iter()
-            .map(|r| r.user_id.as_str())
-            .filter(|u| users_done.insert(u))
-            .collect();
-        let new_items: Vec<&str> = batch
-            .interactions
-            .iter()
-            .map(|r| r.item_id.as_str())
-            .filter(|i| items_done.insert(i))
-            .collect();
-        for chunk in new_users.chunks(IMPORT_CHUNK) {
-            tx.execute(
-                "INSERT INTO users(tenant, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS x(u)
-                 ON CONFLICT (tenant, user_id) DO NOTHING",
-                &[&tenant, &chunk],
-            )
-            .await?;
-        }
-        for chunk in new_items.chunks(IMPORT_CHUNK) {
-            tx.execute(
-                "INSERT INTO items(tenant, item_id) SELECT $1, i FROM UNNEST($2::text[]) AS x(i)
-                 ON CONFLICT (tenant, item_id) DO NOTHING",
-                &[&tenant, &chunk],
-            )
-            .await?;
-        }
-        for chunk in batch.interactions.chunks(IMPORT_CHUNK) {
-            let users: Vec<&str> = chunk.iter().map(|r| r.user_id.as_str()).collect();
-            let items: Vec<&str> = chunk.iter().map(|r| r.item_id.as_str()).collect();
-            let weights: Vec<f64> = chunk.iter().map(|r| f64::from(r.weight)).collect();
-            let ts: Vec<i64> = chunk.iter().map(|r| r.ts).collect();
-            tx.execute(
-                "INSERT INTO interactions(tenant, user_id, item_id, weight, ts)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bigint[])",
-                &[&tenant, &users, &items, &weights, &ts],
-            )
-            .await?;
-        }
+        insert_rows(&tx, &self.tenant, batch).await?;
         tx.commit().await?;
         Ok(())
     }
 
+    /// [`Store::replace_content`]: one transaction that deletes the tenant's items,
+    /// users and interactions, sets `meta` and writes every batch until [`Load::End`].
+    async fn replace_all(
+        &self,
+        meta: Vec<(String, String)>,
+        mut load: tokio::sync::mpsc::Receiver<Load>,
+    ) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        // Fixed table names, never input.
+        for table in ["interactions", "users", "items"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE tenant = $1"),
+                &[&tenant],
+            )
+            .await?;
+        }
+        for (key, value) in &meta {
+            tx.execute(
+                "INSERT INTO meta(tenant, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&tenant, key, value],
+            )
+            .await?;
+        }
+        loop {
+            match load.recv().await {
+                Some(Load::Batch(batch)) => insert_rows(&tx, tenant, &batch).await?,
+                Some(Load::End) => break,
+                // Dropping the transaction rolls it back.
+                None => {
+                    return Err(StoreError::Task(
+                        "the load ended before its last batch; nothing was stored".into(),
+                    ))
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
     async fn read_counts(
         &self,
         conn: &impl tokio_postgres::GenericClient,
@@ -392,6 +354,96 @@ impl PostgresStore {
     }
 }
 
+/// Writes a batch into the transaction `tx`, a statement per [`IMPORT_CHUNK`] rows of a
+/// table. Items and users are upserted, a later row replacing an earlier one; users and
+/// items named only by interactions are created with empty attributes.
+async fn insert_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    batch: &Batch,
+) -> Result<(), StoreError> {
+    /// The rows of `rows` whose key is not repeated later (the last one wins).
+    fn last_of<T>(rows: &[T], key: impl Fn(&T) -> &str) -> Vec<&T> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<&T> = rows.iter().rev().filter(|r| seen.insert(key(r))).collect();
+        out.reverse();
+        out
+    }
+    for chunk in last_of(&batch.items, |i| &i.item_id).chunks(IMPORT_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|i| i.item_id.as_str()).collect();
+        let titles: Vec<&str> = chunk.iter().map(|i| i.title.as_str()).collect();
+        let categories: Vec<String> = chunk.iter().map(|i| i.categories.join(",")).collect();
+        let tags: Vec<String> = chunk.iter().map(|i| i.tags.join(",")).collect();
+        let created: Vec<i64> = chunk.iter().map(|i| i.created_at).collect();
+        tx.execute(
+            "INSERT INTO items(tenant, item_id, title, categories, tags, created_at)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::bigint[])
+                 ON CONFLICT (tenant, item_id) DO UPDATE SET title = EXCLUDED.title,
+                     categories = EXCLUDED.categories, tags = EXCLUDED.tags,
+                     created_at = EXCLUDED.created_at",
+            &[&tenant, &ids, &titles, &categories, &tags, &created],
+        )
+        .await?;
+    }
+    for chunk in last_of(&batch.users, |u| &u.user_id).chunks(IMPORT_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|u| u.user_id.as_str()).collect();
+        let countries: Vec<Option<&str>> = chunk.iter().map(|u| u.country.as_deref()).collect();
+        tx.execute(
+            "INSERT INTO users(tenant, user_id, country)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[])
+                 ON CONFLICT (tenant, user_id) DO UPDATE SET country = EXCLUDED.country",
+            &[&tenant, &ids, &countries],
+        )
+        .await?;
+    }
+    let mut users_done: std::collections::HashSet<&str> =
+        batch.users.iter().map(|u| u.user_id.as_str()).collect();
+    let mut items_done: std::collections::HashSet<&str> =
+        batch.items.iter().map(|i| i.item_id.as_str()).collect();
+    let new_users: Vec<&str> = batch
+        .interactions
+        .iter()
+        .map(|r| r.user_id.as_str())
+        .filter(|u| users_done.insert(u))
+        .collect();
+    let new_items: Vec<&str> = batch
+        .interactions
+        .iter()
+        .map(|r| r.item_id.as_str())
+        .filter(|i| items_done.insert(i))
+        .collect();
+    for chunk in new_users.chunks(IMPORT_CHUNK) {
+        tx.execute(
+            "INSERT INTO users(tenant, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS x(u)
+                 ON CONFLICT (tenant, user_id) DO NOTHING",
+            &[&tenant, &chunk],
+        )
+        .await?;
+    }
+    for chunk in new_items.chunks(IMPORT_CHUNK) {
+        tx.execute(
+            "INSERT INTO items(tenant, item_id) SELECT $1, i FROM UNNEST($2::text[]) AS x(i)
+                 ON CONFLICT (tenant, item_id) DO NOTHING",
+            &[&tenant, &chunk],
+        )
+        .await?;
+    }
+    for chunk in batch.interactions.chunks(IMPORT_CHUNK) {
+        let users: Vec<&str> = chunk.iter().map(|r| r.user_id.as_str()).collect();
+        let items: Vec<&str> = chunk.iter().map(|r| r.item_id.as_str()).collect();
+        let weights: Vec<f64> = chunk.iter().map(|r| f64::from(r.weight)).collect();
+        let ts: Vec<i64> = chunk.iter().map(|r| r.ts).collect();
+        tx.execute(
+            "INSERT INTO interactions(tenant, user_id, item_id, weight, ts)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bigint[])",
+            &[&tenant, &users, &items, &weights, &ts],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn location(&self) -> String {
@@ -413,6 +465,15 @@ impl Store for PostgresStore {
     async fn import(&self, batch: Batch) -> Result<(), StoreError> {
         self.writer()?;
         self.insert_batch(&batch).await
+    }
+
+    async fn replace_content(
+        &self,
+        meta: Vec<(String, String)>,
+        load: tokio::sync::mpsc::Receiver<Load>,
+    ) -> Result<(), StoreError> {
+        self.writer()?;
+        self.replace_all(meta, load).await
     }
 
     async fn replay(&self) -> Result<ReplayReport, StoreError> {

@@ -14,7 +14,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
-use crate::store::{Batch, Counts, IdMaps, InteractionRow, ItemRow, StoreError};
+use crate::store::{Batch, Counts, IdMaps, InteractionRow, ItemRow, Load, StoreError};
 
 /// Version of the schema created by [`Database::migrate`].
 pub const SCHEMA_VERSION: i64 = 2;
@@ -233,6 +233,36 @@ impl Database {
         tx.execute("DELETE FROM items", [])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Replaces the items, users and interactions with the batches `next` gives until
+    /// [`Load::End`] (see [`crate::store::Store::replace_content`]): clears them, sets
+    /// `meta`, then writes each batch in a transaction of its own, bulk-load style. A
+    /// load whose source runs dry (`None`) before its end fails.
+    pub fn replace_content(
+        &mut self,
+        meta: &[(String, String)],
+        mut next: impl FnMut() -> Option<Load>,
+    ) -> Result<(), StoreError> {
+        self.clear()?;
+        for (key, value) in meta {
+            self.set_meta(key, value)?;
+        }
+        self.begin_bulk_load()?;
+        let complete = loop {
+            match next() {
+                Some(Load::Batch(batch)) => self.insert_batch(&batch)?,
+                Some(Load::End) => break true,
+                None => break false,
+            }
+        };
+        self.end_bulk_load()?;
+        match complete {
+            true => Ok(()),
+            false => Err(StoreError::Task(
+                "the load ended before its last batch".into(),
+            )),
+        }
     }
 
     /// Writes a batch in one transaction: all of it or, on error, none of it.

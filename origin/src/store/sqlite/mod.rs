@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`SqliteStore`]: the [`Store`] implementation.
 //! - `database`: the file, its schema and migrations, catalogue inserts and the
-//!   training read ([`Database`]; also used directly by `import` and `demo-data`).
+//!   training read ([`Database`]; also used directly by synchronous test fixtures).
 //! - `event_log`: the durable log, its writer thread, projections and replay.
 //! - `analytics`: the analytics queries.
 
@@ -21,7 +21,8 @@ use contract::UserId;
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::store::{
-    Appended, Batch, Counts, Projections, ReplayReport, Store, StoreError, TrainingSet, WriteHealth,
+    Appended, Batch, Counts, Load, Projections, ReplayReport, Store, StoreError, TrainingSet,
+    WriteHealth,
 };
 
 pub use database::{Database, APPLICATION_ID, SCHEMA_VERSION};
@@ -91,6 +92,15 @@ impl Store for SqliteStore {
 
     async fn import(&self, batch: Batch) -> Result<(), StoreError> {
         self.with_database(move |db| db.insert_batch(&batch)).await
+    }
+
+    async fn replace_content(
+        &self,
+        meta: Vec<(String, String)>,
+        mut load: tokio::sync::mpsc::Receiver<Load>,
+    ) -> Result<(), StoreError> {
+        self.with_database(move |db| db.replace_content(&meta, || load.blocking_recv()))
+            .await
     }
 
     async fn replay(&self) -> Result<ReplayReport, StoreError> {
