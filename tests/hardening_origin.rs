@@ -421,8 +421,96 @@ impl Drop for Unmount {
     }
 }
 
+/// Runs `sql` on the database at `url` with `psql` (Debian's PostgreSQL client), as an
+/// administrator's session that may write.
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
+        // This session writes even when the database defaults to read only.
+        .env("PGOPTIONS", "-c default_transaction_read_only=off")
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every other session on the database ends (its pool reconnects with the new settings).
+fn end_sessions(url: &str) {
+    psql(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+}
+
+/// PostgreSQL's counterpart of the full disk below (run with `E2E_DB=postgres`): the
+/// database turns read only (as a server out of disk space or a demoted primary does),
+/// events are refused with 503 JSON and `/health` says so, and once it takes writes
+/// again the probe sees it and events are taken.
+#[test]
+fn a_database_that_refuses_writes_is_reported_by_health_refused_cleanly_and_recovered_from() {
+    if !e2e::on_postgres() {
+        eprintln!("the SQLite run covers this with a full disk (below); E2E_DB=postgres runs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path(), 50, 20);
+    let origin = LoneOrigin::start_trained(&db, dir.path(), &["--rate-limit-rps", "0"]);
+    assert_eq!(origin.health()["store"]["writable"], true);
+    psql(
+        &db,
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
+    );
+    end_sessions(&db);
+    let one = json!({"user_id": "during", "item_id": "i1", "type": "view"});
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (status, body) = loop {
+        let (status, body) = json_of(post(&origin.url("/v1/events"), &one, None));
+        if status != 202 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let health = origin.health();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["store"]["writable"], false, "{health}");
+    // Reads still answer from the model while writes are refused.
+    let r = client()
+        .get(origin.url("/v1/recommendations/u1"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    psql(
+        &db,
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', current_database()); END $$",
+    );
+    end_sessions(&db);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while origin.health()["status"] != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "health did not recover: {}",
+            origin.health()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = json!({"user_id": "after", "item_id": "i1", "type": "view"});
+    assert_eq!(post(&origin.url("/v1/events"), &after, None).status(), 202);
+}
+
 #[test]
 fn a_full_disk_is_reported_by_health_refused_cleanly_and_recovered_from() {
+    if e2e::on_postgres() {
+        eprintln!("the database is not on this disk with E2E_DB=postgres; the read-only database test above is its counterpart");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
