@@ -16,6 +16,7 @@
 //! - `project`: the projections of a group of events, in a few round trips.
 //! - `analytics`: the analytics queries.
 //! - `models`: the record of trained models (every origin serves the newest).
+//! - `tenants`: the tenant registry ([`PostgresTenants`]).
 //! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
 
 pub mod analytics;
@@ -23,6 +24,7 @@ pub mod event_log;
 pub mod models;
 pub mod project;
 pub mod schema;
+pub mod tenants;
 #[doc(hidden)]
 pub mod test_server;
 
@@ -44,6 +46,7 @@ use crate::store::{
 };
 
 use event_log::Writer;
+pub use tenants::PostgresTenants;
 
 /// Connections in the pool, at most (the writer task takes one per group commit).
 pub const POOL_SIZE: usize = 16;
