@@ -16,7 +16,9 @@
 //! - `keys`: [`KeyKind`], key generation, hashing, verification, the overlap deadline.
 //! - `registry`: the [`TenantRegistry`] interface, [`TenantError`], [`DeleteReport`],
 //!   and [`Tenants`], the operations on any registry (create, rotate, verify…).
+//! - `cli`: `origin tenants create|list|show|delete|rotate-key`.
 
+pub mod cli;
 pub mod keys;
 pub mod registry;
 pub mod tenant;

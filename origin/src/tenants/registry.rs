@@ -15,9 +15,9 @@ use super::tenant::{InvalidTenant, NewTenant, Tenant};
 /// Why a registry operation failed.
 #[derive(Debug, Error)]
 pub enum TenantError {
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] InvalidTenant),
-    #[error("{0}")]
+    #[error(transparent)]
     InvalidKind(#[from] keys::UnknownKeyKind),
     #[error("the overlap may be at most {MAX_OVERLAP_S} seconds, not {0}")]
     InvalidOverlap(u64),

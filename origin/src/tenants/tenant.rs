@@ -136,11 +136,11 @@ pub struct NewTenant {
 /// Why a new tenant was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InvalidTenant {
-    #[error("{0}")]
+    #[error(transparent)]
     Id(#[from] contract::IdError),
-    #[error("{0}")]
+    #[error(transparent)]
     Name(#[from] NameError),
-    #[error("{0}")]
+    #[error(transparent)]
     Quota(#[from] QuotaError),
 }
 
