@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use contract::{IdError, Tenant as TenantId};
+use contract::Tenant as TenantId;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::check_bearer;
@@ -149,13 +149,12 @@ pub(crate) async fn id_with_slash(
     if let Err(e) = registry(&state, &headers) {
         return e;
     }
-    let Ok(Path((id, _rest))) = path else {
+    let Ok(Path((id, rest))) = path else {
         return ApiError::UndecodableTenant;
     };
-    ApiError::InvalidId(IdError::BadChar {
-        kind: "tenant",
-        found: '/',
-        at: id.len(),
-        allowed: "a-z 0-9 _ -",
-    })
+    // The contract's own refusal of the whole id (its first bad character).
+    match TenantId::parse(&format!("{id}/{rest}")) {
+        Err(e) => ApiError::InvalidId(e),
+        Ok(_) => ApiError::NotFound,
+    }
 }

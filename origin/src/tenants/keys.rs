@@ -121,6 +121,17 @@ impl std::fmt::Debug for PlainKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash([u8; 32]);
 
+/// `bytes` as lowercase hex digits.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
 /// A stored hash that is not 64 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("a stored key hash is not 64 hex digits")]
@@ -137,13 +148,7 @@ impl KeyHash {
 
     /// Lowercase hex, as stored.
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 0xf)] as char);
-        }
-        s
+        hex(&self.0)
     }
 
     /// Reads a stored hash.
@@ -206,7 +211,7 @@ pub fn generate(
 ) -> Result<(PlainKey, KeyRecord), rand::Error> {
     let mut bytes = [0u8; KEY_BYTES];
     rng.try_fill_bytes(&mut bytes)?;
-    let digits = KeyHash(bytes).to_hex();
+    let digits = hex(&bytes);
     let key = format!("{}{digits}", kind.prefix());
     let record = KeyRecord {
         kind,
@@ -325,6 +330,22 @@ mod tests {
         assert_eq!(KeyKind::parse("server"), Ok(KeyKind::Server));
         for bad in ["", "Client", "public", "secret", "../client"] {
             assert!(KeyKind::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_string_but_the_key_itself_is_accepted(given in "(pk_|sk_)?[0-9a-fA-F_\\PC]{0,80}") {
+            let (key, record) = generate(KeyKind::Client, &mut rng(7), 0).unwrap();
+            proptest::prop_assert_eq!(accepts(&record, &given, 1), given == key.expose());
+            let _ = KeyHash::from_hex(&given);
+        }
+
+        #[test]
+        fn a_well_formed_key_of_another_record_is_refused(given in "(pk|sk)_[0-9a-f]{64}") {
+            let (_, record) = generate(KeyKind::Client, &mut rng(8), 0).unwrap();
+            proptest::prop_assert!(KeyKind::of_key(&given).is_some());
+            proptest::prop_assert!(!accepts(&record, &given, 1));
         }
     }
 

@@ -250,7 +250,9 @@ impl Tenants {
 
     /// The tenant and kind of `key` when it is one of a tenant's keys and valid at
     /// `now`; `None` for anything else (malformed, unknown, expired). A malformed key
-    /// is refused without a lookup; a stored hash is compared in constant time.
+    /// is refused without a lookup; a stored hash is compared in constant time. The
+    /// lookup is by the key's SHA-256, so its timing tells nothing about the key's
+    /// characters (only whether some key has that hash).
     pub async fn verify(&self, key: &str, now: i64) -> Result<Option<Verified>, TenantError> {
         if KeyKind::of_key(key).is_none() {
             return Ok(None);
