@@ -71,6 +71,8 @@ pub enum Command {
     /// Rebuild every projection of the event log (history, popularity, trending,
     /// co-occurrence, training interactions) from the log alone.
     Replay(ReplayConfig),
+    /// Manage the tenant registry: create, list, show, delete, rotate-key.
+    Tenants(crate::tenants::cli::TenantsArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -36,6 +36,8 @@
 //! - `server`: the accept loop with header/body/request timeouts and a shutdown deadline.
 //! - `serve`: the composition root of `origin serve`.
 //! - `observability`: metrics, request middleware, W3C trace context.
+//! - `tenants`: the tenant registry (tenants, quotas, keys; `origin tenants`); each
+//!   store backend implements its interface.
 
 pub mod admission;
 pub mod analytics;
@@ -62,6 +64,7 @@ pub mod serve;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod tenants;
 pub mod training;
 
 use std::future::Future;

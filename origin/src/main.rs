@@ -317,6 +317,15 @@ async fn run() -> Result<()> {
         Command::Eval(a) => tokio::task::block_in_place(|| origin::eval::cli::run(a))?,
         Command::Split(a) => tokio::task::block_in_place(|| origin::eval::cli::run_split(a))?,
         Command::Synth(a) => tokio::task::block_in_place(|| origin::eval::cli::run_synth(a))?,
+        Command::Tenants(a) => {
+            let location = Location::parse(&a.db.to_string_lossy())?;
+            let registry = origin::store::open_tenants(&location)
+                .await
+                .with_context(|| format!("opening {}", location.display()))?;
+            let tenants = origin::tenants::Tenants::new(registry);
+            let now = origin::snapshot::now_unix() as i64;
+            print!("{}", origin::tenants::cli::run(&a, &tenants, now).await?);
+        }
     }
     Ok(())
 }

@@ -61,6 +61,10 @@ pub async fn serve(
     )
     .await
     .with_context(|| format!("opening the store {}", location.display()))?;
+    // The tenant registry of the admin routes, in the same store.
+    let tenants = crate::store::open_tenants(&location)
+        .await
+        .with_context(|| format!("opening the tenant registry {}", location.display()))?;
     // One origin per database runs the schedule (see `leader`).
     let leader = match &location {
         Location::Sqlite(_) => Leadership::always(),
@@ -80,6 +84,7 @@ pub async fn serve(
             c.guard.rate_limit_burst,
             token.clone(),
         ));
+    state = state.with_tenants(crate::tenants::Tenants::new(tenants));
     // The CDN folder first, then the edge's KV, then the edge-cache purge.
     if let Some(dir) = c.publish_dir.clone() {
         tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");

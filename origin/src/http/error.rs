@@ -60,6 +60,12 @@ pub enum ApiError {
     ModelLoading,
     #[error("answering failed: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Tenant(#[from] crate::tenants::TenantError),
+    #[error("tenant id is not valid percent-encoded UTF-8")]
+    UndecodableTenant,
+    #[error("this origin has no tenant registry")]
+    TenantsDisabled,
 }
 
 impl From<crate::auth::AuthFailure> for ApiError {
@@ -88,7 +94,8 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Retrain(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::ModelLoading => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ModelLoading | ApiError::TenantsDisabled => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Tenant(e) => tenant_status(e),
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -129,7 +136,36 @@ impl ApiError {
             ApiError::Retrain(_) => "retrain_failed",
             ApiError::ModelLoading => "model_loading",
             ApiError::Internal(_) => "internal",
+            ApiError::Tenant(e) => tenant_code(e),
+            ApiError::UndecodableTenant => "invalid_tenant",
+            ApiError::TenantsDisabled => "tenants_disabled",
         }
+    }
+}
+
+fn tenant_status(e: &crate::tenants::TenantError) -> StatusCode {
+    use crate::tenants::TenantError as E;
+    match e {
+        E::Invalid(_) | E::InvalidKind(_) | E::InvalidOverlap(_) => StatusCode::BAD_REQUEST,
+        E::Exists(_) => StatusCode::CONFLICT,
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::Randomness(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn tenant_code(e: &crate::tenants::TenantError) -> &'static str {
+    use crate::tenants::{InvalidTenant, TenantError as E};
+    match e {
+        E::Invalid(InvalidTenant::Id(id)) => id.code(),
+        E::Invalid(InvalidTenant::Name(_)) => "invalid_name",
+        E::Invalid(InvalidTenant::Quota(_)) => "invalid_quota",
+        E::InvalidKind(_) => "invalid_key_kind",
+        E::InvalidOverlap(_) => "invalid_overlap",
+        E::Exists(_) => "tenant_exists",
+        E::NotFound(_) => "tenant_not_found",
+        E::Randomness(_) => "internal",
+        E::Storage(_) => "tenant_registry_unavailable",
     }
 }
 

@@ -7,6 +7,7 @@
 //! | `POST /v1/events`, `POST /v1/impressions` | [`events`] |
 //! | `GET /v1/analytics/{recommendations,real-time,timeline,latency}` | [`analytics`] |
 //! | `POST /v1/admin/retrain`, `POST /v1/analytics/edge-report` | [`admin`] |
+//! | `GET, POST /v1/admin/tenants`, `GET, DELETE /v1/admin/tenants/{id}`, `POST /v1/admin/tenants/{id}/keys/{kind}/rotate` | [`tenants`] |
 //! | `GET /health`, `GET /dashboard`, JSON 404/405 | here |
 //!
 //! Every answer is JSON; errors are `{"error":{"code","message"}}` ([`ApiError`]). The
@@ -15,7 +16,7 @@
 //! # Layout
 //! - `state`: [`AppState`], [`Live`].
 //! - `error`: [`ApiError`].
-//! - `recommendations`, `events`, `analytics`, `admin`: the handlers.
+//! - `recommendations`, `events`, `analytics`, `admin`, `tenants`: the handlers.
 
 pub mod admin;
 pub mod analytics;
@@ -23,6 +24,9 @@ pub mod error;
 pub mod events;
 pub mod recommendations;
 pub mod state;
+pub mod tenants;
+#[cfg(test)]
+mod tenants_tests;
 #[cfg(test)]
 mod tests;
 
@@ -193,6 +197,22 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/analytics/timeline", get(analytics::timeline_analytics))
         .route("/v1/analytics/edge-report", post(admin::edge_report))
         .route("/v1/admin/retrain", post(admin::retrain))
+        .route(
+            "/v1/admin/tenants",
+            get(tenants::list).post(tenants::create),
+        )
+        .route(
+            "/v1/admin/tenants/{id}",
+            get(tenants::show).delete(tenants::delete),
+        )
+        .route(
+            "/v1/admin/tenants/{id}/keys/{kind}/rotate",
+            post(tenants::rotate),
+        )
+        .route(
+            "/v1/admin/tenants/{id}/{*rest}",
+            axum::routing::any(tenants::id_with_slash),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -47,6 +47,8 @@ pub struct AppState {
     pub traffic: Arc<Traffic>,
     /// Per-client request limits (off unless configured).
     pub limits: crate::clients::RateLimits,
+    /// The tenant registry of the admin routes; `None` turns them off (503).
+    pub tenants: Option<crate::tenants::Tenants>,
 }
 
 impl AppState {
@@ -61,7 +63,14 @@ impl AppState {
             live: None,
             traffic: Arc::new(Traffic::default()),
             limits: crate::clients::RateLimits::off(),
+            tenants: None,
         }
+    }
+
+    /// Turns on the tenant registry's admin routes.
+    pub fn with_tenants(mut self, tenants: crate::tenants::Tenants) -> Self {
+        self.tenants = Some(tenants);
+        self
     }
 
     pub fn with_limits(mut self, limits: crate::clients::RateLimits) -> Self {

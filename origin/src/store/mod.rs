@@ -18,12 +18,16 @@
 //!   the writer task, the analytics queries, and a throwaway server for tests.
 //! - `replicas`: the primary plus read replicas (`--db-replica`): writes to the
 //!   primary, reads spread over healthy replicas; [`open_with_replicas`].
+//! - the tenant registry (`crate::tenants::TenantRegistry`) in each backend
+//!   (`sqlite/tenants.rs`, `postgres/tenants.rs`); [`open_tenants`].
 
 pub mod postgres;
 pub mod replicas;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
+#[cfg(test)]
+mod tenants_suite;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -483,6 +487,18 @@ pub async fn open_with_replicas(
                 max_lag,
             )?)
         }
+    }
+}
+
+/// Opens the tenant registry in the store `--db` names (creating or migrating its
+/// schema as [`open`] does), without an event writer: for `origin tenants` and the
+/// admin routes.
+pub async fn open_tenants(
+    location: &Location,
+) -> Result<crate::tenants::SharedRegistry, StoreError> {
+    match location {
+        Location::Sqlite(path) => Ok(Arc::new(sqlite::SqliteTenants::open(path)?)),
+        Location::Postgres(url) => Ok(Arc::new(postgres::PostgresTenants::connect(url).await?)),
     }
 }
 

@@ -17,6 +17,7 @@
 //! - `analytics`: the analytics queries.
 //! - `models`: the record of trained models (every origin serves the newest).
 //! - `tls`: TLS to the server from the URL's `sslmode` and `sslrootcert`.
+//! - `tenants`: the tenant registry ([`PostgresTenants`]).
 //! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
 
 pub mod analytics;
@@ -24,6 +25,7 @@ pub mod event_log;
 pub mod models;
 pub mod project;
 pub mod schema;
+pub mod tenants;
 #[doc(hidden)]
 pub mod test_server;
 pub mod tls;
@@ -45,6 +47,7 @@ use crate::store::{
 };
 
 use event_log::Writer;
+pub use tenants::PostgresTenants;
 
 /// Connections in the pool, at most (the writer task takes one per group commit).
 pub const POOL_SIZE: usize = 16;

@@ -18,6 +18,7 @@
 //!   `PARTITION BY HASH (user_id)` into [`USER_PARTITIONS`] partitions.
 //! - `items`, `client_users`, `proj_item_popularity`, `proj_trending`,
 //!   `proj_cooccurrence`, `edge_reports`, `meta`.
+//! - `tenants`, `tenant_keys`: the tenant registry (`crate::tenants`; keys as hashes).
 //!
 //! Only the indexes the queries use: the primary keys, `events(tenant, ts)` (analytics
 //! ranges), `events(tenant, received_at)` (real-time counts), the partial index of
@@ -191,7 +192,27 @@ CREATE TABLE trained_models(
     PRIMARY KEY (tenant, trained_at, model_version));
 "#
     .to_owned();
-    vec![(1, v1), (2, v2), (3, v3)]
+    // The tenant registry (`crate::tenants`): tenants, and their keys as SHA-256 hashes.
+    let v4 = r#"
+CREATE TABLE tenants(
+    tenant text COLLATE "C" PRIMARY KEY,
+    name text NOT NULL,
+    requests_per_second bigint NOT NULL,
+    events_per_day bigint NOT NULL,
+    max_users bigint NOT NULL,
+    max_items bigint NOT NULL,
+    created_at bigint NOT NULL);
+CREATE TABLE tenant_keys(
+    key_hash text COLLATE "C" PRIMARY KEY,
+    tenant text COLLATE "C" NOT NULL REFERENCES tenants(tenant) ON DELETE CASCADE,
+    kind text NOT NULL CHECK (kind IN ('client', 'server')),
+    hint text NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NULL);
+CREATE INDEX tenant_keys_by_tenant ON tenant_keys(tenant, kind);
+"#
+    .to_owned();
+    vec![(1, v1), (2, v2), (3, v3), (4, v4)]
 }
 
 /// The newest schema version this program knows.

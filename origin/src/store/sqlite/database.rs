@@ -130,6 +130,12 @@ impl Database {
         &self.path
     }
 
+    /// The connection, for a part of the store with queries of its own (the tenant
+    /// registry).
+    pub(crate) fn into_connection(self) -> Connection {
+        self.conn
+    }
+
     /// Creates the tables and indexes when missing and records the schema version.
     pub fn migrate(&mut self) -> Result<(), StoreError> {
         self.conn.execute_batch(
@@ -162,6 +168,7 @@ impl Database {
             "INTEGER NOT NULL DEFAULT 0",
         )?;
         add_column(&self.conn, "users", "client", "TEXT NULL")?;
+        self.conn.execute_batch(super::tenants::SCHEMA)?;
         self.conn
             .pragma_update(None, "application_id", APPLICATION_ID)?;
         let found: Option<i64> = self

@@ -8,10 +8,12 @@
 //!   training read ([`Database`]; also used directly by synchronous test fixtures).
 //! - `event_log`: the durable log, its writer thread, projections and replay.
 //! - `analytics`: the analytics queries.
+//! - `tenants`: the tenant registry ([`SqliteTenants`]).
 
 pub mod analytics;
 pub mod database;
 pub mod event_log;
+pub mod tenants;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,7 @@ use crate::store::{
 
 pub use database::{Database, APPLICATION_ID, SCHEMA_VERSION};
 pub use event_log::EventLog;
+pub use tenants::SqliteTenants;
 
 /// The SQLite store of one database file.
 #[derive(Clone)]

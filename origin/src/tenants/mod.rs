@@ -1,0 +1,31 @@
+//! Tenants as data (issue #13, first part): a registry of tenants in the origin's
+//! store, each with a display name, quotas and two API keys, managed with `origin
+//! tenants …` and the admin routes `/v1/admin/tenants…`.
+//!
+//! Keys are random (256 bits), shown once, stored only as SHA-256 hashes, compared in
+//! constant time and rotatable with an overlap period ([`keys`]). What is **not** done
+//! yet: no route accepts a tenant key, quotas are not enforced, and one `origin serve`
+//! still serves one tenant's data (`--tenant`).
+//!
+//! This module does not know the store: each backend implements [`TenantRegistry`]
+//! (`store/sqlite/tenants.rs`, `store/postgres/tenants.rs`) and `store::open_tenants`
+//! opens the one `--db` names.
+//!
+//! # Layout
+//! - `tenant`: [`Tenant`], [`DisplayName`], [`Quotas`], [`NewTenant`] and their checks.
+//! - `keys`: [`KeyKind`], key generation, hashing, verification, the overlap deadline.
+//! - `registry`: the [`TenantRegistry`] interface, [`TenantError`], [`DeleteReport`],
+//!   and [`Tenants`], the operations on any registry (create, rotate, verify…).
+//! - `cli`: `origin tenants create|list|show|delete|rotate-key`.
+
+pub mod cli;
+pub mod keys;
+pub mod registry;
+pub mod tenant;
+
+pub use keys::{KeyKind, PlainKey, DEFAULT_OVERLAP_S};
+pub use registry::{
+    Created, DeleteReport, KeyInfo, RemovedRows, Rotated, SharedRegistry, TenantError,
+    TenantRegistry, TenantView, Tenants, Verified,
+};
+pub use tenant::{DisplayName, InvalidTenant, NewTenant, Quotas, Tenant};
