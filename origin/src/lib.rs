@@ -71,13 +71,19 @@ use std::future::Future;
 
 pub use http::{ApiError, AppState};
 
-/// The HTTP API with its middleware: a body size limit, and per request a span with
+/// The HTTP API with its middleware: a body size limit, per-client rate limits, the
+/// tenant's quotas ([`http::quota`]), and per request a span with
 /// the W3C trace id, latency and status metrics ([`observability::track`]).
 pub fn app(state: AppState) -> axum::Router {
     let traffic = state.traffic.clone();
     let limits = state.limits.clone();
+    let quota = state.quota.clone();
     http::routes(state)
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            quota,
+            http::quota::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(limits, clients::limit))
         .layer(axum::middleware::from_fn_with_state(
             traffic,

@@ -84,7 +84,23 @@ pub async fn serve(
             c.guard.rate_limit_burst,
             token.clone(),
         ));
-    state = state.with_tenants(crate::tenants::Tenants::new(tenants));
+    let tenants = crate::tenants::Tenants::new(tenants);
+    // The tenant's quotas when the registry holds it (see `http::quota`).
+    let quotas = match tenants
+        .show(&tenant, crate::snapshot::now_unix() as i64)
+        .await
+    {
+        Ok(view) => Some(view.tenant.quotas),
+        Err(crate::tenants::TenantError::NotFound(_)) => None,
+        Err(e) => return Err(e).context("reading the tenant's quotas"),
+    };
+    match &quotas {
+        Some(q) => tracing::info!(quotas = ?q, "enforcing the tenant's quotas"),
+        None => tracing::info!("the tenant is not in the registry: no quotas"),
+    }
+    let quota = crate::http::quota::QuotaGuard::new(tenant.as_str(), quotas);
+    crate::http::quota::spawn_sync(quota.clone(), tenants.clone(), store.clone());
+    state = state.with_tenants(tenants).with_quota(quota);
     // The CDN folder first, then the edge's KV, then the edge-cache purge.
     if let Some(dir) = c.publish_dir.clone() {
         tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");

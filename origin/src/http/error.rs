@@ -66,6 +66,14 @@ pub enum ApiError {
     UndecodableTenant,
     #[error("this origin has no tenant registry")]
     TenantsDisabled,
+    /// 429 `quota_exceeded` naming the quota, with `Retry-After`.
+    #[error("{0}; retry after {s} s", s = retry_after_s(.0.retry_after()))]
+    Quota(crate::tenants::quota::QuotaExceeded),
+}
+
+/// Whole seconds of a `Retry-After` (at least 1).
+fn retry_after_s(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl From<crate::auth::AuthFailure> for ApiError {
@@ -96,6 +104,7 @@ impl ApiError {
             ApiError::Retrain(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ModelLoading | ApiError::TenantsDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Tenant(e) => tenant_status(e),
+            ApiError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -139,6 +148,7 @@ impl ApiError {
             ApiError::Tenant(e) => tenant_code(e),
             ApiError::UndecodableTenant => "invalid_tenant",
             ApiError::TenantsDisabled => "tenants_disabled",
+            ApiError::Quota(_) => "quota_exceeded",
         }
     }
 }
@@ -171,15 +181,16 @@ fn tenant_code(e: &crate::tenants::TenantError) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry = matches!(self, ApiError::ModelLoading);
-        let mut resp = (
-            self.status(),
-            Json(ErrorBody::new(self.code(), self.to_string())),
-        )
-            .into_response();
-        if retry {
+        let retry = match &self {
+            ApiError::ModelLoading => Some(5),
+            ApiError::Quota(q) => Some(retry_after_s(q.retry_after())),
+            _ => None,
+        };
+        let body = ErrorBody::new(self.code(), self.to_string());
+        let mut resp = (self.status(), Json(body)).into_response();
+        if let Some(s) = retry {
             resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+                .insert("retry-after", axum::http::HeaderValue::from(s));
         }
         resp
     }

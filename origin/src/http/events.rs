@@ -105,7 +105,26 @@ pub(crate) async fn ingest(
         *per_type.entry(e.kind.as_str()).or_default() += 1;
     }
     let n = events.len();
-    let appended = live.store.append(events, client.key).await?;
+    // The day's quota counts the batch whole before it is stored (impressions aside).
+    let counted = events
+        .iter()
+        .filter(|e| e.kind != crate::events::EventType::RecommendationViewed)
+        .count() as u64;
+    if let Some(guard) = &state.quota {
+        guard.admit_events(counted).map_err(|e| {
+            metrics::counter!("origin_quota_exceeded_total", "quota" => e.quota()).increment(1);
+            ApiError::Quota(e)
+        })?;
+    }
+    let appended = match live.store.append(events, client.key).await {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(guard) = &state.quota {
+                guard.refund_events(counted);
+            }
+            return Err(e.into());
+        }
+    };
     let committed_at = tokio::time::Instant::now();
     for (kind, count) in per_type {
         metrics::counter!("origin_events_ingested_total", "type" => kind).increment(count);

@@ -15,6 +15,7 @@
 //!
 //! # Layout
 //! - `state`: [`AppState`], [`Live`].
+//! - `quota`: the served tenant's quotas on the API ([`quota::QuotaGuard`]).
 //! - `error`: [`ApiError`].
 //! - `recommendations`, `events`, `analytics`, `admin`, `tenants`: the handlers.
 
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod analytics;
 pub mod error;
 pub mod events;
+pub mod quota;
 pub mod recommendations;
 pub mod state;
 pub mod tenants;
@@ -74,6 +76,9 @@ pub struct Health {
     /// before the first one.
     #[serde(default)]
     pub last_full_publish: Option<crate::scheduled_publish::LastPublish>,
+    /// The tenant's quotas and today's usage, when the registry holds the tenant.
+    #[serde(default)]
+    pub quota: Option<quota::QuotaHealth>,
 }
 
 /// Whether the store takes writes (see [`crate::store::WriteHealth`]).
@@ -118,6 +123,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
             .map(|l| l.store.replicas())
             .unwrap_or_default(),
         last_full_publish: state.live.as_ref().and_then(|l| l.full_publish.last()),
+        quota: state.quota.as_ref().and_then(|g| g.health()),
     })
 }
 

@@ -49,6 +49,8 @@ pub struct AppState {
     pub limits: crate::clients::RateLimits,
     /// The tenant registry of the admin routes; `None` turns them off (503).
     pub tenants: Option<crate::tenants::Tenants>,
+    /// The served tenant's quotas (`None`: the tenant has none; see [`super::quota`]).
+    pub quota: Option<super::quota::QuotaGuard>,
 }
 
 impl AppState {
@@ -64,10 +66,17 @@ impl AppState {
             traffic: Arc::new(Traffic::default()),
             limits: crate::clients::RateLimits::off(),
             tenants: None,
+            quota: None,
         }
     }
 
     /// Turns on the tenant registry's admin routes.
+    /// Enforces `guard`'s quotas on the tenant-facing routes.
+    pub fn with_quota(mut self, guard: super::quota::QuotaGuard) -> Self {
+        self.quota = Some(guard);
+        self
+    }
+
     pub fn with_tenants(mut self, tenants: crate::tenants::Tenants) -> Self {
         self.tenants = Some(tenants);
         self

@@ -334,6 +334,10 @@ pub trait Store: Send + Sync {
     /// Events per second, active users and the edge's hit rate around `now_ms`.
     async fn real_time_counts(&self, now_ms: i64) -> Result<RealTimeCounts, StoreError>;
 
+    /// Events received at or after `since_ms` (unix ms), impressions
+    /// (`recommendation_viewed`) left out: what a tenant's `events_per_day` counts.
+    async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError>;
+
     /// Stores one edge report (requests and hits, per region) received at `now_ms`.
     async fn record_edge_report(
         &self,

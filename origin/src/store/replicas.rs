@@ -350,6 +350,11 @@ impl Store for ReplicatedStore {
         .await
     }
 
+    /// On the primary: a quota counts what is committed, not what a replica has seen.
+    async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+        self.primary.events_received_since(since_ms).await
+    }
+
     async fn real_time_counts(&self, now_ms: i64) -> Result<RealTimeCounts, StoreError> {
         self.read(|s| async move { s.real_time_counts(now_ms).await })
             .await

@@ -140,6 +140,26 @@ pub(super) async fn history_sums_weights_and_skips_impressions(store: SharedStor
     assert!(none.is_empty());
 }
 
+/// What a tenant's `events_per_day` counts: events received since a time, impressions
+/// left out.
+pub(super) async fn events_received_since_counts_all_but_impressions(store: SharedStore) {
+    let before = crate::store::postgres::event_log::now_ms();
+    store
+        .append(
+            vec![
+                event("u1", "i1", EventType::View, 10),
+                event("u2", "i1", EventType::RecommendationViewed, 11),
+                event("u3", "i2", EventType::Purchase, 12),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.events_received_since(before - 1000).await.unwrap(), 2);
+    let later = crate::store::postgres::event_log::now_ms() + 60_000;
+    assert_eq!(store.events_received_since(later).await.unwrap(), 0);
+}
+
 pub(super) async fn a_replay_rebuilds_exactly_the_live_projections(store: SharedStore) {
     let mut events = Vec::new();
     for u in 0..12 {
@@ -300,6 +320,7 @@ macro_rules! store_suite {
             check!(concurrent_appends_get_disjoint_ranges);
             check!(an_event_id_already_stored_is_acknowledged_once);
             check!(history_sums_weights_and_skips_impressions);
+            check!(events_received_since_counts_all_but_impressions);
             check!(a_replay_rebuilds_exactly_the_live_projections);
             check!(the_training_set_numbers_ids_in_order_with_imported_and_live_rows);
             check!(analytics_count_the_funnel_and_edge_reports);

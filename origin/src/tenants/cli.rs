@@ -68,10 +68,10 @@ pub struct CreateArgs {
     /// The display name (default: the id).
     #[arg(long)]
     pub name: Option<String>,
-    /// Origin requests per second (stored; not enforced yet).
+    /// Origin requests per second (a token bucket; enforced by the tenant's `origin serve`).
     #[arg(long)]
     pub requests_per_second: Option<u64>,
-    /// Events per day (stored; not enforced yet).
+    /// Events per UTC day, impressions aside (enforced by the tenant's `origin serve`).
     #[arg(long)]
     pub events_per_day: Option<u64>,
     /// Users stored, at most (stored; not enforced yet).
@@ -113,7 +113,7 @@ fn time(unix_s: i64) -> String {
 
 fn quotas_line(q: &Quotas) -> String {
     format!(
-        "{} requests/s, {} events/day, {} users, {} items (stored; not enforced yet)",
+        "{} requests/s, {} events/day (enforced), {} users, {} items (stored; not enforced yet)",
         q.requests_per_second, q.events_per_day, q.max_users, q.max_items
     )
 }

@@ -3,9 +3,11 @@
 //! tenants …` and the admin routes `/v1/admin/tenants…`.
 //!
 //! Keys are random (256 bits), shown once, stored only as SHA-256 hashes, compared in
-//! constant time and rotatable with an overlap period ([`keys`]). What is **not** done
-//! yet: no route accepts a tenant key, quotas are not enforced, and one `origin serve`
-//! still serves one tenant's data (`--tenant`).
+//! constant time and rotatable with an overlap period ([`keys`]). The requests-per-second
+//! and events-per-day quotas are enforced by the serving origin ([`quota`],
+//! `http::quota`). What is **not** done yet: no route accepts a tenant key, `max_users`
+//! and `max_items` are not enforced, and one `origin serve` still serves one tenant's
+//! data (`--tenant`).
 //!
 //! This module does not know the store: each backend implements [`TenantRegistry`]
 //! (`store/sqlite/tenants.rs`, `store/postgres/tenants.rs`) and `store::open_tenants`
@@ -16,10 +18,13 @@
 //! - `keys`: [`KeyKind`], key generation, hashing, verification, the overlap deadline.
 //! - `registry`: the [`TenantRegistry`] interface, [`TenantError`], [`DeleteReport`],
 //!   and [`Tenants`], the operations on any registry (create, rotate, verify…).
+//! - `quota`: [`quota::QuotaMeter`], the requests-per-second and events-per-day rules
+//!   (pure, given the time); enforced on the API by `http::quota`.
 //! - `cli`: `origin tenants create|list|show|delete|rotate-key`.
 
 pub mod cli;
 pub mod keys;
+pub mod quota;
 pub mod registry;
 pub mod tenant;
 

@@ -541,6 +541,21 @@ impl Store for PostgresStore {
         analytics::timeline(&self.pool, &self.tenant, &range, range_s, step_s, now).await
     }
 
+    async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                "SELECT COUNT(*) FROM events WHERE tenant = $1 AND received_at >= $2
+                 AND type <> 'recommendation_viewed'",
+                &[&self.tenant, &since_ms],
+            )
+            .await?
+            .get(0);
+        Ok(n.max(0) as u64)
+    }
+
     async fn real_time_counts(&self, now_ms: i64) -> Result<RealTimeCounts, StoreError> {
         analytics::real_time_counts(&self.pool, &self.tenant, now_ms).await
     }

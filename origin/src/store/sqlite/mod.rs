@@ -148,6 +148,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+        self.log
+            .read(move |conn| {
+                let n: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM events
+                     WHERE received_at >= ?1 AND type <> 'recommendation_viewed'",
+                    [since_ms],
+                    |r| r.get(0),
+                )?;
+                Ok(n.max(0) as u64)
+            })
+            .await
+    }
+
     async fn real_time_counts(&self, now_ms: i64) -> Result<RealTimeCounts, StoreError> {
         self.log
             .read(move |conn| analytics::real_time_counts(conn, now_ms))
