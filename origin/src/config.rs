@@ -40,6 +40,8 @@ pub enum ConfigError {
     DeltaWithUsers,
     #[error("--kv-api-rps must be above 0 and at most 1000, not {0}")]
     KvApiRate(String),
+    #[error("--event-retention-months needs a PostgreSQL --db (a SQLite file has no monthly event partitions); use 0 with SQLite")]
+    RetentionNeedsPostgres,
 }
 
 /// The origin: stores interactions, computes recommendations, serves and publishes them.
@@ -245,6 +247,33 @@ pub struct ServeConfig {
     /// deleted after the switch); 0 keeps all.
     #[arg(long, env = "ORIGIN_KEEP_GENERATIONS", default_value_t = 3)]
     pub keep_generations: usize,
+    #[command(flatten)]
+    pub schema: SchemaConfig,
+    /// Months of the PostgreSQL event log kept (the current month counted); the leader
+    /// detaches and drops older monthly partitions (at once, then hourly). 0 keeps
+    /// everything.
+    #[arg(long, env = "ORIGIN_EVENT_RETENTION_MONTHS", default_value_t = 0)]
+    pub event_retention_months: u32,
+}
+
+/// How a new PostgreSQL schema is made (`serve`, `import`, `demo-data`).
+#[derive(Debug, Clone, Args)]
+pub struct SchemaConfig {
+    /// Hash partitions of each per-user PostgreSQL table, 1 to 256 (default 8). Used
+    /// only when the schema is created; a later start with another number keeps the
+    /// schema's and logs a warning.
+    #[arg(long, env = "ORIGIN_DB_USER_PARTITIONS",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub db_user_partitions: Option<u32>,
+}
+
+impl SchemaConfig {
+    /// The store's schema options.
+    pub fn options(&self) -> crate::store::SchemaOptions {
+        crate::store::SchemaOptions {
+            user_partitions: self.db_user_partitions,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -258,6 +287,8 @@ pub struct DemoDataConfig {
     /// file holds one tenant).
     #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
     pub tenant: String,
+    #[command(flatten)]
+    pub schema: SchemaConfig,
     /// Number of users.
     #[arg(long, env = "ORIGIN_DEMO_USERS", default_value_t = 3000)]
     pub users: u64,
@@ -284,6 +315,8 @@ pub struct ImportConfig {
     /// file holds one tenant).
     #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
     pub tenant: String,
+    #[command(flatten)]
+    pub schema: SchemaConfig,
     /// Format of the input files.
     #[arg(long, value_enum)]
     pub format: ImportFormat,
@@ -477,11 +510,22 @@ impl ServeConfig {
         if self.leader_retry_ms == 0 {
             return Err(ConfigError::Zero("--leader-retry-ms"));
         }
+        let db = self.store.db.to_string_lossy();
+        if self.event_retention_months > 0
+            && !(db.starts_with("postgres://") || db.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::RetentionNeedsPostgres);
+        }
         Ok((tenant, region))
     }
 }
 
 impl ServeConfig {
+    /// The store's schema options (`--db-user-partitions`).
+    pub fn schema_options(&self) -> crate::store::SchemaOptions {
+        self.schema.options()
+    }
+
     /// When users may be published: unchanged answers once per `--fresh-for-s`, any user
     /// at most once per `--publish-min-interval-ms`, `--publish-state-users` remembered.
     pub fn publish_budget(&self) -> crate::freshness::BudgetSettings {
@@ -601,6 +645,54 @@ mod tests {
         assert_eq!(s.keep_generations, 3);
         assert_eq!(s.leader_retry_ms, 2000);
         assert!(s.validate(&RegionMap::builtin()).is_ok());
+    }
+
+    #[test]
+    fn user_partitions_are_1_to_256_and_retention_needs_postgres() {
+        let serve = |args: &[&str]| {
+            let mut all = vec!["origin", "serve"];
+            all.extend_from_slice(args);
+            match Config::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Serve(s)) => Ok(s),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let s = serve(&[]).unwrap();
+        assert_eq!(s.schema.db_user_partitions, None);
+        assert_eq!(s.event_retention_months, 0);
+        assert_eq!(
+            serve(&["--db-user-partitions", "64"])
+                .unwrap()
+                .schema_options()
+                .user_partitions,
+            Some(64)
+        );
+        for bad in ["0", "257", "eight"] {
+            let e = serve(&["--db-user-partitions", bad]).unwrap_err();
+            assert!(e.contains("--db-user-partitions"), "{e}");
+        }
+        for cmd in ["import", "demo-data"] {
+            let mut args = vec!["origin", cmd, "--db-user-partitions", "300"];
+            if cmd == "import" {
+                args.extend(["--format", "csv", "f.csv"]);
+            }
+            assert!(Config::try_parse_from(args).is_err(), "{cmd}");
+        }
+        let regions = RegionMap::builtin();
+        let sqlite = serve(&["--event-retention-months", "6"]).unwrap();
+        assert_eq!(
+            sqlite.validate(&regions).unwrap_err(),
+            ConfigError::RetentionNeedsPostgres
+        );
+        let pg = serve(&[
+            "--event-retention-months",
+            "6",
+            "--db",
+            "postgres://app@db/recs",
+        ])
+        .unwrap();
+        assert!(pg.validate(&regions).is_ok());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use origin::publish::{
 };
 use origin::snapshot::{Freshness, Snapshot};
 use origin::store::sqlite::Database;
-use origin::store::{Location, SharedStore};
+use origin::store::{Location, SchemaOptions, SharedStore};
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -64,10 +64,15 @@ fn init_tracing(otel_endpoint: Option<&str>) {
 }
 
 /// Opens the store `--db` names (a SQLite file, created when missing, or a PostgreSQL
-/// database) for `tenant`, for a command that writes it in bulk.
-async fn open_for_loading(db: &std::path::Path, tenant: &str) -> Result<SharedStore> {
+/// database, its schema created with `schema` when new) for `tenant`, for a command that
+/// writes it in bulk.
+async fn open_for_loading(
+    db: &std::path::Path,
+    tenant: &str,
+    schema: SchemaOptions,
+) -> Result<SharedStore> {
     let location = Location::parse(&db.to_string_lossy())?;
-    origin::store::open(&location, tenant, 1)
+    origin::store::open_with(&location, tenant, 1, schema)
         .await
         .with_context(|| format!("opening {}", location.display()))
 }
@@ -101,7 +106,7 @@ async fn run() -> Result<()> {
         Command::DemoData(c) => {
             let tenant = c.validate()?;
             let started = Instant::now();
-            let store = open_for_loading(&c.db, tenant.as_str()).await?;
+            let store = open_for_loading(&c.db, tenant.as_str(), c.schema.options()).await?;
             let bar = indicatif::ProgressBar::with_draw_target(
                 Some(c.users),
                 indicatif::ProgressDrawTarget::stderr(),
@@ -133,7 +138,7 @@ async fn run() -> Result<()> {
             let started = Instant::now();
             let tenant = c.tenant()?;
             let options = c.options()?;
-            let store = open_for_loading(&c.db, tenant.as_str()).await?;
+            let store = open_for_loading(&c.db, tenant.as_str(), c.schema.options()).await?;
             let sum = origin::import::import_files(&*store, &options, &c.files).await?;
             println!(
                 "imported {} interactions from {} file(s) into {}: {} new users, {} new items, {} rows below --min-weight skipped, in {:.2}s",

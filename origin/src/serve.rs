@@ -58,6 +58,7 @@ pub async fn serve(
         std::time::Duration::from_millis(c.replica_max_lag_ms),
         tenant.as_str(),
         c.event_group_max,
+        c.schema_options(),
     )
     .await
     .with_context(|| format!("opening the store {}", location.display()))?;
@@ -74,6 +75,17 @@ pub async fn serve(
             std::time::Duration::from_millis(c.leader_retry_ms),
         ),
     };
+    // The leader drops months of the event log past retention (see `store::retention`).
+    if c.event_retention_months > 0 {
+        let retention_leader = leader.clone();
+        crate::store::retention::spawn(
+            &store,
+            c.event_retention_months,
+            crate::store::retention::RETENTION_EVERY,
+            std::time::Duration::from_millis(c.leader_retry_ms),
+            move || retention_leader.is_leader(),
+        );
+    }
     let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
     let token = Secret::admin_token_from_env();
     let mut state = AppState::new(Arc::new(placeholder), region)

@@ -20,9 +20,11 @@
 //!   primary, reads spread over healthy replicas; [`open_with_replicas`].
 //! - the tenant registry (`crate::tenants::TenantRegistry`) in each backend
 //!   (`sqlite/tenants.rs`, `postgres/tenants.rs`); [`open_tenants`].
+//! - `retention`: the leader's task dropping old months of the event log.
 
 pub mod postgres;
 pub mod replicas;
+pub mod retention;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -75,6 +77,8 @@ pub enum StoreError {
     },
     #[error("--db {0:?}: {1}")]
     BadLocation(String, String),
+    #[error("--db-user-partitions must be 1 to {max}, not {0}", max = postgres::schema::MAX_USER_PARTITIONS)]
+    UserPartitions(u32),
     #[error("postgres: {}", with_causes(.0))]
     Pg(#[from] tokio_postgres::Error),
     #[error("postgres connection pool: {}", with_causes(.0))]
@@ -377,6 +381,28 @@ pub trait Store: Send + Sync {
     async fn latest_model(&self) -> Result<Option<TrainedModel>, StoreError> {
         Ok(None)
     }
+
+    /// Event retention, run by the leader (see [`retention`]): detaches and drops every
+    /// monthly event partition before the `keep_months` months up to the one holding
+    /// `now` (unix seconds; 0 keeps everything), and gives the months dropped. A store
+    /// without event partitions (SQLite) keeps everything.
+    async fn apply_event_retention(
+        &self,
+        now: i64,
+        keep_months: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let _ = (now, keep_months);
+        Ok(Vec::new())
+    }
+}
+
+/// Settings that matter only when a PostgreSQL schema is created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchemaOptions {
+    /// Hash partitions of each per-user table (`--db-user-partitions`, 1 to 256;
+    /// `None`: the default, 8, and no warning when an existing schema has another
+    /// number).
+    pub user_partitions: Option<u32>,
 }
 
 /// A shared handle on the process's store.
@@ -450,10 +476,20 @@ pub async fn open(
     tenant: &str,
     group_max: usize,
 ) -> Result<SharedStore, StoreError> {
+    open_with(location, tenant, group_max, SchemaOptions::default()).await
+}
+
+/// [`open`], creating a new PostgreSQL schema with `options` (SQLite ignores them).
+pub async fn open_with(
+    location: &Location,
+    tenant: &str,
+    group_max: usize,
+    options: SchemaOptions,
+) -> Result<SharedStore, StoreError> {
     match location {
         Location::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, group_max)?)),
         Location::Postgres(url) => Ok(Arc::new(
-            PostgresStore::connect(url, tenant, group_max).await?,
+            PostgresStore::connect_with(url, tenant, group_max, options).await?,
         )),
     }
 }
@@ -466,9 +502,10 @@ pub async fn open_with_replicas(
     max_lag: Duration,
     tenant: &str,
     group_max: usize,
+    options: SchemaOptions,
 ) -> Result<SharedStore, StoreError> {
     if replica_urls.is_empty() {
-        return open(location, tenant, group_max).await;
+        return open_with(location, tenant, group_max, options).await;
     }
     for url in replica_urls {
         if let Location::Sqlite(_) = Location::parse(url)? {
@@ -484,7 +521,7 @@ pub async fn open_with_replicas(
             "--db-replica needs a PostgreSQL --db (SQLite has no replicas)".into(),
         )),
         Location::Postgres(url) => {
-            let primary = PostgresStore::connect(url, tenant, group_max).await?;
+            let primary = PostgresStore::connect_with(url, tenant, group_max, options).await?;
             Ok(replicas::ReplicatedStore::new(
                 primary,
                 replica_urls,

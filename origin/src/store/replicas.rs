@@ -310,6 +310,14 @@ impl Store for ReplicatedStore {
         self.primary.replay().await
     }
 
+    async fn apply_event_retention(
+        &self,
+        now: i64,
+        keep_months: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.primary.apply_event_retention(now, keep_months).await
+    }
+
     async fn counts(&self) -> Result<Counts, StoreError> {
         self.read(|s| async move { s.counts().await }).await
     }
@@ -564,6 +572,7 @@ mod tests {
             Duration::from_secs(5),
             "default",
             10,
+            Default::default(),
         )
         .await;
         let e = refused.err().unwrap().to_string();

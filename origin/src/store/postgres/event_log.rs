@@ -172,9 +172,8 @@ impl Writer {
                     break;
                 }
                 let done = async {
-                    let mut conn = pool.get().await?;
-                    let client: &mut tokio_postgres::Client = &mut conn;
-                    super::schema::migrate(client, now_ms() / 1000).await
+                    let conn = pool.get().await?;
+                    super::schema::maintain(&conn, now_ms() / 1000, 0).await
                 };
                 if let Err(e) = done.await {
                     tracing::warn!(error = %e, "event partition upkeep failed; retrying later");

@@ -42,8 +42,8 @@ use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
 use crate::store::{
-    Appended, Batch, Counts, IdMaps, Load, Projections, ReplayReport, Store, StoreError,
-    TrainedModel, TrainingSet, WriteHealth,
+    Appended, Batch, Counts, IdMaps, Load, Projections, ReplayReport, SchemaOptions, Store,
+    StoreError, TrainedModel, TrainingSet, WriteHealth,
 };
 
 use event_log::Writer;
@@ -101,6 +101,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// `None` for a read-only connection to a replica ([`PostgresStore::connect_replica`]).
     writer: Option<Writer>,
+    /// Hash partitions of each per-user table, as the schema has them.
+    user_partitions: u32,
 }
 
 impl PostgresStore {
@@ -108,14 +110,37 @@ impl PostgresStore {
     /// start at once), creates the event partitions ahead and starts the event writer,
     /// which commits at most `group_max` events per transaction. Needs a tokio runtime.
     pub async fn connect(url: &str, tenant: &str, group_max: usize) -> Result<Self, StoreError> {
+        Self::connect_with(url, tenant, group_max, SchemaOptions::default()).await
+    }
+
+    /// [`PostgresStore::connect`], creating a new schema with `options` (see
+    /// [`SchemaOptions`]; an existing schema keeps its partitions, with a warning when
+    /// they are not the number asked for).
+    pub async fn connect_with(
+        url: &str,
+        tenant: &str,
+        group_max: usize,
+        options: SchemaOptions,
+    ) -> Result<Self, StoreError> {
+        let requested = options
+            .user_partitions
+            .map(schema::check_user_partitions)
+            .transpose()?;
         let (location, pool) = Self::pool_for(url)?;
         let at = |e: StoreError| StoreError::Postgres(format!("{location}: {e}"));
-        {
+        let user_partitions = {
             let mut conn = pool.get().await.map_err(|e| at(e.into()))?;
             let client: &mut tokio_postgres::Client = &mut conn;
-            schema::migrate(client, event_log::now_ms() / 1000)
-                .await
-                .map_err(at)?;
+            schema::migrate(
+                client,
+                event_log::now_ms() / 1000,
+                requested.unwrap_or(schema::USER_PARTITIONS),
+            )
+            .await
+            .map_err(at)?
+        };
+        if let Some(note) = schema::partitions_note(requested, user_partitions) {
+            tracing::warn!(db = %location, "{note}");
         }
         let writer = Writer::start(pool.clone(), tenant.to_owned(), group_max);
         Ok(PostgresStore {
@@ -123,7 +148,14 @@ impl PostgresStore {
             tenant: tenant.to_owned(),
             pool,
             writer: Some(writer),
+            user_partitions,
         })
+    }
+
+    /// The hash partitions of each per-user table (0 for a replica, which does not
+    /// look).
+    pub fn user_partitions(&self) -> u32 {
+        self.user_partitions
     }
 
     /// A read-only store on a streaming replica at `url`: no migrations (the primary
@@ -136,6 +168,7 @@ impl PostgresStore {
             tenant: tenant.to_owned(),
             pool,
             writer: None,
+            user_partitions: 0,
         })
     }
 
@@ -575,6 +608,16 @@ impl Store for PostgresStore {
 
     async fn projections(&self) -> Result<Projections, StoreError> {
         event_log::read_projections(&self.pool, &self.tenant).await
+    }
+
+    async fn apply_event_retention(
+        &self,
+        now: i64,
+        keep_months: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.writer()?;
+        let conn = self.pool.get().await?;
+        schema::maintain(&conn, now, keep_months).await
     }
 }
 
@@ -1146,6 +1189,91 @@ mod tests {
         };
         assert!(!err.contains("s3cret"), "{err}");
         assert!(err.contains("app:***@127.0.0.1"), "{err}");
+    }
+
+    /// How many partitions `table` has, and the modulus of the first.
+    async fn hash_partitions(db: &tokio_postgres::Client, table: &str) -> (i64, String) {
+        let row = db
+            .query_one(
+                "SELECT COUNT(*), MIN(pg_get_expr(c.relpartbound, c.oid))
+                 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = $1::text::regclass",
+                &[&table],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn user_partitions_are_set_when_the_schema_is_created_and_kept_after() {
+        let Some(url) = database().await else { return };
+        for bad in [0, schema::MAX_USER_PARTITIONS + 1] {
+            let options = SchemaOptions {
+                user_partitions: Some(bad),
+            };
+            let e = match PostgresStore::connect_with(&url, "default", 10, options).await {
+                Ok(_) => panic!("{bad} partitions accepted"),
+                Err(e) => e,
+            };
+            assert!(
+                matches!(e, StoreError::UserPartitions(n) if n == bad),
+                "{e}"
+            );
+            assert!(e.to_string().contains("--db-user-partitions"), "{e}");
+        }
+        let db = sql(&url).await;
+        let created: i64 = db
+            .query_one(
+                "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'users'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(created, 0, "a refused number creates no schema");
+
+        let three = SchemaOptions {
+            user_partitions: Some(3),
+        };
+        let store = PostgresStore::connect_with(&url, "default", 10, three)
+            .await
+            .unwrap();
+        assert_eq!(store.user_partitions(), 3);
+        for table in ["users", "interactions", "proj_user_history"] {
+            let (n, bound) = hash_partitions(&db, table).await;
+            assert_eq!(n, 3, "{table}");
+            assert!(bound.contains("modulus 3"), "{table}: {bound}");
+        }
+        store
+            .append(
+                (0..30)
+                    .map(|k| event(&format!("u{k}"), "i1", EventType::View, 5))
+                    .collect(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.counts().await.unwrap().users, 30);
+
+        // A later start asking for another number keeps the schema's (and says so).
+        let again = PostgresStore::connect_with(
+            &url,
+            "default",
+            10,
+            SchemaOptions {
+                user_partitions: Some(16),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.user_partitions(), 3);
+        assert_eq!(hash_partitions(&db, "users").await.0, 3);
+        assert_eq!(again.counts().await.unwrap().users, 30);
+        let note = schema::partitions_note(Some(16), 3).unwrap();
+        assert!(note.contains("16") && note.contains("with 3"), "{note}");
+        assert_eq!(schema::partitions_note(None, 3), None);
+        assert_eq!(schema::partitions_note(Some(3), 3), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,12 +10,17 @@
 //! - `events`: `PARTITION BY RANGE (ts)` (unix seconds), one partition per month
 //!   (`events_yYYYYmMM`, the current month and the next [`MONTHS_AHEAD`]) and a
 //!   DEFAULT partition, so an event of any time is stored. Its `seq` comes from the
-//!   sequence `events_seq`. Retention (detaching old months) is not done yet.
+//!   sequence `events_seq`. Every writer keeps the months ahead created, and the
+//!   leader, with `--event-retention-months`, detaches and drops older ones
+//!   ([`maintain`]).
 //! - `event_ids(tenant, event_id) → seq`: the idempotency key. A unique index on a
 //!   partitioned table must hold the partition key, so it is a table of its own,
 //!   written in the same transaction as the event.
 //! - per-user tables (`users`, `interactions`, `proj_user_history`):
-//!   `PARTITION BY HASH (user_id)` into [`USER_PARTITIONS`] partitions.
+//!   `PARTITION BY HASH (user_id)` into `--db-user-partitions` partitions (default
+//!   [`USER_PARTITIONS`]), fixed when the schema is created: a later start asking for
+//!   another number keeps the existing one and logs a warning (changing it means a
+//!   dump and a restore into a new database).
 //! - `items`, `client_users`, `proj_item_popularity`, `proj_trending`,
 //!   `proj_cooccurrence`, `edge_reports`, `meta`.
 //! - `tenants`, `tenant_keys`: the tenant registry (`crate::tenants`; keys as hashes).
@@ -30,29 +35,33 @@ use tokio_postgres::Client;
 
 use crate::store::StoreError;
 
-/// Hash partitions of each per-user table. A constant for now (a
-/// `--db-user-partitions` setting later); it only matters when the schema is created.
+/// Hash partitions of each per-user table when none are asked for; the number only
+/// matters when the schema is created.
 pub const USER_PARTITIONS: u32 = 8;
+/// The most hash partitions a per-user table may have.
+pub const MAX_USER_PARTITIONS: u32 = 256;
 /// Monthly partitions of `events` created ahead of the current month.
 pub const MONTHS_AHEAD: u32 = 2;
 /// Advisory lock key (first half) of schema changes ("RECS").
 const MIGRATION_LOCK: i64 = 0x5245_4353;
 
 /// Hash-partitions of `table` (whose `CREATE TABLE … PARTITION BY HASH (user_id)` came
-/// before): `{table}_p{k}` for every k. Names and numbers are fixed, never input.
-fn hash_partitions(table: &str) -> String {
-    (0..USER_PARTITIONS)
+/// before): `{table}_p{k}` for every k < `n`. Names are fixed and `n` an integer, never
+/// text from input.
+fn hash_partitions(table: &str, n: u32) -> String {
+    (0..n)
         .map(|k| {
             format!(
                 "CREATE TABLE {table}_p{k} PARTITION OF {table}
-                     FOR VALUES WITH (MODULUS {USER_PARTITIONS}, REMAINDER {k});\n"
+                     FOR VALUES WITH (MODULUS {n}, REMAINDER {k});\n"
             )
         })
         .collect()
 }
 
-/// The migrations, in order: (version, SQL).
-fn migrations() -> Vec<(i64, String)> {
+/// The migrations, in order: (version, SQL); the per-user tables of the first get
+/// `user_partitions` hash partitions each.
+fn migrations(user_partitions: u32) -> Vec<(i64, String)> {
     let v1 = format!(
         r#"
 CREATE TABLE meta(
@@ -155,9 +164,9 @@ CREATE TABLE edge_reports(
     hits bigint NOT NULL);
 CREATE INDEX edge_reports_by_received_at ON edge_reports(tenant, received_at);
 "#,
-        users = hash_partitions("users"),
-        interactions = hash_partitions("interactions"),
-        history = hash_partitions("proj_user_history"),
+        users = hash_partitions("users", user_partitions),
+        interactions = hash_partitions("interactions", user_partitions),
+        history = hash_partitions("proj_user_history", user_partitions),
     );
     // SQLite's SUM of floats is compensated (Kahan-Babuska-Neumaier, SQLite ≥ 3.43);
     // PostgreSQL's float8 SUM is not, and drifts in the last bits. `kbn_sum` is SQLite's
@@ -217,27 +226,103 @@ CREATE INDEX tenant_keys_by_tenant ON tenant_keys(tenant, kind);
 
 /// The newest schema version this program knows.
 pub fn schema_version() -> i64 {
-    migrations().last().map_or(0, |m| m.0)
+    migrations(USER_PARTITIONS).last().map_or(0, |m| m.0)
 }
 
-/// Applies the migrations not applied yet, each in its own transaction, and creates
-/// the event log's monthly partitions around `now` (unix seconds), all under a
-/// session advisory lock: origins starting together wait for each other, and the
-/// second finds the work done.
-pub async fn migrate(client: &mut Client, now: i64) -> Result<(), StoreError> {
+/// Checks a requested number of per-user hash partitions (1 to [`MAX_USER_PARTITIONS`]).
+pub fn check_user_partitions(n: u32) -> Result<u32, StoreError> {
+    match n {
+        1..=MAX_USER_PARTITIONS => Ok(n),
+        _ => Err(StoreError::UserPartitions(n)),
+    }
+}
+
+/// What a warning says when the schema's per-user partitions (`found`) are not the
+/// number asked for (`requested`); `None` when they agree or none was asked for.
+pub fn partitions_note(requested: Option<u32>, found: u32) -> Option<String> {
+    match requested {
+        Some(n) if n != found => Some(format!(
+            "--db-user-partitions {n} is ignored: the schema was created with {found} \
+             hash partitions per user table, and the number only applies when the schema \
+             is created (changing it needs a dump and a restore into a new database)"
+        )),
+        _ => None,
+    }
+}
+
+/// Takes the schema lock (a session advisory lock): origins starting or maintaining
+/// together take turns.
+async fn lock(client: &Client) -> Result<(), StoreError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let result = migrate_locked(client, now).await;
-    let unlocked = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
-    result?;
-    unlocked?;
     Ok(())
 }
 
-async fn migrate_locked(client: &mut Client, now: i64) -> Result<(), StoreError> {
+/// Releases the schema lock, keeping the first error of the work done under it.
+async fn unlock<T>(client: &Client, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let value = result?;
+    unlocked?;
+    Ok(value)
+}
+
+/// Applies the migrations not applied yet, each in its own transaction (a new schema's
+/// per-user tables get `user_partitions` hash partitions), and creates the event log's
+/// monthly partitions around `now` (unix seconds), all under a session advisory lock:
+/// origins starting together wait for each other, and the second finds the work done.
+/// Gives the number of hash partitions the per-user tables have.
+pub async fn migrate(
+    client: &mut Client,
+    now: i64,
+    user_partitions: u32,
+) -> Result<u32, StoreError> {
+    let user_partitions = check_user_partitions(user_partitions)?;
+    lock(client).await?;
+    let result = async {
+        migrate_locked(client, now, user_partitions).await?;
+        let found: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'users'::regclass",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(found.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+    .await;
+    unlock(client, result).await
+}
+
+/// Event-log upkeep, under the schema lock: creates the partitions of the month holding
+/// `now` and the [`MONTHS_AHEAD`] after it (every writer, periodically), and with
+/// `keep_months` above 0 detaches and drops every month before the `keep_months` kept
+/// ([`drop_months_before`]; the leader, `crate::store::retention`). Gives the months
+/// dropped.
+pub async fn maintain(
+    client: &Client,
+    now: i64,
+    keep_months: u32,
+) -> Result<Vec<String>, StoreError> {
+    lock(client).await?;
+    let result = async {
+        ensure_partitions(client, now).await?;
+        match keep_months {
+            0 => Ok(Vec::new()),
+            keep => drop_months_before(client, now, keep).await,
+        }
+    }
+    .await;
+    unlock(client, result).await
+}
+
+async fn migrate_locked(
+    client: &mut Client,
+    now: i64,
+    user_partitions: u32,
+) -> Result<(), StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations(
@@ -259,7 +344,7 @@ async fn migrate_locked(client: &mut Client, now: i64) -> Result<(), StoreError>
             supported: known,
         });
     }
-    for (version, sql) in migrations() {
+    for (version, sql) in migrations(user_partitions) {
         if version <= applied {
             continue;
         }
@@ -359,8 +444,8 @@ fn months_before((y, m): Month, months: u32) -> Month {
 /// the log, so a later replay rebuilds the projections without them (until then the
 /// projections keep what they counted). The DEFAULT partition is never detached.
 ///
-/// Not run by the origin yet (no setting); partition names are rebuilt from the
-/// integers parsed out of the catalogue's, never used as given.
+/// Partition names are rebuilt from the integers parsed out of the catalogue's, never
+/// used as given.
 pub async fn detach_months_before(
     client: &Client,
     now: i64,
@@ -390,6 +475,22 @@ pub async fn detach_months_before(
         detached.push(table);
     }
     detached.sort();
+    Ok(detached)
+}
+
+/// Retention as the origin runs it: [`detach_months_before`], then drops each month
+/// detached (its events are gone; archive first, e.g. with `pg_dump -t`, if they are
+/// wanted). Gives the months dropped.
+pub async fn drop_months_before(
+    client: &Client,
+    now: i64,
+    keep_months: u32,
+) -> Result<Vec<String>, StoreError> {
+    let detached = detach_months_before(client, now, keep_months).await?;
+    for table in &detached {
+        // A name rebuilt from integers by `detach_months_before`.
+        client.batch_execute(&format!("DROP TABLE {table}")).await?;
+    }
     Ok(detached)
 }
 

@@ -106,7 +106,8 @@ impl PostgresTenants {
         {
             let mut conn = pool.get().await.map_err(|e| at(e.into()))?;
             let client: &mut tokio_postgres::Client = &mut conn;
-            schema::migrate(client, event_log::now_ms() / 1000)
+            // A schema this creates has the default number of per-user partitions.
+            schema::migrate(client, event_log::now_ms() / 1000, schema::USER_PARTITIONS)
                 .await
                 .map_err(at)?;
         }
