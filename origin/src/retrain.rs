@@ -18,11 +18,11 @@
 //! data (the interactions are sorted before training, so the order rows come back in
 //! does not matter), so the models are the same, not just their names. A starting
 //! origin adopts the recorded model instead of training a newer one of its own
-//! ([`Retrainer::start`]). Limits: users and items (and clients' user counts) are
-//! read as they are now, not as of the watermark, so a user or item first seen after
-//! the watermark is known to the follower (without interactions) and not to the
-//! leader; an origin started with another `--model` trains its own model and says so
-//! in a warning.
+//! ([`Retrainer::start`]). Users first seen in events after the watermark are left
+//! out of a read up to it. Limits: items (and clients' user counts) are read as they
+//! are now, so an item first seen after the watermark is known to the follower
+//! (without interactions) and not to the leader; an origin started with another
+//! `--model` trains its own model and says so in a warning.
 //!
 //! # Layout
 //! - [`Retrainer`]: what a retrain needs; [`Retrainer::retrain`] runs one.

@@ -305,6 +305,23 @@ impl PostgresStore {
             )
             .await?
             .get(0);
+        // As of a watermark: users first seen in events after it are left out, as the
+        // retrain that recorded the watermark did not know them (its users were those
+        // of its snapshot). Read from the log's newest events only (its primary key).
+        let mut later_users = std::collections::HashSet::new();
+        if let Some(w) = upto {
+            for r in tx
+                .query(
+                    "SELECT DISTINCT e.user_id FROM events e WHERE e.tenant = $1 AND e.seq > $2
+                     AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.tenant = e.tenant
+                         AND i.user_id = e.user_id AND (i.event_seq IS NULL OR i.event_seq <= $2))",
+                    &[&tenant, &w],
+                )
+                .await?
+            {
+                later_users.insert(r.get::<_, String>(0));
+            }
+        }
         let mut maps = IdMaps::default();
         let mut user_index: HashMap<String, UserIdx> = HashMap::new();
         for r in tx
@@ -317,6 +334,9 @@ impl PostgresStore {
             .await?
         {
             let id: String = r.get(0);
+            if later_users.contains(&id) {
+                continue;
+            }
             let client_users: i64 = r.get(2);
             user_index.insert(id.clone(), maps.user_ids.len() as UserIdx);
             maps.user_ids.push(id);
@@ -372,6 +392,7 @@ impl PostgresStore {
         tx.commit().await?;
         if upto.is_some() {
             counts.interactions = interactions.len() as u64;
+            counts.users = maps.user_ids.len() as u64;
         }
         let data = TrainingData {
             n_users: maps.user_ids.len(),

@@ -76,8 +76,8 @@ mod tests {
         }
     }
 
-    /// The training set knows its watermark, gives the same interactions up to it
-    /// after later events, and the newest recorded model is read back.
+    /// The training set knows its watermark, gives the same interactions and users up
+    /// to it after later events, and the newest recorded model is read back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_training_set_up_to_a_watermark_leaves_later_events_out() {
         let Some(server) = test_server::shared() else {
@@ -115,7 +115,11 @@ mod tests {
             v
         };
         assert_eq!(rows(&upto), rows(&set));
+        // u3, first seen after the watermark, is not a user of that training set.
+        assert_eq!(upto.maps.user_ids, set.maps.user_ids);
+        assert_eq!(upto.counts.users, 2);
         assert_eq!(store.training_set().await.unwrap().counts.interactions, 4);
+        assert_eq!(store.training_set().await.unwrap().counts.users, 3);
 
         let model = |at: u64, v: &str| TrainedModel {
             model_version: v.into(),
