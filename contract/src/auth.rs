@@ -48,6 +48,26 @@ pub fn bearer_header(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// Header carrying a tenant's API key (`pk_…` client key or `sk_…` server key) on
+/// the routes that take one: sent by browsers to the edge, forwarded by the edge to the
+/// origin, which verifies it against the tenant registry.
+pub const TENANT_KEY_HEADER: &str = "X-Tenant-Key";
+
+/// Hex digits after a tenant key's prefix (256 bits).
+pub const TENANT_KEY_HEX_LEN: usize = 64;
+
+/// Whether `key` has a tenant key's shape: `pk_` or `sk_` and 64 lowercase hex digits.
+/// A key of another shape is refused (401) without a lookup, at the edge and the origin.
+pub fn is_tenant_key_shaped(key: &str) -> bool {
+    let Some(digits) = key.strip_prefix("pk_").or_else(|| key.strip_prefix("sk_")) else {
+        return false;
+    };
+    digits.len() == TENANT_KEY_HEX_LEN
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +117,23 @@ mod tests {
             check_bearer(Some("Bearer "), Some("")),
             Err(AuthError::Disabled)
         );
+    }
+
+    #[test]
+    fn tenant_keys_have_a_prefix_and_64_lowercase_hex_digits() {
+        let digits = "0123456789abcdef".repeat(4);
+        assert!(is_tenant_key_shaped(&format!("pk_{digits}")));
+        assert!(is_tenant_key_shaped(&format!("sk_{digits}")));
+        for bad in [
+            format!("xk_{digits}"),
+            format!("pk_{}", &digits[1..]),
+            format!("pk_{digits}0"),
+            format!("pk_{}", digits.to_uppercase()),
+            "pk_".to_string(),
+            String::new(),
+        ] {
+            assert!(!is_tenant_key_shaped(&bad), "{bad}");
+        }
     }
 
     proptest! {

@@ -22,6 +22,11 @@ pub enum EdgeError {
     },
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// An `X-Tenant-Key` that is no tenant key's shape: refused without the origin.
+    #[error(
+        "the X-Tenant-Key header is not a tenant key (pk_ or sk_ and 64 lowercase hex digits)"
+    )]
+    InvalidTenantKey,
     #[error("admin routes are disabled: no ADMIN_TOKEN secret is set")]
     AdminDisabled,
     #[error("invalid request body: {0}")]
@@ -62,7 +67,7 @@ impl EdgeError {
             | EdgeError::InvalidQuery(_)
             | EdgeError::BadBody(_)
             | EdgeError::InvalidEvents { .. } => 400,
-            EdgeError::Unauthorized => 401,
+            EdgeError::Unauthorized | EdgeError::InvalidTenantKey => 401,
             EdgeError::NotFound { .. } => 404,
             EdgeError::MethodNotAllowed { .. } => 405,
             EdgeError::PayloadTooLarge { .. } => 413,
@@ -81,6 +86,7 @@ impl EdgeError {
             EdgeError::NotFound { .. } => "not_found",
             EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
             EdgeError::Unauthorized => "unauthorized",
+            EdgeError::InvalidTenantKey => "invalid_key",
             EdgeError::AdminDisabled => "admin_disabled",
             EdgeError::BadBody(_) => "invalid_body",
             EdgeError::InvalidEvents { code, .. } => code,

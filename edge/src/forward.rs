@@ -7,7 +7,9 @@
 //!   as event `{id}-{j}`);
 //! - `POST /v1/events` and `POST /v1/impressions` carry `Authorization: Bearer
 //!   <ADMIN_TOKEN>`, and forwarded events also `X-Edge-Client` (the client key of
-//!   [`crate::client`], never the IP).
+//!   [`crate::client`], never the IP), and the caller's tenant key (`X-Tenant-Key`)
+//!   when it sent one of the right shape (another shape is refused here, 401
+//!   `invalid_key`; the origin checks the key itself).
 
 use contract::events::{Event, RawEvent};
 use contract::Region;
@@ -43,6 +45,16 @@ pub fn events_to_forward(events: &[Event], region: &Region, id_base: &str) -> Ve
             r
         })
         .collect()
+}
+
+/// The caller's `X-Tenant-Key` to forward: `None` without one, an error for a value
+/// of another shape than a tenant key's.
+pub fn tenant_key(header: Option<&str>) -> Result<Option<String>, crate::error::EdgeError> {
+    match header.map(str::trim) {
+        None => Ok(None),
+        Some(k) if contract::auth::is_tenant_key_shaped(k) => Ok(Some(k.to_owned())),
+        Some(_) => Err(crate::error::EdgeError::InvalidTenantKey),
+    }
 }
 
 /// Headers of a write to the origin: the bearer token when one is configured, the
@@ -124,5 +136,16 @@ mod tests {
         );
         assert!(contract::auth::check_bearer(Some(&h[0].1), Some("tok")).is_ok());
         assert!(write_headers(None, None, None).is_empty());
+    }
+
+    #[test]
+    fn a_tenant_key_is_forwarded_only_in_its_shape() {
+        let key = format!("pk_{}", "0a".repeat(32));
+        assert_eq!(tenant_key(None), Ok(None));
+        assert_eq!(tenant_key(Some(&format!(" {key} "))), Ok(Some(key.clone())));
+        for bad in ["", "pk_short", "Bearer x", &key.to_uppercase()] {
+            let e = tenant_key(Some(bad)).unwrap_err();
+            assert_eq!((e.status(), e.code()), (401, "invalid_key"), "{bad}");
+        }
     }
 }

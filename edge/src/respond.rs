@@ -93,7 +93,7 @@ pub fn preflight_headers(cfg: &EdgeConfig) -> Vec<(&'static str, String)> {
     ));
     h.push((
         "Access-Control-Allow-Headers",
-        "If-None-Match, Content-Type, traceparent".into(),
+        "If-None-Match, Content-Type, traceparent, X-Tenant-Key".into(),
     ));
     h.push(("Access-Control-Max-Age", "86400".into()));
     h

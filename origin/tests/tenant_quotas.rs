@@ -1,8 +1,10 @@
-//! A tenant's quotas enforced by a real `origin serve` (issue #13): the tenant is
-//! registered with `origin tenants create`, the origin started on its store, and the
-//! limits hold under a bounded concurrent load: past `requests_per_second` the answer is
-//! `429 quota_exceeded` naming the quota with `Retry-After`; a batch of events past
-//! `events_per_day` is refused whole (nothing of it stored); `/health` shows the usage.
+//! A tenant's quotas and keys enforced by a real `origin serve` (issue #13): the
+//! tenant is registered with `origin tenants create`, the origin started on its store.
+//! The limits hold under a bounded concurrent load: past `requests_per_second` the
+//! answer is `429 quota_exceeded` naming the quota with `Retry-After`; a batch of events
+//! past `events_per_day` is refused whole (nothing of it stored); `/health` shows the
+//! usage. Events need one of the tenant's keys: none, a malformed one, another
+//! tenant's, or a rotated-out one are refused with JSON 401/403 and store nothing.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use common::free_port;
 
 const TOKEN: &str = "quota-test-token";
 
-fn run(args: &[&str]) {
+fn run(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_origin"))
         .args(args)
         .env("RUST_LOG", "warn")
@@ -25,6 +27,56 @@ fn run(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Registers `tenant` in `db` (with extra `origin tenants create` arguments); gives its
+/// client and server keys.
+fn register(db: &str, tenant: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["tenants", "create", tenant, "--db", db, "--json"];
+    args.extend_from_slice(extra);
+    let created: Value = serde_json::from_str(&run(&args)).unwrap();
+    (
+        created["client_key"].as_str().unwrap().to_owned(),
+        created["server_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Starts `origin serve` on `db` (per-client limits off) and waits for its model;
+/// gives the process and its base URL.
+fn serve(db: &str, dir: &std::path::Path) -> (Origin, String) {
+    let (port, metrics) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join(format!("origin-{port}.log"))).unwrap();
+    let origin = Origin(
+        Command::new(env!("CARGO_BIN_EXE_origin"))
+            .args([
+                "serve",
+                "--db",
+                db,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            // The per-client limit off: what limits here is the tenant's quota.
+            .args(["--rate-limit-rps", "0", "--retrain-every-s", "0"])
+            .env("ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(h) = reqwest::blocking::get(format!("{base}/health")) {
+            if h.json::<Value>().is_ok_and(|h| h["status"] == "ok") {
+                return (origin, base);
+            }
+        }
+        assert!(Instant::now() < deadline, "the origin did not train");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 struct Origin(Child);
@@ -46,54 +98,22 @@ fn a_registered_tenants_quotas_hold_under_concurrent_load_and_refuse_whole_batch
     let db = dir.path().join("origin.sqlite");
     let db = db.to_str().unwrap();
     run(&["demo-data", "--db", db, "--users", "50", "--items", "30"]);
-    run(&[
-        "tenants",
-        "create",
-        "default",
-        "--db",
+    let (client_key, _) = register(
         db,
-        "--requests-per-second",
-        "20",
-        "--events-per-day",
-        "50",
-    ]);
-    let (port, metrics) = (free_port(), free_port());
-    let log = std::fs::File::create(dir.path().join("origin.log")).unwrap();
-    let _origin = Origin(
-        Command::new(env!("CARGO_BIN_EXE_origin"))
-            .args([
-                "serve",
-                "--db",
-                db,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-            // The per-client limit off: what limits here is the tenant's quota.
-            .args(["--rate-limit-rps", "0", "--retrain-every-s", "0"])
-            .env("ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+        "default",
+        &["--requests-per-second", "20", "--events-per-day", "50"],
     );
-    let base = format!("http://127.0.0.1:{port}");
+    let (_origin, base) = serve(db, dir.path());
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let health = loop {
-        if let Ok(h) = client.get(format!("{base}/health")).send() {
-            let h: Value = h.json().unwrap();
-            if h["status"] == "ok" {
-                break h;
-            }
-        }
-        assert!(Instant::now() < deadline, "the origin did not train");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let health: Value = client
+        .get(format!("{base}/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(
         health["quota"]["quotas"]["requests_per_second"], 20,
         "{health}"
@@ -164,6 +184,7 @@ fn a_registered_tenants_quotas_hold_under_concurrent_load_and_refuse_whole_batch
             .collect();
         client
             .post(format!("{base}/v1/events"))
+            .header("X-Tenant-Key", &client_key)
             .json(&json!({ "events": events }))
             .send()
             .unwrap()
@@ -205,4 +226,102 @@ fn a_registered_tenants_quotas_hold_under_concurrent_load_and_refuse_whole_batch
         .json()
         .unwrap();
     assert_eq!(health["quota"]["usage"]["events_today"], 50, "{health}");
+}
+
+#[test]
+fn events_need_a_valid_key_of_the_served_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("origin.sqlite");
+    let db = db.to_str().unwrap();
+    run(&["demo-data", "--db", db, "--users", "30", "--items", "20"]);
+    let (client_key, server_key) = register(db, "default", &[]);
+    let (other_client, _) = register(db, "other", &[]);
+    let (_origin, base) = serve(db, dir.path());
+    let client = reqwest::blocking::Client::new();
+    let post = |key: Option<&str>, bearer: Option<&str>, edge: bool| {
+        let mut req = client
+            .post(format!("{base}/v1/events"))
+            .json(&json!({"user_id": "k1", "item_id": "i1", "type": "view"}));
+        if let Some(k) = key {
+            req = req.header("X-Tenant-Key", k);
+        }
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        if edge {
+            req = req.header("X-Edge-Client", "0123456789abcdef");
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let body = r.json::<Value>().unwrap_or(Value::Null);
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let last_seq = || -> i64 {
+        let h: Value = client
+            .get(format!("{base}/v1/analytics/real-time"))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        h["last_event_seq"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{h}"))
+    };
+    let refused = |status: u16, code: &str| (status, code.to_owned());
+    let before = last_seq();
+    assert_eq!(post(None, None, false), refused(401, "key_required"));
+    // The edge forwarding a browser without a key: still required.
+    assert_eq!(post(None, Some(TOKEN), true), refused(401, "key_required"));
+    assert_eq!(
+        post(Some("pk_nope"), None, false),
+        refused(401, "invalid_key")
+    );
+    let unknown = format!("pk_{}", "ab".repeat(32));
+    assert_eq!(
+        post(Some(&unknown), None, false),
+        refused(401, "invalid_key")
+    );
+    assert_eq!(
+        post(Some(&other_client), None, false),
+        refused(403, "wrong_tenant")
+    );
+    assert_eq!(last_seq(), before, "nothing refused was stored");
+
+    assert_eq!(post(Some(&client_key), None, false).0, 202);
+    assert_eq!(post(Some(&server_key), None, false).0, 202);
+    assert_eq!(
+        post(Some(&client_key), Some(TOKEN), true).0,
+        202,
+        "through the edge"
+    );
+    assert_eq!(
+        post(None, Some(TOKEN), false).0,
+        202,
+        "the operator's backend"
+    );
+    assert_eq!(last_seq(), before + 4);
+
+    // A key rotated out with no overlap stops working at once; the new one works.
+    let rotated: Value = serde_json::from_str(&run(&[
+        "tenants",
+        "rotate-key",
+        "default",
+        "client",
+        "--overlap-s",
+        "0",
+        "--db",
+        db,
+        "--json",
+    ]))
+    .unwrap();
+    let new_key = rotated["key"].as_str().unwrap();
+    assert_eq!(
+        post(Some(&client_key), None, false),
+        refused(401, "invalid_key")
+    );
+    assert_eq!(post(Some(new_key), None, false).0, 202);
 }

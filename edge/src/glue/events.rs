@@ -129,6 +129,13 @@ pub async fn accept(
     client: &str,
     traceparent: String,
 ) -> Result<Response, EdgeError> {
+    let tenant_key = crate::forward::tenant_key(
+        req.headers()
+            .get(contract::auth::TENANT_KEY_HEADER)
+            .ok()
+            .flatten()
+            .as_deref(),
+    )?;
     let bytes = super::convert::read_body(&mut req, MAX_EVENTS_BODY_BYTES).await?;
     let limits = Limits {
         now: (now_ms() / 1000.0) as i64,
@@ -141,7 +148,10 @@ pub async fn accept(
     })?;
     let raw = events_to_forward(&parsed, &location.region, &event_id_base(random_bytes()));
     let body = serde_json::json!({ "events": raw }).to_string();
-    let headers = write_headers(cfg.admin_token.as_deref(), Some(client), Some(traceparent));
+    let mut headers = write_headers(cfg.admin_token.as_deref(), Some(client), Some(traceparent));
+    if let Some(k) = tenant_key {
+        headers.push((contract::auth::TENANT_KEY_HEADER, k));
+    }
     let key = AffinityKey::events(&parsed);
     match post_to_origins(cfg, &location.region, &key, "/v1/events", body, headers).await {
         Ok((status, text)) => {

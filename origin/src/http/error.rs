@@ -66,6 +66,12 @@ pub enum ApiError {
     UndecodableTenant,
     #[error("this origin has no tenant registry")]
     TenantsDisabled,
+    #[error("tenant {0} takes events only with one of its keys in the X-Tenant-Key header")]
+    KeyRequired(String),
+    #[error("the X-Tenant-Key header is not a valid key of any tenant")]
+    InvalidKey,
+    #[error("the key in X-Tenant-Key belongs to another tenant than {0}")]
+    WrongTenant(String),
     /// 429 `quota_exceeded` naming the quota, with `Retry-After`.
     #[error("{0}; retry after {s} s", s = retry_after_s(.0.retry_after()))]
     Quota(crate::tenants::quota::QuotaExceeded),
@@ -105,6 +111,8 @@ impl ApiError {
             ApiError::ModelLoading | ApiError::TenantsDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Tenant(e) => tenant_status(e),
             ApiError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::KeyRequired(_) | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::WrongTenant(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -149,6 +157,9 @@ impl ApiError {
             ApiError::UndecodableTenant => "invalid_tenant",
             ApiError::TenantsDisabled => "tenants_disabled",
             ApiError::Quota(_) => "quota_exceeded",
+            ApiError::KeyRequired(_) => "key_required",
+            ApiError::InvalidKey => "invalid_key",
+            ApiError::WrongTenant(_) => "wrong_tenant",
         }
     }
 }

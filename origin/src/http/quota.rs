@@ -96,6 +96,12 @@ impl QuotaGuard {
         })
     }
 
+    /// Whether the tenant is in the registry (it has quotas, and its keys are required
+    /// for events: see `http::events`).
+    pub fn registered(&self) -> bool {
+        self.with(|m| m.is_some())
+    }
+
     /// The quotas and today's usage, when there are quotas.
     pub fn health(&self) -> Option<QuotaHealth> {
         self.with(|m| {

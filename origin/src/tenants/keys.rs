@@ -72,15 +72,12 @@ impl KeyKind {
     /// The kind of a well-formed key (its prefix and 64 lowercase hex digits); `None`
     /// for anything else, so a malformed key is refused without a lookup.
     pub fn of_key(key: &str) -> Option<Self> {
-        let kind = KeyKind::ALL
+        if !contract::auth::is_tenant_key_shaped(key) {
+            return None;
+        }
+        KeyKind::ALL
             .into_iter()
-            .find(|k| key.starts_with(k.prefix()))?;
-        let digits = &key[kind.prefix().len()..];
-        (digits.len() == KEY_HEX_LEN
-            && digits
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then_some(kind)
+            .find(|k| key.starts_with(k.prefix()))
     }
 }
 

@@ -5,7 +5,8 @@
 //! Keys are random (256 bits), shown once, stored only as SHA-256 hashes, compared in
 //! constant time and rotatable with an overlap period ([`keys`]). The requests-per-second
 //! and events-per-day quotas are enforced by the serving origin ([`quota`],
-//! `http::quota`). What is **not** done yet: no route accepts a tenant key, `max_users`
+//! `http::quota`); `POST /v1/events` needs one of the tenant's keys once it is registered
+//! (`http::events`). What is **not** done yet: reads take no key, `max_users`
 //! and `max_items` are not enforced, and one `origin serve` still serves one tenant's
 //! data (`--tenant`).
 //!

@@ -1,0 +1,91 @@
+//! Tenant keys end to end (issue #13), every part a real process: `wrangler dev`, an
+//! origin and the CDN. Once the served tenant is in the registry (`origin tenants
+//! create`, picked up by the running origin within its 5 s sync), events sent to the
+//! edge need one of its keys in `X-Tenant-Key`: the edge refuses a value of another
+//! shape itself (401 `invalid_key`, the origin never called), forwards a well-shaped
+//! one, and the origin refuses a missing or unknown key (401) and another tenant's
+//! (403); the tenant's client key is accepted. Browsers may send the header (CORS).
+
+use std::time::{Duration, Instant};
+
+use e2e::{header, run_origin, Stack, StackOptions};
+use serde_json::{json, Value};
+
+fn register(db: &str, tenant: &str) -> String {
+    // Its JSON on stdout comes first; log lines on stderr may follow.
+    let out = run_origin(&["tenants", "create", tenant, "--db", db, "--json"], &[]);
+    let created: Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .expect("a JSON answer")
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    created["client_key"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn events_at_the_edge_need_the_tenants_key_once_it_is_registered() {
+    let stack = Stack::start(StackOptions {
+        users: 30,
+        items: 20,
+        ..Default::default()
+    });
+    let post = |key: Option<&str>| {
+        let mut req = stack
+            .client
+            .post(stack.edge_url("/v1/events"))
+            .json(&json!({"user_id": "u1", "item_id": "i1", "type": "view"}));
+        if let Some(k) = key {
+            req = req.header("X-Tenant-Key", k);
+        }
+        let r = req.send().unwrap();
+        let (status, served_by) = (r.status().as_u16(), header(&r, "x-served-by"));
+        let body: Value = r.json().unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        (status, code, served_by)
+    };
+    // Not registered yet: events need no key (a single-tenant deployment).
+    assert_eq!(post(None).0, 202);
+
+    let key = register(&stack.db, "default");
+    let other = register(&stack.db, "other");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while post(None).0 != 401 {
+        assert!(Instant::now() < deadline, "the origin never required a key");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(post(None).1, "key_required");
+    let (status, code, served_by) = post(Some("pk_not-a-key"));
+    assert_eq!((status, code.as_str()), (401, "invalid_key"));
+    assert_ne!(
+        served_by, "origin",
+        "the edge answered a malformed key itself"
+    );
+    let unknown = format!("pk_{}", "cd".repeat(32));
+    let (status, code, served_by) = post(Some(&unknown));
+    assert_eq!(
+        (status, code.as_str(), served_by.as_str()),
+        (401, "invalid_key", "origin")
+    );
+    assert_eq!(post(Some(&other)).1, "wrong_tenant");
+    assert_eq!(post(Some(&other)).0, 403);
+    assert_eq!(post(Some(&key)).0, 202);
+
+    // A browser's preflight may send the header.
+    let pre = stack
+        .client
+        .request(reqwest::Method::OPTIONS, stack.edge_url("/v1/events"))
+        .header("Origin", "https://shop.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type, x-tenant-key",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert!(
+        header(&pre, "access-control-allow-headers").contains("X-Tenant-Key"),
+        "{}",
+        header(&pre, "access-control-allow-headers")
+    );
+}
