@@ -325,3 +325,56 @@ fn events_need_a_valid_key_of_the_served_tenant() {
     );
     assert_eq!(post(Some(new_key), None, false).0, 202);
 }
+
+#[test]
+fn a_batch_that_would_store_more_users_than_the_quota_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("origin.sqlite");
+    let db = db.to_str().unwrap();
+    run(&["demo-data", "--db", db, "--users", "30", "--items", "20"]);
+    let (key, _) = register(db, "default", &["--max-users", "33", "--max-items", "20"]);
+    let (_origin, base) = serve(db, dir.path());
+    let client = reqwest::blocking::Client::new();
+    let health = || -> Value {
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health()["quota"]["users"] != 30 {
+        assert!(Instant::now() < deadline, "{}", health());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let post = |pairs: &[(&str, &str)]| {
+        let events: Vec<Value> = pairs
+            .iter()
+            .map(|(u, i)| json!({"user_id": u, "item_id": i, "type": "view"}))
+            .collect();
+        let r = client
+            .post(format!("{base}/v1/events"))
+            .header("X-Tenant-Key", &key)
+            .json(&json!({ "events": events }))
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    // Demo users are u0.., items i0..: known ids always pass, even at the limit.
+    assert_eq!(post(&[("u1", "i1"), ("u2", "i2")]).0, 202);
+    assert_eq!(post(&[("n1", "i1"), ("n2", "i1"), ("n3", "i3")]).0, 202);
+    let (status, body) = post(&[("u1", "i1"), ("n4", "i1")]);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_users (33)"), "{message}");
+    let (status, body) = post(&[("u1", "brand-new-item")]);
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_items (20)"));
+    assert_eq!(post(&[("n1", "i4"), ("u3", "i5")]).0, 202);
+}

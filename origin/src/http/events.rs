@@ -143,6 +143,7 @@ pub(crate) async fn ingest(
         .filter(|e| e.kind != crate::events::EventType::RecommendationViewed)
         .count() as u64;
     if let Some(guard) = &state.quota {
+        admit_new_ids(guard, &live, &events).await?;
         guard.admit_events(counted).map_err(|e| {
             metrics::counter!("origin_quota_exceeded_total", "quota" => e.quota()).increment(1);
             ApiError::Quota(e)
@@ -176,4 +177,39 @@ pub(crate) async fn ingest(
             duplicates: appended.duplicates,
         }),
     ))
+}
+
+/// `max_users` and `max_items`: the batch's distinct users and items, and when they
+/// might not fit, those of them the store does not hold yet, against the room left.
+async fn admit_new_ids(
+    guard: &super::quota::QuotaGuard,
+    live: &Live,
+    events: &[Event],
+) -> Result<(), ApiError> {
+    let users: Vec<String> = events
+        .iter()
+        .map(|e| e.user_id.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let items: Vec<String> = events
+        .iter()
+        .map(|e| e.item_id.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (n_users, n_items) = (users.len() as u64, items.len() as u64);
+    let (new_users, new_items) = if guard.room_for(n_users, n_items) {
+        (0, 0)
+    } else {
+        let (known_users, known_items) = live.store.known(&users, &items).await?;
+        (
+            n_users - known_users.min(n_users),
+            n_items - known_items.min(n_items),
+        )
+    };
+    guard.admit_stored(new_users, new_items).map_err(|e| {
+        metrics::counter!("origin_quota_exceeded_total", "quota" => e.quota()).increment(1);
+        ApiError::Quota(e)
+    })
 }

@@ -69,6 +69,26 @@ impl QuotaGuard {
         })
     }
 
+    /// Whether a batch with these distinct ids fits without asking the store.
+    pub fn room_for(&self, users: u64, items: u64) -> bool {
+        self.with(|m| m.as_ref().is_none_or(|m| m.room_for(users, items)))
+    }
+
+    pub fn admit_stored(&self, new_users: u64, new_items: u64) -> Result<(), QuotaExceeded> {
+        self.with(|m| {
+            m.as_mut()
+                .map_or(Ok(()), |m| m.admit_stored(new_users, new_items))
+        })
+    }
+
+    pub fn observe_counts(&self, users: u64, items: u64) {
+        self.with(|m| {
+            if let Some(m) = m {
+                m.observe_counts(users, items)
+            }
+        })
+    }
+
     pub fn refund_events(&self, batch: u64) {
         self.with(|m| {
             if let Some(m) = m {
@@ -108,6 +128,8 @@ impl QuotaGuard {
             m.as_mut().map(|m| QuotaHealth {
                 quotas: m.quotas(),
                 usage: m.usage(now_unix()),
+                users: m.stored().0,
+                items: m.stored().1,
             })
         })
     }
@@ -118,6 +140,9 @@ impl QuotaGuard {
 pub struct QuotaHealth {
     pub quotas: Quotas,
     pub usage: Usage,
+    /// Users and items stored, as last counted.
+    pub users: u64,
+    pub items: u64,
 }
 
 /// Every [`QUOTA_SYNC`]: the tenant's quotas from the registry (added, changed or
@@ -149,6 +174,10 @@ pub fn spawn_sync(
             }
             if guard.health().is_none() {
                 continue;
+            }
+            match store.counts().await {
+                Ok(c) => guard.observe_counts(c.users, c.items),
+                Err(e) => tracing::warn!(error = %e, "cannot count users and items for the quota"),
             }
             let day = now / 86_400;
             let since_ms = crate::tenants::quota::day_start(day) as i64 * 1000;

@@ -342,6 +342,10 @@ pub trait Store: Send + Sync {
     /// (`recommendation_viewed`) left out: what a tenant's `events_per_day` counts.
     async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError>;
 
+    /// How many of `users` and of `items` the store holds (what a tenant's `max_users`
+    /// and `max_items` check a batch's new ones against).
+    async fn known(&self, users: &[String], items: &[String]) -> Result<(u64, u64), StoreError>;
+
     /// Stores one edge report (requests and hits, per region) received at `now_ms`.
     async fn record_edge_report(
         &self,

@@ -358,6 +358,11 @@ impl Store for ReplicatedStore {
         .await
     }
 
+    /// On the primary, as every quota read.
+    async fn known(&self, users: &[String], items: &[String]) -> Result<(u64, u64), StoreError> {
+        self.primary.known(users, items).await
+    }
+
     /// On the primary: a quota counts what is committed, not what a replica has seen.
     async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError> {
         self.primary.events_received_since(since_ms).await

@@ -158,6 +158,19 @@ pub(super) async fn events_received_since_counts_all_but_impressions(store: Shar
     assert_eq!(store.events_received_since(before - 1000).await.unwrap(), 2);
     let later = crate::store::postgres::event_log::now_ms() + 60_000;
     assert_eq!(store.events_received_since(later).await.unwrap(), 0);
+    // The users and items those events made are known; others are not.
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        store
+            .known(
+                &ids(&["u1", "u3", "nobody"]),
+                &ids(&["i1", "i2", "i9", "nothing"])
+            )
+            .await
+            .unwrap(),
+        (2, 2)
+    );
+    assert_eq!(store.known(&[], &[]).await.unwrap(), (0, 0));
 }
 
 pub(super) async fn a_replay_rebuilds_exactly_the_live_projections(store: SharedStore) {

@@ -74,10 +74,10 @@ pub struct CreateArgs {
     /// Events per UTC day, impressions aside (enforced by the tenant's `origin serve`).
     #[arg(long)]
     pub events_per_day: Option<u64>,
-    /// Users stored, at most (stored; not enforced yet).
+    /// Users stored, at most (enforced by the tenant's `origin serve`).
     #[arg(long)]
     pub max_users: Option<u64>,
-    /// Items stored, at most (stored; not enforced yet).
+    /// Items stored, at most (enforced by the tenant's `origin serve`).
     #[arg(long)]
     pub max_items: Option<u64>,
 }
@@ -113,7 +113,7 @@ fn time(unix_s: i64) -> String {
 
 fn quotas_line(q: &Quotas) -> String {
     format!(
-        "{} requests/s, {} events/day (enforced), {} users, {} items (stored; not enforced yet)",
+        "{} requests/s, {} events/day, {} users, {} items",
         q.requests_per_second, q.events_per_day, q.max_users, q.max_items
     )
 }

@@ -3,11 +3,10 @@
 //! tenants …` and the admin routes `/v1/admin/tenants…`.
 //!
 //! Keys are random (256 bits), shown once, stored only as SHA-256 hashes, compared in
-//! constant time and rotatable with an overlap period ([`keys`]). The requests-per-second
-//! and events-per-day quotas are enforced by the serving origin ([`quota`],
+//! constant time and rotatable with an overlap period ([`keys`]). The quotas are
+//! enforced by the serving origin ([`quota`],
 //! `http::quota`); `POST /v1/events` needs one of the tenant's keys once it is registered
-//! (`http::events`). What is **not** done yet: reads take no key, `max_users`
-//! and `max_items` are not enforced, and one `origin serve` still serves one tenant's
+//! (`http::events`). What is **not** done yet: reads take no key, and one `origin serve` still serves one tenant's
 //! data (`--tenant`).
 //!
 //! This module does not know the store: each backend implements [`TenantRegistry`]

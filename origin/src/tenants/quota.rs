@@ -12,7 +12,13 @@
 //! ([`QuotaMeter::observe_stored`], every few seconds), so together they pass the quota
 //! by at most what they accept between two of those reads.
 //!
-//! `max_users` and `max_items` are stored and shown but not enforced yet.
+//! **Users and items.** A batch that would store more users or items than `max_users`
+//! or `max_items` is refused whole; the meter keeps the store's counts (read every few
+//! seconds, [`QuotaMeter::observe_counts`]). A batch whose distinct ids would fit even
+//! if all were new passes without a lookup; otherwise the caller counts those the
+//! store does not hold yet, which are admitted against the room left and counted until
+//! the next read. Batches (of one or several origins) can pass the limit by the new
+//! ids they bring between two reads.
 
 use std::time::Duration;
 
@@ -40,7 +46,20 @@ pub enum QuotaExceeded {
         batch: u64,
         retry_after: Duration,
     },
+    #[error("over the quota {quota} ({limit}) of tenant {tenant}: {stored} stored, {new} new ones refused")]
+    Stored {
+        tenant: String,
+        /// `max_users` or `max_items`.
+        quota: &'static str,
+        limit: u64,
+        stored: u64,
+        new: u64,
+    },
 }
+
+/// How long a client refused for `max_users`/`max_items` is asked to wait: the limit
+/// lifts only when the quota is raised (read every few seconds) or rows are removed.
+pub const STORED_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl QuotaExceeded {
     /// The quota's name, as in [`Quotas`].
@@ -48,6 +67,7 @@ impl QuotaExceeded {
         match self {
             QuotaExceeded::RequestsPerSecond { .. } => "requests_per_second",
             QuotaExceeded::EventsPerDay { .. } => "events_per_day",
+            QuotaExceeded::Stored { quota, .. } => quota,
         }
     }
 
@@ -55,6 +75,7 @@ impl QuotaExceeded {
         match self {
             QuotaExceeded::RequestsPerSecond { retry_after, .. }
             | QuotaExceeded::EventsPerDay { retry_after, .. } => *retry_after,
+            QuotaExceeded::Stored { .. } => STORED_RETRY_AFTER,
         }
     }
 }
@@ -76,6 +97,9 @@ pub struct QuotaMeter {
     tokens: f64,
     refilled_at: f64,
     usage: Usage,
+    /// Users and items stored (the store's last count plus what was admitted since).
+    users_stored: u64,
+    items_stored: u64,
 }
 
 impl QuotaMeter {
@@ -91,7 +115,59 @@ impl QuotaMeter {
                 day: now_unix / DAY_S,
                 events_today: 0,
             },
+            users_stored: 0,
+            items_stored: 0,
         }
+    }
+
+    /// Whether `new_users` and `new_items` more might pass `max_users`/`max_items`: when
+    /// not, a batch with at most that many distinct ids needs no store lookup.
+    pub fn room_for(&self, new_users: u64, new_items: u64) -> bool {
+        self.users_stored.saturating_add(new_users) <= self.quotas.max_users
+            && self.items_stored.saturating_add(new_items) <= self.quotas.max_items
+    }
+
+    /// Admits a batch storing `new_users` users and `new_items` items the store does
+    /// not hold yet, or refuses it whole.
+    pub fn admit_stored(&mut self, new_users: u64, new_items: u64) -> Result<(), QuotaExceeded> {
+        for (quota, limit, stored, new) in [
+            (
+                "max_users",
+                self.quotas.max_users,
+                self.users_stored,
+                new_users,
+            ),
+            (
+                "max_items",
+                self.quotas.max_items,
+                self.items_stored,
+                new_items,
+            ),
+        ] {
+            if stored.saturating_add(new) > limit {
+                return Err(QuotaExceeded::Stored {
+                    tenant: self.tenant.clone(),
+                    quota,
+                    limit,
+                    stored,
+                    new,
+                });
+            }
+        }
+        self.users_stored += new_users;
+        self.items_stored += new_items;
+        Ok(())
+    }
+
+    /// The store's counts of users and items (they replace the meter's).
+    /// Users and items stored, as last counted (plus admitted since).
+    pub fn stored(&self) -> (u64, u64) {
+        (self.users_stored, self.items_stored)
+    }
+
+    pub fn observe_counts(&mut self, users: u64, items: u64) {
+        self.users_stored = users;
+        self.items_stored = items;
     }
 
     pub fn quotas(&self) -> Quotas {
@@ -259,6 +335,33 @@ mod tests {
         m.refund_events(4, NOON);
         m.admit_events(6, NOON).unwrap();
         assert_eq!(day_start(today) + 43_200, NOON);
+    }
+
+    #[test]
+    fn a_batch_with_more_new_users_or_items_than_room_is_refused_whole() {
+        let q = Quotas {
+            max_users: 10,
+            max_items: 5,
+            ..Quotas::default()
+        };
+        let mut m = QuotaMeter::new("shop", q, 0.0, NOON);
+        m.observe_counts(8, 5);
+        assert!(m.room_for(2, 0) && !m.room_for(3, 0) && !m.room_for(0, 1));
+        m.admit_stored(2, 0).unwrap();
+        let e = m.admit_stored(1, 0).unwrap_err();
+        assert_eq!(e.quota(), "max_users");
+        assert!(
+            e.to_string()
+                .contains("max_users (10) of tenant shop: 10 stored, 1 new"),
+            "{e}"
+        );
+        assert_eq!(e.retry_after(), STORED_RETRY_AFTER);
+        let e = m.admit_stored(0, 1).unwrap_err();
+        assert_eq!(e.quota(), "max_items");
+        // Nothing of a refused batch was counted; a batch of known ids always passes.
+        m.admit_stored(0, 0).unwrap();
+        m.observe_counts(3, 1);
+        m.admit_stored(7, 4).unwrap();
     }
 
     #[test]

@@ -595,6 +595,19 @@ impl Store for PostgresStore {
         analytics::timeline(&self.pool, &self.tenant, &range, range_s, step_s, now).await
     }
 
+    async fn known(&self, users: &[String], items: &[String]) -> Result<(u64, u64), StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM users WHERE tenant = $1 AND user_id = ANY($2)),
+                        (SELECT COUNT(*) FROM items WHERE tenant = $1 AND item_id = ANY($3))",
+                &[&self.tenant, &users, &items],
+            )
+            .await?;
+        let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok((n(0), n(1)))
+    }
+
     async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError> {
         let n: i64 = self
             .pool

@@ -148,6 +148,26 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn known(&self, users: &[String], items: &[String]) -> Result<(u64, u64), StoreError> {
+        let (users, items) = (users.to_vec(), items.to_vec());
+        self.log
+            .read(move |conn| {
+                let count = |sql: &str, ids: &[String]| -> Result<u64, StoreError> {
+                    let mut stmt = conn.prepare_cached(sql)?;
+                    let mut n = 0;
+                    for id in ids {
+                        n += u64::from(stmt.exists([id])?);
+                    }
+                    Ok(n)
+                };
+                Ok((
+                    count("SELECT 1 FROM users WHERE user_id = ?1", &users)?,
+                    count("SELECT 1 FROM items WHERE item_id = ?1", &items)?,
+                ))
+            })
+            .await
+    }
+
     async fn events_received_since(&self, since_ms: i64) -> Result<u64, StoreError> {
         self.log
             .read(move |conn| {
