@@ -264,6 +264,10 @@ pub fn install_metrics(listen: SocketAddr) -> Result<(), String> {
         "HTTP requests answered, per route, method and status class."
     );
     metrics::describe_counter!(
+        "origin_tenant_requests_total",
+        "Tenant-facing requests per tenant (the busiest by name, the rest `other`)."
+    );
+    metrics::describe_counter!(
         "origin_http_errors_total",
         "HTTP answers with status 4xx or 5xx, per status class."
     );

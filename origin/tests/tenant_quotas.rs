@@ -45,6 +45,12 @@ fn register(db: &str, tenant: &str, extra: &[&str]) -> (String, String) {
 /// Starts `origin serve` on `db` (per-client limits off) and waits for its model;
 /// gives the process and its base URL.
 fn serve(db: &str, dir: &std::path::Path) -> (Origin, String) {
+    let (origin, base, _) = serve_with_metrics(db, dir);
+    (origin, base)
+}
+
+/// [`serve`], also giving the URL of its Prometheus metrics.
+fn serve_with_metrics(db: &str, dir: &std::path::Path) -> (Origin, String, String) {
     let (port, metrics) = (free_port(), free_port());
     let log = std::fs::File::create(dir.join(format!("origin-{port}.log"))).unwrap();
     let origin = Origin(
@@ -71,7 +77,7 @@ fn serve(db: &str, dir: &std::path::Path) -> (Origin, String) {
     loop {
         if let Ok(h) = reqwest::blocking::get(format!("{base}/health")) {
             if h.json::<Value>().is_ok_and(|h| h["status"] == "ok") {
-                return (origin, base);
+                return (origin, base, format!("http://127.0.0.1:{metrics}/metrics"));
             }
         }
         assert!(Instant::now() < deadline, "the origin did not train");
@@ -103,7 +109,7 @@ fn a_registered_tenants_quotas_hold_under_concurrent_load_and_refuse_whole_batch
         "default",
         &["--requests-per-second", "20", "--events-per-day", "50"],
     );
-    let (_origin, base) = serve(db, dir.path());
+    let (_origin, base, metrics) = serve_with_metrics(db, dir.path());
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
@@ -170,6 +176,20 @@ fn a_registered_tenants_quotas_hold_under_concurrent_load_and_refuse_whole_batch
         let retry: u64 = retry.as_deref().expect("Retry-After").parse().unwrap();
         assert!(retry >= 1, "{retry}");
     }
+    // Per-tenant metrics, the tenant labelled by name.
+    let text = client.get(&metrics).send().unwrap().text().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("origin_tenant_requests_total{tenant=\"default\"}")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("origin_quota_exceeded_total")
+                && l.contains("quota=\"requests_per_second\"")
+                && l.contains("tenant=\"default\"")),
+        "{text}"
+    );
     // /health is not metered.
     assert_eq!(
         status_of(&client.get(format!("{base}/health")).send().unwrap()),

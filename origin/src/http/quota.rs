@@ -8,6 +8,11 @@
 //! (`origin tenants create`); a tenant not in the registry (a single-tenant
 //! deployment, `make dev`) has none. `origin serve` reloads the quotas and adopts the
 //! store's count of today's events every [`QUOTA_SYNC`].
+//!
+//! Every metered request is counted in `origin_tenant_requests_total{tenant}` (and a
+//! refusal in `origin_quota_exceeded_total{quota,tenant}`), the tenant labelled with
+//! bounded cardinality ([`TenantLabels`]: the [`NAMED_TENANTS`] busiest, the rest
+//! `other`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +22,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::snapshot::now_unix;
+use crate::tenants::labels::TenantLabels;
 use crate::tenants::quota::{QuotaExceeded, QuotaMeter, Usage};
 use crate::tenants::Quotas;
 use crate::tenants::{TenantError, Tenants};
@@ -25,6 +31,10 @@ use super::ApiError;
 
 /// How often a serving origin reloads its tenant's quotas and today's stored events.
 pub const QUOTA_SYNC: Duration = Duration::from_secs(5);
+/// Tenants labelled by name in the per-tenant metrics (the rest are `other`).
+pub const NAMED_TENANTS: usize = 100;
+/// How often the named tenants are chosen again (the busiest of the last window).
+pub const LABEL_WINDOW_S: u64 = 300;
 
 /// The served tenant's meter, shared by the requests of a process; cheap to clone.
 /// Without quotas (the tenant is not in the registry) everything is admitted.
@@ -32,6 +42,8 @@ pub const QUOTA_SYNC: Duration = Duration::from_secs(5);
 pub struct QuotaGuard {
     tenant: String,
     meter: Arc<Mutex<Option<QuotaMeter>>>,
+    /// Tenant names as metric labels, bounded (shared by every tenant's guard).
+    labels: Arc<Mutex<TenantLabels>>,
     /// The monotonic clock's zero (the meter's bucket counts seconds from it).
     epoch: Instant,
 }
@@ -42,10 +54,21 @@ impl QuotaGuard {
         let guard = QuotaGuard {
             tenant: tenant.to_owned(),
             meter: Arc::new(Mutex::new(None)),
+            labels: Arc::new(Mutex::new(TenantLabels::new(
+                NAMED_TENANTS,
+                LABEL_WINDOW_S,
+                now_unix(),
+            ))),
             epoch: Instant::now(),
         };
         guard.set_quotas(quotas);
         guard
+    }
+
+    /// This tenant's label in the per-tenant metrics, counting one request.
+    pub fn label(&self) -> String {
+        let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        labels.label(&self.tenant, now_unix())
     }
 
     fn now_s(&self) -> f64 {
@@ -200,10 +223,13 @@ pub async fn limit(State(guard): State<Option<QuotaGuard>>, req: Request, next: 
     let Some(guard) = guard.filter(|_| metered(req.uri().path())) else {
         return next.run(req).await;
     };
+    let tenant = guard.label();
+    metrics::counter!("origin_tenant_requests_total", "tenant" => tenant.clone()).increment(1);
     match guard.admit_request() {
         Ok(()) => next.run(req).await,
         Err(e) => {
-            metrics::counter!("origin_quota_exceeded_total", "quota" => e.quota()).increment(1);
+            metrics::counter!("origin_quota_exceeded_total", "quota" => e.quota(), "tenant" => tenant)
+                .increment(1);
             ApiError::Quota(e).into_response()
         }
     }

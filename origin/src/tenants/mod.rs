@@ -20,10 +20,13 @@
 //!   and [`Tenants`], the operations on any registry (create, rotate, verify…).
 //! - `quota`: [`quota::QuotaMeter`], the requests-per-second and events-per-day rules
 //!   (pure, given the time); enforced on the API by `http::quota`.
+//! - `labels`: [`labels::TenantLabels`], tenant names as metric labels with bounded
+//!   cardinality (the busiest by name, the rest `other`).
 //! - `cli`: `origin tenants create|list|show|delete|rotate-key`.
 
 pub mod cli;
 pub mod keys;
+pub mod labels;
 pub mod quota;
 pub mod registry;
 pub mod tenant;
