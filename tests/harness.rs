@@ -612,6 +612,16 @@ impl Stack {
         req.send().unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
+    /// Drops a user's edge-cache entry of `tenant`.
+    pub fn purge_tenant_user(&self, tenant: &str, user: &str) {
+        let r = self.admin(
+            "/admin/purge",
+            Some(ADMIN_TOKEN),
+            &serde_json::json!({ "tenant": tenant, "user_ids": [user] }),
+        );
+        assert_eq!(r.status(), 200, "purge failed");
+    }
+
     /// Drops a user's edge-cache entry.
     pub fn purge(&self, user: &str) {
         let r = self.admin(

@@ -1,5 +1,7 @@
-//! Tenant keys end to end (issue #13), every part a real process: `wrangler dev`, an
-//! origin and the CDN. Once the served tenant is in the registry (`origin tenants
+//! Tenants end to end (issue #13), every part a real process: `wrangler dev`, an
+//! origin and the CDN. Deleting a tenant removes its published documents (below).
+//!
+//! Keys: Once the served tenant is in the registry (`origin tenants
 //! create`, picked up by the running origin within its 5 s sync), events sent to the
 //! edge need one of its keys in `X-Tenant-Key`: the edge refuses a value of another
 //! shape itself (401 `invalid_key`, the origin never called), forwards a well-shaped
@@ -88,4 +90,79 @@ fn events_at_the_edge_need_the_tenants_key_once_it_is_registered() {
         "{}",
         header(&pre, "access-control-allow-headers")
     );
+}
+
+/// Deleting a tenant through the origin's admin route removes what was published of
+/// it: its files from every CDN generation and, at the edge, its KV pointer, after
+/// which its users are no longer served from KV. The tenant the origin serves cannot be
+/// deleted under it (409).
+#[test]
+fn deleting_a_tenant_removes_its_published_documents() {
+    let stack = Stack::start(StackOptions {
+        users: 20,
+        items: 15,
+        ..Default::default()
+    });
+    stack.publish("cdn", None);
+    register(&stack.db, "gone");
+    // The edge holds a generation of tenant gone, with one user.
+    let now = e2e::now_s();
+    let mut doc = e2e::doc("leaver", "e2e#gone", now, 600);
+    doc.tenant = "gone".into();
+    let r = stack.admin(
+        "/admin/publish",
+        Some(e2e::ADMIN_TOKEN),
+        &json!({"tenant": "gone", "generation": format!("g{now}-0"), "activate": true,
+                "documents": [doc]}),
+    );
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    let read = || stack.get("/v1/recommendations/leaver?tenant=gone");
+    assert_eq!(header(&read(), "x-served-by"), "kv");
+    // And the CDN folder has files of it in its current generation.
+    let current = stack.publish_dir.join("current");
+    let files = current.join("gone/users");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("leaver.json"), "{}").unwrap();
+
+    let origin = format!("http://127.0.0.1:{}", stack.origin_port(0));
+    let delete = |tenant: &str| {
+        let r = stack
+            .client
+            .delete(format!("{origin}/v1/admin/tenants/{tenant}"))
+            .bearer_auth(e2e::ADMIN_TOKEN)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    register(&stack.db, "default");
+    let (status, body) = delete("default");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("tenant_served"))
+    );
+
+    let (status, body) = delete("gone");
+    assert_eq!(status, 200, "{body}");
+    let published = body["published"].as_array().unwrap();
+    let of = |target: &str| {
+        published
+            .iter()
+            .find(|p| p["target"] == target)
+            .unwrap_or_else(|| panic!("{body}"))["removed"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}"))
+            .to_owned()
+    };
+    assert!(of("cdn").starts_with("1 files in 1 generations"), "{body}");
+    assert!(of("kv").contains("pointer deleted"), "{body}");
+    assert!(!files.exists(), "the CDN files are gone");
+    stack.purge_tenant_user("gone", "leaver");
+    let after = read();
+    assert_ne!(
+        header(&after, "x-served-by"),
+        "kv",
+        "KV no longer serves tenant gone"
+    );
+    // Deleting again: the registry no longer has it.
+    assert_eq!(delete("gone").0, 404);
 }

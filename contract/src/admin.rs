@@ -65,3 +65,19 @@ pub struct PurgeResponse {
     pub tenant: String,
     pub purged: usize,
 }
+
+/// `POST /admin/delete-tenant`: a deleted tenant's KV pointer is removed, so none of
+/// its documents is read again (they expire by their own TTL, at most their stale
+/// window). One KV operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTenantRequest {
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteTenantResponse {
+    pub tenant: String,
+    /// Whether the tenant had a generation pointer (now deleted).
+    pub pointer_deleted: bool,
+}

@@ -149,6 +149,12 @@ pub fn publish_plan(
 }
 
 /// Validates a purge into the tenant and the users whose cache entries to drop.
+/// The tenant of a `POST /admin/delete-tenant`, validated before it forms a key.
+pub fn delete_tenant_plan(body: &[u8]) -> Result<Tenant, EdgeError> {
+    let req: contract::admin::DeleteTenantRequest = parse_body(body)?;
+    Ok(Tenant::parse(&req.tenant)?)
+}
+
 pub fn purge_plan(req: PurgeRequest) -> Result<(Tenant, Vec<UserId>), EdgeError> {
     let tenant = tenant_of(req.tenant.as_deref())?;
     if req.user_ids.len() > MAX_PURGE_IDS {
@@ -239,6 +245,26 @@ mod tests {
             (plan.generation.as_str(), plan.activate),
             (FIRST_GENERATION, true)
         );
+    }
+
+    #[test]
+    fn a_tenant_to_delete_is_validated_before_it_forms_a_key() {
+        assert_eq!(
+            delete_tenant_plan(br#"{"tenant":"shop-a"}"#)
+                .unwrap()
+                .as_str(),
+            "shop-a"
+        );
+        for bad in [
+            &br#"{"tenant":"../b"}"#[..],
+            br#"{"tenant":"a/b"}"#,
+            br#"{"tenant":""}"#,
+            br#"{"tenant":"a","extra":1}"#,
+            br#"{}"#,
+        ] {
+            let e = delete_tenant_plan(bad).unwrap_err();
+            assert_eq!(e.status(), 400, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

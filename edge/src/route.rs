@@ -46,6 +46,8 @@ pub enum Route {
     Preflight,
     AdminPublish,
     AdminPurge,
+    /// `POST /admin/delete-tenant`: a deleted tenant's KV pointer removed.
+    AdminDeleteTenant,
     /// `PUT /admin/geo-db`: upload the MaxMind DB used for GeoIP lookups.
     AdminGeoDb,
     /// `POST /v1/events`: events to validate and forward to the user's regional origin.
@@ -114,7 +116,8 @@ pub fn route(
         ("/health", _) => Err(not_allowed("GET, HEAD, OPTIONS")),
         ("/admin/publish", "POST") => Ok(Route::AdminPublish),
         ("/admin/purge", "POST") => Ok(Route::AdminPurge),
-        ("/admin/publish" | "/admin/purge", _) => Err(not_allowed("POST")),
+        ("/admin/delete-tenant", "POST") => Ok(Route::AdminDeleteTenant),
+        ("/admin/publish" | "/admin/purge" | "/admin/delete-tenant", _) => Err(not_allowed("POST")),
         ("/admin/geo-db", "PUT") => Ok(Route::AdminGeoDb),
         ("/admin/geo-db", _) => Err(not_allowed("PUT")),
         _ => Err(EdgeError::NotFound {
@@ -304,6 +307,16 @@ mod tests {
             Route::AdminPurge
         );
         assert_eq!(route("head", "/health", None, 10).unwrap(), Route::Health);
+        assert_eq!(
+            route("POST", "/admin/delete-tenant", None, 10).unwrap(),
+            Route::AdminDeleteTenant
+        );
+        assert_eq!(
+            route("GET", "/admin/delete-tenant", None, 10)
+                .unwrap_err()
+                .status(),
+            405
+        );
     }
 
     #[test]

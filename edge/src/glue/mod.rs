@@ -117,6 +117,7 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         }
         Ok(Route::AdminPublish) => admin_publish(req, &env, cfg).await,
         Ok(Route::AdminPurge) => admin_purge(req, cfg).await,
+        Ok(Route::AdminDeleteTenant) => admin_delete_tenant(req, &env, cfg).await,
         Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
         Ok(Route::Events) => {
             let client = crate::client::client_key(client_ip(&req, cfg), cfg.client_hash_keys);
@@ -489,6 +490,28 @@ async fn admin_purge(
     let resp = PurgeResponse {
         tenant: tenant.to_string(),
         purged,
+    };
+    json_response(200, &respond::error_headers(cfg, None), &resp).map_err(internal)
+}
+
+/// `POST /admin/delete-tenant`: deletes the tenant's KV generation pointer (the edge
+/// then finds no KV document of it; cached copies expire with `EDGE_CACHE_TTL_S`).
+async fn admin_delete_tenant(
+    mut req: Request,
+    env: &Env,
+    cfg: &EdgeConfig,
+) -> std::result::Result<Response, EdgeError> {
+    let bytes = read_admin_body(&mut req, cfg, contract::admin::MAX_ADMIN_BODY_BYTES).await?;
+    let tenant = admin::delete_tenant_plan(&bytes)?;
+    let kv = env.kv(KV_BINDING).map_err(internal)?;
+    let key = contract::keys::kv_generation_pointer(&tenant);
+    let existed = kv.get(&key).text().await.map_err(internal)?.is_some();
+    if existed {
+        kv.delete(&key).await.map_err(internal)?;
+    }
+    let resp = contract::admin::DeleteTenantResponse {
+        tenant: tenant.to_string(),
+        pointer_deleted: existed,
     };
     json_response(200, &respond::error_headers(cfg, None), &resp).map_err(internal)
 }

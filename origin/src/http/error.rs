@@ -66,6 +66,8 @@ pub enum ApiError {
     UndecodableTenant,
     #[error("this origin has no tenant registry")]
     TenantsDisabled,
+    #[error("tenant {0} is the one this origin serves: stop it (or serve another tenant) before deleting it")]
+    TenantServed(String),
     #[error("tenant {0} takes events only with one of its keys in the X-Tenant-Key header")]
     KeyRequired(String),
     #[error("the X-Tenant-Key header is not a valid key of any tenant")]
@@ -113,6 +115,7 @@ impl ApiError {
             ApiError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::KeyRequired(_) | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
             ApiError::WrongTenant(_) => StatusCode::FORBIDDEN,
+            ApiError::TenantServed(_) => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -160,6 +163,7 @@ impl ApiError {
             ApiError::KeyRequired(_) => "key_required",
             ApiError::InvalidKey => "invalid_key",
             ApiError::WrongTenant(_) => "wrong_tenant",
+            ApiError::TenantServed(_) => "tenant_served",
         }
     }
 }

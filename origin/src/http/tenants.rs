@@ -112,14 +112,49 @@ pub(crate) async fn show(
     Ok(Json(tenants.show(&id, now()).await?))
 }
 
+/// What a delete removed: the store's rows, then the published documents at each of
+/// this origin's publish targets (CDN folder files, the edge's KV pointer).
+#[derive(Debug, Serialize)]
+pub struct TenantDeleted {
+    #[serde(flatten)]
+    pub report: crate::tenants::DeleteReport,
+    pub published: Vec<PublishedRemoval>,
+}
+
+/// One publish target's part of a delete.
+#[derive(Debug, Serialize)]
+pub struct PublishedRemoval {
+    pub target: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 pub(crate) async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<crate::tenants::DeleteReport>, ApiError> {
+) -> Result<Json<TenantDeleted>, ApiError> {
     let tenants = registry(&state, &headers)?;
     let id = tenant_id(path)?;
-    Ok(Json(tenants.delete(&id).await?))
+    if id == state.snapshot().tenant {
+        return Err(ApiError::TenantServed(id.to_string()));
+    }
+    let report = tenants.delete(&id).await?;
+    let mut published = Vec::new();
+    for target in state.publish.iter() {
+        let (removed, error) = match target.remove_tenant(&id).await {
+            Ok(what) => (Some(what), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        published.push(PublishedRemoval {
+            target: target.name(),
+            removed,
+            error,
+        });
+    }
+    Ok(Json(TenantDeleted { report, published }))
 }
 
 pub(crate) async fn rotate(

@@ -62,6 +62,20 @@ fn replace_json(path: &Path, doc: &RecommendationDoc) -> Result<(), PublishError
     Ok(())
 }
 
+/// Files below `dir` (not following symlinks).
+fn walk_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk_files(&e.path()),
+                Ok(_) => 1,
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
 impl CdnFolder {
     pub fn new(root: PathBuf) -> Self {
         CdnFolder {
@@ -118,6 +132,26 @@ impl CdnFolder {
             deleted += 1;
         }
         Ok(deleted)
+    }
+
+    /// Deletes `tenant`'s folder from every generation; gives the files and the
+    /// generations it was in.
+    pub fn remove_tenant_files(&self, tenant: &Tenant) -> Result<(usize, usize), PublishError> {
+        let gens = self.root.join("generations");
+        let Ok(entries) = std::fs::read_dir(&gens) else {
+            return Ok((0, 0));
+        };
+        let (mut files, mut generations) = (0, 0);
+        for entry in entries.filter_map(|e| e.ok()) {
+            let dir = entry.path().join(tenant.as_str());
+            if !dir.is_dir() {
+                continue;
+            }
+            files += walk_files(&dir);
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            generations += 1;
+        }
+        Ok((files, generations))
     }
 
     /// A counter above those already used by generations of second `now`: counters only
@@ -226,6 +260,11 @@ impl CdnFolder {
     }
 
     /// Runs `f` on a clone of this folder in the blocking pool.
+    async fn blocking_remove(&self, tenant: &Tenant) -> Result<(usize, usize), PublishError> {
+        let tenant = tenant.clone();
+        self.blocking(move |f| f.remove_tenant_files(&tenant)).await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(CdnFolder) -> Result<T, PublishError> + Send + 'static,
@@ -241,6 +280,13 @@ impl CdnFolder {
 impl PublishTarget for CdnFolder {
     fn name(&self) -> &'static str {
         "cdn"
+    }
+
+    async fn remove_tenant(&self, tenant: &Tenant) -> Result<String, PublishError> {
+        let (files, generations) = self.blocking_remove(tenant).await?;
+        Ok(format!(
+            "{files} files in {generations} generations deleted"
+        ))
     }
 
     async fn first_free_counter(&self, now: u64) -> Result<u32, PublishError> {

@@ -28,6 +28,7 @@ pub struct EdgeClient {
     client: reqwest::Client,
     url: String,
     purge_url: String,
+    delete_tenant_url: String,
     token: Secret,
 }
 
@@ -43,6 +44,7 @@ impl EdgeClient {
             client,
             url: format!("{}/admin/publish", base_url.trim_end_matches('/')),
             purge_url: format!("{}/admin/purge", base_url.trim_end_matches('/')),
+            delete_tenant_url: format!("{}/admin/delete-tenant", base_url.trim_end_matches('/')),
             token,
         }
     }
@@ -69,6 +71,17 @@ impl EdgeClient {
         traceparent: Option<&str>,
     ) -> Result<PurgeResponse, PublishError> {
         self.post(&self.purge_url, req, traceparent).await
+    }
+
+    /// Deletes a deleted tenant's KV generation pointer at the edge.
+    pub async fn delete_tenant(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<contract::admin::DeleteTenantResponse, PublishError> {
+        let req = contract::admin::DeleteTenantRequest {
+            tenant: tenant.to_string(),
+        };
+        self.post(&self.delete_tenant_url, &req, None).await
     }
 
     async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -157,6 +170,14 @@ impl EdgeKv {
 impl PublishTarget for EdgeKv {
     fn name(&self) -> &'static str {
         "kv"
+    }
+
+    async fn remove_tenant(&self, tenant: &Tenant) -> Result<String, PublishError> {
+        let done = self.client.delete_tenant(tenant).await?;
+        Ok(match done.pointer_deleted {
+            true => "KV generation pointer deleted: no document is read again; they expire within their stale window".into(),
+            false => "no KV generation pointer".into(),
+        })
     }
 
     async fn begin(

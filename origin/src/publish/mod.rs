@@ -84,6 +84,8 @@ pub enum PublishError {
     NoKvGeneration(String),
     #[error("the {0} target cannot hold delta generations; publish without --delta")]
     DeltaUnsupported(&'static str),
+    #[error("the {0} target cannot remove a tenant's documents; remove them by hand")]
+    RemoveUnsupported(&'static str),
     #[error("generation {0} is already taken at this target")]
     GenerationTaken(String),
     #[error("no free generation name for this second after {0} tries")]
@@ -168,6 +170,13 @@ pub trait PublishTarget: Send + Sync + std::fmt::Debug {
         doc: &RecommendationDoc,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError>;
+
+    /// Removes a deleted tenant's documents (or makes them unreadable at once, where
+    /// they then expire); says what it removed. A target that cannot does nothing and
+    /// says so in the error.
+    async fn remove_tenant(&self, _tenant: &Tenant) -> Result<String, PublishError> {
+        Err(PublishError::RemoveUnsupported(self.name()))
+    }
 
     /// Drops copies of the users' documents that readers may have cached (the edge
     /// cache); a target with no such cache does nothing. Returns whether it purged.
