@@ -115,6 +115,7 @@ fn wrangler_deploy_dry_run_for_production_bundles_the_worker_with_its_bindings()
     for binding in [
         "KV",
         "EVENTS_LIMITER",
+        "TENANT_EVENTS_LIMITER",
         "https://cdn.example.com",
         "recs.example.com",
     ] {

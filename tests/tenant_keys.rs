@@ -166,3 +166,73 @@ fn deleting_a_tenant_removes_its_published_documents() {
     // Deleting again: the registry no longer has it.
     assert_eq!(delete("gone").0, 404);
 }
+
+/// The edge limits event posts per tenant key as well as per client: clients at
+/// different addresses sharing one tenant key are refused together past its limit
+/// (429 JSON with `Retry-After`), while another client without a key is not.
+#[test]
+fn clients_sharing_a_tenant_key_are_limited_together() {
+    const LIMIT: usize = 3;
+    let stack = Stack::start(StackOptions {
+        users: 20,
+        items: 15,
+        extra_config: format!(
+            "[[ratelimits]]\nname = \"TENANT_EVENTS_LIMITER\"\nnamespace_id = \"1011\"\n\
+             simple = {{ limit = {LIMIT}, period = 60 }}\n"
+        ),
+        ..Default::default()
+    });
+    let key = register(&stack.db, "default");
+    let post = |ip: &str, key: Option<&str>| {
+        let mut req = stack
+            .client
+            .post(stack.edge_url("/v1/events"))
+            .header("CF-Connecting-IP", ip)
+            .json(&json!({"user_id": "u1", "item_id": "i1", "type": "view"}));
+        if let Some(k) = key {
+            req = req.header("X-Tenant-Key", k);
+        }
+        req.send().unwrap()
+    };
+    // The origin takes the key once its registry sync has seen the tenant.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while post("198.51.100.99", None).status() != 401 {
+        assert!(Instant::now() < deadline, "the origin never required a key");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The limiter counts in fixed 60 s windows: a run that crosses a boundary is redone.
+    for attempt in 0..2 {
+        let window = e2e::now_s() / 60;
+        let statuses: Vec<u16> = (0..LIMIT)
+            .map(|i| {
+                post(&format!("198.51.{attempt}.{}", 10 + i), Some(&key))
+                    .status()
+                    .as_u16()
+            })
+            .collect();
+        let over = post(&format!("198.51.{attempt}.200"), Some(&key));
+        if e2e::now_s() / 60 != window || statuses.iter().any(|s| *s == 429) {
+            // A previous attempt's window: wait for the next one.
+            std::thread::sleep(Duration::from_secs(60 - e2e::now_s() % 60));
+            continue;
+        }
+        assert_eq!(
+            statuses,
+            vec![202; LIMIT],
+            "three clients within the key's limit"
+        );
+        assert_eq!(over.status(), 429, "a fourth client with the same key");
+        let retry: u64 = header(&over, "retry-after").parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        let body: Value = over.json().unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+        let other = post("198.51.100.250", None);
+        assert_eq!(
+            other.status(),
+            401,
+            "no key: not the key's limit (the origin wants one)"
+        );
+        return;
+    }
+    panic!("two runs crossed a minute boundary");
+}

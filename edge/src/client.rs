@@ -17,6 +17,11 @@ use siphasher::sip::SipHasher13;
 /// `POST /v1/events` per client; without it the route is not limited.
 pub const EVENTS_LIMITER_BINDING: &str = "EVENTS_LIMITER";
 
+/// Name of the rate limiting binding that limits `POST /v1/events` per tenant key
+/// (`X-Tenant-Key`), so one tenant's clients together cannot flood it; without it
+/// only the per-client limit applies.
+pub const TENANT_EVENTS_LIMITER_BINDING: &str = "TENANT_EVENTS_LIMITER";
+
 /// The bytes that identify a client: the IPv4 address, or the IPv6 /64 prefix
 /// (an IPv4-mapped IPv6 address counts as its IPv4 address).
 fn client_bytes(ip: IpAddr) -> Vec<u8> {
@@ -52,6 +57,15 @@ pub fn client_key(ip: Option<IpAddr>, keys: (u64, u64)) -> String {
     format!("{:016x}", h.finish())
 }
 
+/// The rate limiter's key of a tenant key: `tk` and a keyed hash (the key itself never
+/// leaves the request).
+pub fn tenant_limit_key(tenant_key: &str, keys: (u64, u64)) -> String {
+    let mut h = SipHasher13::new_with_keys(keys.0, keys.1);
+    h.write(b"tenant key:");
+    h.write(tenant_key.as_bytes());
+    format!("tk{:016x}", h.finish())
+}
+
 /// Seconds until the current rate-limit window of `period_s` ends (1 to `period_s`).
 pub fn retry_after_s(now_s: u64, period_s: u64) -> u64 {
     let period_s = period_s.max(1);
@@ -73,6 +87,22 @@ mod tests {
         assert_eq!(k.len(), 16);
         assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(k, key("203.0.113.7", Some("s")), "stable for a client");
+    }
+
+    #[test]
+    fn a_tenant_keys_limit_key_is_a_hash_apart_from_client_keys() {
+        let keys = hash_keys(Some("s"));
+        let a = tenant_limit_key(&format!("pk_{}", "0a".repeat(32)), keys);
+        assert_eq!(a.len(), 2 + 16);
+        assert!(a.starts_with("tk") && !a.contains("0a0a"));
+        assert_ne!(
+            a,
+            tenant_limit_key(&format!("pk_{}", "0b".repeat(32)), keys)
+        );
+        assert_eq!(
+            a,
+            tenant_limit_key(&format!("pk_{}", "0a".repeat(32)), keys)
+        );
     }
 
     #[test]

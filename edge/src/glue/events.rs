@@ -14,7 +14,7 @@ use super::state::{self, IMPRESSIONS};
 use super::tiers::send_with_timeout;
 use crate::breaker::Permit;
 use crate::chain::{Attempt, Outcome, Tier, TierFailure};
-use crate::client::{retry_after_s, EVENTS_LIMITER_BINDING};
+use crate::client::{retry_after_s, EVENTS_LIMITER_BINDING, TENANT_EVENTS_LIMITER_BINDING};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::forward::{event_id_base, events_to_forward, write_headers};
@@ -30,13 +30,28 @@ const MAX_ORIGIN_ANSWER_BYTES: usize = 64 * 1024;
 /// How far ahead of the edge's clock an event's timestamp may be.
 pub const MAX_FUTURE_S: i64 = 300;
 
-/// Asks the client's rate limit (the `EVENTS_LIMITER` binding) whether it may write
-/// now; without the binding every write may.
-pub async fn rate_limit(env: &Env, cfg: &EdgeConfig, client: &str) -> Result<(), EdgeError> {
-    let Ok(limiter) = env.rate_limiter(EVENTS_LIMITER_BINDING) else {
+/// Asks the rate limits whether a write may go now: the client's (`EVENTS_LIMITER`),
+/// then, when the request carries a tenant key, that key's (`TENANT_EVENTS_LIMITER`);
+/// without a binding its limit does not apply.
+pub async fn rate_limit(
+    env: &Env,
+    cfg: &EdgeConfig,
+    client: &str,
+    tenant_key: Option<&str>,
+) -> Result<(), EdgeError> {
+    limit_by(env, cfg, EVENTS_LIMITER_BINDING, client).await?;
+    if let Some(k) = tenant_key {
+        let key = crate::client::tenant_limit_key(k, cfg.client_hash_keys);
+        limit_by(env, cfg, TENANT_EVENTS_LIMITER_BINDING, &key).await?;
+    }
+    Ok(())
+}
+
+async fn limit_by(env: &Env, cfg: &EdgeConfig, binding: &str, key: &str) -> Result<(), EdgeError> {
+    let Ok(limiter) = env.rate_limiter(binding) else {
         return Ok(());
     };
-    match limiter.limit(client.to_string()).await {
+    match limiter.limit(key.to_string()).await {
         Ok(outcome) if !outcome.success => Err(EdgeError::RateLimited {
             retry_after_s: retry_after_s((now_ms() / 1000.0) as u64, cfg.rate_limit_period_s),
         }),
@@ -127,15 +142,9 @@ pub async fn accept(
     cfg: &EdgeConfig,
     location: &Location,
     client: &str,
+    tenant_key: Option<String>,
     traceparent: String,
 ) -> Result<Response, EdgeError> {
-    let tenant_key = crate::forward::tenant_key(
-        req.headers()
-            .get(contract::auth::TENANT_KEY_HEADER)
-            .ok()
-            .flatten()
-            .as_deref(),
-    )?;
     let bytes = super::convert::read_body(&mut req, MAX_EVENTS_BODY_BYTES).await?;
     let limits = Limits {
         now: (now_ms() / 1000.0) as i64,

@@ -121,8 +121,21 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
         Ok(Route::Events) => {
             let client = crate::client::client_key(client_ip(&req, cfg), cfg.client_hash_keys);
-            match events::rate_limit(&env, cfg, &client).await {
-                Ok(()) => events::accept(req, cfg, &location, &client, traceparent).await,
+            let header = req
+                .headers()
+                .get(contract::auth::TENANT_KEY_HEADER)
+                .ok()
+                .flatten();
+            match crate::forward::tenant_key(header.as_deref()) {
+                Ok(tenant_key) => {
+                    match events::rate_limit(&env, cfg, &client, tenant_key.as_deref()).await {
+                        Ok(()) => {
+                            events::accept(req, cfg, &location, &client, tenant_key, traceparent)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             }
         }
