@@ -211,7 +211,7 @@ fn clients_sharing_a_tenant_key_are_limited_together() {
             })
             .collect();
         let over = post(&format!("198.51.{attempt}.200"), Some(&key));
-        if e2e::now_s() / 60 != window || statuses.iter().any(|s| *s == 429) {
+        if e2e::now_s() / 60 != window || statuses.contains(&429) {
             // A previous attempt's window: wait for the next one.
             std::thread::sleep(Duration::from_secs(60 - e2e::now_s() % 60));
             continue;
