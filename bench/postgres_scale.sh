@@ -20,7 +20,9 @@
 # shared_buffers and max_wal_size for a bulk load.
 # Usage: bench/postgres_scale.sh [ORIGIN_BIN]   (default target/native/origin)
 # Env: USERS, ITEMS, IMPORT_USERS, READ_USERS, ROUNDS (3), SECONDS_EACH (10), CONNS (16),
-#      SKIP_SQLITE=1 (PostgreSQL only), SKIP_READS=1 / SKIP_LOAD=1 (one part only).
+#      SKIP_SQLITE=1 (PostgreSQL only), SKIP_READS=1 / SKIP_LOAD=1 (one part only),
+#      SQLITE_FIRST=1 (publish from SQLite before PostgreSQL: the second publish writes
+#      while the first's files are still being written back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 origin="$(realpath "${1:-target/native/origin}")"
@@ -101,14 +103,21 @@ if [ "${SKIP_LOAD:-0}" != 1 ]; then
     timed "SQLite: \`origin import\` of $rows rows ($import_users users)" "$origin" import --db "$tmp/imported.sqlite" --format csv "$tmp/import.csv"
   fi
   sql "$pa" recs "VACUUM ANALYZE" >/dev/null
-  RUST_LOG=info timed "PostgreSQL: \`origin publish\` of $users users to a CDN folder" "$origin" publish --db "$url" --out "$tmp/cdn" --targets cdn --keep-generations 1
-  publish_phases
-  rm -rf "$tmp/cdn"
-  if [ "${SKIP_SQLITE:-0}" != 1 ]; then
-    RUST_LOG=info timed "SQLite: \`origin publish\` of $users users to a CDN folder" "$origin" publish --db "$tmp/m.sqlite" --out "$tmp/cdn" --targets cdn --keep-generations 1
+  # Each publish writes 1,000,004 files; the next starts once they are deleted and synced.
+  publish_pg() {
+    RUST_LOG=info timed "PostgreSQL: \`origin publish\` of $users users to a CDN folder" "$origin" publish --db "$url" --out "$tmp/cdn" --targets cdn --keep-generations 1
     publish_phases
-    rm -rf "$tmp/cdn"
-  fi
+    rm -rf "$tmp/cdn"; sync
+  }
+  publish_sqlite() {
+    if [ "${SKIP_SQLITE:-0}" != 1 ]; then
+      RUST_LOG=info timed "SQLite: \`origin publish\` of $users users to a CDN folder" "$origin" publish --db "$tmp/m.sqlite" --out "$tmp/cdn" --targets cdn --keep-generations 1
+      publish_phases
+      rm -rf "$tmp/cdn"; sync
+    fi
+  }
+  sync
+  if [ "${SQLITE_FIRST:-0}" = 1 ]; then publish_sqlite; publish_pg; else publish_pg; publish_sqlite; fi
   echo
   echo "PostgreSQL demo data: $pg_demo; database size $(sql "$pa" postgres "SELECT pg_size_pretty(pg_database_size('recs'))")"
   [ -f "$tmp/m.sqlite" ] && echo "SQLite file: $(du -h "$tmp/m.sqlite" | cut -f1)"
