@@ -5,8 +5,10 @@
 #   2. GeoIP lookup cost natively (criterion);
 #   3. edge: wrk against wrangler dev — edge-cache hit vs /health, GeoIP first request;
 #   4. engine: quality and speed vs peers (bench/engine.sh), when present;
-#   5. the origin middleware's latency accounting vs its Prometheus histogram (criterion).
-# Set BENCH_SECONDS (default 10) for the wrk runs; BENCH_SKIP_ENGINE=1 to skip part 4.
+#   5. the origin middleware's latency accounting vs its Prometheus histogram (criterion);
+#   6. PostgreSQL at 1,000,000 users and replica reads (bench/postgres_scale.sh, native build).
+# Set BENCH_SECONDS (default 10) for the wrk runs; BENCH_SKIP_ENGINE=1 to skip part 4,
+# BENCH_SKIP_POSTGRES=1 to skip part 6.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -52,3 +54,10 @@ echo
 
 echo "## 5. Origin request accounting (criterion)"
 cargo bench -p origin --bench request_accounting 2>&1 | grep -E '^request_accounting/|time:'
+echo
+
+if [ "${BENCH_SKIP_POSTGRES:-0}" != 1 ]; then
+  echo "## 6. PostgreSQL at scale"
+  cargo build --profile native -p origin
+  bench/postgres_scale.sh target/native/origin
+fi

@@ -312,6 +312,73 @@ pub(super) async fn analytics_count_the_funnel_and_edge_reports(store: SharedSto
     assert_eq!(counts.edge_cache_by_region["europe"].hits, 8);
 }
 
+pub(super) async fn a_load_replaces_the_catalogue_keeps_the_log_and_fails_when_cut(
+    store: SharedStore,
+) {
+    let row = |u: &str, i: &str| InteractionRow {
+        user_id: u.into(),
+        item_id: i.into(),
+        weight: 2.0,
+        ts: 9,
+    };
+    store
+        .import(Batch {
+            interactions: vec![row("old", "gone")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let logged = store
+        .append(vec![event("u1", "i1", EventType::View, 100)], None)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for batch in [
+        Batch {
+            items: vec![ItemRow {
+                item_id: "i1".into(),
+                title: "One".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        Batch {
+            users: vec![UserRow {
+                user_id: "u2".into(),
+                country: Some("JP".into()),
+            }],
+            interactions: vec![row("u2", "i1"), row("u3", "i2")],
+            ..Default::default()
+        },
+    ] {
+        tx.send(Load::Batch(batch)).await.unwrap();
+    }
+    tx.send(Load::End).await.unwrap();
+    store
+        .replace_content(vec![("demo_seed".into(), "1".into())], rx)
+        .await
+        .unwrap();
+    let set = store.training_set().await.unwrap();
+    assert_eq!(set.maps.user_ids, ["u2", "u3"], "the old catalogue is gone");
+    assert_eq!(set.maps.item_ids, ["i1", "i2"]);
+    assert_eq!(set.maps.user_country[0].as_deref(), Some("JP"));
+    assert_eq!(set.data.item_text[0].title, "One");
+    assert_eq!(set.data.interactions.len(), 2);
+    let kept = store
+        .read_events(logged.first_seq, logged.last_seq)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1, "the event log stays");
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Load::Batch(Batch::default())).await.unwrap();
+    drop(tx);
+    assert!(
+        store.replace_content(Vec::new(), rx).await.is_err(),
+        "a load without its end fails"
+    );
+}
+
 /// Runs every check of the suite against the backend `$open` gives: an async
 /// function returning `Some((guard, SharedStore))`, the guard holding what the store
 /// needs, or `None` when the backend cannot run here (it said why; never in CI).
@@ -337,6 +404,7 @@ macro_rules! store_suite {
             check!(a_replay_rebuilds_exactly_the_live_projections);
             check!(the_training_set_numbers_ids_in_order_with_imported_and_live_rows);
             check!(analytics_count_the_funnel_and_edge_reports);
+            check!(a_load_replaces_the_catalogue_keeps_the_log_and_fails_when_cut);
         }
     };
 }

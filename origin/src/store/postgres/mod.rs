@@ -211,10 +211,7 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Writes a batch in one transaction (all or nothing), a statement per
-    /// [`IMPORT_CHUNK`] rows of a table. Items and users are upserted, a later row
-    /// replacing an earlier one; users and items named only by interactions are
-    /// created with empty attributes.
+    /// Writes a batch in one transaction (all or nothing; see [`insert_rows`]).
     async fn insert_batch(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
@@ -411,9 +408,10 @@ impl PostgresStore {
     }
 }
 
-/// Writes a batch into the transaction `tx`, a statement per [`IMPORT_CHUNK`] rows of a
-/// table. Items and users are upserted, a later row replacing an earlier one; users and
-/// items named only by interactions are created with empty attributes.
+/// Writes a batch into the transaction `tx`: items and users a statement per
+/// [`IMPORT_CHUNK`] rows (upserted, a later row replacing an earlier one; users and items
+/// named only by interactions are created with empty attributes), then the interactions
+/// in one binary `COPY`.
 async fn insert_rows(
     tx: &tokio_postgres::Transaction<'_>,
     tenant: &str,
@@ -486,17 +484,26 @@ async fn insert_rows(
         )
         .await?;
     }
-    for chunk in batch.interactions.chunks(IMPORT_CHUNK) {
-        let users: Vec<&str> = chunk.iter().map(|r| r.user_id.as_str()).collect();
-        let items: Vec<&str> = chunk.iter().map(|r| r.item_id.as_str()).collect();
-        let weights: Vec<f64> = chunk.iter().map(|r| f64::from(r.weight)).collect();
-        let ts: Vec<i64> = chunk.iter().map(|r| r.ts).collect();
-        tx.execute(
-            "INSERT INTO interactions(tenant, user_id, item_id, weight, ts)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::bigint[])",
-            &[&tenant, &users, &items, &weights, &ts],
-        )
-        .await?;
+    // The interactions, the bulk of a load, by binary COPY: typed values, no SQL text.
+    if !batch.interactions.is_empty() {
+        use tokio_postgres::types::Type;
+        let sink = tx
+            .copy_in(
+                "COPY interactions(tenant, user_id, item_id, weight, ts) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(
+            sink,
+            &[Type::TEXT, Type::TEXT, Type::TEXT, Type::FLOAT8, Type::INT8],
+        );
+        let mut writer = std::pin::pin!(writer);
+        for r in &batch.interactions {
+            writer
+                .as_mut()
+                .write(&[&tenant, &r.user_id, &r.item_id, &f64::from(r.weight), &r.ts])
+                .await?;
+        }
+        writer.finish().await?;
     }
     Ok(())
 }
