@@ -16,6 +16,7 @@
 //! - `admission`: which items and users a model trains on (bounded, earned).
 //! - `training`: which model the service and the publisher train (`--model`).
 //! - `snapshot`: a trained model with id maps; builds recommendation documents.
+//! - `clock`: unix seconds now and their RFC 3339 text.
 //! - `http`: the HTTP API: one route table, the shared state, one error type, a file per
 //!   route family (recommendations, events, analytics, admin); `app` adds middleware.
 //! - `publish`: the `PublishTarget` interface (edge KV, CDN folder), the bulk publish and
@@ -44,6 +45,7 @@ pub mod analytics;
 pub mod auth;
 pub mod cdn;
 pub mod clients;
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod demo_data;

@@ -12,7 +12,7 @@ use thiserror::Error;
 use super::keys::{KeyKind, DEFAULT_OVERLAP_S};
 use super::registry::{TenantError, Tenants};
 use super::tenant::{NewTenant, Quotas, Tenant};
-use crate::snapshot::rfc3339;
+use crate::clock::rfc3339;
 
 #[derive(Debug, Clone, Args)]
 pub struct TenantsArgs {
