@@ -983,3 +983,43 @@ fn a_click_on_the_demo_page_shows_up_on_the_dashboard() {
         assert!(len > 1000, "{shot} was not saved ({len} bytes)");
     }
 }
+
+#[test]
+fn an_exclude_filter_is_answered_from_the_stored_list_without_the_origin() {
+    let s = shared();
+    let user = &s.kv_users[7];
+    let items = |doc: &serde_json::Value| -> Vec<String> {
+        doc["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["item_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let full = items(&served(
+        s.stack.get(&format!("/v1/recommendations/{user}?n=5")),
+    ));
+    assert_eq!(full.len(), 5);
+    let r = s.stack.get(&format!(
+        "/v1/recommendations/{user}?n=5&exclude={},{}",
+        full[0], full[3]
+    ));
+    assert_eq!(r.status(), 200);
+    let by = header(&r, "x-served-by");
+    assert!(by == "kv" || by == "edge-cache", "served by {by}");
+    let got = items(&served(r));
+    assert_eq!(got.len(), 5, "the stored list is longer than n: {got:?}");
+    assert!(
+        !got.contains(&full[0]) && !got.contains(&full[3]),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[..3],
+        [full[1].clone(), full[2].clone(), full[4].clone()]
+    );
+    let bad = s
+        .stack
+        .get(&format!("/v1/recommendations/{user}?exclude=a/b"));
+    assert_eq!(bad.status(), 400);
+    assert_eq!(served(bad)["error"]["code"], "invalid_exclude");
+}

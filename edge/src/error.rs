@@ -13,6 +13,8 @@ pub enum EdgeError {
     InvalidN { got: String, max: usize },
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("{0}")]
+    InvalidExclude(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed here; allowed: {allowed}")]
@@ -65,6 +67,7 @@ impl EdgeError {
             EdgeError::InvalidId(_)
             | EdgeError::InvalidN { .. }
             | EdgeError::InvalidQuery(_)
+            | EdgeError::InvalidExclude(_)
             | EdgeError::BadBody(_)
             | EdgeError::InvalidEvents { .. } => 400,
             EdgeError::Unauthorized | EdgeError::InvalidTenantKey => 401,
@@ -83,6 +86,7 @@ impl EdgeError {
             EdgeError::InvalidId(e) => e.code(),
             EdgeError::InvalidN { .. } => "invalid_n",
             EdgeError::InvalidQuery(_) => "invalid_query",
+            EdgeError::InvalidExclude(_) => "invalid_exclude",
             EdgeError::NotFound { .. } => "not_found",
             EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
             EdgeError::Unauthorized => "unauthorized",

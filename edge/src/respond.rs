@@ -36,9 +36,16 @@ impl CacheStatus {
 pub const EXPOSED_HEADERS: &str =
     "X-Cache, X-Served-By, X-Edge-Region, X-Origin, ETag, Server-Timing";
 
-/// The body served for a request: the document cut to `n` items, with `source`/`stale`.
-pub fn served_doc(mut doc: RecommendationDoc, source: Source, stale: bool, n: usize) -> ServedDoc {
-    doc.items.truncate(n);
+/// The body served for a request: the document without the `exclude`d items, cut to `n`
+/// (fewer when the stored list runs short), with `source`/`stale`.
+pub fn served_doc(
+    mut doc: RecommendationDoc,
+    source: Source,
+    stale: bool,
+    n: usize,
+    exclude: &[contract::ItemId],
+) -> ServedDoc {
+    contract::params::filter_items(&mut doc.items, exclude, n);
     ServedDoc { doc, source, stale }
 }
 
@@ -214,16 +221,27 @@ mod tests {
 
     #[test]
     fn served_documents_are_cut_to_n_and_say_their_source() {
-        let s = served_doc(doc(), Source::Kv, false, 2);
+        let s = served_doc(doc(), Source::Kv, false, 2, &[]);
         assert_eq!(s.doc.items.len(), 2);
         assert_eq!(s.source, Source::Kv);
     }
 
     #[test]
+    fn excluded_items_leave_the_answer_before_it_is_cut_to_n() {
+        let all: Vec<String> = doc().items.iter().map(|i| i.item_id.clone()).collect();
+        let exclude = vec![contract::ItemId::parse(&all[0]).unwrap()];
+        let s = served_doc(doc(), Source::Kv, false, 2, &exclude);
+        let kept: Vec<&str> = s.doc.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(kept, [all[1].as_str(), all[2].as_str()]);
+        let other = etag(&served_doc(doc(), Source::Kv, false, 2, &[]));
+        assert_ne!(etag(&s), other, "the filtered answer has its own ETag");
+    }
+
+    #[test]
     fn etags_depend_on_document_and_n_but_not_on_the_tier() {
-        let a = etag(&served_doc(doc(), Source::Kv, false, 3));
-        let b = etag(&served_doc(doc(), Source::EdgeCache, false, 3));
-        let c = etag(&served_doc(doc(), Source::Kv, false, 4));
+        let a = etag(&served_doc(doc(), Source::Kv, false, 3, &[]));
+        let b = etag(&served_doc(doc(), Source::EdgeCache, false, 3, &[]));
+        let c = etag(&served_doc(doc(), Source::Kv, false, 4, &[]));
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.starts_with('"') && a.ends_with('"'));
@@ -242,7 +260,7 @@ mod tests {
     #[test]
     fn fresh_answers_get_short_browser_max_age_and_s_maxage_of_the_remaining_freshness() {
         let cfg = EdgeConfig::default();
-        let s = served_doc(doc(), Source::Kv, false, 5);
+        let s = served_doc(doc(), Source::Kv, false, 5, &[]);
         let h = served_headers(
             &s,
             "\"e\"",
@@ -267,7 +285,7 @@ mod tests {
         let cfg = EdgeConfig::default();
         let r = Region::parse("asia").unwrap();
         let hit = served_headers(
-            &served_doc(doc(), Source::EdgeCache, false, 5),
+            &served_doc(doc(), Source::EdgeCache, false, 5, &[]),
             "\"e\"",
             &r,
             1000,
@@ -276,7 +294,7 @@ mod tests {
         );
         assert_eq!(header(&hit, "X-Cache"), "HIT");
         let stale = served_headers(
-            &served_doc(doc(), Source::Stale, true, 5),
+            &served_doc(doc(), Source::Stale, true, 5, &[]),
             "\"e\"",
             &r,
             1350,

@@ -9,7 +9,7 @@
 //! and `/v1/recommendations/%2e%2e` to `/v1/` before the worker sees the request. So
 //! `/v1/` and `/v1` answer what the id rules say of `..`: 400 `invalid_user_id`.
 
-use contract::{IdError, Tenant, UserId};
+use contract::{IdError, ItemId, Tenant, UserId};
 
 use crate::error::EdgeError;
 
@@ -62,6 +62,8 @@ pub struct RecRequest {
     pub tenant: Tenant,
     pub user: UserId,
     pub n: usize,
+    /// Items left out of the answer (`exclude=`), filtered from the stored list.
+    pub exclude: Vec<ItemId>,
 }
 
 const RECS_PREFIX: &str = "/v1/recommendations";
@@ -96,6 +98,8 @@ pub fn route(
                     tenant: q.tenant()?,
                     user,
                     n: q.n(default_n)?,
+                    exclude: contract::params::parse_exclude(q.exclude.as_deref())
+                        .map_err(|e| EdgeError::InvalidExclude(e.to_string()))?,
                 }))
             }
             _ => Err(not_allowed("GET, HEAD, OPTIONS")),
@@ -132,6 +136,7 @@ pub fn route(
 struct Query {
     n: Option<String>,
     tenant: Option<String>,
+    exclude: Option<String>,
 }
 
 impl Query {
@@ -147,6 +152,7 @@ impl Query {
             let slot = match k {
                 "n" => &mut q.n,
                 "tenant" => &mut q.tenant,
+                "exclude" => &mut q.exclude,
                 _ => continue,
             };
             if slot.is_some() {
@@ -326,6 +332,23 @@ mod tests {
             assert_eq!((e.status(), e.code()), (400, "invalid_user_id"), "{p}");
         }
         assert_eq!(route("POST", "/v1/", None, 10).unwrap_err().status(), 404);
+    }
+
+    #[test]
+    fn exclude_is_read_from_the_query_and_checked() {
+        let Route::Recommendations(r) = route(
+            "GET",
+            "/v1/recommendations/u1",
+            Some("exclude=i1%2Ci2&n=3"),
+            10,
+        )
+        .unwrap() else {
+            panic!("not a recommendation route")
+        };
+        let ids: Vec<&str> = r.exclude.iter().map(|i| i.as_str()).collect();
+        assert_eq!(ids, ["i1", "i2"]);
+        let e = route("GET", "/v1/recommendations/u1", Some("exclude=i1,,i2"), 10).unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "invalid_exclude"));
     }
 
     #[test]

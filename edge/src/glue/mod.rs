@@ -355,7 +355,7 @@ async fn recommendations(
         }
     };
 
-    let served = respond::served_doc(doc, source, stale, r.n.min(MAX_N));
+    let served = respond::served_doc(doc, source, stale, r.n.min(MAX_N), &r.exclude);
     let etag = respond::etag(&served);
     let mut headers =
         respond::served_headers(&served, &etag, &location.region, now_s(), cfg, &timings);

@@ -66,6 +66,8 @@ pub enum ApiError {
     UndecodableTenant,
     #[error("this origin has no tenant registry")]
     TenantsDisabled,
+    #[error("{0}")]
+    InvalidExclude(String),
     #[error("tenant {0} is the one this origin serves: stop it (or serve another tenant) before deleting it")]
     TenantServed(String),
     #[error("tenant {0} takes events only with one of its keys in the X-Tenant-Key header")]
@@ -164,6 +166,7 @@ impl ApiError {
             ApiError::InvalidKey => "invalid_key",
             ApiError::WrongTenant(_) => "wrong_tenant",
             ApiError::TenantServed(_) => "tenant_served",
+            ApiError::InvalidExclude(_) => "invalid_exclude",
         }
     }
 }

@@ -24,6 +24,8 @@ pub const DEFAULT_N: usize = 10;
 #[derive(Debug, Default, Deserialize)]
 pub struct RecParams {
     pub n: Option<String>,
+    /// Item ids left out of the answer (comma-separated; see `contract::params`).
+    pub exclude: Option<String>,
     pub context: Option<String>,
     pub tenant: Option<String>,
     pub region: Option<String>,
@@ -162,19 +164,23 @@ pub(crate) async fn answer(
     let user = UserId::parse(user)?;
     check_tenant(&state, params.tenant.as_deref())?;
     let n = parse_n(params.n.as_deref())?;
+    let exclude = contract::params::parse_exclude(params.exclude.as_deref())
+        .map_err(|e| ApiError::InvalidExclude(e.to_string()))?;
     let context = non_empty(&params.context).map(ItemId::parse).transpose()?;
     let region = known_region(&state, non_empty(&params.region));
     let snapshot = trained(&state)?;
-    let doc = snapshot.user_doc(
+    let mut doc = snapshot.user_doc(
         &user,
         &DocRequest {
-            n,
+            // Enough to still have `n` after the excluded ones leave.
+            n: (n + exclude.len()).min(contract::MAX_N),
             context: context.as_ref(),
             region: region.as_ref(),
             fallback_region: Some(&state.region),
         },
         now_unix(),
     );
+    contract::params::filter_items(&mut doc.items, &exclude, n);
     if snapshot.has_history(&user) {
         publish_in_background(&state, &user, n, trace.as_ref().map(|t| &t.0));
     }

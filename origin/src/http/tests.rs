@@ -493,3 +493,38 @@ async fn the_timeline_puts_a_click_in_the_current_minute() {
         "{with_click}"
     );
 }
+
+/// `exclude=` leaves items out and still fills `n` from the rest of the list; a bad
+/// list is 400 `invalid_exclude`.
+#[tokio::test]
+async fn excluded_items_leave_the_answer_which_still_holds_n() {
+    let f = fixture(None);
+    let items = |doc: &serde_json::Value| -> Vec<String> {
+        doc["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["item_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, all) = call(&f.state, "GET", "/v1/recommendations/u1?n=4", None, "").await;
+    let all = items(&all);
+    assert_eq!(all.len(), 4, "{all:?}");
+    let uri = format!("/v1/recommendations/u1?n=3&exclude={},{}", all[0], all[2]);
+    let (status, doc) = call(&f.state, "GET", &uri, None, "").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    let got = items(&doc);
+    assert!(!got.contains(&all[0]) && !got.contains(&all[2]), "{got:?}");
+    assert_eq!(got[0], all[1]);
+    assert!(got.len() <= 3);
+    let (status, body) = call(
+        &f.state,
+        "GET",
+        "/v1/recommendations/u1?exclude=a,,b",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_exclude");
+}
