@@ -10,6 +10,9 @@
 //! - `GET /v1/analytics/real-time`: active users, request and event rates (charted since
 //!   the page opened, as the origin keeps only the last minute of them).
 //!
+//! A registered tenant's analytics need its server key: the page sends the one in its
+//! URL's fragment (`/dashboard#key=sk_…`) as `X-Tenant-Key` (see `http::access`).
+//!
 //! So every chart but the rates shows history from the first poll. Fields the answers
 //! lack show "–". The source is `origin/static/dashboard.html`, compiled in with
 //! `include_str!`.

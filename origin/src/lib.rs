@@ -80,7 +80,12 @@ pub fn app(state: AppState) -> axum::Router {
     let traffic = state.traffic.clone();
     let limits = state.limits.clone();
     let quota = state.quota.clone();
+    let access = state.clone();
     http::routes(state)
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            http::access::analytics,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             quota,

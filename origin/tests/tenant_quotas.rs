@@ -4,7 +4,8 @@
 //! answer is `429 quota_exceeded` naming the quota with `Retry-After`; a batch of events
 //! past `events_per_day` is refused whole (nothing of it stored); `/health` shows the
 //! usage. Events need one of the tenant's keys: none, a malformed one, another
-//! tenant's, or a rotated-out one are refused with JSON 401/403 and store nothing.
+//! tenant's, or a rotated-out one are refused with JSON 401/403 and store nothing;
+//! analytics need its server key (a client key is 403).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -339,6 +340,35 @@ fn events_need_a_valid_key_of_the_served_tenant() {
     ]))
     .unwrap();
     let new_key = rotated["key"].as_str().unwrap();
+
+    // Analytics need the tenant's server key (or the admin token); a client key cannot.
+    let analytics = |key: Option<&str>, bearer: bool| {
+        let mut req = client.get(format!("{base}/v1/analytics/recommendations?range=1h"));
+        if let Some(k) = key {
+            req = req.header("X-Tenant-Key", k);
+        }
+        if bearer {
+            req = req.bearer_auth(TOKEN);
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let body = r.json::<Value>().unwrap_or(Value::Null);
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(analytics(None, false), refused(401, "key_required"));
+    assert_eq!(
+        analytics(Some(new_key), false),
+        refused(403, "server_key_required")
+    );
+    assert_eq!(
+        analytics(Some(&other_client), false),
+        refused(403, "wrong_tenant")
+    );
+    assert_eq!(analytics(Some(&server_key), false).0, 200);
+    assert_eq!(analytics(None, true).0, 200, "the admin token");
     assert_eq!(
         post(Some(&client_key), None, false),
         refused(401, "invalid_key")

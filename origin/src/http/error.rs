@@ -74,6 +74,8 @@ pub enum ApiError {
     KeyRequired(String),
     #[error("the X-Tenant-Key header is not a valid key of any tenant")]
     InvalidKey,
+    #[error("this route needs the tenant's server key (sk_…), not its client key")]
+    ServerKeyRequired,
     #[error("the key in X-Tenant-Key belongs to another tenant than {0}")]
     WrongTenant(String),
     /// 429 `quota_exceeded` naming the quota, with `Retry-After`.
@@ -116,7 +118,7 @@ impl ApiError {
             ApiError::Tenant(e) => tenant_status(e),
             ApiError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::KeyRequired(_) | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
-            ApiError::WrongTenant(_) => StatusCode::FORBIDDEN,
+            ApiError::WrongTenant(_) | ApiError::ServerKeyRequired => StatusCode::FORBIDDEN,
             ApiError::TenantServed(_) => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -165,6 +167,7 @@ impl ApiError {
             ApiError::KeyRequired(_) => "key_required",
             ApiError::InvalidKey => "invalid_key",
             ApiError::WrongTenant(_) => "wrong_tenant",
+            ApiError::ServerKeyRequired => "server_key_required",
             ApiError::TenantServed(_) => "tenant_served",
             ApiError::InvalidExclude(_) => "invalid_exclude",
         }

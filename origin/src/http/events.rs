@@ -18,6 +18,7 @@ use crate::events::{parse_body, parse_impressions, Event, EventError, Limits};
 use crate::observability::TraceContext;
 use crate::snapshot::now_unix;
 
+use super::access::KeyNeed;
 use super::*;
 
 /// Largest `POST /v1/events` body: 500 events with some context each.
@@ -43,39 +44,8 @@ pub(crate) async fn post_events(
         peer.map(|Extension(ConnectInfo(a))| a.ip()),
         live.admin_token.as_ref(),
     );
-    check_tenant_key(&state, &headers, &client).await?;
+    super::access::check_tenant_key(&state, &headers, &client, KeyNeed::Any).await?;
     ingest(state, live, trace, client, body, parse_body).await
-}
-
-/// The tenant key rule of `POST /v1/events`: a key in `X-Tenant-Key` must be a valid
-/// key (client or server) of the tenant this origin serves (else 401 `invalid_key`, or
-/// 403 `wrong_tenant`); when the tenant is in the registry a key is required (401
-/// `key_required`) of every caller but a trusted backend (the admin token without
-/// `X-Edge-Client`: the operator's own systems). Events the edge forwards for a browser
-/// carry the browser's key.
-async fn check_tenant_key(
-    state: &AppState,
-    headers: &HeaderMap,
-    client: &Client,
-) -> Result<(), ApiError> {
-    let served = state.snapshot().tenant.clone();
-    let key = headers
-        .get(contract::auth::TENANT_KEY_HEADER)
-        .map(|v| v.to_str().unwrap_or_default().trim().to_owned());
-    let Some(key) = key else {
-        let registered = state.quota.as_ref().is_some_and(|g| g.registered());
-        let backend = client.trusted && client.key.is_none();
-        return match registered && !backend {
-            true => Err(ApiError::KeyRequired(served.to_string())),
-            false => Ok(()),
-        };
-    };
-    let tenants = state.tenants.as_ref().ok_or(ApiError::TenantsDisabled)?;
-    match tenants.verify(&key, now_unix() as i64).await? {
-        None => Err(ApiError::InvalidKey),
-        Some(v) if v.tenant != served => Err(ApiError::WrongTenant(served.to_string())),
-        Some(_) => Ok(()),
-    }
 }
 
 /// `POST /v1/impressions`: the edge's impressions as whole answers, stored as the same

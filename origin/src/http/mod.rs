@@ -15,10 +15,12 @@
 //!
 //! # Layout
 //! - `state`: [`AppState`], [`Live`].
+//! - `access`: which tenant key a registered tenant's routes need ([`access::KeyNeed`]).
 //! - `quota`: the served tenant's quotas on the API ([`quota::QuotaGuard`]).
 //! - `error`: [`ApiError`].
 //! - `recommendations`, `events`, `analytics`, `admin`, `tenants`: the handlers.
 
+pub mod access;
 pub mod admin;
 pub mod analytics;
 pub mod error;
