@@ -236,3 +236,49 @@ fn clients_sharing_a_tenant_key_are_limited_together() {
     }
     panic!("two runs crossed a minute boundary");
 }
+
+/// With `TENANT_HOST = "{tenant}.recs.test"` the host names the tenant: a request on
+/// `default.recs.test` reads tenant default's KV documents without `?tenant=`; a
+/// `?tenant=` naming another tenant is 400 `tenant_mismatch`; a host with two labels
+/// below the pattern is 400.
+#[test]
+fn the_host_name_can_name_the_tenant() {
+    let stack = Stack::start(StackOptions {
+        users: 20,
+        items: 15,
+        vars: vec![("TENANT_HOST", "{tenant}.recs.test".to_string())],
+        ..Default::default()
+    });
+    stack.publish("kv", None);
+    let get = |host: &str, query: &str| {
+        stack
+            .client
+            .get(stack.edge_url(&format!("/v1/recommendations/u1{query}")))
+            .header("Host", host)
+            .send()
+            .unwrap()
+    };
+    let r = get("default.recs.test", "");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-served-by"), "kv");
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["tenant"], "default");
+    assert_eq!(get("default.recs.test", "?tenant=default").status(), 200);
+    let code = |r: reqwest::blocking::Response| {
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap();
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(
+        code(get("default.recs.test", "?tenant=other")),
+        (400, "tenant_mismatch".to_owned())
+    );
+    assert_eq!(code(get("a.b.recs.test", "")).0, 400);
+    // Another host is not below the pattern: ?tenant= or the default, as before.
+    let r = get("127.0.0.1", "");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["tenant"], "default");
+}

@@ -72,6 +72,8 @@ pub struct EdgeConfig {
     pub admin_token: Option<String>,
     /// Host of every edge-cache key (`CACHE_HOST`).
     pub cache_host: String,
+    /// Host names that name the tenant (`TENANT_HOST`, e.g. `{tenant}.recs.example.com`).
+    pub tenant_host: Option<crate::tenant_host::TenantHost>,
     /// The rate limiting binding's window (`RATE_LIMIT_PERIOD_S`).
     pub rate_limit_period_s: u64,
     /// SipHash keys of the client key, derived from `ADMIN_TOKEN`.
@@ -157,6 +159,7 @@ impl Default for EdgeConfig {
             region_map: RegionMap::builtin(),
             admin_token: None,
             cache_host: DEFAULT_CACHE_HOST.into(),
+            tenant_host: None,
             rate_limit_period_s: 60,
             client_hash_keys: crate::client::hash_keys(None),
         }
@@ -429,6 +432,17 @@ impl EdgeConfig {
                 .unwrap_or(d.cors_allow_origin),
             region_map,
             cache_host: cache_host(lookup("CACHE_HOST"))?,
+            tenant_host: match lookup("TENANT_HOST").filter(|s| !s.trim().is_empty()) {
+                None => None,
+                Some(p) => Some(crate::tenant_host::TenantHost::parse(&p).map_err(|e| {
+                    ConfigError::Invalid {
+                        var: "TENANT_HOST",
+                        expected:
+                            "{tenant}. followed by a host name, e.g. {tenant}.recs.example.com",
+                        got: e,
+                    }
+                })?),
+            },
             rate_limit_period_s: match lookup("RATE_LIMIT_PERIOD_S").as_deref().map(str::trim) {
                 None | Some("") | Some("60") => 60,
                 Some("10") => 10,
@@ -526,6 +540,12 @@ mod tests {
         assert!(cfg(&[("BREAKER_FAILURES", "0")]).is_err());
         assert!(cfg(&[("CACHE_HOST", "a/b")]).is_err());
         assert!(cfg(&[("RATE_LIMIT_PERIOD_S", "30")]).is_err());
+        assert!(cfg(&[("TENANT_HOST", "recs.example.com")]).is_err());
+        assert!(cfg(&[("TENANT_HOST", "{tenant}.recs.example.com")])
+            .unwrap()
+            .tenant_host
+            .is_some());
+        assert!(cfg(&[]).unwrap().tenant_host.is_none());
     }
 
     #[test]

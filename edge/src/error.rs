@@ -15,6 +15,8 @@ pub enum EdgeError {
     InvalidQuery(String),
     #[error("{0}")]
     InvalidExclude(String),
+    #[error("the host names tenant {host:?} but ?tenant= says {query:?}")]
+    TenantMismatch { host: String, query: String },
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed here; allowed: {allowed}")]
@@ -68,6 +70,7 @@ impl EdgeError {
             | EdgeError::InvalidN { .. }
             | EdgeError::InvalidQuery(_)
             | EdgeError::InvalidExclude(_)
+            | EdgeError::TenantMismatch { .. }
             | EdgeError::BadBody(_)
             | EdgeError::InvalidEvents { .. } => 400,
             EdgeError::Unauthorized | EdgeError::InvalidTenantKey => 401,
@@ -87,6 +90,7 @@ impl EdgeError {
             EdgeError::InvalidN { .. } => "invalid_n",
             EdgeError::InvalidQuery(_) => "invalid_query",
             EdgeError::InvalidExclude(_) => "invalid_exclude",
+            EdgeError::TenantMismatch { .. } => "tenant_mismatch",
             EdgeError::NotFound { .. } => "not_found",
             EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
             EdgeError::Unauthorized => "unauthorized",

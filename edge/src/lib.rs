@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`config`]: `EdgeConfig`, read once from `[vars]`/secrets through a lookup function.
 //! - [`route`]: method + path + query → a validated [`route::Route`].
+//! - [`tenant_host`]: the tenant named by the host name (`TENANT_HOST`).
 //! - [`cache_key`]: edge-cache keys (ignore `n`, query order and headers).
 //! - [`hot_cache`]: a few seconds of in-isolate memory in front of the Cache API.
 //! - [`geo`]: country from `request.cf`, else GeoIP of the client IP; the region.
@@ -41,6 +42,7 @@ pub mod impressions;
 pub mod origins;
 pub mod respond;
 pub mod route;
+pub mod tenant_host;
 pub mod trace;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]

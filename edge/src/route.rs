@@ -64,6 +64,9 @@ pub struct RecRequest {
     pub n: usize,
     /// Items left out of the answer (`exclude=`), filtered from the stored list.
     pub exclude: Vec<ItemId>,
+    /// Whether `tenant` came from `?tenant=` (else it is the default; a host name
+    /// mapping may still name one: [`crate::tenant_host`]).
+    pub tenant_in_query: bool,
 }
 
 const RECS_PREFIX: &str = "/v1/recommendations";
@@ -96,6 +99,7 @@ pub fn route(
                 let q = Query::parse(query.unwrap_or(""))?;
                 Ok(Route::Recommendations(RecRequest {
                     tenant: q.tenant()?,
+                    tenant_in_query: q.tenant.is_some(),
                     user,
                     n: q.n(default_n)?,
                     exclude: contract::params::parse_exclude(q.exclude.as_deref())

@@ -108,9 +108,13 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let incoming_trace = req.headers().get("traceparent").ok().flatten();
     let traceparent = crate::trace::child_of(incoming_trace.as_deref(), random_bytes()).header();
     let result = match route {
-        Ok(Route::Recommendations(r)) => {
-            recommendations(&req, &env, &ctx, cfg, &location, r, &traceparent).await
-        }
+        Ok(Route::Recommendations(mut r)) => match host_tenant(&req, cfg, &r) {
+            Ok(tenant) => {
+                r.tenant = tenant;
+                recommendations(&req, &env, &ctx, cfg, &location, r, &traceparent).await
+            }
+            Err(e) => Err(e),
+        },
         Ok(Route::Health) => health(cfg, &location),
         Ok(Route::Preflight) => {
             respond_with(204, &respond::preflight_headers(cfg), None).map_err(internal)
@@ -505,6 +509,23 @@ async fn admin_purge(
         purged,
     };
     json_response(200, &respond::error_headers(cfg, None), &resp).map_err(internal)
+}
+
+/// The request's tenant once `TENANT_HOST` is read (see [`crate::tenant_host`]).
+fn host_tenant(
+    req: &Request,
+    cfg: &EdgeConfig,
+    r: &crate::route::RecRequest,
+) -> std::result::Result<contract::Tenant, EdgeError> {
+    let Some(pattern) = &cfg.tenant_host else {
+        return Ok(r.tenant.clone());
+    };
+    let host = req.headers().get("host").ok().flatten().unwrap_or_default();
+    crate::tenant_host::resolve(
+        pattern.tenant_of(&host),
+        r.tenant_in_query.then(|| r.tenant.clone()),
+        contract::Tenant::default_tenant(),
+    )
 }
 
 /// `POST /admin/delete-tenant`: deletes the tenant's KV generation pointer (the edge
