@@ -15,8 +15,8 @@ pub enum EdgeError {
     InvalidQuery(String),
     #[error("{0}")]
     InvalidExclude(String),
-    #[error("the host names tenant {host:?} but ?tenant= says {query:?}")]
-    TenantMismatch { host: String, query: String },
+    #[error("{0}")]
+    HostTenant(crate::tenant_host::HostTenantError),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed here; allowed: {allowed}")]
@@ -70,7 +70,7 @@ impl EdgeError {
             | EdgeError::InvalidN { .. }
             | EdgeError::InvalidQuery(_)
             | EdgeError::InvalidExclude(_)
-            | EdgeError::TenantMismatch { .. }
+            | EdgeError::HostTenant(_)
             | EdgeError::BadBody(_)
             | EdgeError::InvalidEvents { .. } => 400,
             EdgeError::Unauthorized | EdgeError::InvalidTenantKey => 401,
@@ -90,7 +90,11 @@ impl EdgeError {
             EdgeError::InvalidN { .. } => "invalid_n",
             EdgeError::InvalidQuery(_) => "invalid_query",
             EdgeError::InvalidExclude(_) => "invalid_exclude",
-            EdgeError::TenantMismatch { .. } => "tenant_mismatch",
+            EdgeError::HostTenant(e) => match e {
+                crate::tenant_host::HostTenantError::Label(id) => id.code(),
+                crate::tenant_host::HostTenantError::TwoLabels(_) => "invalid_query",
+                crate::tenant_host::HostTenantError::Mismatch { .. } => "tenant_mismatch",
+            },
             EdgeError::NotFound { .. } => "not_found",
             EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
             EdgeError::Unauthorized => "unauthorized",
@@ -126,6 +130,12 @@ impl EdgeError {
     }
 }
 
+impl From<crate::tenant_host::HostTenantError> for EdgeError {
+    fn from(e: crate::tenant_host::HostTenantError) -> Self {
+        EdgeError::HostTenant(e)
+    }
+}
+
 impl From<IdError> for EdgeError {
     fn from(e: IdError) -> Self {
         EdgeError::InvalidId(e)
@@ -144,6 +154,25 @@ impl From<contract::auth::AuthError> for EdgeError {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_the_host_cannot_name_is_a_400_saying_why() {
+        use crate::tenant_host::{HostTenantError, TenantHost};
+        let h = TenantHost::parse("{tenant}.recs.example.com").unwrap();
+        for bad in [
+            "a.b.recs.example.com",
+            "_x.recs.example.com",
+            "%2e%2e.recs.example.com",
+        ] {
+            let e = EdgeError::from(h.tenant_of(bad).unwrap().unwrap_err());
+            assert_eq!(e.status(), 400, "{bad}");
+        }
+        let e = EdgeError::from(HostTenantError::Mismatch {
+            host: "h".into(),
+            query: "q".into(),
+        });
+        assert_eq!((e.status(), e.code()), (400, "tenant_mismatch"));
+    }
 
     #[test]
     fn every_error_maps_to_a_json_body_with_its_code() {

@@ -521,11 +521,11 @@ fn host_tenant(
         return Ok(r.tenant.clone());
     };
     let host = req.headers().get("host").ok().flatten().unwrap_or_default();
-    crate::tenant_host::resolve(
+    Ok(crate::tenant_host::resolve(
         pattern.tenant_of(&host),
         r.tenant_in_query.then(|| r.tenant.clone()),
         contract::Tenant::default_tenant(),
-    )
+    )?)
 }
 
 /// `POST /admin/delete-tenant`: deletes the tenant's KV generation pointer (the edge
