@@ -53,11 +53,12 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "setup: could not install chromium (no root or no apt); the browser test will not run"
   fi
 fi
-if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ] || ! command -v psql >/dev/null || ! command -v openssl >/dev/null; then
   # For the PostgreSQL store tests (origin/src/store/postgres/test_server.rs): they run
-  # a throwaway server with Debian's initdb and pg_ctl in a temporary folder.
-  echo "setup: installing Debian's PostgreSQL 15 for the store tests (apt-get install -y postgresql-15)"
-  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; } >/dev/null 2>&1; then
+  # a throwaway server with Debian's initdb and pg_ctl in a temporary folder; psql turns
+  # a database read only in tests/hardening_origin.rs, openssl makes the TLS test's CA.
+  echo "setup: installing Debian's PostgreSQL 15 for the store tests (apt-get install -y postgresql-15 postgresql-client-15 openssl)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 openssl; } >/dev/null 2>&1; then
     echo "setup: could not install postgresql-15 (no root or no apt); the PostgreSQL tests skip locally and fail in CI"
   fi
 fi
