@@ -62,7 +62,11 @@ pub fn split(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), TlsErro
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "sslmode" => mode_name = Some(value.to_owned()),
-            "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(value))),
+            "sslrootcert" => {
+                // `%XX` escapes decoded (a path may hold spaces or `&`).
+                let path = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+                root_cert = Some(PathBuf::from(path.as_ref()));
+            }
             _ => kept.push(pair),
         }
     }
@@ -90,27 +94,6 @@ pub fn split(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), TlsErro
             root_cert,
         },
     ))
-}
-
-/// `%XX` escapes of a URL parameter decoded (a path may hold spaces or `&`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The TLS connector for `settings` (reads `sslrootcert`).
