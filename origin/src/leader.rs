@@ -146,6 +146,30 @@ async fn campaign(
     result
 }
 
+/// Runs `job` every `every` (the first time after one period) while `leader` leads; a
+/// tick while not leading does nothing. The schedule of the retrain and of the full
+/// publish.
+pub fn spawn_while_leading<F, Fut>(
+    leader: Arc<Leadership>,
+    every: Duration,
+    mut job: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if leader.is_leader() {
+                job().await;
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

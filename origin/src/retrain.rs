@@ -305,14 +305,9 @@ pub fn spawn_schedule(
     every: Duration,
     leader: Arc<crate::leader::Leadership>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if !leader.is_leader() {
-                continue;
-            }
+    crate::leader::spawn_while_leading(leader, every, move || {
+        let retrainer = retrainer.clone();
+        async move {
             if let Err(e) = retrainer.retrain().await {
                 tracing::error!(error = %e, "scheduled retrain failed");
             }

@@ -124,40 +124,37 @@ pub async fn publish_now(
 /// Every `schedule.every` (the first one after one period), publishes every user while
 /// this process leads, logging and counting the outcome.
 pub fn spawn(schedule: Schedule) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let every = schedule.every;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if !schedule.leader.is_leader() {
-                continue;
-            }
-            let upto_seq = schedule.snapshot.load().upto_seq;
-            match publish_now(&schedule.snapshot, &schedule.targets, schedule.n).await {
-                Ok(Some(mut done)) => {
-                    done.republished = republish_newer(&schedule, upto_seq).await;
-                    metrics::counter!("origin_scheduled_publish_total", "result" => "ok")
-                        .increment(1);
-                    tracing::info!(
-                        generation = %done.generation,
-                        model = %done.model_version,
-                        users = done.users,
-                        republished = done.republished,
-                        seconds = done.seconds,
-                        "scheduled full publish done"
-                    );
-                    schedule.record.set(done);
-                }
-                Ok(None) => tracing::info!("scheduled full publish skipped: no model yet"),
-                Err(e) => {
-                    metrics::counter!("origin_scheduled_publish_total", "result" => "error")
-                        .increment(1);
-                    tracing::error!(error = %e, "scheduled full publish failed; the previous generation stays current");
-                }
-            }
-        }
+    let (leader, every) = (schedule.leader.clone(), schedule.every);
+    let schedule = Arc::new(schedule);
+    crate::leader::spawn_while_leading(leader, every, move || {
+        let schedule = schedule.clone();
+        async move { publish_once(&schedule).await }
     })
+}
+
+/// One scheduled publish, logged, counted and recorded.
+async fn publish_once(schedule: &Schedule) {
+    let upto_seq = schedule.snapshot.load().upto_seq;
+    match publish_now(&schedule.snapshot, &schedule.targets, schedule.n).await {
+        Ok(Some(mut done)) => {
+            done.republished = republish_newer(schedule, upto_seq).await;
+            metrics::counter!("origin_scheduled_publish_total", "result" => "ok").increment(1);
+            tracing::info!(
+                generation = %done.generation,
+                model = %done.model_version,
+                users = done.users,
+                republished = done.republished,
+                seconds = done.seconds,
+                "scheduled full publish done"
+            );
+            schedule.record.set(done);
+        }
+        Ok(None) => tracing::info!("scheduled full publish skipped: no model yet"),
+        Err(e) => {
+            metrics::counter!("origin_scheduled_publish_total", "result" => "error").increment(1);
+            tracing::error!(error = %e, "scheduled full publish failed; the previous generation stays current");
+        }
+    }
 }
 
 /// Touches every user with events after `upto_seq` in the republisher, their
