@@ -438,8 +438,12 @@ impl Stack {
             dir.path().join("wrangler.log"),
         );
 
+        // wrangler dev closes idle keep-alive connections after a few seconds; a pooled
+        // connection reused as it closes fails with `IncompleteMessage` (seen in CI after a
+        // test's 5 s pause). Dropping idle connections sooner on our side avoids the race.
         let client = Client::builder()
             .timeout(Duration::from_secs(20))
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
         let mut stack = Stack {
