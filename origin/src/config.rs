@@ -32,6 +32,8 @@ pub enum ConfigError {
     EdgeUrl(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("{0} must be a number above 0")]
+    NotPositive(&'static str),
     #[error("publishing to kv-api needs --kv-account-id (CLOUDFLARE_ACCOUNT_ID) and --kv-namespace-id (ORIGIN_KV_NAMESPACE_ID), each 1-64 letters and digits, and the CLOUDFLARE_API_TOKEN environment variable")]
     KvApiNeedsIds,
     #[error("publishing to object-storage needs --s3-endpoint (ORIGIN_S3_ENDPOINT), --s3-bucket (ORIGIN_S3_BUCKET) and the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables")]
@@ -202,9 +204,16 @@ pub struct ServeConfig {
     /// Address of the Prometheus `/metrics` listener (its own port).
     #[arg(long, env = "ORIGIN_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: SocketAddr,
-    /// Seconds between background full retrains; 0 turns scheduled retrains off.
+    /// Seconds between background full retrains; 0 turns scheduled retrains off. The
+    /// other tenants' models retrain on the same schedule, each only when it has new
+    /// events.
     #[arg(long, env = "ORIGIN_RETRAIN_EVERY_S", default_value_t = 3600)]
     pub retrain_every_s: u64,
+    /// Megabytes of trained models of the other registered tenants (besides
+    /// `--tenant`, whose model always stays) kept in memory; the least recently used
+    /// are dropped and reloaded (retrained) on their next request.
+    #[arg(long, env = "ORIGIN_MODEL_CACHE_MB", default_value_t = 512.0)]
+    pub model_cache_mb: f64,
     /// Milliseconds without new events for a user before their document is republished.
     #[arg(long, env = "ORIGIN_REPUBLISH_DEBOUNCE_MS", default_value_t = 200)]
     pub republish_debounce_ms: u64,
@@ -503,6 +512,9 @@ impl ServeConfig {
         }
         if self.event_group_max == 0 {
             return Err(ConfigError::Zero("--event-group-max"));
+        }
+        if !(self.model_cache_mb.is_finite() && self.model_cache_mb > 0.0) {
+            return Err(ConfigError::NotPositive("--model-cache-mb"));
         }
         if self.publish_state_users == 0 {
             return Err(ConfigError::Zero("--publish-state-users"));

@@ -37,6 +37,8 @@
 //! - `server`: the accept loop with header/body/request timeouts and a shutdown deadline.
 //! - `serve`: the composition root of `origin serve`.
 //! - `observability`: metrics, request middleware, W3C trace context.
+//! - `tenant_host`: one origin serving every registered tenant: the request's tenant
+//!   picks its app; other tenants' runtimes built on demand, models in a bounded cache.
 //! - `tenants`: the tenant registry (tenants, quotas, keys; `origin tenants`); each
 //!   store backend implements its interface.
 
@@ -66,6 +68,7 @@ pub mod serve;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod tenant_host;
 pub mod tenants;
 pub mod training;
 

@@ -95,4 +95,7 @@ pub trait Recommender: Send + Sync {
 
     /// The top `query.n` items for one user, best first, scores descending.
     fn recommend(&self, query: &Query<'_>) -> Vec<Scored>;
+
+    /// Approximate heap bytes the trained model holds.
+    fn heap_bytes(&self) -> usize;
 }

@@ -50,6 +50,9 @@ pub type TrainFn = Arc<dyn Fn(&TrainingData) -> Arc<dyn Recommender> + Send + Sy
 /// The snapshot being served, replaced whole by a retrain.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
+/// Called with each snapshot a retrain swaps in (the model cache counts its bytes).
+pub type SwapHook = Arc<dyn Fn(&Snapshot) + Send + Sync>;
+
 #[derive(Debug, Error)]
 pub enum RetrainError {
     #[error("store: {0}")]
@@ -83,6 +86,7 @@ pub struct Retrainer {
     /// What may enter the model (bounded items, earned places).
     pub policy: TrainingPolicy,
     running: tokio::sync::Mutex<()>,
+    on_swap: std::sync::OnceLock<SwapHook>,
 }
 
 /// Records the served model version as an info gauge (1 now, 0 for the one replaced).
@@ -111,7 +115,14 @@ impl Retrainer {
             snapshot,
             policy: TrainingPolicy::default(),
             running: tokio::sync::Mutex::new(()),
+            on_swap: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls `hook` with every snapshot a retrain swaps in from now on (set once; a
+    /// second hook is ignored).
+    pub fn on_swap(&self, hook: SwapHook) {
+        let _ = self.on_swap.set(hook);
     }
 
     pub fn with_policy(mut self, policy: TrainingPolicy) -> Self {
@@ -122,14 +133,19 @@ impl Retrainer {
     /// Builds a new snapshot from the store and swaps it in; waits for a retrain
     /// already running rather than running two at once.
     pub async fn retrain(&self) -> Result<RetrainReport, RetrainError> {
+        self.retrain_using(self.train.clone()).await
+    }
+
+    /// [`Retrainer::retrain`] with `train` instead of the configured training function
+    /// (a tenant's popular list first, while its model loads: `crate::tenant_host`).
+    pub async fn retrain_using(&self, train: TrainFn) -> Result<RetrainReport, RetrainError> {
         let started = Instant::now();
         let _running = self.running.lock().await;
         let old = self.snapshot.load_full();
-        let (tenant, regions, freshness, train, policy) = (
+        let (tenant, regions, freshness, policy) = (
             self.tenant.clone(),
             self.regions.clone(),
             self.freshness,
-            self.train.clone(),
             self.policy,
         );
         let training = Instant::now();
@@ -164,7 +180,11 @@ impl Retrainer {
             upto_seq,
             counts: snapshot.counts,
         };
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        if let Some(hook) = self.on_swap.get() {
+            hook(&snapshot);
+        }
         if let Err(e) = self.store.record_model(&record).await {
             tracing::warn!(error = %e, "could not record the trained model; other origins keep theirs");
         }

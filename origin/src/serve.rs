@@ -16,13 +16,13 @@ use contract::RegionMap;
 
 use crate::clients::RateLimits;
 use crate::config::{Secret, ServeConfig};
-use crate::freshness::{PublishGate, PublishHealth, Republisher, Targets};
-use crate::http::Live;
+use crate::freshness::PublishGate;
 use crate::leader::Leadership;
 use crate::publish::EdgeClient;
-use crate::retrain::Retrainer;
 use crate::snapshot::{Freshness, Snapshot};
-use crate::store::Location;
+use crate::store::{Location, TenantStores};
+use crate::tenant_host::{tenant_state, HostSettings, TenantHost};
+use crate::tenants::model_cache::ModelCache;
 use crate::AppState;
 
 /// Runs `origin serve` with `c` until `shutdown` completes.
@@ -86,16 +86,7 @@ pub async fn serve(
             move || retention_leader.is_leader(),
         );
     }
-    let placeholder = Snapshot::loading(tenant.clone(), regions.clone(), freshness);
     let token = Secret::admin_token_from_env();
-    let mut state = AppState::new(Arc::new(placeholder), region)
-        .with_publish_n(c.publish_n)
-        .with_publish_gate(PublishGate::new(c.publish_budget()))
-        .with_limits(RateLimits::new(
-            c.guard.rate_limit_rps,
-            c.guard.rate_limit_burst,
-            token.clone(),
-        ));
     let tenants = crate::tenants::Tenants::new(tenants);
     // The tenant's quotas when the registry holds it (see `http::quota`).
     let quotas = match tenants
@@ -112,54 +103,67 @@ pub async fn serve(
     }
     let quota = crate::http::quota::QuotaGuard::new(tenant.as_str(), quotas);
     crate::http::quota::spawn_sync(quota.clone(), tenants.clone(), store.clone());
-    state = state.with_tenants(tenants).with_quota(quota);
     // The CDN folder first, then the edge's KV, then the edge-cache purge.
+    let mut targets = AppState::new(
+        Arc::new(Snapshot::loading(
+            tenant.clone(),
+            regions.clone(),
+            freshness,
+        )),
+        region.clone(),
+    );
     if let Some(dir) = c.publish_dir.clone() {
         tracing::info!(dir = %dir.display(), "publish on miss to CDN folder");
-        state = state.with_publish_dir_keeping(dir, c.keep_generations);
+        targets = targets.with_publish_dir_keeping(dir, c.keep_generations);
     }
     match (&c.edge_url, token.clone()) {
         (Some(url), Some(token)) => {
             tracing::info!(edge = %url, "publish on miss to edge KV");
-            state = state.with_edge(EdgeClient::new(url, token));
+            targets = targets.with_edge(EdgeClient::new(url, token));
         }
         (Some(_), None) => {
             tracing::warn!("--edge-url given but ADMIN_TOKEN is not set; not publishing to KV")
         }
         _ => {}
     }
-    let retrainer = Arc::new(
-        Retrainer::new(
-            store.clone(),
-            tenant,
-            regions,
-            freshness,
-            train,
-            state.snapshot.clone(),
-        )
-        .with_policy(policy),
-    );
-    let health = Arc::new(PublishHealth::default());
-    let republisher = (!state.publish.is_empty()).then(|| {
-        Republisher::spawn(
-            Targets {
-                store: store.clone(),
-                snapshot: state.snapshot.clone(),
-                publish: state.publish.clone(),
-                region: state.region.clone(),
-                publish_n: state.publish_n,
-                health: health.clone(),
-                gate: state.publish_gate.clone(),
-            },
-            std::time::Duration::from_millis(c.republish_debounce_ms),
-        )
-    });
+    let settings = HostSettings {
+        regions: regions.clone(),
+        region,
+        freshness,
+        policy,
+        train,
+        publish_n: c.publish_n.clamp(1, contract::MAX_N),
+        gate: PublishGate::new(c.publish_budget()),
+        limits: RateLimits::new(
+            c.guard.rate_limit_rps,
+            c.guard.rate_limit_burst,
+            token.clone(),
+        ),
+        publish: targets.publish,
+        republish_debounce: std::time::Duration::from_millis(c.republish_debounce_ms),
+        admin_token: token.clone(),
+        max_future_s: i64::from(c.event_max_future_s),
+        leader: leader.clone(),
+        retrain_every: std::time::Duration::from_secs(c.retrain_every_s),
+    };
     if token.is_none() {
         tracing::warn!(
             "ADMIN_TOKEN is not set: /v1/admin/*, edge reports and impressions answer 503"
         );
     }
     let full_publish = Arc::new(crate::scheduled_publish::PublishRecord::default());
+    let (state, retrainer) = tenant_state(
+        &settings,
+        tenant.clone(),
+        store.clone(),
+        tenants.clone(),
+        quota.clone(),
+        full_publish.clone(),
+    );
+    let cache = Arc::new(std::sync::Mutex::new(ModelCache::new(
+        (c.model_cache_mb * 1024.0 * 1024.0) as u64,
+    )));
+    let state = state.with_model_cache(cache.clone());
     if c.publish_every_s > 0 {
         if state.publish.is_empty() {
             tracing::warn!("--publish-every-s given without --publish-dir or --edge-url: nothing to publish to");
@@ -170,23 +174,26 @@ pub async fn serve(
                 n: state.publish_n,
                 every: std::time::Duration::from_secs(c.publish_every_s),
                 leader: leader.clone(),
-                record: full_publish.clone(),
+                record: full_publish,
                 store: store.clone(),
-                republisher: republisher.clone(),
+                republisher: state.live.as_ref().and_then(|l| l.republisher.clone()),
                 gate: state.publish_gate.clone(),
             });
         }
     }
-    state = state.with_live(Live {
-        store,
-        republisher,
-        retrainer: Some(retrainer.clone()),
-        admin_token: token,
-        max_future_s: i64::from(c.event_max_future_s),
-        health,
-        leader: leader.clone(),
-        full_publish,
-    });
+    // Every other registered tenant, on demand (see `tenant_host`).
+    let stores = TenantStores::new(&location, c.event_group_max, c.schema_options())
+        .await
+        .with_context(|| format!("opening the tenants' stores beside {}", location.display()))?;
+    let host = TenantHost::new(
+        tenant.clone(),
+        crate::app(state),
+        quota,
+        settings,
+        tenants,
+        stores,
+        cache,
+    );
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .with_context(|| format!("binding {}", c.listen))?;
@@ -210,7 +217,7 @@ pub async fn serve(
             );
         }
     });
-    crate::run_with(listener, state, c.guard.serve_options(), shutdown).await?;
+    crate::server::serve(listener, host.router(), c.guard.serve_options(), shutdown).await?;
     // Spans still queued for OTLP export go out before the process ends.
     tokio::task::spawn_blocking(crate::observability::flush_traces).await?;
     Ok(())

@@ -277,6 +277,25 @@ impl Snapshot {
         }
     }
 
+    /// Approximate heap bytes held: the model, the id maps and the histories (what the
+    /// origin's model cache counts; see `crate::tenant_host`).
+    pub fn heap_bytes(&self) -> usize {
+        let ids = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+        // A map entry: the key's heap bytes, its 24-byte header, the index, hash overhead.
+        let index = |v: &[String]| ids(v) + v.len() * 16;
+        self.model.heap_bytes()
+            + ids(&self.user_ids)
+            + index(&self.user_ids)
+            + ids(&self.item_ids)
+            + index(&self.item_ids)
+            + self.history.iter().map(|h| 24 + h.len() * 8).sum::<usize>()
+            + self
+                .user_region
+                .iter()
+                .map(|r| 24 + r.as_str().len())
+                .sum::<usize>()
+    }
+
     /// `<RFC 3339 trained-at>#<model name>`.
     pub fn model_version(&self) -> String {
         format!("{}#{}", rfc3339(self.trained_at), self.model.name())

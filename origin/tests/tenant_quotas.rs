@@ -261,7 +261,7 @@ fn events_need_a_valid_key_of_the_served_tenant() {
     let client = reqwest::blocking::Client::new();
     let post = |key: Option<&str>, bearer: Option<&str>, edge: bool| {
         let mut req = client
-            .post(format!("{base}/v1/events"))
+            .post(format!("{base}/v1/events?tenant=default"))
             .json(&json!({"user_id": "k1", "item_id": "i1", "type": "view"}));
         if let Some(k) = key {
             req = req.header("X-Tenant-Key", k);
@@ -343,7 +343,9 @@ fn events_need_a_valid_key_of_the_served_tenant() {
 
     // Analytics need the tenant's server key (or the admin token); a client key cannot.
     let analytics = |key: Option<&str>, bearer: bool| {
-        let mut req = client.get(format!("{base}/v1/analytics/recommendations?range=1h"));
+        let mut req = client.get(format!(
+            "{base}/v1/analytics/recommendations?range=1h&tenant=default"
+        ));
         if let Some(k) = key {
             req = req.header("X-Tenant-Key", k);
         }

@@ -223,6 +223,10 @@ impl Scorer for Als {
         }
     }
 
+    fn heap_bytes(&self) -> usize {
+        (self.items.len() + self.gram.len()) * 4
+    }
+
     fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
         if item as usize >= self.n_items {
             return Because::Popular;

@@ -158,6 +158,10 @@ impl Scorer for Content {
         });
     }
 
+    fn heap_bytes(&self) -> usize {
+        self.items.heap_bytes() + self.postings.heap_bytes()
+    }
+
     fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
         best_contributor(history, |h| {
             ((h as usize) < self.items.n_rows() && (item as usize) < self.items.n_rows())

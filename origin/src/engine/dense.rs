@@ -138,6 +138,10 @@ impl Scorer for ItemItem {
         add_rows(&self.w, self.n, history, out);
     }
 
+    fn heap_bytes(&self) -> usize {
+        self.w.len() * 4
+    }
+
     fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
         best_contributor(history, |h| {
             ((h as usize) < self.n && (item as usize) < self.n).then(|| self.weight(h, item))

@@ -67,6 +67,10 @@ impl Scorer for Hybrid {
         }
     }
 
+    fn heap_bytes(&self) -> usize {
+        self.parts.iter().map(|(s, _)| s.heap_bytes()).sum()
+    }
+
     fn because(&self, history: &[(ItemIdx, f32)], region: Option<&str>, item: ItemIdx) -> Because {
         self.parts
             .iter()
@@ -91,6 +95,10 @@ mod tests {
         fn score(&self, _: &[(ItemIdx, f32)], _: Option<&str>, out: &mut [f32]) {
             out.iter_mut().zip(&self.0).for_each(|(o, s)| *o += s);
         }
+        fn heap_bytes(&self) -> usize {
+            0
+        }
+
         fn because(&self, _: &[(ItemIdx, f32)], _: Option<&str>, _: ItemIdx) -> Because {
             Because::Popular
         }

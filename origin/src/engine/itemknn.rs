@@ -91,6 +91,10 @@ impl Scorer for ItemKnn {
         }
     }
 
+    fn heap_bytes(&self) -> usize {
+        self.neighbours.heap_bytes()
+    }
+
     fn because(&self, history: &[(ItemIdx, f32)], _region: Option<&str>, item: ItemIdx) -> Because {
         best_contributor(history, |h| {
             if (h as usize) < self.neighbours.n_rows() {

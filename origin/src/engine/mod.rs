@@ -106,6 +106,9 @@ pub trait Scorer: Send + Sync {
     fn score(&self, history: &[(ItemIdx, f32)], region: Option<&str>, out: &mut [f32]);
     /// Why `item` scored for `history`.
     fn because(&self, history: &[(ItemIdx, f32)], region: Option<&str>, item: ItemIdx) -> Because;
+    /// Approximate heap bytes the trained model holds (what the origin's model cache
+    /// counts against `--model-cache-mb`).
+    fn heap_bytes(&self) -> usize;
 }
 
 /// The user-item matrix of `data` (users as rows), duplicates keeping their largest weight.
@@ -190,6 +193,20 @@ impl Engine {
 impl Recommender for Engine {
     fn name(&self) -> String {
         self.main.name()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        // `main` may be the popularity model itself (counted once then).
+        let popularity: &dyn Scorer = self.popularity.as_ref();
+        let shared = std::ptr::addr_eq(Arc::as_ptr(&self.main), popularity as *const dyn Scorer);
+        self.main.heap_bytes()
+            + if shared {
+                0
+            } else {
+                self.popularity.heap_bytes()
+            }
+            + self.content.as_ref().map_or(0, |c| c.heap_bytes())
+            + self.pop_rank.len() * 4
     }
 
     fn recommend(&self, query: &Query<'_>) -> Vec<Scored> {

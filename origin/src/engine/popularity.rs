@@ -149,6 +149,15 @@ impl Scorer for Popularity {
         }
     }
 
+    fn heap_bytes(&self) -> usize {
+        (self.global.len() + self.trending.len()) * 4
+            + self
+                .regional
+                .iter()
+                .map(|(k, v)| k.len() + v.len() * 4)
+                .sum::<usize>()
+    }
+
     fn because(
         &self,
         _history: &[(ItemIdx, f32)],

@@ -80,6 +80,10 @@ impl Scorer for UserKnn {
         });
     }
 
+    fn heap_bytes(&self) -> usize {
+        self.x.heap_bytes() + self.xt.heap_bytes() + self.user_norms.len() * 4
+    }
+
     fn because(
         &self,
         _history: &[(ItemIdx, f32)],

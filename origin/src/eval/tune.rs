@@ -428,6 +428,9 @@ mod tests {
         fn name(&self) -> String {
             "table".into()
         }
+        fn heap_bytes(&self) -> usize {
+            0
+        }
         fn n_items(&self) -> usize {
             4
         }

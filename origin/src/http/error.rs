@@ -18,6 +18,8 @@ pub enum ApiError {
     InvalidId(#[from] IdError),
     #[error("this origin serves tenant {served:?}, not {asked:?}")]
     UnknownTenant { asked: String, served: String },
+    #[error("no tenant {0:?} is registered (create it with `origin tenants create` or POST /v1/admin/tenants)")]
+    TenantNotRegistered(String),
     #[error("n must be a whole number from 1 to {max}, not {0:?}", max = contract::MAX_N)]
     InvalidN(String),
     #[error("region {0:?} is not one of the known regions")]
@@ -106,7 +108,9 @@ impl From<crate::store::StoreError> for ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnknownTenant { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnknownTenant { .. }
+            | ApiError::TenantNotRegistered(_)
+            | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidBody { status, .. } => *status,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -128,7 +132,7 @@ impl ApiError {
         match self {
             ApiError::InvalidId(e) | ApiError::InvalidBatchId { source: e, .. } => e.code(),
             ApiError::UndecodableUserId => "invalid_user_id",
-            ApiError::UnknownTenant { .. } => "unknown_tenant",
+            ApiError::UnknownTenant { .. } | ApiError::TenantNotRegistered(_) => "unknown_tenant",
             ApiError::InvalidN(_) => "invalid_n",
             ApiError::InvalidRegion(_) => "invalid_region",
             ApiError::TooManyIds(_) => "too_many_ids",

@@ -81,6 +81,9 @@ pub struct Health {
     /// The tenant's quotas and today's usage, when the registry holds the tenant.
     #[serde(default)]
     pub quota: Option<quota::QuotaHealth>,
+    /// The model cache of the other tenants this origin serves (`--model-cache-mb`).
+    #[serde(default)]
+    pub model_cache: Option<crate::tenants::model_cache::CacheStats>,
 }
 
 /// Whether the store takes writes (see [`crate::store::WriteHealth`]).
@@ -126,6 +129,10 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
             .unwrap_or_default(),
         last_full_publish: state.live.as_ref().and_then(|l| l.full_publish.last()),
         quota: state.quota.as_ref().and_then(|g| g.health()),
+        model_cache: state
+            .model_cache
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).stats()),
     })
 }
 

@@ -65,6 +65,19 @@ impl QuotaGuard {
         guard
     }
 
+    /// A guard for another `tenant` of the process, sharing this one's metric labels
+    /// (so the bound on labelled tenants holds across tenants).
+    pub fn for_tenant(&self, tenant: &str, quotas: Option<Quotas>) -> Self {
+        let guard = QuotaGuard {
+            tenant: tenant.to_owned(),
+            meter: Arc::new(Mutex::new(None)),
+            labels: self.labels.clone(),
+            epoch: Instant::now(),
+        };
+        guard.set_quotas(quotas);
+        guard
+    }
+
     /// This tenant's label in the per-tenant metrics, counting one request.
     pub fn label(&self) -> String {
         let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());

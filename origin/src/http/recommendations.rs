@@ -625,6 +625,9 @@ mod tests {
         fn name(&self) -> String {
             "panics".into()
         }
+        fn heap_bytes(&self) -> usize {
+            0
+        }
         fn recommend(&self, _: &crate::model::Query<'_>) -> Vec<crate::model::Scored> {
             panic!("a model bug")
         }

@@ -51,6 +51,9 @@ pub struct AppState {
     pub tenants: Option<crate::tenants::Tenants>,
     /// The served tenant's quotas (`None`: the tenant has none; see [`super::quota`]).
     pub quota: Option<super::quota::QuotaGuard>,
+    /// The process's model cache of other tenants (`/health` shows it; see
+    /// `crate::tenant_host`).
+    pub model_cache: Option<Arc<std::sync::Mutex<crate::tenants::model_cache::ModelCache>>>,
 }
 
 impl AppState {
@@ -67,7 +70,17 @@ impl AppState {
             limits: crate::clients::RateLimits::off(),
             tenants: None,
             quota: None,
+            model_cache: None,
         }
+    }
+
+    /// Shows `cache` in `/health`.
+    pub fn with_model_cache(
+        mut self,
+        cache: Arc<std::sync::Mutex<crate::tenants::model_cache::ModelCache>>,
+    ) -> Self {
+        self.model_cache = Some(cache);
+        self
     }
 
     /// Turns on the tenant registry's admin routes.

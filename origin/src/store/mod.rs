@@ -75,6 +75,12 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    /// A file of the store that could not be created, opened or removed.
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("--db {0:?}: {1}")]
     BadLocation(String, String),
     #[error("--db-user-partitions must be 1 to {max}, not {0}", max = postgres::schema::MAX_USER_PARTITIONS)]
@@ -531,6 +537,66 @@ pub async fn open_with_replicas(
                 replica_urls,
                 max_lag,
             )?)
+        }
+    }
+}
+
+/// Opens the stores of the tenants an origin serves besides its own `--tenant`: on
+/// SQLite a file per tenant next to the main one ([`sqlite::tenant_file`]); on
+/// PostgreSQL the same database and one connection pool, every row keyed by tenant.
+/// (Read replicas serve the main tenant only.)
+pub struct TenantStores {
+    group_max: usize,
+    backend: TenantStoresBackend,
+}
+
+enum TenantStoresBackend {
+    /// The main database file.
+    Sqlite(PathBuf),
+    /// A store on the database whose pool the tenants' stores share.
+    Postgres(PostgresStore),
+}
+
+impl TenantStores {
+    /// Ready to open tenants' stores beside `location` (on PostgreSQL: connects and
+    /// applies the migrations now), each event writer committing at most `group_max`
+    /// events per transaction.
+    pub async fn new(
+        location: &Location,
+        group_max: usize,
+        options: SchemaOptions,
+    ) -> Result<Self, StoreError> {
+        let backend = match location {
+            Location::Sqlite(path) => TenantStoresBackend::Sqlite(path.clone()),
+            Location::Postgres(url) => TenantStoresBackend::Postgres(
+                PostgresStore::connect_with(url, "", group_max, options).await?,
+            ),
+        };
+        Ok(TenantStores { group_max, backend })
+    }
+
+    /// Opens `tenant`'s store (creating its SQLite file on first use).
+    pub async fn open(&self, tenant: &contract::Tenant) -> Result<SharedStore, StoreError> {
+        match &self.backend {
+            TenantStoresBackend::Sqlite(main) => {
+                let file = sqlite::tenant_file(main, tenant.as_str());
+                let group_max = self.group_max;
+                let store = tokio::task::spawn_blocking(move || {
+                    if let Some(dir) = file.parent() {
+                        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                            path: dir.display().to_string(),
+                            source,
+                        })?;
+                    }
+                    SqliteStore::open(&file, group_max)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))??;
+                Ok(Arc::new(store))
+            }
+            TenantStoresBackend::Postgres(base) => {
+                Ok(Arc::new(base.for_tenant(tenant.as_str(), self.group_max)))
+            }
         }
     }
 }

@@ -1,13 +1,13 @@
-//! Tenants as data (issue #13, first part): a registry of tenants in the origin's
-//! store, each with a display name, quotas and two API keys, managed with `origin
-//! tenants …` and the admin routes `/v1/admin/tenants…`.
+//! Tenants as data: a registry of tenants in the origin's store, each with a display
+//! name, quotas and two API keys, managed with `origin tenants …` and the admin routes
+//! `/v1/admin/tenants…`. One `origin serve` serves every registered tenant
+//! (`crate::tenant_host`).
 //!
 //! Keys are random (256 bits), shown once, stored only as SHA-256 hashes, compared in
 //! constant time and rotatable with an overlap period ([`keys`]). The quotas are
 //! enforced by the serving origin ([`quota`],
 //! `http::quota`); `POST /v1/events` needs one of the tenant's keys once it is registered
-//! (`http::events`). What is **not** done yet: reads take no key, and one `origin serve` still serves one tenant's
-//! data (`--tenant`).
+//! (`http::events`).
 //!
 //! This module does not know the store: each backend implements [`TenantRegistry`]
 //! (`store/sqlite/tenants.rs`, `store/postgres/tenants.rs`) and `store::open_tenants`
@@ -22,11 +22,14 @@
 //!   (pure, given the time); enforced on the API by `http::quota`.
 //! - `labels`: [`labels::TenantLabels`], tenant names as metric labels with bounded
 //!   cardinality (the busiest by name, the rest `other`).
+//! - `model_cache`: [`model_cache::ModelCache`], which tenants' models stay in memory
+//!   under `--model-cache-mb` (least recently used evicted; pure).
 //! - `cli`: `origin tenants create|list|show|delete|rotate-key`.
 
 pub mod cli;
 pub mod keys;
 pub mod labels;
+pub mod model_cache;
 pub mod quota;
 pub mod registry;
 pub mod tenant;

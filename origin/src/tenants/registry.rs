@@ -57,6 +57,9 @@ pub struct RemovedRows {
 pub struct DeleteReport {
     pub tenant: TenantId,
     pub removed: Vec<RemovedRows>,
+    /// Files removed (SQLite: the tenant's own database file and its WAL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_files: Vec<String>,
     /// Data the backend could not attribute to the tenant and left in place.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept: Option<String>,

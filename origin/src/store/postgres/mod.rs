@@ -152,6 +152,22 @@ impl PostgresStore {
         })
     }
 
+    /// A store for `tenant` on the same database and connection pool, with an event
+    /// writer of its own (an origin serving several tenants opens one per tenant it
+    /// serves; the schema is this store's, already migrated). Needs a tokio runtime.
+    pub fn for_tenant(&self, tenant: &str, group_max: usize) -> Self {
+        PostgresStore {
+            location: self.location.clone(),
+            tenant: tenant.to_owned(),
+            pool: self.pool.clone(),
+            writer: self
+                .writer
+                .as_ref()
+                .map(|_| Writer::start(self.pool.clone(), tenant.to_owned(), group_max)),
+            user_partitions: self.user_partitions,
+        }
+    }
+
     /// The hash partitions of each per-user table (0 for a replica, which does not
     /// look).
     pub fn user_partitions(&self) -> u32 {

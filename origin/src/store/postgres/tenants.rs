@@ -313,6 +313,7 @@ impl TenantRegistry for PostgresTenants {
         Ok(DeleteReport {
             tenant: id.clone(),
             removed,
+            removed_files: Vec::new(),
             kept: None,
         })
     }

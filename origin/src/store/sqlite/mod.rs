@@ -31,6 +31,34 @@ pub use database::{Database, APPLICATION_ID, SCHEMA_VERSION};
 pub use event_log::EventLog;
 pub use tenants::SqliteTenants;
 
+/// The database file of `tenant` in an origin serving several tenants on SQLite: a
+/// file of its own next to the main one, `{dir}/{main file name}.tenants/{tenant}.sqlite`.
+/// (SQLite locks a whole file to write, so tenants in files of their own never wait
+/// for each other's commits; deleting a tenant removes its file.) `tenant` is a
+/// validated tenant id (`[a-z0-9_-]`), so it cannot leave the folder.
+pub fn tenant_file(main: &Path, tenant: &str) -> PathBuf {
+    let mut folder = main.file_name().unwrap_or_default().to_os_string();
+    folder.push(".tenants");
+    main.with_file_name(folder).join(format!("{tenant}.sqlite"))
+}
+
+/// Removes a tenant's database file and its WAL and shared-memory files; gives the
+/// paths removed (none when the tenant never had a file).
+pub fn remove_tenant_file(file: &Path) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = file.as_os_str().to_os_string();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 /// The SQLite store of one database file.
 #[derive(Clone)]
 pub struct SqliteStore {

@@ -39,9 +39,10 @@ CREATE TABLE IF NOT EXISTS tenant_keys(
 CREATE INDEX IF NOT EXISTS tenant_keys_by_tenant ON tenant_keys(tenant, kind);";
 
 /// What deleting a tenant leaves in a SQLite file.
-pub const KEPT_ON_DELETE: &str = "the SQLite file's event log, catalogue, interactions, \
-     projections and analytics have no tenant column (a SQLite file holds the data of the \
-     one tenant `origin serve --tenant` names); they were left as they are";
+pub const KEPT_ON_DELETE: &str = "the main SQLite file's event log, catalogue, \
+     interactions, projections and analytics belong to the tenant `origin serve --tenant` \
+     names and have no tenant column; if that was this tenant, they were left as they are \
+     (every other tenant's data lives in a file of its own, removed here)";
 
 /// The tenant registry of one SQLite file.
 #[derive(Clone)]
@@ -322,30 +323,41 @@ impl TenantRegistry for SqliteTenants {
 
     async fn delete(&self, id: &TenantId) -> Result<DeleteReport, TenantError> {
         let id = id.clone();
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            let keys = tx.execute("DELETE FROM tenant_keys WHERE tenant = ?1", [id.as_str()])?;
-            let tenants = tx.execute("DELETE FROM tenants WHERE tenant = ?1", [id.as_str()])?;
-            if tenants == 0 {
-                // Dropping the transaction rolls it back.
-                return Err(TenantError::NotFound(id).into());
-            }
-            tx.commit()?;
-            Ok(DeleteReport {
-                tenant: id,
-                removed: vec![
-                    RemovedRows {
-                        table: "tenant_keys".into(),
-                        rows: keys as u64,
-                    },
-                    RemovedRows {
-                        table: "tenants".into(),
-                        rows: tenants as u64,
-                    },
-                ],
-                kept: Some(KEPT_ON_DELETE.into()),
+        let own_file = super::tenant_file(&self.path, id.as_str());
+        let mut report = self
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let keys =
+                    tx.execute("DELETE FROM tenant_keys WHERE tenant = ?1", [id.as_str()])?;
+                let tenants = tx.execute("DELETE FROM tenants WHERE tenant = ?1", [id.as_str()])?;
+                if tenants == 0 {
+                    // Dropping the transaction rolls it back.
+                    return Err(TenantError::NotFound(id).into());
+                }
+                tx.commit()?;
+                Ok(DeleteReport {
+                    tenant: id,
+                    removed: vec![
+                        RemovedRows {
+                            table: "tenant_keys".into(),
+                            rows: keys as u64,
+                        },
+                        RemovedRows {
+                            table: "tenants".into(),
+                            rows: tenants as u64,
+                        },
+                    ],
+                    removed_files: Vec::new(),
+                    kept: Some(KEPT_ON_DELETE.into()),
+                })
             })
-        })
-        .await
+            .await?;
+        report.removed_files = super::remove_tenant_file(&own_file).map_err(|source| {
+            TenantError::storage(StoreError::File {
+                path: own_file.display().to_string(),
+                source,
+            })
+        })?;
+        Ok(report)
     }
 }
