@@ -50,8 +50,9 @@ pub enum Route {
     AdminDeleteTenant,
     /// `PUT /admin/geo-db`: upload the MaxMind DB used for GeoIP lookups.
     AdminGeoDb,
-    /// `POST /v1/events`: events to validate and forward to the user's regional origin.
-    Events,
+    /// `POST /v1/events`: events to validate and forward to the user's regional origin,
+    /// for the tenant of `?tenant=` (the default tenant without it).
+    Events(Tenant),
     /// `GET /`: the demo page.
     DemoPage,
 }
@@ -116,7 +117,9 @@ pub fn route(
         })),
         ("/", _) if is_read => Ok(Route::DemoPage),
         ("/", _) => Err(not_allowed("GET, HEAD")),
-        ("/v1/events", "POST") => Ok(Route::Events),
+        ("/v1/events", "POST") => Ok(Route::Events(
+            Query::parse(query.unwrap_or_default())?.tenant()?,
+        )),
         ("/v1/events", "OPTIONS") => Ok(Route::Preflight),
         ("/v1/events", _) => Err(not_allowed("POST, OPTIONS")),
         ("/health", "OPTIONS") => Ok(Route::Preflight),

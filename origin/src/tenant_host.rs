@@ -150,6 +150,8 @@ struct Runtime {
     store: SharedStore,
     /// True once the popular lists (or the model) serve, or the load failed.
     ready: tokio::sync::watch::Receiver<bool>,
+    /// When the load began (a load's time runs until its first model is admitted).
+    started: Instant,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -296,22 +298,18 @@ impl TenantHost {
             retrainer,
             store: store.clone(),
             ready,
+            started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
         });
         // Every model the tenant's retrainer swaps in is counted in the cache.
         let (host, weak_rt, t) = (Arc::downgrade(self), Arc::downgrade(&rt), tenant.clone());
         rt.retrainer.on_swap(Arc::new(move |snapshot: &Snapshot| {
             if let (Some(h), Some(rt)) = (host.upgrade(), weak_rt.upgrade()) {
-                h.admit(&t, &rt, snapshot.heap_bytes() as u64, None);
+                h.admit(&t, &rt, snapshot.heap_bytes() as u64);
             }
         }));
         let sync = crate::http::quota::spawn_sync(quota, self.registry.clone(), store);
-        let load = tokio::spawn(load(
-            Arc::downgrade(self),
-            tenant.clone(),
-            rt.clone(),
-            ready_tx,
-        ));
+        let load = tokio::spawn(load(tenant.clone(), rt.clone(), ready_tx));
         rt.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -329,18 +327,20 @@ impl TenantHost {
         }
     }
 
-    /// Admits `tenant`'s model of `bytes` into the cache and drops the runtimes it
-    /// evicts. Nothing happens for a tenant whose runtime is gone (evicted or deleted
-    /// while it loaded).
-    fn admit(&self, tenant: &Tenant, rt: &Arc<Runtime>, bytes: u64, load_seconds: Option<f64>) {
+    /// Admits `tenant`'s model of `bytes` into the cache (its first admission counts
+    /// the load) and drops the runtimes it evicts. Nothing happens for a tenant whose
+    /// runtime is gone (evicted or deleted while it loaded).
+    fn admit(&self, tenant: &Tenant, rt: &Arc<Runtime>, bytes: u64) {
         let mut runtimes = self.lock_runtimes();
         if !runtimes.get(tenant).is_some_and(|r| Arc::ptr_eq(r, rt)) {
             return;
         }
-        let (evicted, stats) = {
+        let (evicted, stats, load_seconds) = {
             let mut cache = self.lock_cache();
+            let load_seconds =
+                (!cache.contains(tenant)).then(|| rt.started.elapsed().as_secs_f64());
             let evicted = cache.admit(tenant, bytes, load_seconds);
-            (evicted, cache.stats())
+            (evicted, cache.stats(), load_seconds)
         };
         let mut dropped = Vec::with_capacity(evicted.len());
         for t in &evicted {
@@ -362,12 +362,6 @@ impl TenantHost {
         metrics::gauge!("origin_tenants_loaded").set(loaded as f64);
     }
 
-    /// Counts a finished load of `tenant` (its model admitted by the swap hook).
-    fn count_load(&self, tenant: &Tenant, rt: &Arc<Runtime>, seconds: f64) {
-        let bytes = rt.retrainer.snapshot.load().heap_bytes() as u64;
-        self.admit(tenant, rt, bytes, Some(seconds));
-    }
-
     /// Drops a deleted tenant's runtime and model.
     pub fn forget(&self, tenant: &Tenant) {
         let rt = self.lock_runtimes().remove(tenant);
@@ -385,12 +379,7 @@ fn popular_lists() -> TrainFn {
 }
 
 /// Loads a tenant: popular lists first (then requests stop waiting), then its model.
-async fn load(
-    host: Weak<TenantHost>,
-    tenant: Tenant,
-    rt: Arc<Runtime>,
-    ready: tokio::sync::watch::Sender<bool>,
-) {
+async fn load(tenant: Tenant, rt: Arc<Runtime>, ready: tokio::sync::watch::Sender<bool>) {
     let started = Instant::now();
     let first = rt.retrainer.retrain_using(popular_lists()).await;
     let _ = ready.send(true);
@@ -398,13 +387,8 @@ async fn load(
         tracing::error!(tenant = %tenant, error = %e, "loading a tenant failed; it answers model_loading");
         return;
     }
-    // The load time counted is until the tenant answers (its popular lists); the
-    // swap hook has admitted them, this counts the load.
+    // The swap hook admitted the popular lists (and counted the load).
     let seconds = started.elapsed().as_secs_f64();
-    match host.upgrade() {
-        Some(h) => h.count_load(&tenant, &rt, seconds),
-        None => return,
-    }
     if let Err(e) = rt.retrainer.retrain().await {
         tracing::error!(tenant = %tenant, error = %e, "training a tenant's model failed; its popular lists serve");
     }

@@ -134,15 +134,22 @@ async fn post_to_origins(
     Err(attempts)
 }
 
+/// Who sent a batch of events: for which tenant, the client's hash, its tenant key.
+pub struct Sender {
+    pub tenant: contract::Tenant,
+    pub client: String,
+    pub tenant_key: Option<String>,
+}
+
 /// `POST /v1/events`: validates the whole body (one bad event refuses it, with its
 /// index), fills in the caller's region where an event has none, and forwards the batch
-/// to the regional origin; the origin's answer (202 once stored durably) is passed on.
+/// to the regional origin for the sender's tenant (`?tenant=`); the origin's answer
+/// (202 once stored durably) is passed on.
 pub async fn accept(
     mut req: Request,
     cfg: &EdgeConfig,
     location: &Location,
-    client: &str,
-    tenant_key: Option<String>,
+    sender: &Sender,
     traceparent: String,
 ) -> Result<Response, EdgeError> {
     let bytes = super::convert::read_body(&mut req, MAX_EVENTS_BODY_BYTES).await?;
@@ -157,12 +164,18 @@ pub async fn accept(
     })?;
     let raw = events_to_forward(&parsed, &location.region, &event_id_base(random_bytes()));
     let body = serde_json::json!({ "events": raw }).to_string();
-    let mut headers = write_headers(cfg.admin_token.as_deref(), Some(client), Some(traceparent));
-    if let Some(k) = tenant_key {
-        headers.push((contract::auth::TENANT_KEY_HEADER, k));
+    let mut headers = write_headers(
+        cfg.admin_token.as_deref(),
+        Some(&sender.client),
+        Some(traceparent),
+    );
+    if let Some(k) = &sender.tenant_key {
+        headers.push((contract::auth::TENANT_KEY_HEADER, k.clone()));
     }
     let key = AffinityKey::events(&parsed);
-    match post_to_origins(cfg, &location.region, &key, "/v1/events", body, headers).await {
+    // The tenant id's characters need no escaping in a query.
+    let path = format!("/v1/events?tenant={}", sender.tenant);
+    match post_to_origins(cfg, &location.region, &key, &path, body, headers).await {
         Ok((status, text)) => {
             let mut h = respond::error_headers(cfg, Some(&location.region));
             h.push(("X-Served-By", "origin".into()));

@@ -100,7 +100,7 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         });
     // Only answers to users need their location; admin calls and preflights do not.
     let location = match &route {
-        Ok(Route::Recommendations(_) | Route::Health | Route::Events) | Err(_) => {
+        Ok(Route::Recommendations(_) | Route::Health | Route::Events(_)) | Err(_) => {
             locate(&req, &env, cfg).await
         }
         Ok(_) => geo::locate(None, || None, &cfg.region_map),
@@ -123,7 +123,7 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(Route::AdminPurge) => admin_purge(req, cfg).await,
         Ok(Route::AdminDeleteTenant) => admin_delete_tenant(req, &env, cfg).await,
         Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
-        Ok(Route::Events) => {
+        Ok(Route::Events(tenant)) => {
             let client = crate::client::client_key(client_ip(&req, cfg), cfg.client_hash_keys);
             let header = req
                 .headers()
@@ -134,8 +134,18 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
                 Ok(tenant_key) => {
                     match events::rate_limit(&env, cfg, &client, tenant_key.as_deref()).await {
                         Ok(()) => {
-                            events::accept(req, cfg, &location, &client, tenant_key, traceparent)
-                                .await
+                            events::accept(
+                                req,
+                                cfg,
+                                &location,
+                                &events::Sender {
+                                    tenant,
+                                    client,
+                                    tenant_key,
+                                },
+                                traceparent,
+                            )
+                            .await
                         }
                         Err(e) => Err(e),
                     }
