@@ -49,6 +49,7 @@ fn seed(url: &str) {
             .map(|u| UserRow {
                 user_id: format!("u{u}"),
                 country: Some("DE".into()),
+                segment: None,
             })
             .collect();
         let interactions = (0..400)

@@ -62,6 +62,9 @@ pub enum Command {
     DemoData(DemoDataConfig),
     /// Import interactions from MovieLens `u.data` or CSV files (all or nothing).
     Import(ImportConfig),
+    /// Import catalogue items (title, description, categories, tags, price, availability,
+    /// attributes) from a CSV file with a header or JSON Lines (all or nothing).
+    ImportItems(ImportItemsConfig),
     /// Compute every user's recommendations and publish them to the CDN folder and/or edge KV.
     Publish(PublishConfig),
     /// Serve the published CDN folder (`DIR/current`) as static JSON; needs no database.
@@ -373,6 +376,70 @@ impl ImportConfig {
             }
         };
         Ok(options)
+    }
+}
+
+/// `origin import-items FILE` (see `crate::catalogue::import`).
+#[derive(Debug, Clone, Args)]
+pub struct ImportItemsConfig {
+    /// The store: a SQLite file (a path or `sqlite://PATH`, created when missing) or a
+    /// PostgreSQL URL (`postgres://…`).
+    #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
+    pub db: PathBuf,
+    /// The tenant whose items are written (PostgreSQL keys every row by it; a SQLite
+    /// file holds one tenant).
+    #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
+    pub tenant: String,
+    #[command(flatten)]
+    pub schema: SchemaConfig,
+    /// Format of the file; by default from its extension (`.csv`; `.jsonl`, `.ndjson`).
+    #[arg(long, value_enum)]
+    pub format: Option<crate::catalogue::import::ItemFileFormat>,
+    /// CSV columns by header name: `item_id=COL[,title=COL][,description=COL]
+    /// [,categories=COL][,tags=COL][,price=COL][,currency=COL][,available=COL]
+    /// [,created_at=COL][,attributes=COL]` (other columns are ignored). Without it, every
+    /// header column must be one of those field names.
+    #[arg(long)]
+    pub columns: Option<String>,
+    /// CSV field delimiter (one ASCII character; `\t` for tab).
+    #[arg(long, default_value = ",")]
+    pub delimiter: String,
+    /// The file to import.
+    pub file: PathBuf,
+}
+
+impl ImportItemsConfig {
+    /// The tenant, checked.
+    pub fn tenant(&self) -> Result<Tenant, ConfigError> {
+        parse_tenant(&self.tenant)
+    }
+
+    /// The reading options, checked.
+    pub fn options(
+        &self,
+    ) -> Result<
+        crate::catalogue::import::ItemImportOptions,
+        crate::catalogue::import::ItemImportError,
+    > {
+        use crate::catalogue::import::{ItemColumns, ItemImportError, ItemImportOptions};
+        Ok(ItemImportOptions {
+            format: self.format,
+            columns: self
+                .columns
+                .as_deref()
+                .map(ItemColumns::parse)
+                .transpose()?,
+            delimiter: match self.delimiter.as_str() {
+                "\\t" | "\t" => b'\t',
+                d if d.len() == 1 && d.is_ascii() && d != "\"" && d != "|" => d.as_bytes()[0],
+                d => {
+                    return Err(ItemImportError::Columns(format!(
+                        "--delimiter {d:?}: one ASCII character other than a quote or | \
+                         (the lists' separator)"
+                    )))
+                }
+            },
+        })
     }
 }
 

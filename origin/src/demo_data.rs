@@ -251,6 +251,7 @@ fn produce(
             categories,
             tags,
             created_at: BASE_TS - rng.gen_range(0..365 * DAY),
+            ..Default::default()
         });
         if batch.items.len() >= 50_000 {
             send(std::mem::take(&mut batch)).then_some(())?;
@@ -330,6 +331,7 @@ fn produce(
         batch.users.push(UserRow {
             user_id,
             country: country.map(str::to_owned),
+            segment: None,
         });
         summary.users += 1;
         if batch.users.len() as u64 >= USER_CHUNK {

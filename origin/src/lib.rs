@@ -24,6 +24,8 @@
 //! - `cdn`: the static server over the published CDN folder.
 //! - `demo_data`: deterministic generated demo data.
 //! - `import`: MovieLens/CSV import, all or nothing.
+//! - `catalogue`: items and users with attributes: their rules, documents and
+//!   `origin import-items` (CSV or JSON Lines, all or nothing).
 //! - `events`: the live event wire format and its validation.
 //! - `freshness`: debounced per-user republish and purge after events.
 //! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
@@ -45,6 +47,7 @@
 pub mod admission;
 pub mod analytics;
 pub mod auth;
+pub mod catalogue;
 pub mod cdn;
 pub mod clients;
 pub mod clock;

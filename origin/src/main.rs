@@ -151,6 +151,23 @@ async fn run() -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
+        Command::ImportItems(c) => {
+            let started = Instant::now();
+            let tenant = c.tenant()?;
+            let options = c.options()?;
+            let store = open_for_loading(&c.db, tenant.as_str(), c.schema.options()).await?;
+            let now = origin::clock::now_unix() as i64;
+            let sum =
+                origin::catalogue::import::import_items(&*store, &options, &c.file, now).await?;
+            println!(
+                "imported {} items from {} into {}: {} new, in {:.2}s",
+                sum.items,
+                c.file.display(),
+                store.location(),
+                sum.new_items,
+                started.elapsed().as_secs_f64()
+            );
+        }
         Command::Publish(c) => {
             let token = Secret::admin_token_from_env();
             let (tenant, users) = c.validate(token.as_ref())?;

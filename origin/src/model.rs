@@ -27,6 +27,8 @@ pub struct Interaction {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemText {
     pub title: String,
+    /// The catalogue's description (empty when none).
+    pub description: String,
     pub categories: Vec<String>,
     pub tags: Vec<String>,
 }

@@ -1,6 +1,7 @@
 //! Content-based: TF-IDF over item text, cosine to the user's profile.
 //!
-//! Terms are lower-cased alphanumeric words of the title, plus `c:<category>` and
+//! Terms are lower-cased alphanumeric words of the title and the description (the
+//! catalogue's, `origin import-items` or `PUT /v1/items/{id}`), plus `c:<category>` and
 //! `t:<tag>` whole-value terms. Weights are `(1 + ln tf) · (ln((1 + I) / (1 + df)) + 1)`,
 //! item vectors are L2-normalised. A user's profile is `Σ_h w_h · v_h`; item `i` scores
 //! `profile · v_i / ‖profile‖` (cosine), computed through the term→items postings. Items
@@ -24,14 +25,18 @@ pub struct Content {
     postings: Csr,
 }
 
-/// The terms of one item's text, with repeats.
-pub fn terms(text: &ItemText) -> Vec<String> {
-    let mut out: Vec<String> = text
-        .title
-        .split(|c: char| !c.is_alphanumeric())
+/// The words of a text: lower-cased runs of at least two alphanumeric characters.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 2)
         .map(str::to_lowercase)
-        .collect();
+}
+
+/// The terms of one item's text, with repeats: the words of its title and of its
+/// description (the same terms, so a word in either matches), then its categories and
+/// tags.
+pub fn terms(text: &ItemText) -> Vec<String> {
+    let mut out: Vec<String> = words(&text.title).chain(words(&text.description)).collect();
     out.extend(
         text.categories
             .iter()
@@ -180,6 +185,7 @@ mod tests {
             title: title.into(),
             categories: cats.iter().map(|c| c.to_string()).collect(),
             tags: vec![],
+            description: String::new(),
         }
     }
 
@@ -209,5 +215,36 @@ mod tests {
         assert!(out[1] > 0.0 && out[2] == 0.0);
         assert_eq!(m.because(&[(0, 1.0)], None, 1), Because::ContentLike(0));
         assert!(Content::train(&TrainingData::default()).is_none());
+    }
+
+    #[test]
+    fn words_of_the_description_link_items_whose_titles_share_none() {
+        let described = |title: &str, description: &str| ItemText {
+            description: description.into(),
+            ..text(title, &[])
+        };
+        let data = TrainingData {
+            n_users: 0,
+            n_items: 3,
+            interactions: vec![],
+            item_text: vec![
+                described("Lantern", "A brass lantern for camping trips"),
+                described("Tent", "Two-person tent for camping"),
+                described("Teapot", "Porcelain, for green tea"),
+            ],
+            user_region: vec![],
+            user_weight: Vec::new(),
+        };
+        assert_eq!(
+            terms(&data.item_text[1]),
+            vec!["tent", "two", "person", "tent", "for", "camping"]
+        );
+        let m = Content::train(&data).unwrap();
+        let mut out = vec![0.0; 3];
+        m.score(&[(0, 1.0)], None, &mut out);
+        assert!(
+            out[1] > out[2],
+            "camping links the lantern to the tent: {out:?}"
+        );
     }
 }

@@ -427,6 +427,7 @@ mod tests {
             title: t.into(),
             categories: vec![c.into()],
             tags: vec![],
+            description: String::new(),
         };
         data.item_text = vec![
             text("Alpha", "drama"),

@@ -72,6 +72,7 @@ pub fn synthetic(n_users: usize, n_items: usize, mean_per_user: usize, seed: u64
             title: format!("Item {i} of group {}", cluster_of[i]),
             categories: vec![format!("group-{}", cluster_of[i])],
             tags: vec![],
+            description: String::new(),
         })
         .collect();
     TrainingData {

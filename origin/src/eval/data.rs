@@ -384,6 +384,7 @@ pub fn load_movielens_items(path: &Path) -> Result<Vec<(u64, ItemText)>, LoadErr
                 title: f[1].to_string(),
                 categories,
                 tags: vec![],
+                description: String::new(),
             },
         ));
     }

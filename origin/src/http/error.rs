@@ -80,6 +80,11 @@ pub enum ApiError {
     ServerKeyRequired,
     #[error("the key in X-Tenant-Key belongs to another tenant than {0}")]
     WrongTenant(String),
+    /// A catalogue request that fails (invalid item or user, too many, unknown).
+    #[error(transparent)]
+    Catalogue(#[from] crate::catalogue::CatalogueError),
+    #[error("the catalogue needs the admin token (Authorization: Bearer <ADMIN_TOKEN>) or, for a registered tenant, its server key (X-Tenant-Key: sk_…)")]
+    CatalogueUnauthorized,
     /// 429 `quota_exceeded` naming the quota, with `Retry-After`.
     #[error("{0}; retry after {s} s", s = retry_after_s(.0.retry_after()))]
     Quota(crate::tenants::quota::QuotaExceeded),
@@ -124,6 +129,10 @@ impl ApiError {
             ApiError::KeyRequired(_) | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
             ApiError::WrongTenant(_) | ApiError::ServerKeyRequired => StatusCode::FORBIDDEN,
             ApiError::TenantServed(_) => StatusCode::CONFLICT,
+            ApiError::Catalogue(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            ApiError::CatalogueUnauthorized => StatusCode::UNAUTHORIZED,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -139,6 +148,11 @@ impl ApiError {
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::InvalidBody { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
                 "body_too_large"
+            }
+            ApiError::InvalidBody { status, .. }
+                if *status == StatusCode::UNSUPPORTED_MEDIA_TYPE =>
+            {
+                "unsupported_media_type"
             }
             ApiError::InvalidBody { .. } => "invalid_body",
             ApiError::NotFound => "not_found",
@@ -174,6 +188,8 @@ impl ApiError {
             ApiError::ServerKeyRequired => "server_key_required",
             ApiError::TenantServed(_) => "tenant_served",
             ApiError::InvalidExclude(_) => "invalid_exclude",
+            ApiError::Catalogue(e) => e.code(),
+            ApiError::CatalogueUnauthorized => "unauthorized",
         }
     }
 }

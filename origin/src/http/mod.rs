@@ -8,6 +8,7 @@
 //! | `GET /v1/analytics/{recommendations,real-time,timeline,latency}` | [`analytics`] |
 //! | `POST /v1/admin/retrain`, `POST /v1/analytics/edge-report` | [`admin`] |
 //! | `GET, POST /v1/admin/tenants`, `GET, DELETE /v1/admin/tenants/{id}`, `POST /v1/admin/tenants/{id}/keys/{kind}/rotate` | [`tenants`] |
+//! | `PUT, PATCH, GET, DELETE /v1/items/{id}`, `POST /v1/items`, the same for `/v1/users` | [`catalogue`] |
 //! | `GET /health`, `GET /dashboard`, JSON 404/405 | here |
 //!
 //! Every answer is JSON; errors are `{"error":{"code","message"}}` ([`ApiError`]). The
@@ -18,11 +19,15 @@
 //! - `access`: which tenant key a registered tenant's routes need ([`access::KeyNeed`]).
 //! - `quota`: the served tenant's quotas on the API ([`quota::QuotaGuard`]).
 //! - `error`: [`ApiError`].
-//! - `recommendations`, `events`, `analytics`, `admin`, `tenants`: the handlers.
+//! - `recommendations`, `events`, `analytics`, `admin`, `tenants`, `catalogue`: the
+//!   handlers.
 
 pub mod access;
 pub mod admin;
 pub mod analytics;
+pub mod catalogue;
+#[cfg(test)]
+mod catalogue_tests;
 pub mod error;
 pub mod events;
 pub mod quota;
@@ -223,6 +228,30 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/v1/admin/tenants/{id}/keys/{kind}/rotate",
             post(tenants::rotate),
+        )
+        .route(
+            "/v1/items",
+            post(catalogue::post_items)
+                .route_layer(DefaultBodyLimit::max(catalogue::CATALOGUE_MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/items/{id}",
+            get(catalogue::get_item)
+                .put(catalogue::put_item)
+                .patch(catalogue::patch_item)
+                .delete(catalogue::delete_item),
+        )
+        .route(
+            "/v1/users",
+            post(catalogue::post_users)
+                .route_layer(DefaultBodyLimit::max(catalogue::CATALOGUE_MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/users/{id}",
+            get(catalogue::get_user)
+                .put(catalogue::put_user)
+                .patch(catalogue::patch_user)
+                .delete(catalogue::delete_user),
         )
         .route(
             "/v1/admin/tenants/{id}/{*rest}",

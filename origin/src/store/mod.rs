@@ -22,6 +22,8 @@
 //!   (`sqlite/tenants.rs`, `postgres/tenants.rs`); [`open_tenants`].
 //! - `retention`: the leader's task dropping old months of the event log.
 
+#[cfg(test)]
+mod catalogue_suite;
 pub mod postgres;
 pub mod replicas;
 pub mod retention;
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contract::UserId;
+use contract::{ItemId, UserId};
 use thiserror::Error;
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
@@ -98,6 +100,12 @@ pub enum StoreError {
     Corrupt { seq: i64, message: String },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("a row of {table} cannot be read back ({key}): {message}")]
+    BadRow {
+        table: &'static str,
+        key: String,
+        message: String,
+    },
 }
 
 /// An error with its causes (`tokio-postgres` says only "db error" and keeps the
@@ -129,21 +137,75 @@ impl StoreError {
 }
 
 /// An item of the catalogue.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Lists are stored comma-joined, so a category or tag holds no `,` (the catalogue's
+/// validation, `crate::catalogue`, refuses one).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ItemRow {
     pub item_id: String,
     pub title: String,
+    pub description: String,
     pub categories: Vec<String>,
     pub tags: Vec<String>,
+    /// A non-negative price, when the item has one.
+    pub price: Option<f64>,
+    /// ISO 4217 code of the price's currency (three upper-case letters), when given.
+    pub currency: Option<String>,
+    /// Whether the item may be recommended (in stock, on sale); `true` by default.
+    pub available: bool,
     /// Unix seconds.
     pub created_at: i64,
+    /// A small free-form JSON object (at most `crate::catalogue::MAX_ATTRIBUTES_BYTES`
+    /// serialized); empty by default.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
-/// A user, with an ISO country code when known.
+impl Default for ItemRow {
+    fn default() -> Self {
+        ItemRow {
+            item_id: String::new(),
+            title: String::new(),
+            description: String::new(),
+            categories: Vec::new(),
+            tags: Vec::new(),
+            price: None,
+            currency: None,
+            available: true,
+            created_at: 0,
+            attributes: serde_json::Map::new(),
+        }
+    }
+}
+
+impl ItemRow {
+    /// The attributes as stored: JSON text of the object.
+    pub fn attributes_json(&self) -> String {
+        serde_json::Value::Object(self.attributes.clone()).to_string()
+    }
+}
+
+/// Parses stored attributes (JSON text of an object; empty text is no attributes).
+pub(crate) fn parse_attributes(
+    item_id: &str,
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    serde_json::from_str(text).map_err(|e| StoreError::BadRow {
+        table: "items",
+        key: item_id.to_owned(),
+        message: format!("attributes are not a JSON object: {e}"),
+    })
+}
+
+/// A user, with an ISO country code and a segment when known.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserRow {
     pub user_id: String,
     pub country: Option<String>,
+    /// A short id-like label the shop gives the user (`vip`, `b2b`, …).
+    pub segment: Option<String>,
 }
 
 /// One interaction of a user with an item.
@@ -404,6 +466,37 @@ pub trait Store: Send + Sync {
         let _ = (now, keep_months);
         Ok(Vec::new())
     }
+
+    /// Creates or replaces catalogue items (every field; a later row of the same id
+    /// replaces an earlier one), in one transaction: all or nothing. An item known only
+    /// from events becomes a catalogue item (it no longer has to earn its place in the
+    /// model, see [`IdMaps::item_from_events`]).
+    async fn upsert_items(&self, items: Vec<ItemRow>) -> Result<(), StoreError>;
+
+    /// One item of the catalogue, when the store holds it (an item known only from
+    /// events is there too, with empty attributes).
+    async fn item(&self, item: &ItemId) -> Result<Option<ItemRow>, StoreError>;
+
+    /// Deletes one item's catalogue row; gives whether it existed. Its interactions
+    /// stay: in the event log, its projections (history, popularity, trending,
+    /// co-occurrence) and the interactions table. While the item has no row, training
+    /// leaves its interactions out (a model numbers only the items the table holds),
+    /// so it leaves the lists at the next retrain; a later event for it, or a replay of
+    /// the log, brings it back as an item known only from events, without attributes.
+    async fn delete_item(&self, item: &ItemId) -> Result<bool, StoreError>;
+
+    /// Creates or replaces users (country and segment; a later row of the same id
+    /// replaces an earlier one), in one transaction: all or nothing.
+    async fn upsert_users(&self, users: Vec<UserRow>) -> Result<(), StoreError>;
+
+    /// One user, when the store holds them.
+    async fn user(&self, user: &UserId) -> Result<Option<UserRow>, StoreError>;
+
+    /// Deletes one user's row (country, segment); gives whether it existed. Their
+    /// interactions stay, as [`Store::delete_item`] says of an item's: their history
+    /// is still served, training leaves them out while the user has no row, and a
+    /// later event of theirs, or a replay, brings the user back without attributes.
+    async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError>;
 }
 
 /// Settings that matter only when a PostgreSQL schema is created.

@@ -29,15 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contract::UserId;
+use contract::{ItemId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::store::postgres::PostgresStore;
 use crate::store::{
-    Appended, Batch, Counts, Projections, ReplayReport, SharedStore, Store, StoreError,
-    TrainedModel, TrainingSet, WriteHealth,
+    Appended, Batch, Counts, ItemRow, Projections, ReplayReport, SharedStore, Store, StoreError,
+    TrainedModel, TrainingSet, UserRow, WriteHealth,
 };
 
 /// How often every replica's health and lag are checked.
@@ -412,6 +412,31 @@ impl Store for ReplicatedStore {
     /// On the primary: a replica may not have the newest record yet.
     async fn latest_model(&self) -> Result<Option<TrainedModel>, StoreError> {
         self.primary.latest_model().await
+    }
+
+    // The catalogue on the primary: a read right after a write sees it.
+    async fn upsert_items(&self, items: Vec<ItemRow>) -> Result<(), StoreError> {
+        self.primary.upsert_items(items).await
+    }
+
+    async fn item(&self, item: &ItemId) -> Result<Option<ItemRow>, StoreError> {
+        self.primary.item(item).await
+    }
+
+    async fn delete_item(&self, item: &ItemId) -> Result<bool, StoreError> {
+        self.primary.delete_item(item).await
+    }
+
+    async fn upsert_users(&self, users: Vec<UserRow>) -> Result<(), StoreError> {
+        self.primary.upsert_users(users).await
+    }
+
+    async fn user(&self, user: &UserId) -> Result<Option<UserRow>, StoreError> {
+        self.primary.user(user).await
+    }
+
+    async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError> {
+        self.primary.delete_user(user).await
     }
 }
 

@@ -224,10 +224,12 @@ pub(super) async fn the_training_set_numbers_ids_in_order_with_imported_and_live
                 categories: vec!["c1".into()],
                 tags: vec!["t".into()],
                 created_at: 3,
+                ..Default::default()
             }],
             users: vec![UserRow {
                 user_id: "zed".into(),
                 country: Some("DE".into()),
+                segment: None,
             }],
             interactions: vec![InteractionRow {
                 user_id: "zed".into(),
@@ -346,6 +348,7 @@ pub(super) async fn a_load_replaces_the_catalogue_keeps_the_log_and_fails_when_c
             users: vec![UserRow {
                 user_id: "u2".into(),
                 country: Some("JP".into()),
+                segment: None,
             }],
             interactions: vec![row("u2", "i1"), row("u3", "i2")],
             ..Default::default()

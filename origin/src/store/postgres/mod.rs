@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contract::UserId;
+use contract::{ItemId, UserId};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 
@@ -42,8 +42,8 @@ use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
 use crate::store::{
-    Appended, Batch, Counts, IdMaps, Load, Projections, ReplayReport, SchemaOptions, Store,
-    StoreError, TrainedModel, TrainingSet, WriteHealth,
+    parse_attributes, Appended, Batch, Counts, IdMaps, ItemRow, Load, Projections, ReplayReport,
+    SchemaOptions, Store, StoreError, TrainedModel, TrainingSet, UserRow, WriteHealth,
 };
 
 use event_log::Writer;
@@ -361,7 +361,7 @@ impl PostgresStore {
         let mut item_text = Vec::new();
         for r in tx
             .query(
-                "SELECT item_id, title, categories, tags, from_events FROM items
+                "SELECT item_id, title, categories, tags, from_events, description FROM items
                  WHERE tenant = $1 ORDER BY item_id",
                 &[&tenant],
             )
@@ -373,6 +373,7 @@ impl PostgresStore {
             maps.item_from_events.push(r.get(4));
             item_text.push(ItemText {
                 title: r.get(1),
+                description: r.get(5),
                 categories: split_list(r.get(2)),
                 tags: split_list(r.get(3)),
             });
@@ -424,6 +425,116 @@ impl PostgresStore {
     }
 }
 
+/// The rows of `rows` whose key is not repeated later (the last one wins): one
+/// statement may not upsert a row twice.
+fn last_of<T>(rows: &[T], key: impl Fn(&T) -> &str) -> Vec<&T> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<&T> = rows.iter().rev().filter(|r| seen.insert(key(r))).collect();
+    out.reverse();
+    out
+}
+
+/// The item columns [`item_from_row`] reads, in its order (`attributes` as text).
+const ITEM_COLUMNS: &str = "item_id, title, description, categories, tags, price, currency, \
+     available, created_at, attributes::text";
+
+/// An item from a row of [`ITEM_COLUMNS`].
+fn item_from_row(r: &tokio_postgres::Row) -> Result<ItemRow, StoreError> {
+    let item_id: String = r.get(0);
+    let attributes = parse_attributes(&item_id, r.get(9))?;
+    Ok(ItemRow {
+        title: r.get(1),
+        description: r.get(2),
+        categories: split_list(r.get(3)),
+        tags: split_list(r.get(4)),
+        price: r.get(5),
+        currency: r.get(6),
+        available: r.get(7),
+        created_at: r.get(8),
+        attributes,
+        item_id,
+    })
+}
+
+/// Upserts `items` (every column; a later row of an id wins) in `tx`, a statement per
+/// [`IMPORT_CHUNK`] rows; `catalogue` also marks them as catalogue items (no longer
+/// known only from events).
+async fn upsert_item_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    items: &[ItemRow],
+    catalogue: bool,
+) -> Result<(), StoreError> {
+    for chunk in last_of(items, |i| &i.item_id).chunks(IMPORT_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|i| i.item_id.as_str()).collect();
+        let titles: Vec<&str> = chunk.iter().map(|i| i.title.as_str()).collect();
+        let descriptions: Vec<&str> = chunk.iter().map(|i| i.description.as_str()).collect();
+        let categories: Vec<String> = chunk.iter().map(|i| i.categories.join(",")).collect();
+        let tags: Vec<String> = chunk.iter().map(|i| i.tags.join(",")).collect();
+        let prices: Vec<Option<f64>> = chunk.iter().map(|i| i.price).collect();
+        let currencies: Vec<Option<&str>> = chunk.iter().map(|i| i.currency.as_deref()).collect();
+        let available: Vec<bool> = chunk.iter().map(|i| i.available).collect();
+        let created: Vec<i64> = chunk.iter().map(|i| i.created_at).collect();
+        let attributes: Vec<String> = chunk.iter().map(|i| i.attributes_json()).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+            &tenant,
+            &ids,
+            &titles,
+            &descriptions,
+            &categories,
+            &tags,
+            &prices,
+            &currencies,
+            &available,
+            &created,
+            &attributes,
+            &catalogue,
+        ];
+        tx.execute(
+            "INSERT INTO items(tenant, item_id, title, description, categories, tags, price,
+                     currency, available, created_at, attributes, from_events)
+                 SELECT $1, x.id, x.title, x.description, x.categories, x.tags, x.price,
+                     x.currency, x.available, x.created_at, x.attributes::jsonb, false
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::float8[], $8::text[], $9::bool[], $10::bigint[], $11::text[])
+                     AS x(id, title, description, categories, tags, price, currency,
+                          available, created_at, attributes)
+                 ON CONFLICT (tenant, item_id) DO UPDATE SET title = EXCLUDED.title,
+                     description = EXCLUDED.description, categories = EXCLUDED.categories,
+                     tags = EXCLUDED.tags, price = EXCLUDED.price,
+                     currency = EXCLUDED.currency, available = EXCLUDED.available,
+                     created_at = EXCLUDED.created_at, attributes = EXCLUDED.attributes,
+                     from_events = CASE WHEN $12 THEN false ELSE items.from_events END",
+            &params,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Upserts `users` (country and segment; a later row of an id wins) in `tx`, a
+/// statement per [`IMPORT_CHUNK`] rows.
+async fn upsert_user_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    users: &[UserRow],
+) -> Result<(), StoreError> {
+    for chunk in last_of(users, |u| &u.user_id).chunks(IMPORT_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|u| u.user_id.as_str()).collect();
+        let countries: Vec<Option<&str>> = chunk.iter().map(|u| u.country.as_deref()).collect();
+        let segments: Vec<Option<&str>> = chunk.iter().map(|u| u.segment.as_deref()).collect();
+        tx.execute(
+            "INSERT INTO users(tenant, user_id, country, segment)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])
+                 ON CONFLICT (tenant, user_id) DO UPDATE SET country = EXCLUDED.country,
+                     segment = EXCLUDED.segment",
+            &[&tenant, &ids, &countries, &segments],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Writes a batch into the transaction `tx`: items and users a statement per
 /// [`IMPORT_CHUNK`] rows (upserted, a later row replacing an earlier one; users and items
 /// named only by interactions are created with empty attributes), then the interactions
@@ -433,41 +544,8 @@ async fn insert_rows(
     tenant: &str,
     batch: &Batch,
 ) -> Result<(), StoreError> {
-    /// The rows of `rows` whose key is not repeated later (the last one wins).
-    fn last_of<T>(rows: &[T], key: impl Fn(&T) -> &str) -> Vec<&T> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out: Vec<&T> = rows.iter().rev().filter(|r| seen.insert(key(r))).collect();
-        out.reverse();
-        out
-    }
-    for chunk in last_of(&batch.items, |i| &i.item_id).chunks(IMPORT_CHUNK) {
-        let ids: Vec<&str> = chunk.iter().map(|i| i.item_id.as_str()).collect();
-        let titles: Vec<&str> = chunk.iter().map(|i| i.title.as_str()).collect();
-        let categories: Vec<String> = chunk.iter().map(|i| i.categories.join(",")).collect();
-        let tags: Vec<String> = chunk.iter().map(|i| i.tags.join(",")).collect();
-        let created: Vec<i64> = chunk.iter().map(|i| i.created_at).collect();
-        tx.execute(
-            "INSERT INTO items(tenant, item_id, title, categories, tags, created_at)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::bigint[])
-                 ON CONFLICT (tenant, item_id) DO UPDATE SET title = EXCLUDED.title,
-                     categories = EXCLUDED.categories, tags = EXCLUDED.tags,
-                     created_at = EXCLUDED.created_at",
-            &[&tenant, &ids, &titles, &categories, &tags, &created],
-        )
-        .await?;
-    }
-    for chunk in last_of(&batch.users, |u| &u.user_id).chunks(IMPORT_CHUNK) {
-        let ids: Vec<&str> = chunk.iter().map(|u| u.user_id.as_str()).collect();
-        let countries: Vec<Option<&str>> = chunk.iter().map(|u| u.country.as_deref()).collect();
-        tx.execute(
-            "INSERT INTO users(tenant, user_id, country)
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[])
-                 ON CONFLICT (tenant, user_id) DO UPDATE SET country = EXCLUDED.country",
-            &[&tenant, &ids, &countries],
-        )
-        .await?;
-    }
+    upsert_item_rows(tx, tenant, &batch.items, false).await?;
+    upsert_user_rows(tx, tenant, &batch.users).await?;
     let mut users_done: std::collections::HashSet<&str> =
         batch.users.iter().map(|u| u.user_id.as_str()).collect();
     let mut items_done: std::collections::HashSet<&str> =
@@ -675,6 +753,74 @@ impl Store for PostgresStore {
         self.writer()?;
         let conn = self.pool.get().await?;
         schema::maintain(&conn, now, keep_months).await
+    }
+
+    async fn upsert_items(&self, items: Vec<ItemRow>) -> Result<(), StoreError> {
+        self.writer()?;
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        upsert_item_rows(&tx, &self.tenant, &items, true).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn item(&self, item: &ItemId) -> Result<Option<ItemRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                &format!("SELECT {ITEM_COLUMNS} FROM items WHERE tenant = $1 AND item_id = $2"),
+                &[&self.tenant, &item.as_str()],
+            )
+            .await?;
+        row.as_ref().map(item_from_row).transpose()
+    }
+
+    async fn delete_item(&self, item: &ItemId) -> Result<bool, StoreError> {
+        self.writer()?;
+        let conn = self.pool.get().await?;
+        let n = conn
+            .execute(
+                "DELETE FROM items WHERE tenant = $1 AND item_id = $2",
+                &[&self.tenant, &item.as_str()],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn upsert_users(&self, users: Vec<UserRow>) -> Result<(), StoreError> {
+        self.writer()?;
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        upsert_user_rows(&tx, &self.tenant, &users).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn user(&self, user: &UserId) -> Result<Option<UserRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                "SELECT user_id, country, segment FROM users WHERE tenant = $1 AND user_id = $2",
+                &[&self.tenant, &user.as_str()],
+            )
+            .await?;
+        Ok(row.map(|r| UserRow {
+            user_id: r.get(0),
+            country: r.get(1),
+            segment: r.get(2),
+        }))
+    }
+
+    async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError> {
+        self.writer()?;
+        let conn = self.pool.get().await?;
+        let n = conn
+            .execute(
+                "DELETE FROM users WHERE tenant = $1 AND user_id = $2",
+                &[&self.tenant, &user.as_str()],
+            )
+            .await?;
+        Ok(n > 0)
     }
 }
 
@@ -1144,6 +1290,7 @@ mod tests {
             categories: vec!["a".into(), "b".into()],
             tags: vec![],
             created_at: 3,
+            ..Default::default()
         };
         store
             .import(Batch {
@@ -1152,10 +1299,12 @@ mod tests {
                     UserRow {
                         user_id: "u1".into(),
                         country: Some("FR".into()),
+                        segment: None,
                     },
                     UserRow {
                         user_id: "u1".into(),
                         country: Some("DE".into()),
+                        segment: Some("vip".into()),
                     },
                 ],
                 interactions: (0..25_000)

@@ -21,7 +21,7 @@
 //!   [`USER_PARTITIONS`]), fixed when the schema is created: a later start asking for
 //!   another number keeps the existing one and logs a warning (changing it means a
 //!   dump and a restore into a new database).
-//! - `items`, `client_users`, `proj_item_popularity`, `proj_trending`,
+//! - `items` (with the catalogue's attributes, a `jsonb` object), `client_users`, `proj_item_popularity`, `proj_trending`,
 //!   `proj_cooccurrence`, `edge_reports`, `meta`.
 //! - `tenants`, `tenant_keys`: the tenant registry (`crate::tenants`; keys as hashes).
 //!
@@ -221,7 +221,19 @@ CREATE TABLE tenant_keys(
 CREATE INDEX tenant_keys_by_tenant ON tenant_keys(tenant, kind);
 "#
     .to_owned();
-    vec![(1, v1), (2, v2), (3, v3), (4, v4)]
+    // The catalogue's attributes (issue #15): an item's description, price and currency,
+    // availability and a small JSON object; a user's segment.
+    let v5 = r#"
+ALTER TABLE items
+    ADD COLUMN description text NOT NULL DEFAULT '',
+    ADD COLUMN price double precision NULL,
+    ADD COLUMN currency text NULL,
+    ADD COLUMN available boolean NOT NULL DEFAULT true,
+    ADD COLUMN attributes jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE users ADD COLUMN segment text NULL;
+"#
+    .to_owned();
+    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5)]
 }
 
 /// The newest schema version this program knows.

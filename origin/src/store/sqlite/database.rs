@@ -1,12 +1,15 @@
 //! The SQLite database file: its schema (checked to be ours, migrated), the item
-//! catalogue, the users (with their country) and the interactions between them.
+//! catalogue (with its attributes), the users (with their country and segment) and the
+//! interactions between them.
 //!
 //! All SQL is parameterised. Writes go in batches, each batch in one transaction, so an
 //! import either lands whole or not at all. Reads turn the tables into the dense index
 //! space the models train on ([`model::TrainingData`] plus [`IdMaps`]).
 //!
 //! # Layout
-//! - [`Database`]: open/create, migrate, batch inserts, reads.
+//! - [`Database`]: open/create, migrate, batch inserts, reads, and the catalogue's
+//!   writes and reads of one item or user (`upsert_items`, `item`, `delete_item`, and
+//!   the same for users).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +17,82 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
-use crate::store::{Batch, Counts, IdMaps, InteractionRow, ItemRow, Load, StoreError};
+use crate::store::{
+    parse_attributes, Batch, Counts, IdMaps, InteractionRow, ItemRow, Load, StoreError, UserRow,
+};
+
+/// The item columns [`Database::item`] reads, in [`item_from_row`]'s order.
+const ITEM_COLUMNS: &str = "item_id, title, description, categories, tags, price, currency, \
+     available, created_at, attributes";
+
+/// An item from a row of [`ITEM_COLUMNS`].
+fn item_from_row(r: &rusqlite::Row<'_>) -> Result<ItemRow, StoreError> {
+    let item_id: String = r.get(0)?;
+    let attributes = parse_attributes(&item_id, &r.get::<_, String>(9)?)?;
+    Ok(ItemRow {
+        title: r.get(1)?,
+        description: r.get(2)?,
+        categories: split_list(&r.get::<_, String>(3)?),
+        tags: split_list(&r.get::<_, String>(4)?),
+        price: r.get(5)?,
+        currency: r.get(6)?,
+        available: r.get::<_, i64>(7)? != 0,
+        created_at: r.get(8)?,
+        attributes,
+        item_id,
+    })
+}
+
+/// Upserts `items` in the transaction `tx`; `catalogue` also marks them as catalogue
+/// items (no longer known only from events).
+fn upsert_item_rows(
+    tx: &rusqlite::Transaction<'_>,
+    items: &[ItemRow],
+    catalogue: bool,
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO items(item_id, title, description, categories, tags, price, currency,
+             available, created_at, attributes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT(item_id) DO UPDATE SET title = excluded.title,
+             description = excluded.description, categories = excluded.categories,
+             tags = excluded.tags, price = excluded.price, currency = excluded.currency,
+             available = excluded.available, created_at = excluded.created_at,
+             attributes = excluded.attributes",
+    )?;
+    let mut mark = tx.prepare_cached("UPDATE items SET from_events = 0 WHERE item_id = ?1")?;
+    for i in items {
+        stmt.execute(params![
+            i.item_id,
+            i.title,
+            i.description,
+            i.categories.join(","),
+            i.tags.join(","),
+            i.price,
+            i.currency,
+            i.available,
+            i.created_at,
+            i.attributes_json(),
+        ])?;
+        if catalogue {
+            mark.execute([&i.item_id])?;
+        }
+    }
+    Ok(())
+}
+
+/// Upserts `users` (country and segment) in the transaction `tx`.
+fn upsert_user_rows(tx: &rusqlite::Transaction<'_>, users: &[UserRow]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO users(user_id, country, segment) VALUES (?1, ?2, ?3)
+         ON CONFLICT(user_id) DO UPDATE SET country = excluded.country,
+             segment = excluded.segment",
+    )?;
+    for u in users {
+        stmt.execute(params![u.user_id, u.country, u.segment])?;
+    }
+    Ok(())
+}
 
 /// Version of the schema created by [`Database::migrate`].
 pub const SCHEMA_VERSION: i64 = 2;
@@ -74,6 +152,49 @@ fn check_ours(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         "it has tables {} and no origin schema",
         shown.join(", ")
     )))
+}
+
+/// One item read on `conn`, when it exists.
+pub fn read_item(conn: &Connection, item_id: &str) -> Result<Option<ItemRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ITEM_COLUMNS} FROM items WHERE item_id = ?1"
+    ))?;
+    let mut rows = stmt.query([item_id])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(item_from_row(r)?)),
+        None => Ok(None),
+    }
+}
+
+/// One user read on `conn`, when they exist.
+pub fn read_user(conn: &Connection, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT user_id, country, segment FROM users WHERE user_id = ?1")?
+        .query_row([user_id], |r| {
+            Ok(UserRow {
+                user_id: r.get(0)?,
+                country: r.get(1)?,
+                segment: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Deletes the row of `id` from `table` (`items` or `users`, fixed by the caller), and
+/// gives whether there was one.
+pub fn delete_row(conn: &Connection, table: CatalogueTable, id: &str) -> Result<bool, StoreError> {
+    let sql = match table {
+        CatalogueTable::Items => "DELETE FROM items WHERE item_id = ?1",
+        CatalogueTable::Users => "DELETE FROM users WHERE user_id = ?1",
+    };
+    Ok(conn.prepare_cached(sql)?.execute([id])? > 0)
+}
+
+/// The tables a catalogue delete may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogueTable {
+    Items,
+    Users,
 }
 
 /// Adds a column when the table does not have it yet (schema upgrades).
@@ -168,6 +289,28 @@ impl Database {
             "INTEGER NOT NULL DEFAULT 0",
         )?;
         add_column(&self.conn, "users", "client", "TEXT NULL")?;
+        // The catalogue's attributes (issue #15).
+        add_column(
+            &self.conn,
+            "items",
+            "description",
+            "TEXT NOT NULL DEFAULT ''",
+        )?;
+        add_column(&self.conn, "items", "price", "REAL NULL")?;
+        add_column(&self.conn, "items", "currency", "TEXT NULL")?;
+        add_column(
+            &self.conn,
+            "items",
+            "available",
+            "INTEGER NOT NULL DEFAULT 1",
+        )?;
+        add_column(
+            &self.conn,
+            "items",
+            "attributes",
+            "TEXT NOT NULL DEFAULT '{}'",
+        )?;
+        add_column(&self.conn, "users", "segment", "TEXT NULL")?;
         self.conn.execute_batch(super::tenants::SCHEMA)?;
         self.conn
             .pragma_update(None, "application_id", APPLICATION_ID)?;
@@ -276,29 +419,8 @@ impl Database {
     pub fn insert_batch(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let mut item = tx.prepare_cached(
-                "INSERT INTO items(item_id, title, categories, tags, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(item_id) DO UPDATE SET title = excluded.title,
-                     categories = excluded.categories, tags = excluded.tags,
-                     created_at = excluded.created_at",
-            )?;
-            for i in &batch.items {
-                item.execute(params![
-                    i.item_id,
-                    i.title,
-                    i.categories.join(","),
-                    i.tags.join(","),
-                    i.created_at
-                ])?;
-            }
-            let mut user = tx.prepare_cached(
-                "INSERT INTO users(user_id, country) VALUES (?1, ?2)
-                 ON CONFLICT(user_id) DO UPDATE SET country = excluded.country",
-            )?;
-            for u in &batch.users {
-                user.execute(params![u.user_id, u.country])?;
-            }
+            upsert_item_rows(&tx, &batch.items, false)?;
+            upsert_user_rows(&tx, &batch.users)?;
             let mut new_user =
                 tx.prepare_cached("INSERT OR IGNORE INTO users(user_id) VALUES (?1)")?;
             let mut new_item =
@@ -368,22 +490,29 @@ impl Database {
 
     /// One item, when it exists.
     pub fn item(&self, item_id: &str) -> Result<Option<ItemRow>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT item_id, title, categories, tags, created_at FROM items WHERE item_id = ?1",
-                [item_id],
-                |r| {
-                    Ok(ItemRow {
-                        item_id: r.get(0)?,
-                        title: r.get(1)?,
-                        categories: split_list(&r.get::<_, String>(2)?),
-                        tags: split_list(&r.get::<_, String>(3)?),
-                        created_at: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+        read_item(&self.conn, item_id)
+    }
+
+    /// Creates or replaces catalogue items in one transaction (see
+    /// [`crate::store::Store::upsert_items`]).
+    pub fn upsert_items(&mut self, items: &[ItemRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        upsert_item_rows(&tx, items, true)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes the row of `id` from `table`; gives whether there was one.
+    pub fn delete_row(&mut self, table: CatalogueTable, id: &str) -> Result<bool, StoreError> {
+        delete_row(&self.conn, table, id)
+    }
+
+    /// Creates or replaces users in one transaction.
+    pub fn upsert_users(&mut self, users: &[UserRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        upsert_user_rows(&tx, users)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Counts and training data read together (see [`crate::store::Store::training_set`]).
@@ -449,7 +578,8 @@ impl Database {
         let mut item_text = Vec::new();
         {
             let mut stmt = self.conn.prepare(
-                "SELECT item_id, title, categories, tags, from_events FROM items ORDER BY item_id",
+                "SELECT item_id, title, categories, tags, from_events, description FROM items
+                 ORDER BY item_id",
             )?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
@@ -459,6 +589,7 @@ impl Database {
                 maps.item_from_events.push(r.get::<_, i64>(4)? != 0);
                 item_text.push(ItemText {
                     title: r.get(1)?,
+                    description: r.get(5)?,
                     categories: split_list(&r.get::<_, String>(2)?),
                     tags: split_list(&r.get::<_, String>(3)?),
                 });
@@ -533,10 +664,12 @@ mod tests {
                 categories: vec!["books".into(), "travel".into()],
                 tags: vec!["cozy".into()],
                 created_at: 5,
+                ..Default::default()
             }],
             users: vec![UserRow {
                 user_id: "u1".into(),
                 country: Some("DE".into()),
+                segment: None,
             }],
             interactions: vec![
                 InteractionRow {

@@ -18,14 +18,15 @@ pub mod tenants;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use contract::UserId;
+use contract::{ItemId, UserId};
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::store::{
-    Appended, Batch, Counts, Load, Projections, ReplayReport, Store, StoreError, TrainingSet,
-    WriteHealth,
+    Appended, Batch, Counts, ItemRow, Load, Projections, ReplayReport, Store, StoreError,
+    TrainingSet, UserRow, WriteHealth,
 };
+use database::CatalogueTable;
 
 pub use database::{Database, APPLICATION_ID, SCHEMA_VERSION};
 pub use event_log::EventLog;
@@ -234,5 +235,39 @@ impl Store for SqliteStore {
 
     async fn projections(&self) -> Result<Projections, StoreError> {
         self.log.read(event_log::read_projections).await
+    }
+
+    async fn upsert_items(&self, items: Vec<ItemRow>) -> Result<(), StoreError> {
+        self.with_database(move |db| db.upsert_items(&items)).await
+    }
+
+    async fn item(&self, item: &ItemId) -> Result<Option<ItemRow>, StoreError> {
+        let id = item.as_str().to_owned();
+        self.log
+            .read(move |conn| database::read_item(conn, &id))
+            .await
+    }
+
+    async fn delete_item(&self, item: &ItemId) -> Result<bool, StoreError> {
+        let id = item.as_str().to_owned();
+        self.with_database(move |db| db.delete_row(CatalogueTable::Items, &id))
+            .await
+    }
+
+    async fn upsert_users(&self, users: Vec<UserRow>) -> Result<(), StoreError> {
+        self.with_database(move |db| db.upsert_users(&users)).await
+    }
+
+    async fn user(&self, user: &UserId) -> Result<Option<UserRow>, StoreError> {
+        let id = user.as_str().to_owned();
+        self.log
+            .read(move |conn| database::read_user(conn, &id))
+            .await
+    }
+
+    async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError> {
+        let id = user.as_str().to_owned();
+        self.with_database(move |db| db.delete_row(CatalogueTable::Users, &id))
+            .await
     }
 }

@@ -1,0 +1,409 @@
+//! The catalogue routes: items and users with their attributes (see
+//! [`crate::catalogue`] for the fields and their rules).
+//!
+//! | route | what |
+//! |---|---|
+//! | `PUT /v1/items/{id}` | create or replace one item (absent fields take their defaults) |
+//! | `PATCH /v1/items/{id}` | JSON merge patch (RFC 7396) of an existing item |
+//! | `GET /v1/items/{id}`, `DELETE /v1/items/{id}` | read, delete one item (404 `unknown_item`) |
+//! | `POST /v1/items` | `{"items": [...]}`: at most [`MAX_BULK`] items, all or nothing |
+//! | the same under `/v1/users/{id}`, `POST /v1/users` | users (`country`, `segment`) |
+//!
+//! Every route needs the admin token (`Authorization: Bearer`) or, for a registered
+//! tenant, its **server** key in `X-Tenant-Key` (checked by
+//! [`super::access::check_tenant_key`]); a client key is 403 `server_key_required`,
+//! neither 401 `unauthorized`. Bodies are strict JSON (`application/json` or a
+//! `+json` type, else 415; a duplicate key or an unknown field is 400). A bad document
+//! is 400 naming its field, and in a bulk body its index (`items[3].price: …`); nothing
+//! of a refused request is stored. A bulk body may be up to
+//! [`CATALOGUE_MAX_BODY_BYTES`]; more items than [`MAX_BULK`] is 413.
+//!
+//! `PATCH` reads the item, merges and writes it back: two patches of one item at the
+//! same moment may lose one (the last write wins).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use contract::{ItemId, UserId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::catalogue::{
+    merge_patch, read_document, validate_item, validate_user, CatalogueError, FieldError, ItemDoc,
+    ItemInput, UserDoc, UserInput, MAX_BULK,
+};
+use crate::clients::client_of;
+use crate::snapshot::now_unix;
+
+use super::access::KeyNeed;
+use super::*;
+
+/// Largest body of `POST /v1/items` and `POST /v1/users`: [`MAX_BULK`] documents of a
+/// few KiB each.
+pub const CATALOGUE_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Answer of a bulk write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Upserted {
+    pub upserted: usize,
+}
+
+/// Answer of a delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deleted {
+    pub id: String,
+    pub deleted: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemsBody {
+    items: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersBody {
+    users: Vec<Value>,
+}
+
+/// The store, once the request carries the admin token or the served tenant's server
+/// key.
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Arc<Live>, ApiError> {
+    let live = live(state)?.clone();
+    let admin = live.admin_token.as_ref();
+    if crate::auth::check_bearer(headers, admin).is_ok() {
+        return Ok(live);
+    }
+    if headers.contains_key(contract::auth::TENANT_KEY_HEADER) {
+        let client = client_of(headers, None, admin);
+        super::access::check_tenant_key(state, headers, &client, KeyNeed::Server).await?;
+        return Ok(live);
+    }
+    Err(ApiError::CatalogueUnauthorized)
+}
+
+/// Whether the request says its body is JSON (`application/json`, or `application/…+json`
+/// such as `application/merge-patch+json`), as axum's `Json` requires.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// The body, checked to be JSON (415 otherwise) with no duplicate key (400).
+fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    let body = body.map_err(body_error)?;
+    if !is_json(headers) {
+        return Err(ApiError::InvalidBody {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: "expected a body with Content-Type: application/json".into(),
+        });
+    }
+    contract::json::check_no_duplicate_keys(&body).map_err(|e| ApiError::InvalidBody {
+        status: StatusCode::BAD_REQUEST,
+        message: e.to_string(),
+    })?;
+    Ok(body)
+}
+
+/// A bulk body's envelope (`{"items": [...]}`), its count checked before any document.
+fn envelope<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody {
+        status: StatusCode::BAD_REQUEST,
+        message: e.to_string(),
+    })
+}
+
+/// One document of a body that must be a JSON object.
+fn document<T: DeserializeOwned>(value: Value, code: &'static str) -> Result<T, FieldError> {
+    read_document(value, code)
+}
+
+fn item_id(path: Result<Path<String>, PathRejection>) -> Result<ItemId, ApiError> {
+    let Path(raw) = path.map_err(|_| undecodable("item_id", "invalid_item_id"))?;
+    Ok(ItemId::parse(&raw)?)
+}
+
+fn user_id(path: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError> {
+    let Path(raw) = path.map_err(|_| undecodable("user_id", "invalid_user_id"))?;
+    Ok(UserId::parse(&raw)?)
+}
+
+fn undecodable(field: &str, code: &'static str) -> ApiError {
+    let error = FieldError::new(code, field, "is not valid percent-encoded UTF-8");
+    match field {
+        "user_id" => CatalogueError::InvalidUser { index: None, error },
+        _ => CatalogueError::InvalidItem { index: None, error },
+    }
+    .into()
+}
+
+fn bad_item(error: FieldError) -> ApiError {
+    CatalogueError::InvalidItem { index: None, error }.into()
+}
+
+fn bad_user(error: FieldError) -> ApiError {
+    CatalogueError::InvalidUser { index: None, error }.into()
+}
+
+/// `PUT /v1/items/{id}`: creates or replaces the item.
+pub(crate) async fn put_item(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ItemDoc>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = item_id(path)?;
+    let body = json_body(&headers, body)?;
+    let input: ItemInput = document(envelope(&body)?, "invalid_item").map_err(bad_item)?;
+    let row = validate_item(input, Some(&id), now_unix() as i64).map_err(bad_item)?;
+    live.store.upsert_items(vec![row.clone()]).await?;
+    Ok(Json(row.into()))
+}
+
+/// `PATCH /v1/items/{id}`: merges the body into the stored item (RFC 7396).
+pub(crate) async fn patch_item(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ItemDoc>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = item_id(path)?;
+    let body = json_body(&headers, body)?;
+    let patch: Value = envelope(&body)?;
+    if !patch.is_object() {
+        return Err(bad_item(FieldError::new(
+            "invalid_item",
+            "",
+            "a merge patch of an item is a JSON object",
+        )));
+    }
+    let stored = live
+        .store
+        .item(&id)
+        .await?
+        .ok_or_else(|| CatalogueError::UnknownItem(id.to_string()))?;
+    let mut doc = serde_json::to_value(ItemDoc::from(stored))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    merge_patch(&mut doc, &patch);
+    let input: ItemInput = document(doc, "invalid_item").map_err(bad_item)?;
+    let row = validate_item(input, Some(&id), now_unix() as i64).map_err(bad_item)?;
+    live.store.upsert_items(vec![row.clone()]).await?;
+    Ok(Json(row.into()))
+}
+
+/// `GET /v1/items/{id}`.
+pub(crate) async fn get_item(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<ItemDoc>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = item_id(path)?;
+    let row = live
+        .store
+        .item(&id)
+        .await?
+        .ok_or_else(|| CatalogueError::UnknownItem(id.to_string()))?;
+    Ok(Json(row.into()))
+}
+
+/// `DELETE /v1/items/{id}` (see [`crate::store::Store::delete_item`] for what stays).
+pub(crate) async fn delete_item(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Deleted>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = item_id(path)?;
+    if !live.store.delete_item(&id).await? {
+        return Err(CatalogueError::UnknownItem(id.to_string()).into());
+    }
+    Ok(Json(Deleted {
+        id: id.to_string(),
+        deleted: true,
+    }))
+}
+
+/// `POST /v1/items`: `{"items": [...]}`, each with its `item_id`; all or nothing.
+pub(crate) async fn post_items(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Upserted>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let body = json_body(&headers, body)?;
+    let ItemsBody { items } = envelope(&body)?;
+    if items.len() > MAX_BULK {
+        return Err(CatalogueError::TooMany {
+            what: "items",
+            count: items.len(),
+        }
+        .into());
+    }
+    let now = now_unix() as i64;
+    let mut rows = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashMap::with_capacity(items.len());
+    for (index, value) in items.into_iter().enumerate() {
+        let invalid = |error| CatalogueError::InvalidItem {
+            index: Some(index),
+            error,
+        };
+        let input: ItemInput = document(value, "invalid_item").map_err(invalid)?;
+        let row = validate_item(input, None, now).map_err(invalid)?;
+        if let Some(first) = seen.insert(row.item_id.clone(), index) {
+            return Err(invalid(FieldError::new(
+                "invalid_item",
+                "item_id",
+                format!("{:?} is also items[{first}]", row.item_id),
+            ))
+            .into());
+        }
+        rows.push(row);
+    }
+    let upserted = rows.len();
+    live.store.upsert_items(rows).await?;
+    Ok(Json(Upserted { upserted }))
+}
+
+/// `PUT /v1/users/{id}`: creates or replaces the user.
+pub(crate) async fn put_user(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UserDoc>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = user_id(path)?;
+    let body = json_body(&headers, body)?;
+    let input: UserInput = document(envelope(&body)?, "invalid_user").map_err(bad_user)?;
+    let row = validate_user(input, Some(&id)).map_err(bad_user)?;
+    live.store.upsert_users(vec![row.clone()]).await?;
+    Ok(Json(row.into()))
+}
+
+/// `PATCH /v1/users/{id}`: merges the body into the stored user (RFC 7396).
+pub(crate) async fn patch_user(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UserDoc>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = user_id(path)?;
+    let body = json_body(&headers, body)?;
+    let patch: Value = envelope(&body)?;
+    if !patch.is_object() {
+        return Err(bad_user(FieldError::new(
+            "invalid_user",
+            "",
+            "a merge patch of a user is a JSON object",
+        )));
+    }
+    let stored = live
+        .store
+        .user(&id)
+        .await?
+        .ok_or_else(|| CatalogueError::UnknownUser(id.to_string()))?;
+    let mut doc = serde_json::to_value(UserDoc::from(stored))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    merge_patch(&mut doc, &patch);
+    let input: UserInput = document(doc, "invalid_user").map_err(bad_user)?;
+    let row = validate_user(input, Some(&id)).map_err(bad_user)?;
+    live.store.upsert_users(vec![row.clone()]).await?;
+    Ok(Json(row.into()))
+}
+
+/// `GET /v1/users/{id}`.
+pub(crate) async fn get_user(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<UserDoc>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = user_id(path)?;
+    let row = live
+        .store
+        .user(&id)
+        .await?
+        .ok_or_else(|| CatalogueError::UnknownUser(id.to_string()))?;
+    Ok(Json(row.into()))
+}
+
+/// `DELETE /v1/users/{id}` (see [`crate::store::Store::delete_user`] for what stays).
+pub(crate) async fn delete_user(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Deleted>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let id = user_id(path)?;
+    if !live.store.delete_user(&id).await? {
+        return Err(CatalogueError::UnknownUser(id.to_string()).into());
+    }
+    Ok(Json(Deleted {
+        id: id.to_string(),
+        deleted: true,
+    }))
+}
+
+/// `POST /v1/users`: `{"users": [...]}`, each with its `user_id`; all or nothing.
+pub(crate) async fn post_users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Upserted>, ApiError> {
+    let live = authorize(&state, &headers).await?;
+    let body = json_body(&headers, body)?;
+    let UsersBody { users } = envelope(&body)?;
+    if users.len() > MAX_BULK {
+        return Err(CatalogueError::TooMany {
+            what: "users",
+            count: users.len(),
+        }
+        .into());
+    }
+    let mut rows = Vec::with_capacity(users.len());
+    let mut seen = std::collections::HashMap::with_capacity(users.len());
+    for (index, value) in users.into_iter().enumerate() {
+        let invalid = |error| CatalogueError::InvalidUser {
+            index: Some(index),
+            error,
+        };
+        let input: UserInput = document(value, "invalid_user").map_err(invalid)?;
+        let row = validate_user(input, None).map_err(invalid)?;
+        if let Some(first) = seen.insert(row.user_id.clone(), index) {
+            return Err(invalid(FieldError::new(
+                "invalid_user",
+                "user_id",
+                format!("{:?} is also users[{first}]", row.user_id),
+            ))
+            .into());
+        }
+        rows.push(row);
+    }
+    let upserted = rows.len();
+    live.store.upsert_users(rows).await?;
+    Ok(Json(Upserted { upserted }))
+}
