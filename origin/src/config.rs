@@ -85,9 +85,12 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ReplayConfig {
     /// The store holding the event log: a SQLite file (a path or `sqlite://PATH`) or a
-    /// PostgreSQL URL (`postgres://…`, the `default` tenant).
+    /// PostgreSQL URL (`postgres://…`).
     #[arg(long, env = "ORIGIN_DB", default_value = "var/origin.sqlite")]
     pub db: PathBuf,
+    /// The tenant whose projections are rebuilt (on SQLite: the file holding its data).
+    #[arg(long, env = "ORIGIN_TENANT", default_value = contract::DEFAULT_TENANT)]
+    pub tenant: String,
 }
 
 /// Where the database is and which tenant it holds.
@@ -313,6 +316,15 @@ pub struct DemoDataConfig {
     /// Average interactions per user.
     #[arg(long, env = "ORIGIN_DEMO_INTERACTIONS_PER_USER", default_value_t = 30)]
     pub interactions_per_user: u32,
+    /// What the demo shop sells: `mixed` (ids `i…`), `books` (`b…`, prices, a few out
+    /// of stock), `fashion` (`f…`, the same) or `news` (`n…`, articles).
+    #[arg(
+        long,
+        value_enum,
+        env = "ORIGIN_DEMO_CATALOGUE",
+        default_value = "mixed"
+    )]
+    pub catalogue: crate::demo_data::Catalogue,
 }
 
 pub use crate::import::ImportFormat;

@@ -20,13 +20,121 @@ use crate::store::{Batch, InteractionRow, ItemRow, Load, Store, StoreError, User
 /// Users generated and written per transaction.
 pub const USER_CHUNK: u64 = 10_000;
 
-/// Sizes and seed of a demo data set.
+/// Sizes, seed and kind of a demo data set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DemoSpec {
     pub users: u64,
     pub items: u64,
     pub seed: u64,
     pub interactions_per_user: u32,
+    pub catalogue: Catalogue,
+}
+
+/// What the demo shop sells (`origin demo-data --catalogue`): its categories, item
+/// titles, item id prefix and prices. `mixed` is the original demo catalogue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Catalogue {
+    /// Every kind of goods (`i1`, `i2`, …), no prices.
+    #[default]
+    Mixed,
+    /// A bookshop (`b1`, …): genres, prices 5–45 EUR, a few books out of stock.
+    Books,
+    /// A fashion shop (`f1`, …): garments, prices 15–300 EUR, a few items out of stock.
+    Fashion,
+    /// A news site (`n1`, …): sections, articles, no prices, everything available.
+    News,
+}
+
+impl Catalogue {
+    fn categories(self) -> &'static [&'static str] {
+        match self {
+            Catalogue::Mixed => CATEGORIES,
+            Catalogue::Books => &[
+                "fiction",
+                "mystery",
+                "fantasy",
+                "science",
+                "history",
+                "cooking",
+                "travel",
+                "children",
+                "poetry",
+                "biography",
+                "comics",
+                "classics",
+            ],
+            Catalogue::Fashion => &[
+                "dresses",
+                "shoes",
+                "jackets",
+                "bags",
+                "knitwear",
+                "denim",
+                "sportswear",
+                "accessories",
+                "shirts",
+                "jewellery",
+                "swimwear",
+                "hats",
+            ],
+            Catalogue::News => &[
+                "politics", "business", "science", "sport", "culture", "tech", "health", "climate",
+                "world", "opinion", "travel", "food",
+            ],
+        }
+    }
+
+    fn nouns(self) -> &'static [&'static str] {
+        match self {
+            Catalogue::Fashion => &[
+                "Dress", "Sneaker", "Parka", "Tote", "Cardigan", "Jeans", "Hoodie", "Scarf",
+                "Blouse", "Necklace", "Boot", "Beanie", "Blazer", "Skirt", "Sandal",
+            ],
+            Catalogue::News => &[
+                "Election",
+                "Markets",
+                "Discovery",
+                "Final",
+                "Festival",
+                "Launch",
+                "Study",
+                "Summit",
+                "Storm",
+                "Debate",
+                "Reform",
+                "Recipe",
+                "Record",
+                "Strike",
+            ],
+            Catalogue::Mixed | Catalogue::Books => NOUNS,
+        }
+    }
+
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Catalogue::Mixed => "i",
+            Catalogue::Books => "b",
+            Catalogue::Fashion => "f",
+            Catalogue::News => "n",
+        }
+    }
+
+    /// The price range in EUR (none for articles and the mixed catalogue).
+    fn prices(self) -> Option<(f64, f64)> {
+        match self {
+            Catalogue::Books => Some((5.0, 45.0)),
+            Catalogue::Fashion => Some((15.0, 300.0)),
+            Catalogue::Mixed | Catalogue::News => None,
+        }
+    }
+
+    /// The share of items out of stock.
+    fn out_of_stock(self) -> f64 {
+        match self {
+            Catalogue::Books | Catalogue::Fashion => 0.05,
+            Catalogue::Mixed | Catalogue::News => 0.0,
+        }
+    }
 }
 
 /// What was generated.
@@ -214,6 +322,12 @@ fn produce(
     mut progress: impl FnMut(u64),
 ) -> Option<DemoSummary> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    // Prices and stock from a generator of their own, so the mixed catalogue's data stays
+    // what it always was for a seed.
+    let mut shop_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5E0F_u64);
+    let kind = spec.catalogue;
+    let categories_of = kind.categories();
+    let nouns = kind.nouns();
 
     // Catalogue: category, tags and a popularity rank per item.
     let n_items = spec.items as u32;
@@ -222,19 +336,19 @@ fn produce(
     let mut primary = Vec::with_capacity(n_items as usize);
     let mut batch = Batch::default();
     for i in 0..n_items {
-        let c1 = rng.gen_range(0..CATEGORIES.len());
-        let mut categories = vec![CATEGORIES[c1].to_owned()];
+        let c1 = rng.gen_range(0..categories_of.len());
+        let mut categories = vec![categories_of[c1].to_owned()];
         if rng.gen_bool(0.3) {
-            let c2 = rng.gen_range(0..CATEGORIES.len());
+            let c2 = rng.gen_range(0..categories_of.len());
             if c2 != c1 {
-                categories.push(CATEGORIES[c2].to_owned());
+                categories.push(categories_of[c2].to_owned());
             }
         }
         primary.push(c1);
         let mut title = format!(
             "{} {}",
             ADJECTIVES[rng.gen_range(0..ADJECTIVES.len())],
-            NOUNS[rng.gen_range(0..NOUNS.len())]
+            nouns[rng.gen_range(0..nouns.len())]
         );
         if rng.gen_bool(0.25) {
             title.push_str(" of ");
@@ -245,12 +359,19 @@ fn produce(
             .map(|_| TAGS[rng.gen_range(0..TAGS.len())].to_owned())
             .collect();
         tags.dedup();
+        let price = kind.prices().map(|(lo, hi)| {
+            let cents = (shop_rng.gen_range(lo..hi) * 100.0).round();
+            cents / 100.0
+        });
         batch.items.push(ItemRow {
-            item_id: format!("i{}", i + 1),
+            item_id: format!("{}{}", kind.id_prefix(), i + 1),
             title,
             categories,
             tags,
             created_at: BASE_TS - rng.gen_range(0..365 * DAY),
+            currency: price.map(|_| "EUR".to_owned()),
+            price,
+            available: !shop_rng.gen_bool(kind.out_of_stock()),
             ..Default::default()
         });
         if batch.items.len() >= 50_000 {
@@ -261,7 +382,7 @@ fn produce(
 
     let weight = |i: u32| 1.0 / (f64::from(rank[i as usize]) + 1.0).powf(0.9);
     let global = Cdf::new((0..n_items).collect(), weight);
-    let by_category: Vec<Cdf> = (0..CATEGORIES.len())
+    let by_category: Vec<Cdf> = (0..categories_of.len())
         .map(|c| {
             Cdf::new(
                 (0..n_items).filter(|&i| primary[i as usize] == c).collect(),
@@ -297,9 +418,9 @@ fn produce(
         let home = region_of(country) * 3;
         let taste: [usize; 2] = std::array::from_fn(|_| {
             if rng.gen_bool(0.6) {
-                (home + rng.gen_range(0..3)) % CATEGORIES.len()
+                (home + rng.gen_range(0..3)) % categories_of.len()
             } else {
-                rng.gen_range(0..CATEGORIES.len())
+                rng.gen_range(0..categories_of.len())
             }
         });
         let user_id = format!("u{}", u + 1);
@@ -322,7 +443,7 @@ fn produce(
         for &item in &picked {
             batch.interactions.push(InteractionRow {
                 user_id: user_id.clone(),
-                item_id: format!("i{}", item + 1),
+                item_id: format!("{}{}", kind.id_prefix(), item + 1),
                 weight: if rng.gen_bool(0.2) { 3.0 } else { 1.0 },
                 ts: BASE_TS + rng.gen_range(0..90 * DAY),
             });
@@ -355,6 +476,7 @@ mod tests {
             items: 100,
             seed,
             interactions_per_user: 10,
+            catalogue: Default::default(),
         }
     }
 
@@ -365,6 +487,60 @@ mod tests {
         generate(&s, &spec(seed), |_| {}).await.unwrap();
         let db = Database::open(&path).unwrap();
         (db.content_hash().unwrap(), db.counts().unwrap())
+    }
+
+    #[test]
+    fn each_catalogue_has_its_own_ids_categories_prices_and_stock() {
+        let items = |catalogue: Catalogue| {
+            let mut items = Vec::new();
+            let spec = DemoSpec {
+                items: 400,
+                catalogue,
+                ..spec(3)
+            };
+            produce(
+                &spec,
+                |b| {
+                    items.extend(b.items);
+                    true
+                },
+                |_| {},
+            )
+            .unwrap();
+            items
+        };
+        for kind in [Catalogue::Books, Catalogue::Fashion, Catalogue::News] {
+            let items = items(kind);
+            assert_eq!(items.len(), 400);
+            assert!(items
+                .iter()
+                .all(|i| i.item_id.starts_with(kind.id_prefix())));
+            assert!(items
+                .iter()
+                .all(|i| kind.categories().contains(&i.categories[0].as_str())));
+            let out = items.iter().filter(|i| !i.available).count();
+            match kind.prices() {
+                Some((lo, hi)) => {
+                    assert!(items.iter().all(|i| {
+                        i.price.is_some_and(|p| (lo..=hi).contains(&p))
+                            && i.currency.as_deref() == Some("EUR")
+                    }));
+                    assert!(
+                        (5..=40).contains(&out),
+                        "{kind:?}: {out} of 400 out of stock"
+                    );
+                }
+                None => {
+                    assert!(items.iter().all(|i| i.price.is_none()));
+                    assert_eq!(out, 0);
+                }
+            }
+        }
+        // The mixed catalogue is what it was: ids `i…`, no prices, everything in stock.
+        let mixed = items(Catalogue::Mixed);
+        assert!(mixed
+            .iter()
+            .all(|i| i.item_id.starts_with('i') && i.price.is_none() && i.available));
     }
 
     #[tokio::test]
@@ -443,6 +619,7 @@ mod tests {
             items: 200,
             seed: 5,
             interactions_per_user: 4,
+            catalogue: Default::default(),
         };
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteStore::open(&dir.path().join("d.sqlite"), 1).unwrap();

@@ -116,6 +116,7 @@ async fn run() -> Result<()> {
                 items: c.items,
                 seed: c.seed,
                 interactions_per_user: c.interactions_per_user,
+                catalogue: c.catalogue,
             };
             let progress = bar.clone();
             let sum = origin::demo_data::generate(&*store, &spec, move |done| {
@@ -175,8 +176,10 @@ async fn run() -> Result<()> {
             let location = Location::parse(&c.store.db.to_string_lossy())?;
             let set = match &location {
                 Location::Sqlite(path) => {
-                    let store = Database::open(path)
+                    let file = origin::store::sqlite::file_of(path, tenant.as_str())
                         .with_context(|| format!("opening {}", path.display()))?;
+                    let store = Database::open(&file)
+                        .with_context(|| format!("opening {}", file.display()))?;
                     tokio::task::block_in_place(|| store.training_set())?
                 }
                 Location::Postgres(_) => origin::store::open(&location, tenant.as_str(), 1)
@@ -313,7 +316,9 @@ async fn run() -> Result<()> {
         Command::Replay(c) => {
             let started = Instant::now();
             let location = Location::parse(&c.db.to_string_lossy())?;
-            let store = origin::store::open(&location, contract::DEFAULT_TENANT, 1)
+            let tenant =
+                contract::Tenant::parse(&c.tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+            let store = origin::store::open(&location, tenant.as_str(), 1)
                 .await
                 .with_context(|| format!("opening {}", location.display()))?;
             let report = store

@@ -473,6 +473,7 @@ pub(crate) fn fixture(dir: &std::path::Path) -> (Snapshot, crate::store::sqlite:
             items: 80,
             seed: 1,
             interactions_per_user: 8,
+            catalogue: Default::default(),
         },
         |_| {},
     )

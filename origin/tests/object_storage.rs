@@ -93,6 +93,7 @@ fn snapshot(dir: &Path) -> Arc<Snapshot> {
             items: 60,
             seed: 3,
             interactions_per_user: 6,
+            catalogue: Default::default(),
         },
         |_| {},
     )

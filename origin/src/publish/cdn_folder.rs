@@ -3,7 +3,12 @@
 //! the static server (`origin cdn`) serves from.
 //!
 //! A bulk publish writes a new generation directory, then flips `current`, then prunes
-//! old generations down to [`CdnFolder::keeping`]. One document replaced after a miss
+//! old generations down to [`CdnFolder::keeping`]. A generation is published for one
+//! tenant; the other tenants' files of the current generation are carried into it as
+//! hard links before the flip (no copy of the bytes), so publishing one tenant never
+//! hides another's documents. The cost is a link per file of the other tenants; a
+//! document another origin replaces between the carry and the flip stays in the old
+//! generation only (its next miss writes it again). One document replaced after a miss
 //! goes through a unique temporary file and a rename, so readers only ever see whole
 //! documents, however many writers replace the same file at once.
 
@@ -30,6 +35,24 @@ pub struct CdnFolder {
     root: PathBuf,
     /// Generations kept after an activation (older ones are deleted); 0 keeps all.
     keep_generations: usize,
+}
+
+/// Recreates the tree `from` at `to` with hard links to its files; gives the files.
+fn link_tree(from: &Path, to: &Path) -> Result<usize, PublishError> {
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    let mut linked = 0;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(io(&src))?;
+        if kind.is_dir() {
+            linked += link_tree(&src, &dst)?;
+        } else if kind.is_file() && !src.extension().is_some_and(|e| e == "tmp") {
+            std::fs::hard_link(&src, &dst).map_err(io(&dst))?;
+            linked += 1;
+        }
+    }
+    Ok(linked)
 }
 
 fn write_json(path: &Path, doc: &RecommendationDoc) -> Result<(), PublishError> {
@@ -218,6 +241,33 @@ impl CdnFolder {
     /// Atomically points `current` at `generation`: a symlink under a name of its own
     /// (process and a random part, so concurrent publishers never share one) renamed
     /// over `current`.
+    /// Hard-links every other tenant's files of the current generation into
+    /// `generation` (which holds `tenant`'s new files); gives the files linked.
+    pub fn carry_other_tenants(
+        &self,
+        tenant: &Tenant,
+        generation: &Generation,
+    ) -> Result<usize, PublishError> {
+        let Ok(current) = std::fs::canonicalize(self.current()) else {
+            return Ok(0); // nothing published yet
+        };
+        let new = self.root.join("generations").join(generation.as_str());
+        if std::fs::canonicalize(&new).is_ok_and(|n| n == current) {
+            return Ok(0);
+        }
+        let mut linked = 0;
+        for entry in std::fs::read_dir(&current).map_err(io(&current))? {
+            let entry = entry.map_err(io(&current))?;
+            let name = entry.file_name();
+            let is_dir = entry.file_type().map_err(io(&entry.path()))?.is_dir();
+            if !is_dir || name == tenant.as_str() || new.join(&name).exists() {
+                continue;
+            }
+            linked += link_tree(&entry.path(), &new.join(&name))?;
+        }
+        Ok(linked)
+    }
+
     pub fn switch_current(&self, generation: &Generation) -> Result<(), PublishError> {
         let rel = Path::new("generations").join(generation.as_str());
         let tmp = self.root.join(format!(
@@ -345,14 +395,16 @@ impl PublishTarget for CdnFolder {
 
     async fn activate(
         &self,
-        _tenant: &Tenant,
+        tenant: &Tenant,
         pointer: &GenerationPointer,
     ) -> Result<Activated, PublishError> {
         if pointer.base.is_some() {
             return Err(PublishError::DeltaUnsupported("cdn"));
         }
         let g = pointer.generation.clone();
+        let tenant = tenant.clone();
         self.blocking(move |f| {
+            f.carry_other_tenants(&tenant, &g)?;
             f.switch_current(&g)?;
             let pruned = match f.keep_generations {
                 0 => 0,

@@ -84,6 +84,38 @@ async fn a_publish_writes_a_generation_and_points_current_at_it() {
 }
 
 #[tokio::test]
+async fn publishing_one_tenant_keeps_the_other_tenants_files_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+    let snapshot = Arc::new(snapshot);
+    let out = dir.path().join("cdn");
+    let folder = CdnFolder::new(out.clone()).keeping(1);
+    let books = Tenant::parse("books").unwrap();
+    publish_all(
+        snapshot.clone(),
+        job(&Tenant::default_tenant(), Some(folder.clone()), None),
+    )
+    .await
+    .unwrap();
+    let before = std::fs::read(out.join("current/default/users/u1.json")).unwrap();
+    // Another tenant's publish: a new generation, the only one kept.
+    publish_all(snapshot.clone(), job(&books, Some(folder.clone()), None))
+        .await
+        .unwrap();
+    assert!(out.join("current/books/users/u1.json").exists());
+    assert_eq!(
+        std::fs::read(out.join("current/default/users/u1.json")).unwrap(),
+        before,
+        "the default tenant's documents are still served after books published"
+    );
+    let generations = std::fs::read_dir(out.join("generations")).unwrap().count();
+    assert_eq!(
+        generations, 1,
+        "the old generation was pruned, the files live on"
+    );
+}
+
+#[tokio::test]
 async fn old_generations_are_pruned_but_current_stays() {
     let dir = tempfile::tempdir().unwrap();
     let (snapshot, _store) = crate::snapshot::fixture(dir.path());

@@ -572,8 +572,9 @@ impl Location {
 
 /// Opens the store `--db` names for `tenant`, with the event writer committing at most
 /// `group_max` events per transaction. Needs a tokio runtime (the writer, the probe).
-/// A SQLite file holds one tenant, so it ignores `tenant`; a PostgreSQL database keys
-/// every row by it.
+/// On SQLite, `tenant`'s data is in the `--db` file when that file holds it, else in a
+/// file of its own beside it ([`sqlite::file_of`]); a PostgreSQL database keys every
+/// row by it.
 pub async fn open(
     location: &Location,
     tenant: &str,
@@ -590,7 +591,16 @@ pub async fn open_with(
     options: SchemaOptions,
 ) -> Result<SharedStore, StoreError> {
     match location {
-        Location::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, group_max)?)),
+        Location::Sqlite(path) => {
+            let file = sqlite::file_of(path, tenant)?;
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            Ok(Arc::new(SqliteStore::open(&file, group_max)?))
+        }
         Location::Postgres(url) => Ok(Arc::new(
             PostgresStore::connect_with(url, tenant, group_max, options).await?,
         )),
@@ -672,9 +682,10 @@ impl TenantStores {
     pub async fn open(&self, tenant: &contract::Tenant) -> Result<SharedStore, StoreError> {
         match &self.backend {
             TenantStoresBackend::Sqlite(main) => {
-                let file = sqlite::tenant_file(main, tenant.as_str());
+                let (main, tenant) = (main.clone(), tenant.to_string());
                 let group_max = self.group_max;
                 let store = tokio::task::spawn_blocking(move || {
+                    let file = sqlite::file_of(&main, &tenant)?;
                     if let Some(dir) = file.parent() {
                         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
                             path: dir.display().to_string(),

@@ -32,6 +32,26 @@ pub use database::{Database, APPLICATION_ID, SCHEMA_VERSION};
 pub use event_log::EventLog;
 pub use tenants::SqliteTenants;
 
+/// The meta key naming the tenant whose data the main file holds.
+pub const OWNER_KEY: &str = "tenant";
+
+/// The file that holds `tenant`'s data when `--db` is the SQLite file `main`: the main
+/// file when it holds that tenant — it holds the first tenant written to it, recorded
+/// in its meta table ([`OWNER_KEY`]; a file with no tenant recorded is claimed now) —
+/// else the tenant's own file ([`tenant_file`]).
+pub fn file_of(main: &Path, tenant: &str) -> Result<PathBuf, StoreError> {
+    let db = Database::open(main)?;
+    let at = |e| StoreError::at(main, e);
+    match db.meta(OWNER_KEY).map_err(at)? {
+        Some(owner) if owner == tenant => Ok(main.to_owned()),
+        Some(_) => Ok(tenant_file(main, tenant)),
+        None => {
+            db.set_meta(OWNER_KEY, tenant).map_err(at)?;
+            Ok(main.to_owned())
+        }
+    }
+}
+
 /// The database file of `tenant` in an origin serving several tenants on SQLite: a
 /// file of its own next to the main one, `{dir}/{main file name}.tenants/{tenant}.sqlite`.
 /// (SQLite locks a whole file to write, so tenants in files of their own never wait
@@ -269,5 +289,42 @@ impl Store for SqliteStore {
         let id = user.as_str().to_owned();
         self.with_database(move |db| db.delete_row(CatalogueTable::Users, &id))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_tenant_written_owns_the_main_file_and_the_others_get_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("origin.sqlite");
+        assert_eq!(
+            file_of(&main, "books").unwrap(),
+            main,
+            "a new file is claimed"
+        );
+        assert_eq!(file_of(&main, "books").unwrap(), main);
+        let news = file_of(&main, "news").unwrap();
+        assert_eq!(news, dir.path().join("origin.sqlite.tenants/news.sqlite"));
+        assert_eq!(
+            Database::open(&main)
+                .unwrap()
+                .meta(OWNER_KEY)
+                .unwrap()
+                .as_deref(),
+            Some("books")
+        );
+        // Removing a tenant's file takes its WAL files too, and is a no-op after.
+        std::fs::create_dir_all(news.parent().unwrap()).unwrap();
+        Database::open(&news).unwrap();
+        let removed = remove_tenant_file(&news).unwrap();
+        assert!(
+            removed.iter().any(|p| p.ends_with("news.sqlite")),
+            "{removed:?}"
+        );
+        assert!(!news.exists());
+        assert!(remove_tenant_file(&news).unwrap().is_empty());
     }
 }
