@@ -47,7 +47,7 @@ fn link_tree(from: &Path, to: &Path) -> Result<usize, PublishError> {
         let kind = entry.file_type().map_err(io(&src))?;
         if kind.is_dir() {
             linked += link_tree(&src, &dst)?;
-        } else if kind.is_file() && !src.extension().is_some_and(|e| e == "tmp") {
+        } else if kind.is_file() && src.extension().is_none_or(|e| e != "tmp") {
             std::fs::hard_link(&src, &dst).map_err(io(&dst))?;
             linked += 1;
         }
