@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make dev`: builds everything, generates and imports the demo catalogue (once), starts
-# the origin (8080), the secondary CDN (8081) and `wrangler dev` (8787), publishes, prints
-# example URLs, and stops all three on Ctrl-C. State lives in var/ (git-ignored).
+# the origin (8080), the secondary CDN (8081) and `wrangler dev` (8787), creates three
+# demo tenants (a bookshop, a fashion shop, a news site; once), publishes, prints example
+# URLs, and stops all three on Ctrl-C. State lives in var/ (git-ignored); the demo
+# tenants' keys, shown once when created, are kept in var/tenants/ (mode 600).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -75,6 +77,19 @@ curl -sf -X PUT --data-binary "@$ROOT/node_modules/@ip-location-db/iptoasn-count
   && echo "dev: GeoIP database uploaded to local KV" || echo "dev: warning: GeoIP upload failed; every request gets the default region" >&2
 "$ORIGIN" publish --db "$DB" --out "$PUB" --edge-url "http://127.0.0.1:$EDGE_PORT"
 
+# Three demo tenants with catalogues of their own, served by the same origin.
+mkdir -p "$VAR/tenants"
+declare -A NAMES=([books]="Demo Bookshop" [fashion]="Demo Fashion" [news]="Demo News")
+declare -A SEEDS=([books]=7 [fashion]=11 [news]=13)
+for t in books fashion news; do
+  if ! "$ORIGIN" tenants show "$t" --db "$DB" > /dev/null 2>&1; then
+    ( umask 077; "$ORIGIN" tenants create "$t" --db "$DB" --name "${NAMES[$t]}" --json > "$VAR/tenants/$t.json" )
+    "$ORIGIN" demo-data --db "$DB" --tenant "$t" --catalogue "$t" --users 800 --items 300 --seed "${SEEDS[$t]}"
+  fi
+  "$ORIGIN" publish --db "$DB" --tenant "$t" --out "$PUB" --edge-url "http://127.0.0.1:$EDGE_PORT" > /dev/null
+done
+key_of() { sed -n 's/.*"client_key": *"\([^"]*\)".*/\1/p' "$VAR/tenants/$1.json" | head -n1; }
+
 first="$(find -L "$PUB/current/default/users" -name '*.json' -print -quit)"
 user="$(basename "$first" .json)"
 cat <<MSG
@@ -90,5 +105,12 @@ Try:
   curl -i http://127.0.0.1:$ORIGIN_PORT/v1/recommendations/$user      # straight from the origin
   curl -i -H 'CF-Connecting-IP: 81.2.69.160' http://127.0.0.1:$EDGE_PORT/v1/recommendations/$user   # X-Edge-Region: europe
   curl -i http://127.0.0.1:$EDGE_PORT/health
+
+Demo tenants (keys in var/tenants/*.json; the demo page switches tenant):
+  http://127.0.0.1:$EDGE_PORT/?tenant=books&user=u1#key=$(key_of books)
+  http://127.0.0.1:$EDGE_PORT/?tenant=fashion&user=u1#key=$(key_of fashion)
+  http://127.0.0.1:$EDGE_PORT/?tenant=news&user=u1#key=$(key_of news)
+  curl -i 'http://127.0.0.1:$EDGE_PORT/v1/recommendations/u1?tenant=books'
+  dashboard, every tenant:  http://127.0.0.1:$ORIGIN_PORT/dashboard#token=\$ADMIN_TOKEN (from .dev.vars)
 MSG
 wait
