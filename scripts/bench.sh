@@ -6,9 +6,10 @@
 #   3. edge: wrk against wrangler dev — edge-cache hit vs /health, GeoIP first request;
 #   4. engine: quality and speed vs peers (bench/engine.sh), when present;
 #   5. the origin middleware's latency accounting vs its Prometheus histogram (criterion);
-#   6. PostgreSQL at 1,000,000 users and replica reads (bench/postgres_scale.sh, native build).
+#   6. PostgreSQL at 1,000,000 users and replica reads (bench/postgres_scale.sh, native build);
+#   7. many tenants in one origin on PostgreSQL (tests/tenant_bench.rs; TENANTS, CACHE_MB).
 # Set BENCH_SECONDS (default 10) for the wrk runs; BENCH_SKIP_ENGINE=1 to skip part 4,
-# BENCH_SKIP_POSTGRES=1 to skip part 6.
+# BENCH_SKIP_POSTGRES=1 to skip part 6, BENCH_SKIP_TENANTS=1 to skip part 7.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -60,4 +61,11 @@ if [ "${BENCH_SKIP_POSTGRES:-0}" != 1 ]; then
   echo "## 6. PostgreSQL at scale"
   cargo build --profile native -p origin
   bench/postgres_scale.sh target/native/origin
+fi
+
+if [ "${BENCH_SKIP_TENANTS:-0}" != 1 ]; then
+  echo "## 7. Many tenants in one origin (PostgreSQL)"
+  cargo build --profile native -p origin
+  cargo build -p e2e --bin tenant-bench --features origin/otel
+  ORIGIN_BIN=target/native/origin TENANTS="${TENANTS:-10000}" CACHE_MB="${CACHE_MB:-256}" target/debug/tenant-bench
 fi

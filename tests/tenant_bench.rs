@@ -123,7 +123,13 @@ fn serve(bin: &str, url: &str, cache_mb: &str, log: &std::path::Path) -> Served 
         .unwrap()
         .port();
     let child = Command::new(bin)
-        .args(["serve", "--db", url, "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--db",
+            url,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .args(["--rate-limit-rps", "0", "--retrain-every-s", "0"])
         .args(["--model-cache-mb", cache_mb])
@@ -132,11 +138,17 @@ fn serve(bin: &str, url: &str, cache_mb: &str, log: &std::path::Path) -> Served 
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    // Owned at once: a panic below still stops the process.
+    let served = Served {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if reqwest::blocking::get(format!("{base}/health")).is_ok_and(|r| r.status() == 200) {
-            return Served { child, base };
+        let up = reqwest::blocking::get(format!("{}/health", served.base))
+            .is_ok_and(|r| r.status() == 200);
+        if up {
+            return served;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -210,7 +222,10 @@ fn health(base: &str) -> serde_json::Value {
 fn wait_loaded(base: &str, loads: u64) -> f64 {
     let started = Instant::now();
     while health(base)["model_cache"]["loads"].as_u64().unwrap_or(0) < loads {
-        assert!(started.elapsed() < Duration::from_secs(3600), "loads never finished");
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "loads never finished"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     started.elapsed().as_secs_f64()
@@ -241,8 +256,16 @@ fn main() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut rows = Vec::new();
-    for (label, cache_mb) in [("cache holds all", "4096"), ("small cache", small_cache.as_str())] {
-        let served = serve(&bin, &url, cache_mb, &dir.path().join(format!("origin-{cache_mb}.log")));
+    for (label, cache_mb) in [
+        ("cache holds all", "4096"),
+        ("small cache", small_cache.as_str()),
+    ] {
+        let served = serve(
+            &bin,
+            &url,
+            cache_mb,
+            &dir.path().join(format!("origin-{cache_mb}.log")),
+        );
         let pid = served.child.id();
         let (idle_rss, _) = memory_mb(pid);
         let t0 = Instant::now();

@@ -46,6 +46,9 @@ pub struct QuotaGuard {
     labels: Arc<Mutex<TenantLabels>>,
     /// The monotonic clock's zero (the meter's bucket counts seconds from it).
     epoch: Instant,
+    /// Whether a metered request came since the last sync (an idle tenant's sync
+    /// skips the registry and the store: thousands of idle tenants cost no queries).
+    active: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl QuotaGuard {
@@ -60,6 +63,7 @@ impl QuotaGuard {
                 now_unix(),
             ))),
             epoch: Instant::now(),
+            active: Arc::default(),
         };
         guard.set_quotas(quotas);
         guard
@@ -73,6 +77,7 @@ impl QuotaGuard {
             meter: Arc::new(Mutex::new(None)),
             labels: self.labels.clone(),
             epoch: Instant::now(),
+            active: Arc::default(),
         };
         guard.set_quotas(quotas);
         guard
@@ -80,6 +85,8 @@ impl QuotaGuard {
 
     /// This tenant's label in the per-tenant metrics, counting one request.
     pub fn label(&self) -> String {
+        self.active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
         labels.label(&self.tenant, now_unix())
     }
@@ -181,9 +188,11 @@ pub struct QuotaHealth {
     pub items: u64,
 }
 
-/// Every [`QUOTA_SYNC`]: the tenant's quotas from the registry (added, changed or
-/// removed since) and the store's count of today's events (every origin's), logging
-/// failures; ends when the guard is dropped everywhere else.
+/// Every [`QUOTA_SYNC`] in which the tenant had metered requests (and once at the
+/// start): the tenant's quotas from the registry (added, changed or removed since) and
+/// the store's count of today's events (every origin's), logging failures; ends when
+/// the guard is dropped everywhere else. An idle tenant costs no queries; its first
+/// requests after a pause meet the quotas of its last sync for up to one period.
 pub fn spawn_sync(
     guard: QuotaGuard,
     tenants: Tenants,
@@ -195,10 +204,18 @@ pub fn spawn_sync(
         };
         let mut tick = tokio::time::interval(QUOTA_SYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
         loop {
             tick.tick().await;
             if Arc::strong_count(&guard.meter) <= 1 {
                 return;
+            }
+            // Idle since the last sync: nothing to refresh (the first sync always runs).
+            let active = guard
+                .active
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            if !std::mem::take(&mut first) && !active {
+                continue;
             }
             let now = now_unix();
             match tenants.show(&id, now as i64).await {
