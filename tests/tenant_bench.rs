@@ -84,6 +84,7 @@ async fn setup(url: &str, tenants: usize, users: usize, items: usize) {
                             id: id.clone(),
                             name: DisplayName::parse(&format!("Tenant {i}")).unwrap(),
                             quotas: Quotas::default(),
+                            model: None,
                         },
                         origin::clock::now_unix() as i64,
                     )

@@ -47,9 +47,10 @@ pub async fn serve(
         stale_for_s: c.stale_for_s,
     };
     let policy = c.policy.policy();
-    let choice = c.model.choice.clone();
-    let train: crate::retrain::TrainFn =
-        Arc::new(move |data| crate::training::train_or_popularity(data, &choice));
+    let train_with = |choice: crate::training::ModelChoice| -> crate::retrain::TrainFn {
+        Arc::new(move |data| crate::training::train_or_popularity(data, &choice))
+    };
+    let mut train = train_with(c.model.choice.clone());
     // Opened (and checked to be ours) before anything listens.
     let location = Location::parse(&c.store.db.to_string_lossy())?;
     let store = crate::store::open_with_replicas(
@@ -93,7 +94,14 @@ pub async fn serve(
         .show(&tenant, crate::snapshot::now_unix() as i64)
         .await
     {
-        Ok(view) => Some(view.tenant.quotas),
+        Ok(view) => {
+            // A registered tenant's own model setting wins over `--model`.
+            if let Some(model) = &view.tenant.model {
+                tracing::info!(model = model.as_str(), "the tenant's model setting");
+                train = train_with(model.choice());
+            }
+            Some(view.tenant.quotas)
+        }
         Err(crate::tenants::TenantError::NotFound(_)) => None,
         Err(e) => return Err(e).context("reading the tenant's quotas"),
     };

@@ -284,8 +284,15 @@ impl TenantHost {
         let quota = self
             .main_quota
             .for_tenant(tenant.as_str(), Some(view.tenant.quotas));
+        // The tenant's own model, else the origin's `--model`.
+        let mut settings = self.settings.clone();
+        if let Some(model) = &view.tenant.model {
+            let choice = model.choice();
+            settings.train =
+                Arc::new(move |data| crate::training::train_or_popularity(data, &choice));
+        }
         let (state, retrainer) = tenant_state(
-            &self.settings,
+            &settings,
             tenant.clone(),
             store.clone(),
             self.registry.clone(),
@@ -500,11 +507,15 @@ async fn answer(app: Router, req: Request) -> Response {
     }
 }
 
-/// The tenant a `DELETE /v1/admin/tenants/{id}` deletes.
+/// The tenant whose loaded runtime a successful request makes stale: a `DELETE
+/// /v1/admin/tenants/{id}` (deleted) or a `PUT /v1/admin/tenants/{id}/model` (to be
+/// trained with its new model on its next request).
 fn deleted_tenant(req: &Request) -> Option<Tenant> {
-    if req.method() != axum::http::Method::DELETE {
-        return None;
-    }
-    let id = req.uri().path().strip_prefix("/v1/admin/tenants/")?;
+    let rest = req.uri().path().strip_prefix("/v1/admin/tenants/")?;
+    let id = match *req.method() {
+        axum::http::Method::DELETE => rest,
+        axum::http::Method::PUT => rest.strip_suffix("/model")?,
+        _ => return None,
+    };
     Tenant::parse(id).ok()
 }

@@ -14,35 +14,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use crate::engine::ModelChoice;
 use crate::engine::{self, ModelKind, ModelSpec, SpecError};
 use crate::eval::tune::{train_best, TuneOptions};
 use crate::model::{Interaction, Recommender, TrainingData};
-
-/// The model to train.
-#[derive(Debug, Clone)]
-pub enum ModelChoice {
-    Spec(ModelSpec),
-    Auto,
-}
-
-impl FromStr for ModelChoice {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s == "auto" {
-            return Ok(ModelChoice::Auto);
-        }
-        if s.starts_with('{') {
-            return serde_json::from_str(s)
-                .map(ModelChoice::Spec)
-                .map_err(|e| format!("model spec JSON: {e}"));
-        }
-        ModelSpec::parse(s)
-            .map(ModelChoice::Spec)
-            .map_err(|e| e.to_string())
-    }
-}
 
 /// The `--model` flag, shared by `serve` and `publish`.
 #[derive(Debug, Clone, clap::Args)]

@@ -272,6 +272,59 @@ fn isolation(db: &str, dir: &std::path::Path) {
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // A tenant's own model: A switches to popularity, B keeps the origin's hybrid.
+    let set_model = |tenant: &str, body: Value| {
+        let r = origin
+            .client
+            .put(format!("{}/v1/admin/tenants/{tenant}/model", origin.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let (s, body) = set_model("shop-a", json!({ "model": "nope" }));
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("invalid_model")),
+        "{body}"
+    );
+    let (s, body) = set_model("shop-a", json!({ "model": "popularity" }));
+    assert_eq!(
+        (s, body["model"].as_str()),
+        (200, Some("popularity")),
+        "{body}"
+    );
+    origin.retrain("shop-a");
+    let version = |tenant: &str| {
+        let (_, body) = origin.get(&format!("/v1/recommendations/u1?tenant={tenant}"));
+        body["model_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        version("shop-a").contains("#popularity"),
+        "{}",
+        version("shop-a")
+    );
+    assert!(
+        version("shop-b").contains("hybrid"),
+        "{}",
+        version("shop-b")
+    );
+    let (s, _) = set_model("shop-a", json!({ "model": null }));
+    assert_eq!(s, 200);
+    origin.retrain("shop-a");
+    assert!(
+        version("shop-a").contains("hybrid"),
+        "{}",
+        version("shop-a")
+    );
+
     // Tenant ids that try to leave their namespace, and unknown tenants.
     for bad in ["..", "%2e%2e", "a%2Fb", "a/b", "A", "%00"] {
         let (s, body) = origin.get(&format!("/v1/recommendations/u1?tenant={bad}"));

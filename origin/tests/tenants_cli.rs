@@ -151,6 +151,19 @@ async fn the_tenants_commands_work_on(db: &str) {
         .map(|t| t["id"].clone())
         .collect();
     assert_eq!(ids, ["news"]);
+
+    // A tenant's model: set at create, changed, refused when not a model, cleared.
+    ok(db, &["create", "mags", "--model", "ease"]);
+    let shown: Value = serde_json::from_str(&ok(db, &["show", "mags", "--json"])).unwrap();
+    assert_eq!(shown["model"], "ease", "{shown}");
+    assert!(ok(db, &["set-model", "mags", "popularity"]).contains("popularity"));
+    let err = fails(db, &["set-model", "mags", "no-such-model"]);
+    assert!(err.contains("not a model"), "{err}");
+    let err = fails(db, &["create", "bad-model", "--model", "{\"kind\":"]);
+    assert!(err.contains("not a model"), "{err}");
+    ok(db, &["set-model", "mags", "default"]);
+    let shown: Value = serde_json::from_str(&ok(db, &["show", "mags", "--json"])).unwrap();
+    assert!(shown.get("model").is_none(), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

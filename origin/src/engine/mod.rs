@@ -91,7 +91,7 @@ use rayon::prelude::*;
 
 use crate::model::{Because, ItemIdx, Query, Recommender, Scored, TrainingData, UserIdx};
 pub use sparse::Csr;
-pub use spec::{build, ModelKind, ModelSpec, SpecError};
+pub use spec::{build, ModelChoice, ModelKind, ModelSpec, SpecError};
 
 /// What every model computes: a score for every item given a history.
 ///

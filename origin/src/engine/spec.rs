@@ -1,6 +1,7 @@
 //! Models by name and parameters: [`ModelSpec`] and [`build`].
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -381,6 +382,33 @@ impl<'a> Trainer<'a> {
 /// Trains the model `spec` on `data`, ready to serve.
 pub fn build(spec: &ModelSpec, data: &TrainingData) -> Result<Arc<dyn Recommender>, SpecError> {
     Ok(Arc::new(Trainer::new(data).engine(spec)?))
+}
+
+/// The model to train: a spec, or `auto` (tuned on a holdout; see `crate::training`).
+/// Parsed from `--model` and from a tenant's model setting.
+#[derive(Debug, Clone)]
+pub enum ModelChoice {
+    Spec(ModelSpec),
+    Auto,
+}
+
+impl FromStr for ModelChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "auto" {
+            return Ok(ModelChoice::Auto);
+        }
+        if s.starts_with('{') {
+            return serde_json::from_str(s)
+                .map(ModelChoice::Spec)
+                .map_err(|e| format!("model spec JSON: {e}"));
+        }
+        ModelSpec::parse(s)
+            .map(ModelChoice::Spec)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -211,6 +211,7 @@ fn tenant_code(e: &crate::tenants::TenantError) -> &'static str {
         E::Invalid(InvalidTenant::Id(id)) => id.code(),
         E::Invalid(InvalidTenant::Name(_)) => "invalid_name",
         E::Invalid(InvalidTenant::Quota(_)) => "invalid_quota",
+        E::Invalid(InvalidTenant::Model(_)) => "invalid_model",
         E::InvalidKind(_) => "invalid_key_kind",
         E::InvalidOverlap(_) => "invalid_overlap",
         E::Exists(_) => "tenant_exists",

@@ -7,7 +7,7 @@
 //! | `POST /v1/events`, `POST /v1/impressions` | [`events`] |
 //! | `GET /v1/analytics/{recommendations,real-time,timeline,latency}` | [`analytics`] |
 //! | `POST /v1/admin/retrain`, `POST /v1/analytics/edge-report` | [`admin`] |
-//! | `GET, POST /v1/admin/tenants`, `GET, DELETE /v1/admin/tenants/{id}`, `POST /v1/admin/tenants/{id}/keys/{kind}/rotate` | [`tenants`] |
+//! | `GET, POST /v1/admin/tenants`, `GET, DELETE /v1/admin/tenants/{id}`, `POST /v1/admin/tenants/{id}/keys/{kind}/rotate`, `PUT /v1/admin/tenants/{id}/model` | [`tenants`] |
 //! | `PUT, PATCH, GET, DELETE /v1/items/{id}`, `POST /v1/items`, the same for `/v1/users` | [`catalogue`] |
 //! | `GET /health`, `GET /dashboard`, JSON 404/405 | here |
 //!
@@ -228,6 +228,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/v1/admin/tenants/{id}/keys/{kind}/rotate",
             post(tenants::rotate),
+        )
+        .route(
+            "/v1/admin/tenants/{id}/model",
+            axum::routing::put(tenants::set_model),
         )
         .route(
             "/v1/items",

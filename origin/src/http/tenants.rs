@@ -7,6 +7,7 @@
 //! | `GET /v1/admin/tenants/{id}` | the tenant and its keys' kinds and hints (never the keys) |
 //! | `DELETE /v1/admin/tenants/{id}` | what was removed, table by table |
 //! | `POST /v1/admin/tenants/{id}/keys/{kind}/rotate?overlap_s=N` | the new key (shown this once) and until when the old one works |
+//! | `PUT /v1/admin/tenants/{id}/model` `{"model": "ease" \| null}` | the tenant, with the model its recommendations train (`null`: the origin's `--model`) |
 //!
 //! The token is checked before anything else is read; then the id (the contract's
 //! rules, after percent-decoding, so `..`, `/` and their encoded forms are 400). An
@@ -38,6 +39,24 @@ pub struct CreateTenant {
     /// Quotas; any left out take their defaults.
     #[serde(default)]
     pub quotas: Quotas,
+    /// The model its recommendations train (default: the origin's `--model`).
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Body of `PUT /v1/admin/tenants/{id}/model`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetModel {
+    /// What `--model` accepts; `null` for the origin's `--model`.
+    pub model: Option<String>,
+}
+
+/// The model setting of a request body, checked.
+fn model_setting(raw: Option<&str>) -> Result<Option<crate::tenants::ModelSetting>, ApiError> {
+    raw.map(crate::tenants::ModelSetting::parse)
+        .transpose()
+        .map_err(|e| TenantError::from(crate::tenants::InvalidTenant::from(e)).into())
 }
 
 /// Query of the rotate route.
@@ -96,10 +115,28 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let tenants = registry(&state, &headers)?;
     let ApiJson(body) = body?;
-    let new =
+    let mut new =
         NewTenant::parse(&body.id, body.name.as_deref(), body.quotas).map_err(TenantError::from)?;
+    new.model = model_setting(body.model.as_deref())?;
     let created = tenants.create(new, now()).await?;
     Ok(no_store(StatusCode::CREATED, created))
+}
+
+/// `PUT /v1/admin/tenants/{id}/model`: sets or clears the tenant's model. This origin
+/// drops the tenant's loaded model (`crate::tenant_host`), so its next request trains
+/// the new one.
+pub(crate) async fn set_model(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<ApiJson<SetModel>, ApiError>,
+) -> Result<Json<crate::tenants::Tenant>, ApiError> {
+    let tenants = registry(&state, &headers)?;
+    let id = tenant_id(path)?;
+    let ApiJson(body) = body?;
+    let setting = model_setting(body.model.as_deref())?;
+    tenants.set_model(&id, setting.as_ref()).await?;
+    Ok(Json(tenants.show(&id, now()).await?.tenant))
 }
 
 pub(crate) async fn show(

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use contract::Tenant as TenantId;
 
 use super::*;
-use crate::tenants::{KeyKind, NewTenant, Quotas, SharedRegistry, TenantError, Tenants, Verified};
+use crate::tenants::{
+    KeyKind, ModelSetting, NewTenant, Quotas, SharedRegistry, TenantError, Tenants, Verified,
+};
 
 const NOW: i64 = 1_764_000_000;
 
@@ -236,6 +238,38 @@ pub(super) async fn a_deleted_tenant_and_its_keys_are_gone_and_others_stay(
     assert_ne!(again.server_key, gone.server_key);
 }
 
+pub(super) async fn a_tenants_model_is_kept_changed_and_cleared(registry: SharedRegistry) {
+    let tenants = Tenants::new(registry);
+    let mut new = new_tenant("modelled", "Modelled");
+    new.model = Some(ModelSetting::parse("ease").unwrap());
+    tenants.create(new, NOW).await.unwrap();
+    tenants
+        .create(new_tenant("plain", "Plain"), NOW)
+        .await
+        .unwrap();
+    let model = |t: &str| {
+        let tenants = tenants.clone();
+        let t = id(t);
+        async move {
+            let view = tenants.show(&t, NOW).await.unwrap();
+            view.tenant.model.map(|m| m.as_str().to_owned())
+        }
+    };
+    assert_eq!(model("modelled").await.as_deref(), Some("ease"));
+    assert_eq!(model("plain").await, None);
+    let spec = ModelSetting::parse(r#"{"kind":"ease","lambda":400}"#).unwrap();
+    tenants.set_model(&id("plain"), Some(&spec)).await.unwrap();
+    assert_eq!(model("plain").await.as_deref(), Some(spec.as_str()));
+    tenants.set_model(&id("modelled"), None).await.unwrap();
+    assert_eq!(model("modelled").await, None);
+    assert!(matches!(
+        tenants.set_model(&id("nobody"), None).await,
+        Err(TenantError::NotFound(_))
+    ));
+    assert!(ModelSetting::parse("no-such-model").is_err());
+    assert!(ModelSetting::parse(&"x".repeat(2000)).is_err());
+}
+
 /// Runs every check of the suite against the registry `$open` gives: an async
 /// function returning `Some((guard, SharedRegistry))`, or `None` when the backend
 /// cannot run here (it said why; never in CI).
@@ -258,6 +292,7 @@ macro_rules! tenants_suite {
             check!(keys_verify_to_their_tenant_and_kind_only);
             check!(a_rotated_key_overlaps_then_only_the_new_one_works);
             check!(a_deleted_tenant_and_its_keys_are_gone_and_others_stay);
+            check!(a_tenants_model_is_kept_changed_and_cleared);
         }
     };
 }

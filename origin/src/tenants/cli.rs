@@ -1,4 +1,4 @@
-//! `origin tenants create|list|show|delete|rotate-key`: the registry from the command
+//! `origin tenants create|list|show|delete|rotate-key|set-model`: the registry from the command
 //! line, on whichever store `--db` names (the binary opens it with
 //! `store::open_tenants` and hands it here). Text by default, `--json` for scripts.
 
@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::keys::{KeyKind, DEFAULT_OVERLAP_S};
 use super::registry::{TenantError, Tenants};
-use super::tenant::{NewTenant, Quotas, Tenant};
+use super::tenant::{ModelSetting, NewTenant, Quotas, Tenant};
 use crate::clock::rfc3339;
 
 #[derive(Debug, Clone, Args)]
@@ -59,6 +59,11 @@ pub enum TenantsCommand {
         #[arg(long, default_value_t = DEFAULT_OVERLAP_S)]
         overlap_s: u64,
     },
+    /// Set the model the tenant's recommendations train (what `--model` accepts: a
+    /// name, a JSON spec, or `auto`), or `default` for the origin's `--model`. Serving
+    /// origins retrain the tenant with it when they next load it (at once on the origin
+    /// whose admin route sets it).
+    SetModel { id: String, model: String },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,6 +85,9 @@ pub struct CreateArgs {
     /// Items stored, at most (enforced by the tenant's `origin serve`).
     #[arg(long)]
     pub max_items: Option<u64>,
+    /// The model its recommendations train (default: the origin's `--model`).
+    #[arg(long)]
+    pub model: Option<String>,
 }
 
 impl CreateArgs {
@@ -127,8 +135,14 @@ pub async fn run(args: &TenantsArgs, tenants: &Tenants, now: i64) -> Result<Stri
     let mut out = String::new();
     match &args.command {
         TenantsCommand::Create(c) => {
-            let new = NewTenant::parse(&c.id, c.name.as_deref(), c.quotas())
+            let mut new = NewTenant::parse(&c.id, c.name.as_deref(), c.quotas())
                 .map_err(TenantError::from)?;
+            new.model = c
+                .model
+                .as_deref()
+                .map(ModelSetting::parse)
+                .transpose()
+                .map_err(|e| TenantError::from(super::tenant::InvalidTenant::from(e)))?;
             let created = tenants.create(new, now).await?;
             if args.json {
                 return json(&created);
@@ -174,11 +188,14 @@ pub async fn run(args: &TenantsArgs, tenants: &Tenants, now: i64) -> Result<Stri
             let t = &view.tenant;
             let _ = writeln!(
                 out,
-                "tenant {}\nname: {:?}\ncreated: {}\nquotas: {}\nkeys:",
+                "tenant {}\nname: {:?}\ncreated: {}\nquotas: {}\nmodel: {}\nkeys:",
                 t.id,
                 t.name.as_str(),
                 time(t.created_at),
-                quotas_line(&t.quotas)
+                quotas_line(&t.quotas),
+                t.model
+                    .as_ref()
+                    .map_or("the origin's --model", |m| m.as_str())
             );
             for k in &view.keys {
                 let until = k.expires_at.map_or("valid until rotated".to_owned(), |u| {
@@ -235,6 +252,28 @@ pub async fn run(args: &TenantsArgs, tenants: &Tenants, now: i64) -> Result<Stri
                 rotated.tenant,
                 rotated.key.expose(),
                 time(rotated.previous_valid_until),
+            );
+        }
+        TenantsCommand::SetModel { id, model } => {
+            let id = TenantId::parse(id)?;
+            let setting = match model.trim() {
+                "default" => None,
+                m => Some(
+                    ModelSetting::parse(m)
+                        .map_err(|e| TenantError::from(super::tenant::InvalidTenant::from(e)))?,
+                ),
+            };
+            tenants.set_model(&id, setting.as_ref()).await?;
+            let view = tenants.show(&id, now).await?;
+            if args.json {
+                return json(&view.tenant);
+            }
+            let _ = writeln!(
+                out,
+                "tenant {id} now trains {}",
+                setting
+                    .as_ref()
+                    .map_or("the origin's --model", |m| m.as_str())
             );
         }
     }

@@ -39,4 +39,4 @@ pub use registry::{
     Created, DeleteReport, KeyInfo, RemovedRows, Rotated, SharedRegistry, TenantError,
     TenantRegistry, TenantView, Tenants, Verified,
 };
-pub use tenant::{DisplayName, InvalidTenant, NewTenant, Quotas, Tenant};
+pub use tenant::{DisplayName, InvalidTenant, ModelSetting, NewTenant, Quotas, Tenant};

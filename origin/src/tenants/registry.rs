@@ -115,6 +115,14 @@ pub trait TenantRegistry: Send + Sync {
     /// Removes the tenant's rows from every table with a tenant column, in one
     /// transaction, and says what it removed; [`TenantError::NotFound`] (nothing
     /// removed) for a tenant not in the registry.
+    /// Sets (or, with `None`, clears) the tenant's model; `NotFound` when there is no
+    /// such tenant.
+    async fn set_model(
+        &self,
+        id: &TenantId,
+        model: Option<&crate::tenants::ModelSetting>,
+    ) -> Result<(), TenantError>;
+
     async fn delete(&self, id: &TenantId) -> Result<DeleteReport, TenantError>;
 }
 
@@ -270,6 +278,15 @@ impl Tenants {
     }
 
     /// Removes the tenant and its rows (see [`TenantRegistry::delete`]).
+    /// Sets or clears a tenant's model (see [`TenantRegistry::set_model`]).
+    pub async fn set_model(
+        &self,
+        id: &TenantId,
+        model: Option<&crate::tenants::ModelSetting>,
+    ) -> Result<(), TenantError> {
+        self.registry.set_model(id, model).await
+    }
+
     pub async fn delete(&self, id: &TenantId) -> Result<DeleteReport, TenantError> {
         self.registry.delete(id).await
     }

@@ -18,8 +18,55 @@ pub struct Tenant {
     pub id: TenantId,
     pub name: DisplayName,
     pub quotas: Quotas,
+    /// The model the tenant's recommendations train (`None`: the origin's `--model`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSetting>,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+/// Longest model setting, in bytes.
+pub const MAX_MODEL_BYTES: usize = 1000;
+
+/// A tenant's model: what `--model` accepts (a model name, a JSON spec, or `auto`),
+/// checked when set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ModelSetting(String);
+
+/// Why a model setting was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ModelError {
+    #[error("the model setting is {0} bytes long; at most {MAX_MODEL_BYTES} are allowed")]
+    TooLong(usize),
+    #[error("the model setting is not a model: {0}")]
+    NotAModel(String),
+}
+
+impl ModelSetting {
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        let s = s.trim();
+        if s.len() > MAX_MODEL_BYTES {
+            return Err(ModelError::TooLong(s.len()));
+        }
+        s.parse::<crate::engine::ModelChoice>()
+            .map_err(ModelError::NotAModel)?;
+        Ok(ModelSetting(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The model to train.
+    pub fn choice(&self) -> crate::engine::ModelChoice {
+        // Checked when parsed.
+        self.0.parse().unwrap_or_else(|_| {
+            crate::engine::ModelChoice::Spec(crate::engine::ModelSpec::default_for(
+                crate::engine::ModelKind::Hybrid,
+            ))
+        })
+    }
 }
 
 /// A tenant's display name: 1 to [`MAX_NAME_CHARS`] printable characters, not only
@@ -131,6 +178,8 @@ pub struct NewTenant {
     pub id: TenantId,
     pub name: DisplayName,
     pub quotas: Quotas,
+    /// The tenant's model (`None`: the origin's `--model`).
+    pub model: Option<ModelSetting>,
 }
 
 /// Why a new tenant was refused.
@@ -142,6 +191,8 @@ pub enum InvalidTenant {
     Name(#[from] NameError),
     #[error(transparent)]
     Quota(#[from] QuotaError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 impl NewTenant {
@@ -150,7 +201,12 @@ impl NewTenant {
         let id = TenantId::parse(id)?;
         let name = DisplayName::parse(name.unwrap_or(id.as_str()))?;
         quotas.validate()?;
-        Ok(NewTenant { id, name, quotas })
+        Ok(NewTenant {
+            id,
+            name,
+            quotas,
+            model: None,
+        })
     }
 }
 
@@ -161,6 +217,7 @@ impl Tenant {
             id: new.id,
             name: new.name,
             quotas: new.quotas,
+            model: new.model,
             created_at: now,
         }
     }

@@ -233,7 +233,9 @@ ALTER TABLE items
 ALTER TABLE users ADD COLUMN segment text NULL;
 "#
     .to_owned();
-    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5)]
+    // A tenant's model setting (issue #13): NULL, the origin's `--model`.
+    let v6 = "ALTER TABLE tenants ADD COLUMN model text NULL;\n".to_owned();
+    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6)]
 }
 
 /// The newest schema version this program knows.

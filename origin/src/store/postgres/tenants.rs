@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use crate::store::StoreError;
 use crate::tenants::keys::{KeyHash, KeyKind, KeyRecord};
 use crate::tenants::registry::{CorruptRow, DeleteReport, RemovedRows, TenantError};
-use crate::tenants::{DisplayName, Quotas, Tenant, TenantRegistry};
+use crate::tenants::{DisplayName, ModelSetting, Quotas, Tenant, TenantRegistry};
 
 use super::{event_log, schema, PostgresStore};
 
@@ -39,7 +39,7 @@ fn stored(v: u64) -> i64 {
 }
 
 const TENANT_COLUMNS: &str =
-    "tenant, name, requests_per_second, events_per_day, max_users, max_items, created_at";
+    "tenant, name, requests_per_second, events_per_day, max_users, max_items, created_at, model";
 const KEY_COLUMNS: &str = "kind, key_hash, hint, created_at, expires_at";
 
 /// A tenant from a row of [`TENANT_COLUMNS`].
@@ -55,6 +55,11 @@ fn tenant_of(r: &Row) -> Result<Tenant, TenantError> {
             max_users: quota(r.get(4)),
             max_items: quota(r.get(5)),
         },
+        model: r
+            .get::<_, Option<String>>(7)
+            .map(|m| ModelSetting::parse(&m))
+            .transpose()
+            .map_err(|e| corrupt(format!("tenant {id}: {e}")))?,
         created_at: r.get(6),
     })
 }
@@ -141,8 +146,8 @@ impl TenantRegistry for PostgresTenants {
         let inserted = tx
             .execute(
                 "INSERT INTO tenants(tenant, name, requests_per_second, events_per_day,
-                     max_users, max_items, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant) DO NOTHING",
+                     max_users, max_items, created_at, model)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant) DO NOTHING",
                 &[
                     &tenant.id.as_str(),
                     &tenant.name.as_str(),
@@ -151,6 +156,7 @@ impl TenantRegistry for PostgresTenants {
                     &stored(q.max_users),
                     &stored(q.max_items),
                     &tenant.created_at,
+                    &tenant.model.as_ref().map(|m| m.as_str()),
                 ],
             )
             .await
@@ -263,6 +269,25 @@ impl TenantRegistry for PostgresTenants {
         let tenant = TenantId::parse(&tenant)
             .map_err(|e| corrupt(format!("key of tenant {tenant:?}: {e}")))?;
         Ok(Some((tenant, key_of(&row, 1)?)))
+    }
+
+    async fn set_model(
+        &self,
+        id: &TenantId,
+        model: Option<&ModelSetting>,
+    ) -> Result<(), TenantError> {
+        let conn = self.client().await?;
+        let changed = conn
+            .execute(
+                "UPDATE tenants SET model = $2 WHERE tenant = $1",
+                &[&id.as_str(), &model.map(|m| m.as_str())],
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+        if changed == 0 {
+            return Err(TenantError::NotFound(id.clone()));
+        }
+        Ok(())
     }
 
     async fn delete(&self, id: &TenantId) -> Result<DeleteReport, TenantError> {

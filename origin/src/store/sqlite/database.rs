@@ -312,6 +312,8 @@ impl Database {
         )?;
         add_column(&self.conn, "users", "segment", "TEXT NULL")?;
         self.conn.execute_batch(super::tenants::SCHEMA)?;
+        // A tenant's model setting (issue #13): NULL, the origin's `--model`.
+        add_column(&self.conn, "tenants", "model", "TEXT NULL")?;
         self.conn
             .pragma_update(None, "application_id", APPLICATION_ID)?;
         let found: Option<i64> = self

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use crate::store::StoreError;
 use crate::tenants::keys::{KeyHash, KeyKind, KeyRecord};
 use crate::tenants::registry::{CorruptRow, DeleteReport, RemovedRows, TenantError};
-use crate::tenants::{DisplayName, Quotas, Tenant, TenantRegistry};
+use crate::tenants::{DisplayName, ModelSetting, Quotas, Tenant, TenantRegistry};
 
 use super::Database;
 
@@ -52,7 +52,7 @@ pub struct SqliteTenants {
 }
 
 const TENANT_COLUMNS: &str =
-    "tenant, name, requests_per_second, events_per_day, max_users, max_items, created_at";
+    "tenant, name, requests_per_second, events_per_day, max_users, max_items, created_at, model";
 const KEY_COLUMNS: &str = "kind, key_hash, hint, created_at, expires_at";
 
 fn corrupt(what: impl std::fmt::Display) -> TenantError {
@@ -68,7 +68,7 @@ fn stored(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-type TenantRow = (String, String, i64, i64, i64, i64, i64);
+type TenantRow = (String, String, i64, i64, i64, i64, i64, Option<String>);
 type KeyRow = (String, String, String, i64, Option<i64>);
 
 fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
@@ -80,6 +80,7 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
+        r.get(7)?,
     ))
 }
 
@@ -88,7 +89,7 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
 }
 
 fn tenant_of(row: TenantRow) -> Result<Tenant, TenantError> {
-    let (id, name, rps, events, users, items, created_at) = row;
+    let (id, name, rps, events, users, items, created_at, model) = row;
     Ok(Tenant {
         id: TenantId::parse(&id).map_err(|e| corrupt(format!("tenant {id:?}: {e}")))?,
         name: DisplayName::parse(&name).map_err(|e| corrupt(format!("tenant {id}: {e}")))?,
@@ -98,6 +99,10 @@ fn tenant_of(row: TenantRow) -> Result<Tenant, TenantError> {
             max_users: quota(users),
             max_items: quota(items),
         },
+        model: model
+            .map(|m| ModelSetting::parse(&m))
+            .transpose()
+            .map_err(|e| corrupt(format!("tenant {id}: {e}")))?,
         created_at,
     })
 }
@@ -190,8 +195,8 @@ impl TenantRegistry for SqliteTenants {
             let q = &tenant.quotas;
             let inserted = tx.execute(
                 "INSERT INTO tenants(tenant, name, requests_per_second, events_per_day,
-                     max_users, max_items, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(tenant) DO NOTHING",
+                     max_users, max_items, created_at, model)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(tenant) DO NOTHING",
                 params![
                     tenant.id.as_str(),
                     tenant.name.as_str(),
@@ -199,7 +204,8 @@ impl TenantRegistry for SqliteTenants {
                     stored(q.events_per_day),
                     stored(q.max_users),
                     stored(q.max_items),
-                    tenant.created_at
+                    tenant.created_at,
+                    tenant.model.as_ref().map(|m| m.as_str().to_owned())
                 ],
             )?;
             if inserted == 0 {
@@ -317,6 +323,25 @@ impl TenantRegistry for SqliteTenants {
             let tenant = TenantId::parse(&tenant)
                 .map_err(|e| corrupt(format!("key of tenant {tenant:?}: {e}")))?;
             Ok(Some((tenant, key_of(key)?)))
+        })
+        .await
+    }
+
+    async fn set_model(
+        &self,
+        id: &TenantId,
+        model: Option<&ModelSetting>,
+    ) -> Result<(), TenantError> {
+        let (id, model) = (id.clone(), model.map(|m| m.as_str().to_owned()));
+        self.call(move |conn| {
+            let changed = conn.execute(
+                "UPDATE tenants SET model = ?2 WHERE tenant = ?1",
+                params![id.as_str(), model],
+            )?;
+            if changed == 0 {
+                return Err(TenantError::NotFound(id).into());
+            }
+            Ok(())
         })
         .await
     }
