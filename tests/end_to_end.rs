@@ -548,7 +548,7 @@ fn origins_of_equal_rank_split_users_by_affinity_and_take_over_a_stopped_ones_us
             .lock()
             .unwrap()
             .iter()
-            .filter(|r| r.head.starts_with("POST /v1/events "))
+            .filter(|r| r.head.starts_with("POST /v1/events?tenant=default "))
             .map(|r| {
                 let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
                 body["events"][0]["user_id"].as_str().unwrap().to_string()

@@ -277,7 +277,11 @@ fn took(
             .lock()
             .unwrap()
             .iter()
-            .filter(|r| r.head.starts_with(&format!("POST {path} ")))
+            // The path, with or without a query (events carry `?tenant=`).
+            .filter(|r| {
+                let target = r.head.split(' ').nth(1).unwrap_or_default();
+                r.head.starts_with("POST ") && target.split('?').next() == Some(path)
+            })
             .cloned()
             .collect();
         if !found.is_empty() || started.elapsed() > within {
