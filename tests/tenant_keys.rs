@@ -7,6 +7,9 @@
 //! shape itself (401 `invalid_key`, the origin never called), forwards a well-shaped
 //! one, and the origin refuses a missing or unknown key (401) and another tenant's
 //! (403); the tenant's client key is accepted. Browsers may send the header (CORS).
+//!
+//! An unknown tenant is a JSON 404 at the edge, answered without the origin once the
+//! origin has said so (below).
 
 use std::time::{Duration, Instant};
 
@@ -281,4 +284,52 @@ fn the_host_name_can_name_the_tenant() {
     let r = get("127.0.0.1", "");
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().unwrap()["tenant"], "default");
+}
+
+/// A tenant the registry does not hold is a JSON 404 at the edge, for reads and events.
+/// Once the origin has said so, the edge answers it alone for a minute: with the origin
+/// stopped, the answer is still the 404 (not a 503 from a failed walk), while a stored
+/// user of a real tenant is still served from KV.
+#[test]
+fn an_unknown_tenant_is_a_404_and_then_the_edge_answers_it_without_the_origin() {
+    let mut stack = Stack::start(StackOptions {
+        users: 20,
+        items: 15,
+        ..Default::default()
+    });
+    stack.publish("kv", None);
+    let code = |r: reqwest::blocking::Response| {
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap_or(Value::Null);
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let read = || {
+        stack
+            .client
+            .get(stack.edge_url("/v1/recommendations/u1?tenant=ghost"))
+            .send()
+            .unwrap()
+    };
+    let unknown = (404, "unknown_tenant".to_string());
+    assert_eq!(code(read()), unknown);
+    let event = stack
+        .client
+        .post(stack.edge_url("/v1/events?tenant=ghost"))
+        .json(&json!({"user_id": "u1", "item_id": "i1", "type": "view"}))
+        .send()
+        .unwrap();
+    assert_eq!(code(event), unknown);
+
+    stack.stop_origin(0);
+    assert_eq!(code(read()), unknown, "answered by the edge alone");
+    let known = stack
+        .client
+        .get(stack.edge_url("/v1/recommendations/u1"))
+        .send()
+        .unwrap();
+    assert_eq!(known.status(), 200);
+    assert_eq!(header(&known, "x-served-by"), "kv");
 }

@@ -139,6 +139,8 @@ pub struct Attempt {
 pub enum TierResult {
     Found(RecommendationDoc),
     NotFound,
+    /// The tier (the origin, which holds the registry) says the tenant does not exist.
+    UnknownTenant,
     Failed(TierFailure),
 }
 
@@ -159,6 +161,8 @@ pub enum Step {
     },
     /// Try the next tier.
     Continue,
+    /// The tenant does not exist: answer `404 unknown_tenant`, no fallback.
+    UnknownTenant,
 }
 
 /// How a walk ends when no tier served a fresh document.
@@ -233,6 +237,7 @@ impl Walk {
                 Freshness::Expired => Outcome::Miss(MissReason::Expired),
             },
             TierResult::NotFound => Outcome::Miss(MissReason::NotFound),
+            TierResult::UnknownTenant => return Step::UnknownTenant,
             TierResult::Failed(f) => Outcome::Failed(f),
         };
         self.attempts.push(Attempt { tier, outcome });
@@ -451,6 +456,18 @@ mod tests {
                 doc: doc(10, 5),
                 from: Tier::Origin(0)
             }
+        );
+    }
+
+    #[test]
+    fn an_origin_saying_the_tenant_does_not_exist_ends_the_walk_without_fallback() {
+        let mut w = Walk::new(vec![Tier::Kv, Tier::Origin(0), Tier::Origin(1)], 300);
+        assert_eq!(w.next_tier(), Some(Tier::Kv));
+        assert_eq!(w.record(Tier::Kv, TierResult::NotFound, 0), Step::Continue);
+        assert_eq!(w.next_tier(), Some(Tier::Origin(0)));
+        assert_eq!(
+            w.record(Tier::Origin(0), TierResult::UnknownTenant, 0),
+            Step::UnknownTenant
         );
     }
 

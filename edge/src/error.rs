@@ -19,6 +19,10 @@ pub enum EdgeError {
     HostTenant(crate::tenant_host::HostTenantError),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
+    /// The origin said this tenant does not exist (now, or within the last minute:
+    /// `crate::unknown_tenants`).
+    #[error("no tenant {0:?} is registered")]
+    UnknownTenant(String),
     #[error("{method} is not allowed here; allowed: {allowed}")]
     MethodNotAllowed {
         method: String,
@@ -74,7 +78,7 @@ impl EdgeError {
             | EdgeError::BadBody(_)
             | EdgeError::InvalidEvents { .. } => 400,
             EdgeError::Unauthorized | EdgeError::InvalidTenantKey => 401,
-            EdgeError::NotFound { .. } => 404,
+            EdgeError::NotFound { .. } | EdgeError::UnknownTenant(_) => 404,
             EdgeError::MethodNotAllowed { .. } => 405,
             EdgeError::PayloadTooLarge { .. } => 413,
             EdgeError::RateLimited { .. } => 429,
@@ -96,6 +100,7 @@ impl EdgeError {
                 crate::tenant_host::HostTenantError::Mismatch { .. } => "tenant_mismatch",
             },
             EdgeError::NotFound { .. } => "not_found",
+            EdgeError::UnknownTenant(_) => "unknown_tenant",
             EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
             EdgeError::Unauthorized => "unauthorized",
             EdgeError::InvalidTenantKey => "invalid_key",

@@ -25,6 +25,8 @@
 //! - [`forward`]: what writes to the origin carry (event ids, answer ids, bearer, client).
 //! - [`impressions`]: the impressions buffer and hit counts sent in the background.
 //! - [`trace`]: the `traceparent` passed on to the origin.
+//! - [`unknown_tenants`]: tenants the origin said do not exist, answered 404 at the
+//!   edge for a minute.
 //! - [`error`]: `EdgeError`, every error answer with its status and JSON body.
 
 pub mod admin;
@@ -44,6 +46,7 @@ pub mod respond;
 pub mod route;
 pub mod tenant_host;
 pub mod trace;
+pub mod unknown_tenants;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod test_support;

@@ -177,6 +177,10 @@ pub async fn accept(
     let path = format!("/v1/events?tenant={}", sender.tenant);
     match post_to_origins(cfg, &location.region, &key, &path, body, headers).await {
         Ok((status, text)) => {
+            if crate::unknown_tenants::says_unknown_tenant(status, &text) {
+                state::UNKNOWN_TENANTS
+                    .with(|u| u.borrow_mut().remember(sender.tenant.as_str(), now_ms()));
+            }
             let mut h = respond::error_headers(cfg, Some(&location.region));
             h.push(("X-Served-By", "origin".into()));
             respond_with(status, &h, Some(text.into_bytes()))

@@ -123,6 +123,12 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(Route::AdminPurge) => admin_purge(req, cfg).await,
         Ok(Route::AdminDeleteTenant) => admin_delete_tenant(req, &env, cfg).await,
         Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
+        Ok(Route::Events(tenant))
+            if state::UNKNOWN_TENANTS
+                .with(|u| u.borrow().is_unknown(tenant.as_str(), now_ms())) =>
+        {
+            Err(EdgeError::UnknownTenant(tenant.to_string()))
+        }
         Ok(Route::Events(tenant)) => {
             let client = crate::client::client_key(client_ip(&req, cfg), cfg.client_hash_keys);
             let header = req
@@ -268,6 +274,10 @@ async fn refresh(
                 ..
             } => return tiers::put_in_edge_cache(&cache, &cache_key, &doc, ttl, &cfg).await,
             Step::Serve { .. } | Step::ServeStaleAndRefresh { .. } => return,
+            Step::UnknownTenant => {
+                return state::UNKNOWN_TENANTS
+                    .with(|u| u.borrow_mut().remember(r.tenant.as_str(), now_ms()))
+            }
             Step::Continue => {}
         }
     }
@@ -282,6 +292,10 @@ async fn recommendations(
     r: RecRequest,
     traceparent: &str,
 ) -> std::result::Result<Response, EdgeError> {
+    // A tenant the origin said does not exist, within the last minute: no walk at all.
+    if state::UNKNOWN_TENANTS.with(|u| u.borrow().is_unknown(r.tenant.as_str(), now_ms())) {
+        return Err(EdgeError::UnknownTenant(r.tenant.to_string()));
+    }
     let cache = Cache::default();
     let cache_key = cache_key::user_doc_key(&cfg.cache_host, &r.tenant, &location.region, &r.user);
     // The user's failover order: the same instance of a rank for every miss of theirs.
@@ -364,6 +378,11 @@ async fn recommendations(
                 );
                 ctx.wait_until(job);
                 break (doc, Source::Stale, true);
+            }
+            Step::UnknownTenant => {
+                state::UNKNOWN_TENANTS
+                    .with(|u| u.borrow_mut().remember(r.tenant.as_str(), now_ms()));
+                return Err(EdgeError::UnknownTenant(r.tenant.to_string()));
             }
             Step::Continue => {}
         }

@@ -59,6 +59,7 @@ thread_local! {
     pub static COUNTERS: Counters = Counters::default();
     pub static HOT: RefCell<Option<HotCache>> = const { RefCell::new(None) };
     pub static IMPRESSIONS: RefCell<ImpressionBuffer> = RefCell::new(ImpressionBuffer::default());
+    pub static UNKNOWN_TENANTS: RefCell<crate::unknown_tenants::UnknownTenants> = RefCell::new(crate::unknown_tenants::UnknownTenants::default());
 }
 
 /// Runs `f` on the isolate's hot cache, creating it from the config on first use.

@@ -305,6 +305,9 @@ async fn lead_fetch(
 fn doc_from_http(result: Result<(u16, String), TierFailure>, r: &RecRequest) -> TierResult {
     match result {
         Ok((200, body)) => found(accept_doc(&body, &r.tenant, &r.user)),
+        Ok((404, body)) if crate::unknown_tenants::says_unknown_tenant(404, &body) => {
+            TierResult::UnknownTenant
+        }
         Ok((404, _)) => TierResult::NotFound,
         Ok((status, _)) => TierResult::Failed(TierFailure::Status(status)),
         Err(f) => TierResult::Failed(f),
@@ -457,6 +460,8 @@ pub async fn activate_generation(kv: &KvStore, plan: &PublishPlan) -> Result<(),
         .execute()
         .await
         .map_err(|e| EdgeError::Internal(format!("kv put {}: {e}", plan.pointer_key)))?;
+    // A tenant being published exists.
+    super::state::UNKNOWN_TENANTS.with(|u| u.borrow_mut().forget(plan.tenant.as_str()));
     GENERATIONS.with(|g| {
         g.borrow_mut().insert(
             plan.tenant.to_string(),
