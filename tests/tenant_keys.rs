@@ -306,7 +306,7 @@ fn an_unknown_tenant_is_a_404_and_then_the_edge_answers_it_without_the_origin() 
             body["error"]["code"].as_str().unwrap_or("").to_owned(),
         )
     };
-    let read = || {
+    let read = |stack: &Stack| {
         stack
             .client
             .get(stack.edge_url("/v1/recommendations/u1?tenant=ghost"))
@@ -314,7 +314,7 @@ fn an_unknown_tenant_is_a_404_and_then_the_edge_answers_it_without_the_origin() 
             .unwrap()
     };
     let unknown = (404, "unknown_tenant".to_string());
-    assert_eq!(code(read()), unknown);
+    assert_eq!(code(read(&stack)), unknown);
     let event = stack
         .client
         .post(stack.edge_url("/v1/events?tenant=ghost"))
@@ -324,7 +324,7 @@ fn an_unknown_tenant_is_a_404_and_then_the_edge_answers_it_without_the_origin() 
     assert_eq!(code(event), unknown);
 
     stack.stop_origin(0);
-    assert_eq!(code(read()), unknown, "answered by the edge alone");
+    assert_eq!(code(read(&stack)), unknown, "answered by the edge alone");
     let known = stack
         .client
         .get(stack.edge_url("/v1/recommendations/u1"))

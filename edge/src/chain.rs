@@ -642,6 +642,7 @@ mod tests {
                         served = true;
                         break;
                     }
+                    Step::UnknownTenant => prop_assert!(false, "no generated tier says that"),
                     Step::Continue => {}
                 }
             }

@@ -39,7 +39,8 @@ impl UnknownTenants {
                 self.until.remove(&t);
             }
         }
-        self.until.insert(tenant.to_owned(), now_ms + UNKNOWN_FOR_MS);
+        self.until
+            .insert(tenant.to_owned(), now_ms + UNKNOWN_FOR_MS);
     }
 
     /// Forgets `tenant` (it was just published, so it exists).
@@ -96,7 +97,10 @@ mod tests {
     fn only_an_unknown_tenant_error_counts() {
         let body = r#"{"error":{"code":"unknown_tenant","message":"no tenant \"x\""}}"#;
         assert!(says_unknown_tenant(404, body));
-        assert!(!says_unknown_tenant(404, r#"{"error":{"code":"not_found","message":"no"}}"#));
+        assert!(!says_unknown_tenant(
+            404,
+            r#"{"error":{"code":"not_found","message":"no"}}"#
+        ));
         assert!(!says_unknown_tenant(404, "not json"));
         assert!(!says_unknown_tenant(503, body));
     }
