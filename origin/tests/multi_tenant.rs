@@ -260,6 +260,27 @@ fn isolation(db: &str, dir: &std::path::Path) {
     assert_eq!(r.status(), 403);
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "wrong_tenant", "{body}");
+    // Reads are public, but a key sent with one must be the tenant's own.
+    let read_with = |tenant: &str, key: &str| {
+        let r = origin
+            .client
+            .get(format!(
+                "{}/v1/recommendations/u1?tenant={tenant}",
+                origin.base
+            ))
+            .header("X-Tenant-Key", key)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap_or(Value::Null);
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(read_with("shop-b", &a_client), (403, "wrong_tenant".into()));
+    assert_eq!(read_with("shop-a", &a_client).0, 200);
+    assert_eq!(read_with("shop-a", &b_client), (403, "wrong_tenant".into()));
     // A's own analytics with A's server key.
     let r = origin
         .client

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `POST /v1/events` | any of its keys (client or server) |
 //! | `GET /v1/analytics/*` | its **server** key (a client key: 403 `server_key_required`) |
+//! | `GET /v1/recommendations/*`, `GET /v1/popular` | nothing (public, as at the edge); a key sent must be one of its own |
 //!
 //! In both, the admin token without `X-Edge-Client` (the operator's own backends) needs
 //! no key; a key of another tenant is 403 `wrong_tenant`, an unknown or rotated-out one
@@ -62,15 +63,27 @@ pub async fn check_tenant_key(
     }
 }
 
-/// Middleware: the server-key rule on `GET /v1/analytics/*`.
+/// Middleware: the server-key rule on `GET /v1/analytics/*`, and on public reads a
+/// key, when one is sent, must be the tenant's (another tenant's key is 403
+/// `wrong_tenant`, an unknown one 401 `invalid_key`).
 pub async fn analytics(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let guarded = req.method() == Method::GET && req.uri().path().starts_with("/v1/analytics/");
-    if !guarded {
+    let path = req.uri().path();
+    let get = req.method() == Method::GET;
+    let need = if get && path.starts_with("/v1/analytics/") {
+        KeyNeed::Server
+    } else if get
+        && (path.starts_with("/v1/recommendations") || path == "/v1/popular")
+        && req
+            .headers()
+            .contains_key(contract::auth::TENANT_KEY_HEADER)
+    {
+        KeyNeed::Any
+    } else {
         return next.run(req).await;
-    }
+    };
     let admin = state.live.as_ref().and_then(|l| l.admin_token.as_ref());
     let client = client_of(req.headers(), None, admin);
-    match check_tenant_key(&state, req.headers(), &client, KeyNeed::Server).await {
+    match check_tenant_key(&state, req.headers(), &client, need).await {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
