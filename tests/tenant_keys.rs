@@ -284,6 +284,25 @@ fn the_host_name_can_name_the_tenant() {
     let r = get("127.0.0.1", "");
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().unwrap()["tenant"], "default");
+    // Events go to the host's tenant too.
+    let post = |host: &str, query: &str| {
+        stack
+            .client
+            .post(stack.edge_url(&format!("/v1/events{query}")))
+            .header("Host", host)
+            .json(&json!({"user_id": "u1", "item_id": "i1", "type": "view"}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(post("default.recs.test", "").status(), 202);
+    assert_eq!(
+        code(post("ghost.recs.test", "")),
+        (404, "unknown_tenant".to_owned())
+    );
+    assert_eq!(
+        code(post("default.recs.test", "?tenant=other")),
+        (400, "tenant_mismatch".to_owned())
+    );
 }
 
 /// A tenant the registry does not hold is a JSON 404 at the edge, for reads and events.

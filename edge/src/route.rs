@@ -51,8 +51,8 @@ pub enum Route {
     /// `PUT /admin/geo-db`: upload the MaxMind DB used for GeoIP lookups.
     AdminGeoDb,
     /// `POST /v1/events`: events to validate and forward to the user's regional origin,
-    /// for the tenant of `?tenant=` (the default tenant without it).
-    Events(Tenant),
+    /// with the tenant `?tenant=` names, if any (else the host's, else the default).
+    Events(Option<Tenant>),
     /// `GET /`: the demo page.
     DemoPage,
 }
@@ -117,9 +117,13 @@ pub fn route(
         })),
         ("/", _) if is_read => Ok(Route::DemoPage),
         ("/", _) => Err(not_allowed("GET, HEAD")),
-        ("/v1/events", "POST") => Ok(Route::Events(
-            Query::parse(query.unwrap_or_default())?.tenant()?,
-        )),
+        ("/v1/events", "POST") => {
+            let q = Query::parse(query.unwrap_or_default())?;
+            Ok(Route::Events(match q.tenant.is_some() {
+                true => Some(q.tenant()?),
+                false => None,
+            }))
+        }
         ("/v1/events", "OPTIONS") => Ok(Route::Preflight),
         ("/v1/events", _) => Err(not_allowed("POST, OPTIONS")),
         ("/health", "OPTIONS") => Ok(Route::Preflight),

@@ -123,42 +123,45 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(Route::AdminPurge) => admin_purge(req, cfg).await,
         Ok(Route::AdminDeleteTenant) => admin_delete_tenant(req, &env, cfg).await,
         Ok(Route::AdminGeoDb) => admin_geo_db(req, &env, cfg).await,
-        Ok(Route::Events(tenant))
-            if state::UNKNOWN_TENANTS
-                .with(|u| u.borrow().is_unknown(tenant.as_str(), now_ms())) =>
-        {
-            Err(EdgeError::UnknownTenant(tenant.to_string()))
-        }
-        Ok(Route::Events(tenant)) => {
-            let client = crate::client::client_key(client_ip(&req, cfg), cfg.client_hash_keys);
-            let header = req
-                .headers()
-                .get(contract::auth::TENANT_KEY_HEADER)
-                .ok()
-                .flatten();
-            match crate::forward::tenant_key(header.as_deref()) {
-                Ok(tenant_key) => {
-                    match events::rate_limit(&env, cfg, &client, tenant_key.as_deref()).await {
-                        Ok(()) => {
-                            events::accept(
-                                req,
-                                cfg,
-                                &location,
-                                &events::Sender {
-                                    tenant,
-                                    client,
-                                    tenant_key,
-                                },
-                                traceparent,
-                            )
-                            .await
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
+        Ok(Route::Events(asked)) => match tenant_of_request(&req, cfg, asked) {
+            Err(e) => Err(e),
+            Ok(tenant)
+                if state::UNKNOWN_TENANTS
+                    .with(|u| u.borrow().is_unknown(tenant.as_str(), now_ms())) =>
+            {
+                Err(EdgeError::UnknownTenant(tenant.to_string()))
             }
-        }
+            Ok(tenant) => {
+                let client = crate::client::client_key(client_ip(&req, cfg), cfg.client_hash_keys);
+                let header = req
+                    .headers()
+                    .get(contract::auth::TENANT_KEY_HEADER)
+                    .ok()
+                    .flatten();
+                match crate::forward::tenant_key(header.as_deref()) {
+                    Ok(tenant_key) => {
+                        match events::rate_limit(&env, cfg, &client, tenant_key.as_deref()).await {
+                            Ok(()) => {
+                                events::accept(
+                                    req,
+                                    cfg,
+                                    &location,
+                                    &events::Sender {
+                                        tenant,
+                                        client,
+                                        tenant_key,
+                                    },
+                                    traceparent,
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        },
         Ok(Route::DemoPage) => {
             let body =
                 (req.method() != worker::Method::Head).then(|| DEMO_PAGE_HTML.as_bytes().to_vec());
@@ -546,13 +549,23 @@ fn host_tenant(
     cfg: &EdgeConfig,
     r: &crate::route::RecRequest,
 ) -> std::result::Result<contract::Tenant, EdgeError> {
+    tenant_of_request(req, cfg, r.tenant_in_query.then(|| r.tenant.clone()))
+}
+
+/// The request's tenant: `asked` (from `?tenant=`) and the host's (`TENANT_HOST`), which
+/// must agree when both are given; else the default tenant.
+fn tenant_of_request(
+    req: &Request,
+    cfg: &EdgeConfig,
+    asked: Option<contract::Tenant>,
+) -> std::result::Result<contract::Tenant, EdgeError> {
     let Some(pattern) = &cfg.tenant_host else {
-        return Ok(r.tenant.clone());
+        return Ok(asked.unwrap_or_else(contract::Tenant::default_tenant));
     };
     let host = req.headers().get("host").ok().flatten().unwrap_or_default();
     Ok(crate::tenant_host::resolve(
         pattern.tenant_of(&host),
-        r.tenant_in_query.then(|| r.tenant.clone()),
+        asked,
         contract::Tenant::default_tenant(),
     )?)
 }
