@@ -7,7 +7,11 @@
 //! - the origin's resident memory before and after every tenant is loaded, and its peak
 //!   (`VmHWM`): memory per loaded tenant;
 //! - with a model cache smaller than all models (`--model-cache-mb`), the same rounds:
-//!   evictions and reload latency.
+//!   evictions and reload latency;
+//! - publishing: `origin publish --tenant … --targets kv-api` of PUBLISH_SAMPLE tenants
+//!   (default 200), one process each, to `bench/fake_kv_api.py` (no local Cloudflare
+//!   API exists; it implements the documented bulk endpoint): the mean per tenant and
+//!   that times TENANTS (tenants publish independently: a KV pointer each).
 //!
 //! Setup (registry rows, catalogue and interactions through the store API) is timed
 //! but not part of the figures. Usage: `tenant-bench` with `ORIGIN_BIN` (the binary to
@@ -289,6 +293,8 @@ fn main() {
         ));
         drop(served);
     }
+    let sample = env_or("PUBLISH_SAMPLE", 200).min(tenants);
+    let publish = (sample > 0).then(|| publish_sample(&bin, &url, sample));
     let mut out = std::io::stdout().lock();
     writeln!(out, "{tenants} tenants x {users} users x 10 interactions, {items} items each, PostgreSQL, requests {concurrency} at a time").unwrap();
     writeln!(out).unwrap();
@@ -297,4 +303,63 @@ fn main() {
     for r in rows {
         writeln!(out, "{r}").unwrap();
     }
+    if let Some((seconds, documents)) = publish {
+        writeln!(out).unwrap();
+        writeln!(
+            out,
+            "publish to KV (bulk API) of {sample} tenants, one `origin publish` each: {seconds:.1} s, {:.0} ms per tenant ({documents} documents); times {tenants}: {:.0} s",
+            seconds * 1000.0 / sample as f64,
+            seconds / sample as f64 * tenants as f64,
+        )
+        .unwrap();
+    }
+}
+
+/// Publishes the first `sample` tenants to a local KV bulk API, one process each; gives
+/// the seconds taken and the documents the API received.
+fn publish_sample(bin: &str, url: &str, sample: usize) -> (f64, u64) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/fake_kv_api.py");
+    let api = Served {
+        child: Command::new("python3")
+            .args([script, &port.to_string(), "bench-token"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::blocking::get(format!("{}/stats", api.base)).is_err() {
+        assert!(Instant::now() < deadline, "the fake KV API did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let api_url = format!("{}/client/v4", api.base);
+    let started = Instant::now();
+    for i in 0..sample {
+        let out = Command::new(bin)
+            .args(["publish", "--db", url, "--tenant", &tenant_id(i)])
+            .args(["--targets", "kv-api", "--kv-account-id", "acc1"])
+            .args(["--kv-namespace-id", "ns1", "--kv-api-url", &api_url])
+            .args(["--kv-api-rps", "1000"])
+            .env("CLOUDFLARE_API_TOKEN", "bench-token")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "publish {}: {}",
+            tenant_id(i),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let stats: serde_json::Value = reqwest::blocking::get(format!("{}/stats", api.base))
+        .and_then(|r| r.json())
+        .unwrap_or_default();
+    (seconds, stats["pairs"].as_u64().unwrap_or(0))
 }
