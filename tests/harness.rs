@@ -692,6 +692,7 @@ pub fn doc(
             item_id: "e2e-item".into(),
             score: 1.0,
             reason: Some("test".into()),
+            categories: Vec::new(),
         }],
         model_version: model_version.into(),
         generated_at,

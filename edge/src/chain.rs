@@ -506,6 +506,7 @@ mod tests {
             item_id: "../../x".into(),
             score: 1.0,
             reason: None,
+            categories: Vec::new(),
         });
         let invalid = serde_json::to_string(&d).unwrap();
         let body = serde_json::to_string(&doc(1, 1)).unwrap();
@@ -531,6 +532,7 @@ mod tests {
             item_id: "i1".into(),
             score: 1.0,
             reason: None,
+            categories: Vec::new(),
         }];
         RecommendationDoc {
             tenant: tenant.into(),
