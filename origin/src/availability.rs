@@ -24,7 +24,8 @@
 //! entries, as after events: within seconds.
 //!
 //! Trade-off: the scan costs one model query per user with history (about what a bulk
-//! publish computes, without its writes), so it is bounded: at most [`MAX_SCAN_USERS`]
+//! publish computes, without its writes; users without history have their region's
+//! popular list, computed once per region), so it is bounded: at most [`MAX_SCAN_USERS`]
 //! users per scan (the first in id order; those past the bound get the change at the
 //! next scheduled or manual publish, and a warning says how many), one scan at a time
 //! per tenant, and a bulk write scans once for all its items. An index of published

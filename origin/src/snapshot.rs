@@ -438,11 +438,12 @@ impl Snapshot {
         self.item_index.get(item).copied()
     }
 
-    /// Users (with history, the first `limit` in id order) whose canonical list of `n`
-    /// items, computed with the items `changed` allowed, holds one of them: the users
-    /// whose published document a change of those items touches (see
-    /// [`crate::availability`]). The second value is how many users were past `limit`.
-    /// CPU-bound: run it on a blocking thread.
+    /// Users (the first `limit` in id order) whose canonical list of `n` items,
+    /// computed with the items `changed` allowed, holds one of them: the users whose
+    /// published document a change of those items touches (see
+    /// [`crate::availability`]). A user without history has the region's popular list
+    /// (a full publish writes it for them too), computed once per region. The second
+    /// value is how many users were past `limit`. CPU-bound: run it on a blocking thread.
     pub fn users_listing(
         &self,
         changed: &[ItemIdx],
@@ -454,26 +455,38 @@ impl Snapshot {
             return (Vec::new(), 0);
         }
         let allowed = self.allowed(None, changed);
-        let with_history: Vec<usize> = (0..self.user_ids.len())
-            .filter(|&u| !self.history[u].is_empty())
-            .collect();
-        let past = with_history.len().saturating_sub(limit);
-        let users = with_history[..with_history.len() - past]
-            .par_iter()
-            .filter(|&&u| {
-                let scored = self.model.recommend(&Query {
-                    history: &self.history[u],
+        let holds = |history: &[(ItemIdx, f32)], region: &Region| {
+            self.model
+                .recommend(&Query {
+                    history,
                     n,
                     exclude_seen: true,
                     context_item: None,
-                    region: Some(self.user_region[u].as_str()),
+                    region: Some(region.as_str()),
                     allowed: allowed.as_deref(),
-                });
-                scored.iter().any(|s| changed.contains(&s.item))
+                })
+                .iter()
+                .any(|s| changed.contains(&s.item))
+        };
+        let mut popular_holds: HashMap<&Region, bool> = HashMap::new();
+        for region in &self.user_region {
+            if !popular_holds.contains_key(region) {
+                popular_holds.insert(region, holds(&[], region));
+            }
+        }
+        let scanned = self.user_ids.len().min(limit);
+        let users = (0..scanned)
+            .into_par_iter()
+            .filter(|&u| {
+                let region = &self.user_region[u];
+                match self.history[u].as_slice() {
+                    [] => popular_holds.get(region).copied().unwrap_or(false),
+                    history => holds(history, region),
+                }
             })
-            .filter_map(|&u| UserId::parse(&self.user_ids[u]).ok())
+            .filter_map(|u| UserId::parse(&self.user_ids[u]).ok())
             .collect();
-        (users, past)
+        (users, self.user_ids.len() - scanned)
     }
 
     /// `<RFC 3339 trained-at>#<model name>`.

@@ -329,7 +329,7 @@ fn serving_changed(state: &AppState, live: &Live, rows: &[crate::store::ItemRow]
     if changed.is_empty() || snapshot.loading {
         return;
     }
-    let n = state.publish_n;
+    let (n, gate) = (state.publish_n, state.publish_gate.clone());
     tokio::spawn(async move {
         let _one_at_a_time = snapshot.live.scanning.lock().await;
         let started = std::time::Instant::now();
@@ -351,8 +351,13 @@ fn serving_changed(state: &AppState, live: &Live, rows: &[crate::store::ItemRow]
                     scan_ms = started.elapsed().as_millis() as u64,
                     "republishing the documents an item change touches"
                 );
+                tracing::debug!(?users, "users whose published list an item change touches");
                 let now = tokio::time::Instant::now();
                 for user in users {
+                    // What the edge holds for them may come from a full publish (even
+                    // for a user without history, whose answer is the popular list), so
+                    // their changed answer is published whatever the gate last knew.
+                    gate.with(|b| b.replaced_elsewhere(&user, now));
                     republisher.touch(user, now, None);
                 }
             }

@@ -293,11 +293,16 @@ async fn an_item_set_unavailable_leaves_every_answer_at_once_and_its_documents_a
     }
     assert!(doc_items(&user_file).unwrap().contains(&gone));
     // Who else lists it, as the origin computes their canonical list now (users
-    // without history get the popular list, which is never published for them).
+    // without history get their region's popular list, which a full publish writes
+    // for them too).
     let mut listing = Vec::new();
     let snapshot = f.state.snapshot();
     for u in 0..200 {
-        if !snapshot.has_history(&contract::UserId::parse(&format!("u{u}")).unwrap()) {
+        // A user the store does not hold has no document anywhere.
+        if snapshot
+            .known_user_region(&contract::UserId::parse(&format!("u{u}")).unwrap())
+            .is_none()
+        {
             continue;
         }
         let (_, _, doc) = get(
@@ -332,6 +337,13 @@ async fn an_item_set_unavailable_leaves_every_answer_at_once_and_its_documents_a
     listing.sort();
     assert_eq!(past, 0);
     assert_eq!(found, listing);
+    let (some, past) = snapshot.users_listing(&[idx], DEFAULT_PUBLISH_N, 10);
+    assert!(some.len() <= 10);
+    assert_eq!(
+        past,
+        snapshot.user_ids().len() - 10,
+        "bounded: the users past the bound are counted"
+    );
     // And the republisher rewrites the published document without it.
     let mut republished = false;
     for _ in 0..300 {
