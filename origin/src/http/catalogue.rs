@@ -351,7 +351,6 @@ fn serving_changed(state: &AppState, live: &Live, rows: &[crate::store::ItemRow]
                     scan_ms = started.elapsed().as_millis() as u64,
                     "republishing the documents an item change touches"
                 );
-                tracing::debug!(?users, "users whose published list an item change touches");
                 let now = tokio::time::Instant::now();
                 for user in users {
                     // What the edge holds for them may come from a full publish (even
