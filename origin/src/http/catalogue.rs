@@ -313,12 +313,20 @@ fn serving_changed(state: &AppState, live: &Live, rows: &[crate::store::ItemRow]
     let mut changed = Vec::new();
     for row in rows {
         let before = snapshot.served_state(&row.item_id);
-        snapshot
-            .live
-            .record(&row.item_id, row.available, row.categories.clone(), at);
-        let differs = before.is_some_and(|(available, categories)| {
-            available != row.available || categories != row.categories
+        let differs = before.as_ref().is_some_and(|(available, categories)| {
+            *available != row.available || *categories != row.categories
         });
+        // Recorded when it changes what this snapshot serves, when an earlier record
+        // must be replaced, and for an unavailable item the model does not know yet (a
+        // retrain already reading the store may bring it in). A write that changes
+        // nothing served (an unchanged PUT, a new available item) records nothing, so
+        // answers keep their cheapest path (no per-request mask; see `Snapshot::allowed`).
+        let recorded = snapshot.live.get(&row.item_id).is_some();
+        if differs || recorded || (before.is_none() && !row.available) {
+            snapshot
+                .live
+                .record(&row.item_id, row.available, row.categories.clone(), at);
+        }
         if let Some(idx) = snapshot.item_idx(&row.item_id).filter(|_| differs) {
             changed.push(idx);
         }

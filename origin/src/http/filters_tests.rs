@@ -419,3 +419,28 @@ async fn a_retrain_keeps_live_records_the_store_read_may_not_hold_and_drops_the_
     );
     assert!(new.live.get("i2").is_some(), "newer than the read: kept");
 }
+
+#[tokio::test]
+async fn a_write_that_changes_nothing_served_records_nothing() {
+    let f = fixture();
+    let (_, _, doc) = get(&f.state, "/v1/recommendations/u3?n=1").await;
+    let item = &doc["items"][0];
+    let id = item["item_id"].as_str().unwrap();
+    let body = serde_json::json!({ "title": "Renamed", "categories": categories(item) });
+    let (status, _, _) = send(
+        &f.state,
+        "PUT",
+        &format!("/v1/items/{id}"),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = send(&f.state, "PUT", "/v1/items/brand-new", Some("{}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        f.state.snapshot().live.is_empty(),
+        "answers keep their unmasked path"
+    );
+    let (_, _, after) = get(&f.state, "/v1/recommendations/u3?n=1").await;
+    assert_eq!(after["items"][0]["item_id"], id);
+}
