@@ -2,7 +2,7 @@
 # `make bench`: every benchmark in one run on this machine, printing markdown tables
 # (copied into docs/benchmarks.md). Parts:
 #   1. worker size, raw and gzip, with the GeoIP DB in KV (default) and embedded;
-#   2. GeoIP lookup cost natively (criterion);
+#   2. GeoIP lookup cost natively (criterion), and request filters at an edge-cache hit;
 #   3. edge: wrk against wrangler dev — edge-cache hit vs /health, GeoIP first request;
 #   4. engine: quality and speed vs peers (bench/engine.sh), when present;
 #   5. the origin middleware's latency accounting vs its Prometheus histogram (criterion);
@@ -38,6 +38,9 @@ echo
 
 echo "## 2. GeoIP lookup (criterion)"
 cargo bench -p edge --bench geo 2>&1 | grep -E '^geo_|time:'
+echo
+echo "## 2b. Request filters at an edge-cache hit (criterion)"
+cargo bench -p edge --bench filters 2>&1 | grep -E '^(edge_cache_hit|filter_step)|time:'
 echo
 
 echo "## 3. Edge under wrangler dev"

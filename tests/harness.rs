@@ -692,6 +692,7 @@ pub fn doc(
             item_id: "e2e-item".into(),
             score: 1.0,
             reason: Some("test".into()),
+            categories: Vec::new(),
         }],
         model_version: model_version.into(),
         generated_at,
@@ -778,7 +779,11 @@ impl Stack {
                 .args(["--metrics-listen", metrics_listen.as_str()])
                 .args(&self.origin_args)
                 .env("ADMIN_TOKEN", ADMIN_TOKEN)
-                .env("RUST_LOG", "info")
+                // E2E_ORIGIN_LOG (e.g. `origin=debug`) when a failing test needs more.
+                .env(
+                    "RUST_LOG",
+                    std::env::var("E2E_ORIGIN_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .envs(envs.iter().copied()),
             self.dir
                 .path()

@@ -39,6 +39,8 @@ pub enum DocError {
     Item { index: usize, source: IdError },
     #[error("items[{index}] has a reason longer than {MAX_REASON_LEN} bytes")]
     Reason { index: usize },
+    #[error("items[{index}].categories: {message}")]
+    Categories { index: usize, message: String },
     #[error(
         "model_version is longer than {MAX_MODEL_VERSION_LEN} bytes or has control characters"
     )]
@@ -53,6 +55,12 @@ pub struct RecItem {
     /// Human-readable explanation ("similar to i7", "popular in europe").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The item's catalogue categories (at most
+    /// [`crate::params::MAX_ITEM_CATEGORIES`], each by [`crate::params::check_category`]),
+    /// so a reader can filter a stored list by `category=` without asking the origin;
+    /// absent when the item has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
 }
 
 /// A precomputed list of recommendations for one user of one tenant.
@@ -106,6 +114,22 @@ impl RecommendationDoc {
                 .is_some_and(|r| r.len() > MAX_REASON_LEN)
             {
                 return Err(DocError::Reason { index });
+            }
+            if item.categories.len() > crate::params::MAX_ITEM_CATEGORIES {
+                return Err(DocError::Categories {
+                    index,
+                    message: format!(
+                        "{} categories; at most {} are allowed",
+                        item.categories.len(),
+                        crate::params::MAX_ITEM_CATEGORIES
+                    ),
+                });
+            }
+            for c in &item.categories {
+                crate::params::check_category(c).map_err(|e| DocError::Categories {
+                    index,
+                    message: e.to_string(),
+                })?;
             }
         }
         if self.model_version.len() > MAX_MODEL_VERSION_LEN
@@ -202,6 +226,7 @@ mod tests {
                 item_id: "i42".into(),
                 score: 0.913,
                 reason: Some("similar to i7".into()),
+                categories: Vec::new(),
             }],
             model_version: "2026-11-27T10:00:00Z#ease-l500".into(),
             generated_at: 1_764_237_600,
@@ -251,7 +276,19 @@ mod tests {
         };
         assert_eq!(popular.validate(), Ok(()));
         type Breaks = fn(&mut RecommendationDoc);
-        let broken: [(Breaks, &str); 8] = [
+        let broken: [(Breaks, &str); 11] = [
+            (
+                |d| d.items[0].categories = vec!["a,b".into()],
+                "items[0].categories",
+            ),
+            (
+                |d| d.items[0].categories = vec![String::new()],
+                "items[0].categories",
+            ),
+            (
+                |d| d.items[0].categories = vec!["c".into(); 21],
+                "21 categories",
+            ),
             (|d| d.items[0].item_id = "../../x".into(), "items[0]"),
             (|d| d.items[0].score = f64::NAN, "finite"),
             (|d| d.items[0].score = f64::INFINITY, "finite"),
@@ -290,6 +327,17 @@ mod tests {
             parse_doc(bad.as_bytes()),
             Err(DocError::Item { .. })
         ));
+    }
+
+    #[test]
+    fn categories_are_optional_on_the_wire_and_skipped_when_empty() {
+        let mut d = sample();
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("categories"), "{text}");
+        d.items[0].categories = vec!["books".into(), "Science Fiction".into()];
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(text.contains(r#""categories":["books","Science Fiction"]"#));
+        assert_eq!(parse_doc(text.as_bytes()).unwrap(), d);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! - `region`: the country → region map shipped in `geo-data/`.
 //! - `auth`: the bearer-token check (scheme case-insensitive, constant-time compare).
 //! - `trace`: the W3C `traceparent` parser.
-//! - `params`: the `n` and `tenant` query rules.
+//! - `params`: the `n`, `tenant`, `exclude` and `category` query rules, and [`params::Filters`].
 //! - `json`: strict JSON for closed bodies (duplicate keys refused).
 
 pub mod admin;

@@ -323,6 +323,7 @@ mod tests {
             item_id: id.into(),
             score,
             reason: None,
+            categories: Vec::new(),
         };
         let with_items = |items| PublishRequest {
             documents: vec![RecommendationDoc { items, ..doc("u1") }],
@@ -339,6 +340,7 @@ mod tests {
         let reason = Some("r".repeat(contract::doc::MAX_REASON_LEN));
         let long = contract::RecItem {
             reason,
+            categories: Vec::new(),
             ..item(&"i".repeat(contract::ids::MAX_ID_LEN), 1.0)
         };
         let mut big = with_items(vec![long; contract::MAX_N]);

@@ -3,7 +3,13 @@
 //! A key names what the answer depends on, and nothing else: the tenant, the user and
 //! the caller's region (the origin answers a user it does not know with the region's
 //! popular list, so a copy fetched for Europe must not be served to Asia). Not `n`
-//! (the whole document is cached and cut to `n` when served), not the order of query
+//! (the whole document is cached and cut to `n` when served), not the request filters
+//! (`exclude=`, `category=`): an entry holds the user's whole stored list, never a
+//! filtered answer, and every answer is filtered from it when served, so one entry
+//! serves every filter, a filter cannot multiply entries (each `category=` value would
+//! be a key of its own otherwise) and a purge of the user reaches every filtered
+//! answer at once. What *is* keyed by the filter is the served answer: its `ETag`
+//! depends on the filtered items and a browser caches by the whole URL. Not the order of query
 //! parameters, and never a header: keys live under the configured canonical host
 //! (`CACHE_HOST`), not the `Host` the client sent, so random hosts cannot multiply
 //! entries and a purge reaches every copy. The Cache API wants a URL; keys sit in a
@@ -92,6 +98,15 @@ mod tests {
             let q1 = format!("n={n1}&tenant=shop");
             let q2 = if swap { format!("tenant=shop&n={n2}") } else { format!("n={n2}&tenant=shop") };
             prop_assert_eq!(key_of(("/v1/recommendations/u7", Some(&q1))), key_of(("/v1/recommendations/u7", Some(&q2))));
+        }
+
+        #[test]
+        fn one_entry_serves_every_filter(category in "[a-z]{1,10}", exclude in "i[0-9]{1,3}") {
+            let filtered = format!("category={category}&exclude={exclude}");
+            prop_assert_eq!(
+                key_of(("/v1/recommendations/u7", Some(&filtered))),
+                key_of(("/v1/recommendations/u7", None))
+            );
         }
     }
 }

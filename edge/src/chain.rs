@@ -523,6 +523,7 @@ mod tests {
             item_id: "../../x".into(),
             score: 1.0,
             reason: None,
+            categories: Vec::new(),
         });
         let invalid = serde_json::to_string(&d).unwrap();
         let body = serde_json::to_string(&doc(1, 1)).unwrap();
@@ -548,6 +549,7 @@ mod tests {
             item_id: "i1".into(),
             score: 1.0,
             reason: None,
+            categories: Vec::new(),
         }];
         RecommendationDoc {
             tenant: tenant.into(),

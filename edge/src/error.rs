@@ -16,6 +16,8 @@ pub enum EdgeError {
     #[error("{0}")]
     InvalidExclude(String),
     #[error("{0}")]
+    InvalidCategory(String),
+    #[error("{0}")]
     HostTenant(crate::tenant_host::HostTenantError),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
@@ -74,6 +76,7 @@ impl EdgeError {
             | EdgeError::InvalidN { .. }
             | EdgeError::InvalidQuery(_)
             | EdgeError::InvalidExclude(_)
+            | EdgeError::InvalidCategory(_)
             | EdgeError::HostTenant(_)
             | EdgeError::BadBody(_)
             | EdgeError::InvalidEvents { .. } => 400,
@@ -94,6 +97,7 @@ impl EdgeError {
             EdgeError::InvalidN { .. } => "invalid_n",
             EdgeError::InvalidQuery(_) => "invalid_query",
             EdgeError::InvalidExclude(_) => "invalid_exclude",
+            EdgeError::InvalidCategory(_) => "invalid_category",
             EdgeError::HostTenant(e) => match e {
                 crate::tenant_host::HostTenantError::Label(id) => id.code(),
                 crate::tenant_host::HostTenantError::TwoLabels(_) => "invalid_query",

@@ -189,6 +189,7 @@ mod tests {
                     item_id: format!("i{i}"),
                     score: 0.5,
                     reason: None,
+                    categories: Vec::new(),
                 })
                 .collect(),
             model_version: "m".into(),

@@ -1,6 +1,7 @@
 //! What the edge sends back: the served body, its headers, conditional 304s and
 //! CORS. Pure functions of the document, the source and the time.
 
+use contract::params::Filters;
 use contract::{RecommendationDoc, Region, ServedDoc, Source};
 
 use crate::config::EdgeConfig;
@@ -34,19 +35,35 @@ impl CacheStatus {
 
 /// Headers the browser may read from our answers.
 pub const EXPOSED_HEADERS: &str =
-    "X-Cache, X-Served-By, X-Edge-Region, X-Origin, ETag, Server-Timing";
+    "X-Cache, X-Served-By, X-Edge-Region, X-Origin, X-Filter-Short, ETag, Server-Timing";
 
-/// The body served for a request: the document without the `exclude`d items, cut to `n`
-/// (fewer when the stored list runs short), with `source`/`stale`.
+/// The body served for a request: the document without the items the `filters` leave
+/// out (`exclude`, `category`), cut to `n` (fewer when the stored list runs short),
+/// with `source`/`stale`.
 pub fn served_doc(
     mut doc: RecommendationDoc,
     source: Source,
     stale: bool,
     n: usize,
-    exclude: &[contract::ItemId],
+    filters: &Filters,
 ) -> ServedDoc {
-    contract::params::filter_items(&mut doc.items, exclude, n);
+    filters.apply(&mut doc.items, n);
     ServedDoc { doc, source, stale }
+}
+
+/// `X-Filter-Short: <items served>` when the filters left fewer than `n` items of the
+/// stored list. The edge never asks the origin for more just for that: the stored list
+/// (50 items as published, 100 from an origin) is what a filter can pick from, and an
+/// answer with fewer items costs nothing, while a round trip to the origin for every
+/// rare category would put the origin back on the path filters are meant to keep it off.
+pub fn filter_short_header(
+    served: &ServedDoc,
+    n: usize,
+    filters: &Filters,
+) -> Option<(&'static str, String)> {
+    filters
+        .short(served.doc.items.len(), n)
+        .map(|kept| (contract::params::FILTER_SHORT_HEADER, kept.to_string()))
 }
 
 /// A strong ETag for the served document: it depends on the stored document and
@@ -203,6 +220,7 @@ mod tests {
                     item_id: format!("i{i}"),
                     score: 1.0 / (i + 1) as f64,
                     reason: None,
+                    categories: Vec::new(),
                 })
                 .collect(),
             model_version: "m".into(),
@@ -221,7 +239,7 @@ mod tests {
 
     #[test]
     fn served_documents_are_cut_to_n_and_say_their_source() {
-        let s = served_doc(doc(), Source::Kv, false, 2, &[]);
+        let s = served_doc(doc(), Source::Kv, false, 2, &Filters::default());
         assert_eq!(s.doc.items.len(), 2);
         assert_eq!(s.source, Source::Kv);
     }
@@ -230,18 +248,81 @@ mod tests {
     fn excluded_items_leave_the_answer_before_it_is_cut_to_n() {
         let all: Vec<String> = doc().items.iter().map(|i| i.item_id.clone()).collect();
         let exclude = vec![contract::ItemId::parse(&all[0]).unwrap()];
-        let s = served_doc(doc(), Source::Kv, false, 2, &exclude);
+        let filters = Filters {
+            exclude,
+            category: None,
+        };
+        let s = served_doc(doc(), Source::Kv, false, 2, &filters);
         let kept: Vec<&str> = s.doc.items.iter().map(|i| i.item_id.as_str()).collect();
         assert_eq!(kept, [all[1].as_str(), all[2].as_str()]);
-        let other = etag(&served_doc(doc(), Source::Kv, false, 2, &[]));
+        let other = etag(&served_doc(
+            doc(),
+            Source::Kv,
+            false,
+            2,
+            &Filters::default(),
+        ));
         assert_ne!(etag(&s), other, "the filtered answer has its own ETag");
     }
 
     #[test]
+    fn a_category_filter_picks_from_the_stored_list_and_a_short_answer_says_so() {
+        let mut stored = doc();
+        for (k, item) in stored.items.iter_mut().enumerate() {
+            if k % 2 == 0 {
+                item.categories = vec!["books".into()];
+            }
+        }
+        let filters = Filters {
+            exclude: Vec::new(),
+            category: contract::params::parse_category(Some("books")).unwrap(),
+        };
+        let s = served_doc(stored.clone(), Source::EdgeCache, false, 2, &filters);
+        let kept: Vec<&str> = s.doc.items.iter().map(|i| i.item_id.as_str()).collect();
+        assert_eq!(kept, ["i0", "i2"]);
+        assert_eq!(filter_short_header(&s, 2, &filters), None, "a full answer");
+        let s = served_doc(stored.clone(), Source::EdgeCache, false, 10, &filters);
+        assert_eq!(
+            s.doc.items.len(),
+            3,
+            "every item of the category the list holds"
+        );
+        assert_eq!(
+            filter_short_header(&s, 10, &filters),
+            Some(("X-Filter-Short", "3".to_string()))
+        );
+        let plain = served_doc(stored, Source::EdgeCache, false, 10, &Filters::default());
+        assert_eq!(
+            filter_short_header(&plain, 10, &Filters::default()),
+            None,
+            "no filter, no header, even when the list is shorter than n"
+        );
+        assert!(EXPOSED_HEADERS.contains("X-Filter-Short"));
+    }
+
+    #[test]
     fn etags_depend_on_document_and_n_but_not_on_the_tier() {
-        let a = etag(&served_doc(doc(), Source::Kv, false, 3, &[]));
-        let b = etag(&served_doc(doc(), Source::EdgeCache, false, 3, &[]));
-        let c = etag(&served_doc(doc(), Source::Kv, false, 4, &[]));
+        let a = etag(&served_doc(
+            doc(),
+            Source::Kv,
+            false,
+            3,
+            &Filters::default(),
+        ));
+        let b = etag(&served_doc(
+            doc(),
+            Source::EdgeCache,
+            false,
+            3,
+            &Filters::default(),
+        ));
+        let c = etag(&served_doc(
+            doc(),
+            Source::Kv,
+            false,
+            4,
+            &Filters::default(),
+        ));
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.starts_with('"') && a.ends_with('"'));
@@ -260,7 +341,7 @@ mod tests {
     #[test]
     fn fresh_answers_get_short_browser_max_age_and_s_maxage_of_the_remaining_freshness() {
         let cfg = EdgeConfig::default();
-        let s = served_doc(doc(), Source::Kv, false, 5, &[]);
+        let s = served_doc(doc(), Source::Kv, false, 5, &Filters::default());
         let h = served_headers(
             &s,
             "\"e\"",
@@ -285,7 +366,7 @@ mod tests {
         let cfg = EdgeConfig::default();
         let r = Region::parse("asia").unwrap();
         let hit = served_headers(
-            &served_doc(doc(), Source::EdgeCache, false, 5, &[]),
+            &served_doc(doc(), Source::EdgeCache, false, 5, &Filters::default()),
             "\"e\"",
             &r,
             1000,
@@ -294,7 +375,7 @@ mod tests {
         );
         assert_eq!(header(&hit, "X-Cache"), "HIT");
         let stale = served_headers(
-            &served_doc(doc(), Source::Stale, true, 5, &[]),
+            &served_doc(doc(), Source::Stale, true, 5, &Filters::default()),
             "\"e\"",
             &r,
             1350,

@@ -1,15 +1,17 @@
 //! Method + path + query → a validated [`Route`].
 //!
 //! Ids are percent-decoded and then checked by the contract's rules, so `a%2Fb`
-//! is refused for its `/` just like a raw `a/b` path segment. `n` and `tenant` follow
-//! the contract's rules ([`contract::params`]), the same the origin applies.
+//! is refused for its `/` just like a raw `a/b` path segment. `n`, `tenant`, `exclude`
+//! and `category` follow the contract's rules ([`contract::params`]), the same the
+//! origin applies.
 //!
 //! A dot segment never reaches the worker as such: the URL parser (workerd's, and
 //! Cloudflare's URL normalisation in front of it) resolves `/v1/recommendations/..`
 //! and `/v1/recommendations/%2e%2e` to `/v1/` before the worker sees the request. So
 //! `/v1/` and `/v1` answer what the id rules say of `..`: 400 `invalid_user_id`.
 
-use contract::{IdError, ItemId, Tenant, UserId};
+use contract::params::Filters;
+use contract::{IdError, Tenant, UserId};
 
 use crate::error::EdgeError;
 
@@ -63,8 +65,8 @@ pub struct RecRequest {
     pub tenant: Tenant,
     pub user: UserId,
     pub n: usize,
-    /// Items left out of the answer (`exclude=`), filtered from the stored list.
-    pub exclude: Vec<ItemId>,
+    /// `exclude=` and `category=`, applied to the stored list before it is cut to `n`.
+    pub filters: Filters,
     /// Whether `tenant` came from `?tenant=` (else it is the default; a host name
     /// mapping may still name one: [`crate::tenant_host`]).
     pub tenant_in_query: bool,
@@ -103,8 +105,12 @@ pub fn route(
                     tenant_in_query: q.tenant.is_some(),
                     user,
                     n: q.n(default_n)?,
-                    exclude: contract::params::parse_exclude(q.exclude.as_deref())
-                        .map_err(|e| EdgeError::InvalidExclude(e.to_string()))?,
+                    filters: Filters {
+                        exclude: contract::params::parse_exclude(q.exclude.as_deref())
+                            .map_err(|e| EdgeError::InvalidExclude(e.to_string()))?,
+                        category: contract::params::parse_category(q.category.as_deref())
+                            .map_err(|e| EdgeError::InvalidCategory(e.to_string()))?,
+                    },
                 }))
             }
             _ => Err(not_allowed("GET, HEAD, OPTIONS")),
@@ -148,6 +154,7 @@ struct Query {
     n: Option<String>,
     tenant: Option<String>,
     exclude: Option<String>,
+    category: Option<String>,
 }
 
 impl Query {
@@ -164,6 +171,7 @@ impl Query {
                 "n" => &mut q.n,
                 "tenant" => &mut q.tenant,
                 "exclude" => &mut q.exclude,
+                "category" => &mut q.category,
                 _ => continue,
             };
             if slot.is_some() {
@@ -356,10 +364,52 @@ mod tests {
         .unwrap() else {
             panic!("not a recommendation route")
         };
-        let ids: Vec<&str> = r.exclude.iter().map(|i| i.as_str()).collect();
+        let ids: Vec<&str> = r.filters.exclude.iter().map(|i| i.as_str()).collect();
         assert_eq!(ids, ["i1", "i2"]);
         let e = route("GET", "/v1/recommendations/u1", Some("exclude=i1,,i2"), 10).unwrap_err();
         assert_eq!((e.status(), e.code()), (400, "invalid_exclude"));
+    }
+
+    #[test]
+    fn category_is_read_from_the_query_and_checked() {
+        let Route::Recommendations(r) = route(
+            "GET",
+            "/v1/recommendations/u1",
+            Some("category=Science+Fiction&n=3"),
+            10,
+        )
+        .unwrap() else {
+            panic!("not a recommendation route")
+        };
+        assert_eq!(
+            r.filters.category.as_ref().map(|c| c.as_str()),
+            Some("Science Fiction")
+        );
+        let Route::Recommendations(r) =
+            route("GET", "/v1/recommendations/u1", Some("category="), 10).unwrap()
+        else {
+            panic!("not a recommendation route")
+        };
+        assert!(r.filters.is_empty(), "an empty category is no filter");
+        for bad in [
+            "category=a%2Cb",
+            "category=a%7Cb",
+            "category=a%0Ab",
+            "category=%20",
+        ] {
+            let e = route("GET", "/v1/recommendations/u1", Some(bad), 10).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_category"), "{bad}");
+        }
+        let long = format!("category={}", "x".repeat(65));
+        let e = route("GET", "/v1/recommendations/u1", Some(&long), 10).unwrap_err();
+        assert_eq!(e.code(), "invalid_category");
+        let twice = route(
+            "GET",
+            "/v1/recommendations/u1",
+            Some("category=a&category=b"),
+            10,
+        );
+        assert_eq!(twice.unwrap_err().code(), "invalid_query");
     }
 
     #[test]

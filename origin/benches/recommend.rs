@@ -99,6 +99,7 @@ fn query(h: &[(ItemIdx, f32)]) -> Query<'_> {
         exclude_seen: true,
         context_item: None,
         region: Some("europe"),
+        allowed: None,
     }
 }
 

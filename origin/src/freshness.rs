@@ -237,8 +237,8 @@ impl<T> Debouncer<T> {
     }
 }
 
-/// A hash of a document's items (ids, scores and reasons, in order): what the edge
-/// would serve, without the generation time or model version.
+/// A hash of a document's items (ids, scores, reasons and categories, in order): what
+/// the edge would serve, without the generation time or model version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ContentHash(u64);
 
@@ -250,6 +250,7 @@ impl ContentHash {
             i.item_id.hash(&mut h);
             i.score.to_bits().hash(&mut h);
             i.reason.hash(&mut h);
+            i.categories.hash(&mut h);
         }
         ContentHash(h.finish())
     }
@@ -776,6 +777,7 @@ mod tests {
             item_id: id.into(),
             score,
             reason: Some("popular".into()),
+            categories: Vec::new(),
         }
     }
 

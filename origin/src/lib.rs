@@ -16,6 +16,8 @@
 //! - `admission`: which items and users a model trains on (bounded, earned).
 //! - `training`: which model the service and the publisher train (`--model`).
 //! - `snapshot`: a trained model with id maps; builds recommendation documents.
+//! - `availability`: items never served (unavailable) and their categories, live after
+//!   catalogue writes, and the users whose published lists a change touches.
 //! - `clock`: unix seconds now and their RFC 3339 text.
 //! - `http`: the HTTP API: one route table, the shared state, one error type, a file per
 //!   route family (recommendations, events, analytics, admin); `app` adds middleware.
@@ -47,6 +49,7 @@
 pub mod admission;
 pub mod analytics;
 pub mod auth;
+pub mod availability;
 pub mod catalogue;
 pub mod cdn;
 pub mod clients;

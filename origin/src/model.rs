@@ -80,6 +80,10 @@ pub struct Query<'a> {
     pub context_item: Option<ItemIdx>,
     /// The user's region, for regional popularity.
     pub region: Option<&'a str>,
+    /// Items the answer may hold, indexed by [`ItemIdx`] (`false`: never returned, e.g.
+    /// unavailable or outside a requested category); `None`: every item. Masked before
+    /// the top-n is taken, so the answer still has `n` items when enough are allowed.
+    pub allowed: Option<&'a [bool]>,
 }
 
 /// A scored item in a model's answer.

@@ -149,6 +149,7 @@ impl Retrainer {
             self.policy,
         );
         let training = Instant::now();
+        let read_from = crate::snapshot::now_unix();
         let set = self.store.training_set().await?;
         let upto_seq = set.upto_seq;
         let mut snapshot = tokio::task::spawn_blocking(move || {
@@ -159,6 +160,7 @@ impl Retrainer {
         .await
         .map_err(|e| RetrainError::Task(e.to_string()))?;
         snapshot.upto_seq = upto_seq;
+        hand_on_live_items(&old, &mut snapshot, read_from);
         let train_seconds = training.elapsed().as_secs_f64();
         // Versions name the second training finished; two retrains within one second
         // still get different versions.
@@ -182,6 +184,7 @@ impl Retrainer {
         };
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
+        snapshot.live.prune_before(read_from);
         if let Some(hook) = self.on_swap.get() {
             hook(&snapshot);
         }
@@ -236,6 +239,7 @@ impl Retrainer {
             self.policy,
         );
         let training = Instant::now();
+        let read_from = crate::snapshot::now_unix();
         let set = self.store.training_set_upto(model.upto_seq).await?;
         if set.counts.interactions != model.counts.interactions {
             tracing::warn!(
@@ -253,6 +257,7 @@ impl Retrainer {
         .map_err(|e| RetrainError::Task(e.to_string()))?;
         snapshot.trained_at = model.trained_at;
         snapshot.upto_seq = model.upto_seq;
+        hand_on_live_items(&old, &mut snapshot, read_from);
         let version = snapshot.model_version();
         if version != model.model_version {
             tracing::warn!(
@@ -261,7 +266,9 @@ impl Retrainer {
                 "this origin trains another model (--model) than the one recorded; serving its own"
             );
         }
+        let live = snapshot.live.clone();
         self.snapshot.store(Arc::new(snapshot));
+        live.prune_before(read_from);
         record_model_version(Some(&old.model_version()), &version);
         tracing::info!(
             old = %old.model_version(),
@@ -286,6 +293,13 @@ impl Retrainer {
         self.adopt(&model).await?;
         Ok(true)
     }
+}
+
+/// The catalogue writes recorded on the serving snapshot go on with the new one (whose
+/// store read began at `read_from`; the records it holds are dropped once it serves).
+fn hand_on_live_items(old: &Snapshot, new: &mut Snapshot, read_from: u64) {
+    new.live = old.live.clone();
+    new.read_from = read_from;
 }
 
 /// The set with its interactions in one order (user, item, time, weight), so the

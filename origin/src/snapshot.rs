@@ -2,13 +2,23 @@
 //! external ids into model queries and model answers into [`RecommendationDoc`]s.
 //!
 //! The HTTP handlers and the bulk publisher share one `Arc<Snapshot>`; it never
-//! touches the database after it is built, so answering needs no locks.
+//! touches the database after it is built. Only the catalogue writes made since
+//! ([`crate::availability::LiveItems`], shared from one snapshot to the next) are read
+//! under a lock, and only when there are any.
+//!
+//! Every document it builds leaves out the items that may not be served (unavailable,
+//! or outside a requested category) before the model's top-n is taken, and lists each
+//! item's categories, so readers can filter a stored list by category.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use contract::params::{Category, MAX_ITEM_CATEGORIES};
 use contract::{ItemId, RecItem, RecommendationDoc, Region, RegionMap, Tenant, UserId};
+
+use crate::availability::LiveItems;
 
 use crate::admission::{admit, user_weights, Admission, TrainingPolicy};
 use crate::model::{Because, ItemIdx, Query, Recommender, Scored, TrainingData, UserIdx};
@@ -64,6 +74,9 @@ fn admit_items(
     if data.item_text.len() == data.n_items {
         retain_kept(&mut data.item_text, &admission.keep);
     }
+    if maps.item_available.len() == data.n_items {
+        retain_kept(&mut maps.item_available, &admission.keep);
+    }
     retain_kept(&mut maps.item_ids, &admission.keep);
     retain_kept(&mut maps.item_from_events, &admission.keep);
     data.n_items = next;
@@ -96,6 +109,8 @@ pub struct DocRequest<'a> {
     pub region: Option<&'a Region>,
     /// Region of users not in the store (the map's default when `None`).
     pub fallback_region: Option<&'a Region>,
+    /// Only items of this category (`category=`).
+    pub category: Option<&'a Category>,
 }
 
 /// A trained model with the id maps and per-user histories of one tenant.
@@ -121,6 +136,19 @@ pub struct Snapshot {
     /// The seq of the newest event in the training data (set by the retrainer; `None`:
     /// no event): users with later events have newer histories than this snapshot.
     pub upto_seq: Option<i64>,
+    /// Per item: whether the catalogue said it may be served when the store was read.
+    item_available: Vec<bool>,
+    /// Per item: its catalogue categories when the store was read.
+    item_categories: Vec<Vec<String>>,
+    /// What the model may return when no category is asked for and no live write says
+    /// otherwise (`None`: every item).
+    base_allowed: Option<Vec<bool>>,
+    /// Catalogue writes since the store was read; the retrainer hands it on to the next
+    /// snapshot.
+    pub live: Arc<LiveItems>,
+    /// Unix second the store read of this snapshot began (0: unknown; set by the
+    /// retrainer): live records older than that are in the snapshot.
+    pub read_from: u64,
 }
 
 pub use crate::clock::{now_unix, rfc3339};
@@ -199,6 +227,21 @@ impl Snapshot {
         data.user_weight = user_weights(&maps.user_client_users, policy.users_per_client);
         let loaded = started.elapsed();
         let model = train(&data);
+        let item_available: Vec<bool> = (0..data.n_items)
+            .map(|i| maps.item_available.get(i).copied().unwrap_or(true))
+            .collect();
+        let item_categories: Vec<Vec<String>> = (0..data.n_items)
+            .map(|i| {
+                data.item_text
+                    .get(i)
+                    .map(|t| t.categories.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let base_allowed = item_available
+            .iter()
+            .any(|a| !a)
+            .then(|| item_available.clone());
         tracing::info!(
             users = counts.users,
             items = counts.items,
@@ -246,6 +289,11 @@ impl Snapshot {
             loading: false,
             upto_seq: None,
             admission: Some(admission),
+            item_available,
+            item_categories,
+            base_allowed,
+            live: Arc::default(),
+            read_from: 0,
         }
     }
 
@@ -274,6 +322,11 @@ impl Snapshot {
             loading: true,
             upto_seq: None,
             admission: None,
+            item_available: Vec::new(),
+            item_categories: Vec::new(),
+            base_allowed: None,
+            live: Arc::default(),
+            read_from: 0,
         }
     }
 
@@ -294,6 +347,146 @@ impl Snapshot {
                 .iter()
                 .map(|r| 24 + r.as_str().len())
                 .sum::<usize>()
+            + self.item_available.len() * 2
+            + self
+                .item_categories
+                .iter()
+                .map(|c| 24 + ids(c))
+                .sum::<usize>()
+    }
+
+    /// Whether `category` is one of `categories`.
+    fn in_category(categories: &[String], category: Option<&Category>) -> bool {
+        category.is_none_or(|c| categories.iter().any(|k| k == c.as_str()))
+    }
+
+    /// What the model may return: available items (as read, then as written since), of
+    /// `category` when one is given, and the items `also` whatever they are; `None` when
+    /// that is every item.
+    pub(crate) fn allowed(
+        &self,
+        category: Option<&Category>,
+        also: &[ItemIdx],
+    ) -> Option<Cow<'_, [bool]>> {
+        let live = !self.live.is_empty();
+        let mut mask: Cow<'_, [bool]> = match (category, &self.base_allowed) {
+            (None, None) if !live && also.is_empty() => return None,
+            (None, Some(base)) if !live && also.is_empty() => return Some(Cow::Borrowed(base)),
+            _ => Cow::Owned(
+                self.item_available
+                    .iter()
+                    .zip(&self.item_categories)
+                    .map(|(a, c)| *a && Self::in_category(c, category))
+                    .collect(),
+            ),
+        };
+        if live {
+            let mask = mask.to_mut();
+            self.live.read(|records| {
+                for (id, item) in records {
+                    if let Some(slot) = self
+                        .item_index
+                        .get(id)
+                        .and_then(|&i| mask.get_mut(i as usize))
+                    {
+                        *slot = item.available && Self::in_category(&item.categories, category);
+                    }
+                }
+            });
+        }
+        if !also.is_empty() {
+            let mask = mask.to_mut();
+            for &i in also {
+                if let Some(slot) = mask.get_mut(i as usize) {
+                    *slot = true;
+                }
+            }
+        }
+        Some(mask)
+    }
+
+    /// Whether `item` may be served now (known, available as read and as written since).
+    pub fn is_available(&self, item: &str) -> bool {
+        if let Some(live) = self.live.get(item) {
+            return live.available;
+        }
+        self.item_index
+            .get(item)
+            .and_then(|&i| self.item_available.get(i as usize))
+            .copied()
+            .unwrap_or(true)
+    }
+
+    /// An item's availability and categories as this snapshot serves it now (`None`: an
+    /// item the model does not know, which no list holds).
+    pub fn served_state(&self, item: &str) -> Option<(bool, Vec<String>)> {
+        let &i = self.item_index.get(item)?;
+        if let Some(live) = self.live.get(item) {
+            return Some((live.available, live.categories));
+        }
+        Some((
+            self.item_available.get(i as usize).copied().unwrap_or(true),
+            self.item_categories
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_default(),
+        ))
+    }
+
+    /// The index of an item the model knows.
+    pub fn item_idx(&self, item: &str) -> Option<ItemIdx> {
+        self.item_index.get(item).copied()
+    }
+
+    /// Users (the first `limit` in id order) whose canonical list of `n` items,
+    /// computed with the items `changed` allowed, holds one of them: the users whose
+    /// published document a change of those items touches (see
+    /// [`crate::availability`]). A user without history has the region's popular list
+    /// (a full publish writes it for them too), computed once per region. The second
+    /// value is how many users were past `limit`. CPU-bound: run it on a blocking thread.
+    pub fn users_listing(
+        &self,
+        changed: &[ItemIdx],
+        n: usize,
+        limit: usize,
+    ) -> (Vec<UserId>, usize) {
+        use rayon::prelude::*;
+        if changed.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let allowed = self.allowed(None, changed);
+        let holds = |history: &[(ItemIdx, f32)], region: &Region| {
+            self.model
+                .recommend(&Query {
+                    history,
+                    n,
+                    exclude_seen: true,
+                    context_item: None,
+                    region: Some(region.as_str()),
+                    allowed: allowed.as_deref(),
+                })
+                .iter()
+                .any(|s| changed.contains(&s.item))
+        };
+        let mut popular_holds: HashMap<&Region, bool> = HashMap::new();
+        for region in &self.user_region {
+            if !popular_holds.contains_key(region) {
+                popular_holds.insert(region, holds(&[], region));
+            }
+        }
+        let scanned = self.user_ids.len().min(limit);
+        let users = (0..scanned)
+            .into_par_iter()
+            .filter(|&u| {
+                let region = &self.user_region[u];
+                match self.history[u].as_slice() {
+                    [] => popular_holds.get(region).copied().unwrap_or(false),
+                    history => holds(history, region),
+                }
+            })
+            .filter_map(|u| UserId::parse(&self.user_ids[u]).ok())
+            .collect();
+        (users, self.user_ids.len() - scanned)
     }
 
     /// `<RFC 3339 trained-at>#<model name>`.
@@ -334,7 +527,27 @@ impl Snapshot {
         }
     }
 
+    /// An item's categories as a document lists them: as written since the snapshot,
+    /// else as read; bounded and checked by the contract's rules (the catalogue's own
+    /// rules guarantee both; a value that broke them would be left out, never make the
+    /// document invalid).
+    fn categories_of(&self, item: ItemIdx, id: &str, live: bool) -> Vec<String> {
+        let cats = match live.then(|| self.live.get(id)).flatten() {
+            Some(l) => l.categories,
+            None => self
+                .item_categories
+                .get(item as usize)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        cats.into_iter()
+            .filter(|c| contract::params::check_category(c).is_ok())
+            .take(MAX_ITEM_CATEGORIES)
+            .collect()
+    }
+
     fn items(&self, scored: Vec<Scored>) -> Vec<RecItem> {
+        let live = !self.live.is_empty();
         scored
             .into_iter()
             .filter_map(|s| {
@@ -343,6 +556,7 @@ impl Snapshot {
                     item_id: id.clone(),
                     score: (f64::from(s.score) * 1e6).round() / 1e6,
                     reason: Some(self.reason(&s.because)),
+                    categories: self.categories_of(s.item, id, live),
                 })
             })
             .collect()
@@ -404,24 +618,39 @@ impl Snapshot {
         let context_item = req
             .context
             .and_then(|c| self.item_index.get(c.as_str()).copied());
+        let allowed = self.allowed(req.category, &[]);
         let scored = self.model.recommend(&Query {
             history,
             n: req.n,
             exclude_seen: true,
             context_item,
             region: Some(region.as_str()),
+            allowed: allowed.as_deref(),
         });
         self.doc(user.as_str(), region, self.items(scored), now)
     }
 
     /// The popular list of a region, with `user_id` `"*"`.
     pub fn popular_doc(&self, region: &Region, n: usize, now: u64) -> RecommendationDoc {
+        self.popular_doc_in(region, n, None, now)
+    }
+
+    /// [`Snapshot::popular_doc`] of one category only (`None`: every category).
+    pub fn popular_doc_in(
+        &self,
+        region: &Region,
+        n: usize,
+        category: Option<&Category>,
+        now: u64,
+    ) -> RecommendationDoc {
+        let allowed = self.allowed(category, &[]);
         let scored = self.model.recommend(&Query {
             history: &[],
             n,
             exclude_seen: true,
             context_item: None,
             region: Some(region.as_str()),
+            allowed: allowed.as_deref(),
         });
         self.doc(
             contract::admin::POPULAR_USER_ID,
@@ -431,7 +660,14 @@ impl Snapshot {
         )
     }
 
-    fn doc(&self, user: &str, region: &Region, items: Vec<RecItem>, now: u64) -> RecommendationDoc {
+    fn doc(
+        &self,
+        user: &str,
+        region: &Region,
+        mut items: Vec<RecItem>,
+        now: u64,
+    ) -> RecommendationDoc {
+        fit_in_a_document(&mut items);
         RecommendationDoc {
             tenant: self.tenant.as_str().to_owned(),
             user_id: user.to_owned(),
@@ -443,6 +679,38 @@ impl Snapshot {
             stale_for_s: self.freshness.stale_for_s,
         }
     }
+}
+
+/// Bytes a document's fields other than its items may take: ids, region, version and
+/// numbers, with room to spare.
+const DOC_ENVELOPE_BYTES: usize = 1024;
+
+/// An upper bound of an item's bytes in a document's JSON: every string's characters
+/// counted twice (an escaped quote or backslash takes two bytes; control characters
+/// are refused by the id and category rules, and the reason is ours), plus the keys,
+/// the score and the punctuation.
+fn item_bytes_bound(item: &RecItem) -> usize {
+    let text = item.item_id.len()
+        + item.reason.as_ref().map_or(0, String::len)
+        + item.categories.iter().map(|c| c.len() + 3).sum::<usize>();
+    2 * text + 96
+}
+
+/// Cuts `items` from the end until the document surely fits in
+/// [`contract::MAX_DOC_BYTES`]: only items with long ids and many long categories get
+/// near it (50 items of 20 categories of 64 bytes would not fit), and a reader refuses
+/// a document past it.
+fn fit_in_a_document(items: &mut Vec<RecItem>) {
+    let budget = contract::MAX_DOC_BYTES - DOC_ENVELOPE_BYTES;
+    let mut total = 0;
+    let fits = items
+        .iter()
+        .take_while(|i| {
+            total += item_bytes_bound(i);
+            total <= budget
+        })
+        .count();
+    items.truncate(fits);
 }
 
 /// The model of the test fixtures: the engine's item-kNN (k = 50, shrink 10), small and

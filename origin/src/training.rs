@@ -153,6 +153,7 @@ mod tests {
             exclude_seen: true,
             context_item: None,
             region: None,
+            allowed: None,
         });
         assert!(!top.is_empty() && top.iter().all(|s| s.item != 1 && s.item != 2));
     }

@@ -391,10 +391,12 @@ async fn recommendations(
         }
     };
 
-    let served = respond::served_doc(doc, source, stale, r.n.min(MAX_N), &r.exclude);
+    let n = r.n.min(MAX_N);
+    let served = respond::served_doc(doc, source, stale, n, &r.filters);
     let etag = respond::etag(&served);
     let mut headers =
         respond::served_headers(&served, &etag, &location.region, now_s(), cfg, &timings);
+    headers.extend(respond::filter_short_header(&served, n, &r.filters));
     if let Some(name) = served_by_origin {
         headers.push(("X-Origin", name));
     }

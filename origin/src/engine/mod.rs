@@ -22,7 +22,8 @@
 //! // One user (the cache-miss path):
 //! let history = [(3, 1.0), (5, 1.0)];
 //! let top = best.model.recommend(&Query { history: &history, n: 10, exclude_seen: true,
-//!                                         context_item: None, region: Some("europe") });
+//!                                         context_item: None, region: Some("europe"),
+//!                                         allowed: None });
 //! assert!(top.len() <= 10 && top.iter().all(|s| s.item != 3 && s.item != 5));
 //! // Every user, in parallel (the publisher's path):
 //! let all = engine::recommend_all(best.model.as_ref(), &data, 20, true);
@@ -174,6 +175,9 @@ impl Engine {
             if query.exclude_seen {
                 rank::mask(scores, seen.iter().map(|(i, _)| *i));
             }
+            if let Some(allowed) = query.allowed {
+                rank::mask_disallowed(scores, allowed);
+            }
             rank::top_n(scores, query.n, &self.pop_rank)
                 .into_iter()
                 .map(|(item, score)| Scored {
@@ -255,6 +259,7 @@ pub fn recommend_all(
                 exclude_seen: true,
                 context_item: None,
                 region,
+                allowed: None,
             };
             (u as UserIdx, model.recommend(&q))
         })

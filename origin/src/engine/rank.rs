@@ -68,6 +68,15 @@ pub fn mask(scores: &mut [f32], items: impl IntoIterator<Item = ItemIdx>) {
     }
 }
 
+/// Sets the scores of items `allowed` marks `false` to `-inf` (items past its end stay).
+pub fn mask_disallowed(scores: &mut [f32], allowed: &[bool]) {
+    for (s, ok) in scores.iter_mut().zip(allowed) {
+        if !ok {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
 /// Keeps the `k` largest `(index, value)` pairs of `v` (unordered), dropping the rest.
 pub fn keep_largest(v: &mut Vec<(u32, f32)>, k: usize) {
     if v.len() > k {
@@ -92,6 +101,13 @@ mod tests {
         let got = top_n(&s, 3, &[5, 0, 1, 3, 4]);
         assert_eq!(got, vec![(4, 0.9), (2, 0.5), (0, 0.5)]);
         assert_eq!(top_n(&s, 10, &[]).len(), 4);
+    }
+
+    #[test]
+    fn disallowed_items_are_never_in_the_top_n() {
+        let mut s = vec![0.9, 0.8, 0.7, 0.6];
+        mask_disallowed(&mut s, &[false, true, false]);
+        assert_eq!(top_n(&s, 2, &[]), vec![(1, 0.8), (3, 0.6)]);
     }
 
     #[test]

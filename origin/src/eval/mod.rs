@@ -78,6 +78,7 @@ pub fn rank_lists(
                 exclude_seen: true,
                 context_item: None,
                 region: data.user_region.get(u).and_then(|r| r.as_deref()),
+                allowed: None,
             };
             model.recommend(&q).into_iter().map(|s| s.item).collect()
         })

@@ -20,6 +20,11 @@
 //!
 //! `PATCH` reads the item, merges and writes it back: two patches of one item at the
 //! same moment may lose one (the last write wins).
+//!
+//! An item write that changes what may be served (`available`, `categories`; a delete
+//! makes the item unavailable) is live at once in this origin's answers and republishes
+//! the documents that hold the item within seconds ([`serving_changed`], see
+//! [`crate::availability`]).
 
 use std::sync::Arc;
 
@@ -178,6 +183,7 @@ pub(crate) async fn put_item(
     let input: ItemInput = document(envelope(&body)?, "invalid_item").map_err(bad_item)?;
     let row = validate_item(input, Some(&id), now_unix() as i64).map_err(bad_item)?;
     live.store.upsert_items(vec![row.clone()]).await?;
+    serving_changed(&state, &live, std::slice::from_ref(&row));
     Ok(Json(row.into()))
 }
 
@@ -210,6 +216,7 @@ pub(crate) async fn patch_item(
     let input: ItemInput = document(doc, "invalid_item").map_err(bad_item)?;
     let row = validate_item(input, Some(&id), now_unix() as i64).map_err(bad_item)?;
     live.store.upsert_items(vec![row.clone()]).await?;
+    serving_changed(&state, &live, std::slice::from_ref(&row));
     Ok(Json(row.into()))
 }
 
@@ -240,6 +247,12 @@ pub(crate) async fn delete_item(
     if !live.store.delete_item(&id).await? {
         return Err(CatalogueError::UnknownItem(id.to_string()).into());
     }
+    let gone = crate::store::ItemRow {
+        item_id: id.to_string(),
+        available: false,
+        ..Default::default()
+    };
+    serving_changed(&state, &live, std::slice::from_ref(&gone));
     Ok(Json(Deleted {
         id: id.to_string(),
         deleted: true,
@@ -283,8 +296,81 @@ pub(crate) async fn post_items(
         rows.push(row);
     }
     let upserted = rows.len();
-    live.store.upsert_items(rows).await?;
+    live.store.upsert_items(rows.clone()).await?;
+    serving_changed(&state, &live, &rows);
     Ok(Json(Upserted { upserted }))
+}
+
+/// After items were written: records their availability and categories as live on the
+/// served snapshot (this origin's answers follow at once), and, for the items the
+/// model knows whose availability or categories changed, finds the users whose
+/// published list holds one (a bounded scan on a blocking thread, one at a time) and
+/// touches the republisher for each. Never fails the write: a scan that fails is
+/// logged, and the next publish carries the change.
+fn serving_changed(state: &AppState, live: &Live, rows: &[crate::store::ItemRow]) {
+    let snapshot = state.snapshot();
+    let at = now_unix();
+    let mut changed = Vec::new();
+    for row in rows {
+        let before = snapshot.served_state(&row.item_id);
+        let differs = before.as_ref().is_some_and(|(available, categories)| {
+            *available != row.available || *categories != row.categories
+        });
+        // Recorded when it changes what this snapshot serves, when an earlier record
+        // must be replaced, and for an unavailable item the model does not know yet (a
+        // retrain already reading the store may bring it in). A write that changes
+        // nothing served (an unchanged PUT, a new available item) records nothing, so
+        // answers keep their cheapest path (no per-request mask; see `Snapshot::allowed`).
+        let recorded = snapshot.live.get(&row.item_id).is_some();
+        if differs || recorded || (before.is_none() && !row.available) {
+            snapshot
+                .live
+                .record(&row.item_id, row.available, row.categories.clone(), at);
+        }
+        if let Some(idx) = snapshot.item_idx(&row.item_id).filter(|_| differs) {
+            changed.push(idx);
+        }
+    }
+    let Some(republisher) = live.republisher.clone() else {
+        return;
+    };
+    if changed.is_empty() || snapshot.loading {
+        return;
+    }
+    let (n, gate) = (state.publish_n, state.publish_gate.clone());
+    tokio::spawn(async move {
+        let _one_at_a_time = snapshot.live.scanning.lock().await;
+        let started = std::time::Instant::now();
+        let scan = snapshot.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            scan.users_listing(&changed, n, crate::availability::MAX_SCAN_USERS)
+        })
+        .await;
+        match found {
+            Ok((users, past)) => {
+                if past > 0 {
+                    tracing::warn!(
+                        users_past_the_bound = past,
+                        "an item change was scanned for the first users only; the others get it at the next publish"
+                    );
+                }
+                tracing::info!(
+                    users = users.len(),
+                    scan_ms = started.elapsed().as_millis() as u64,
+                    "republishing the documents an item change touches"
+                );
+                let now = tokio::time::Instant::now();
+                for user in users {
+                    // What the edge holds for them may come from a full publish (even
+                    // for a user without history, whose answer is the popular list), so
+                    // their changed answer is published whatever the gate last knew.
+                    gate.with(|b| b.replaced_elsewhere(&user, now));
+                    republisher.touch(user, now, None);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the availability scan failed"),
+        }
+    });
 }
 
 /// `PUT /v1/users/{id}`: creates or replaces the user.

@@ -70,6 +70,8 @@ pub enum ApiError {
     TenantsDisabled,
     #[error("{0}")]
     InvalidExclude(String),
+    #[error("{0}")]
+    InvalidCategory(String),
     #[error("tenant {0} is the one this origin serves: stop it (or serve another tenant) before deleting it")]
     TenantServed(String),
     #[error("tenant {0} takes events only with one of its keys in the X-Tenant-Key header")]
@@ -188,6 +190,7 @@ impl ApiError {
             ApiError::ServerKeyRequired => "server_key_required",
             ApiError::TenantServed(_) => "tenant_served",
             ApiError::InvalidExclude(_) => "invalid_exclude",
+            ApiError::InvalidCategory(_) => "invalid_category",
             ApiError::Catalogue(e) => e.code(),
             ApiError::CatalogueUnauthorized => "unauthorized",
         }

@@ -21,6 +21,8 @@
 //! - `error`: [`ApiError`].
 //! - `recommendations`, `events`, `analytics`, `admin`, `tenants`, `catalogue`: the
 //!   handlers.
+//! - tests beside them: `tests`, `catalogue_tests`, `tenants_tests`, `filters_tests`
+//!   (request filters and availability).
 
 pub mod access;
 pub mod admin;
@@ -30,6 +32,8 @@ pub mod catalogue;
 mod catalogue_tests;
 pub mod error;
 pub mod events;
+#[cfg(test)]
+mod filters_tests;
 pub mod quota;
 pub mod recommendations;
 pub mod state;

@@ -3,10 +3,20 @@
 //! Answers for users with history are also published in the background (edge KV
 //! and/or the CDN folder), earned and bounded by the publish gate; popular fallbacks for
 //! unknown users are never published (anyone could fill the KV with made-up ids).
+//!
+//! Filters (`contract::params`): `exclude=` (the model ranks `n` plus the excluded
+//! count, then they leave) and `category=` (items outside the category are masked
+//! before the model's top-n, so the answer holds `n` items of the category whenever the
+//! catalogue has that many the user has not seen). Unavailable items are never in any
+//! answer (see [`crate::availability`]). The published document stays the user's
+//! canonical, unfiltered one: the edge filters it for every later request. When a
+//! filter leaves fewer than `n` items, the answer says how many in `X-Filter-Short`, as
+//! the edge does.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
+use contract::params::{Category, Filters};
 use contract::{IdError, ItemId, RecommendationDoc, Region, Tenant, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +36,8 @@ pub struct RecParams {
     pub n: Option<String>,
     /// Item ids left out of the answer (comma-separated; see `contract::params`).
     pub exclude: Option<String>,
+    /// Only items of this category (see `contract::params`).
+    pub category: Option<String>,
     pub context: Option<String>,
     pub tenant: Option<String>,
     pub region: Option<String>,
@@ -42,6 +54,9 @@ pub struct BatchRequest {
     pub tenant: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
+    /// Only items of this category, for every user of the batch.
+    #[serde(default)]
+    pub category: Option<String>,
 }
 
 /// Answer of `POST /v1/recommendations/batch`.
@@ -52,6 +67,31 @@ pub struct BatchResponse {
 
 pub(crate) fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Parses `category` by the contract's rule (absent or empty: none).
+pub fn parse_category(raw: Option<&str>) -> Result<Option<Category>, ApiError> {
+    contract::params::parse_category(raw).map_err(|e| ApiError::InvalidCategory(e.to_string()))
+}
+
+/// A filtered answer: the document, with `X-Filter-Short` when a filter left fewer
+/// than `n` items.
+pub struct Filtered {
+    pub doc: RecommendationDoc,
+    pub short: Option<usize>,
+}
+
+impl axum::response::IntoResponse for Filtered {
+    fn into_response(self) -> axum::response::Response {
+        let mut resp = Json(self.doc).into_response();
+        if let Some(kept) = self.short {
+            resp.headers_mut().insert(
+                contract::params::FILTER_SHORT_HEADER,
+                axum::http::HeaderValue::from(kept),
+            );
+        }
+        resp
+    }
 }
 
 /// Parses `n`: absent means [`DEFAULT_N`]; otherwise 1 to [`contract::MAX_N`].
@@ -140,7 +180,7 @@ pub(crate) async fn recommendations(
     trace: Trace,
     user: Result<Path<String>, PathRejection>,
     ApiQuery(params): ApiQuery<RecParams>,
-) -> Result<Json<RecommendationDoc>, ApiError> {
+) -> Result<Filtered, ApiError> {
     let Path(user) = user.map_err(|_| ApiError::UndecodableUserId)?;
     answer(state, &user, params, trace).await
 }
@@ -151,7 +191,7 @@ pub(crate) async fn recommendations_for_user_named_batch(
     State(state): State<AppState>,
     trace: Trace,
     ApiQuery(params): ApiQuery<RecParams>,
-) -> Result<Json<RecommendationDoc>, ApiError> {
+) -> Result<Filtered, ApiError> {
     answer(state, "batch", params, trace).await
 }
 
@@ -160,12 +200,13 @@ pub(crate) async fn answer(
     user: &str,
     params: RecParams,
     trace: Trace,
-) -> Result<Json<RecommendationDoc>, ApiError> {
+) -> Result<Filtered, ApiError> {
     let user = UserId::parse(user)?;
     check_tenant(&state, params.tenant.as_deref())?;
     let n = parse_n(params.n.as_deref())?;
     let exclude = contract::params::parse_exclude(params.exclude.as_deref())
         .map_err(|e| ApiError::InvalidExclude(e.to_string()))?;
+    let category = parse_category(params.category.as_deref())?;
     let context = non_empty(&params.context).map(ItemId::parse).transpose()?;
     let region = known_region(&state, non_empty(&params.region));
     let snapshot = trained(&state)?;
@@ -177,14 +218,19 @@ pub(crate) async fn answer(
             context: context.as_ref(),
             region: region.as_ref(),
             fallback_region: Some(&state.region),
+            category: category.as_ref(),
         },
         now_unix(),
     );
-    contract::params::filter_items(&mut doc.items, &exclude, n);
+    let filters = Filters { exclude, category };
+    let kept = filters.apply(&mut doc.items, n);
     if snapshot.has_history(&user) {
         publish_in_background(&state, &user, n, trace.as_ref().map(|t| &t.0));
     }
-    Ok(Json(doc))
+    Ok(Filtered {
+        short: filters.short(kept, n),
+        doc,
+    })
 }
 
 /// A raw `/` in the user id segment: the router splits it, so it is refused here.
@@ -223,6 +269,7 @@ pub(crate) async fn batch(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let region = known_region(&state, non_empty(&body.region));
+    let category = parse_category(body.category.as_deref())?;
     let now = now_unix();
     let snapshot = trained(&state)?;
     let fallback = state.region.clone();
@@ -238,6 +285,7 @@ pub(crate) async fn batch(
                         context: None,
                         region: region.as_ref(),
                         fallback_region: Some(&fallback),
+                        category: category.as_ref(),
                     },
                     now,
                 )
@@ -258,12 +306,18 @@ pub(crate) async fn popular(
 ) -> Result<Json<RecommendationDoc>, ApiError> {
     check_tenant(&state, params.tenant.as_deref())?;
     let n = parse_n(params.n.as_deref())?;
+    let category = parse_category(params.category.as_deref())?;
     let region = match non_empty(&params.region) {
         None => state.region.clone(),
         Some(r) => known_region(&state, Some(r))
             .ok_or_else(|| ApiError::InvalidRegion(r.chars().take(40).collect()))?,
     };
-    Ok(Json(trained(&state)?.popular_doc(&region, n, now_unix())))
+    Ok(Json(trained(&state)?.popular_doc_in(
+        &region,
+        n,
+        category.as_ref(),
+        now_unix(),
+    )))
 }
 
 #[cfg(test)]

@@ -313,6 +313,7 @@ fn concurrent_writers_of_one_users_file_leave_readers_only_complete_documents() 
                                 item_id: format!("item-{k}"),
                                 score: 1.0 / (k + 1) as f64,
                                 reason: Some("a reason long enough to need several writes".into()),
+                                categories: Vec::new(),
                             })
                             .collect();
                         if let Err(e) = folder.write_current_user(tenant, &doc) {
@@ -672,6 +673,7 @@ fn an_oversize_key_or_document_is_an_error_naming_the_user() {
             item_id: format!("item-{k}"),
             score: 1.0,
             reason: Some("r".repeat(1000)),
+            categories: Vec::new(),
         })
         .collect();
     let err = pair_for("k".into(), &doc, 1, None, "user u1").unwrap_err();
@@ -813,6 +815,7 @@ fn content_hashes_see_items_reasons_and_scores_but_not_float_noise() {
         item_id: id.into(),
         score,
         reason: Some("r".into()),
+        categories: Vec::new(),
     };
     let a = content_hash(&[item("i1", 0.5), item("i2", 0.25)]);
     assert_eq!(

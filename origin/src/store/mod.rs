@@ -260,6 +260,9 @@ pub struct IdMaps {
     /// `user_client_users[idx]`: how many users the client that first sent events for
     /// user `idx` has introduced (0: no client recorded, e.g. imported users).
     pub user_client_users: Vec<u32>,
+    /// `item_available[idx]`: the catalogue's `available` of item `idx` (an
+    /// unavailable item is trained on but never served); empty: every item is.
+    pub item_available: Vec<bool>,
 }
 
 /// Everything a model is trained from: the data in dense index space, the ids of the

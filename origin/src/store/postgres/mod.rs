@@ -361,8 +361,8 @@ impl PostgresStore {
         let mut item_text = Vec::new();
         for r in tx
             .query(
-                "SELECT item_id, title, categories, tags, from_events, description FROM items
-                 WHERE tenant = $1 ORDER BY item_id",
+                "SELECT item_id, title, categories, tags, from_events, description, available
+                 FROM items WHERE tenant = $1 ORDER BY item_id",
                 &[&tenant],
             )
             .await?
@@ -371,6 +371,7 @@ impl PostgresStore {
             item_index.insert(id.clone(), maps.item_ids.len() as ItemIdx);
             maps.item_ids.push(id);
             maps.item_from_events.push(r.get(4));
+            maps.item_available.push(r.get(6));
             item_text.push(ItemText {
                 title: r.get(1),
                 description: r.get(5),

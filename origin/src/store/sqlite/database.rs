@@ -580,8 +580,8 @@ impl Database {
         let mut item_text = Vec::new();
         {
             let mut stmt = self.conn.prepare(
-                "SELECT item_id, title, categories, tags, from_events, description FROM items
-                 ORDER BY item_id",
+                "SELECT item_id, title, categories, tags, from_events, description, available
+                 FROM items ORDER BY item_id",
             )?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
@@ -589,6 +589,7 @@ impl Database {
                 item_index.insert(id.clone(), maps.item_ids.len() as ItemIdx);
                 maps.item_ids.push(id);
                 maps.item_from_events.push(r.get::<_, i64>(4)? != 0);
+                maps.item_available.push(r.get::<_, i64>(6)? != 0);
                 item_text.push(ItemText {
                     title: r.get(1)?,
                     description: r.get(5)?,
