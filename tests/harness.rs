@@ -698,6 +698,9 @@ pub fn doc(
         generated_at,
         fresh_for_s,
         stale_for_s: 3600,
+        list: None,
+        item_id: None,
+        variant: None,
     }
 }
 

@@ -10,6 +10,9 @@ use thiserror::Error;
 
 use crate::{IdError, ItemId, Region, Tenant, UserId, MAX_N};
 
+/// Longest `variant` name of an A/B experiment.
+pub const MAX_VARIANT_LEN: usize = 64;
+
 /// Largest stored document accepted, in bytes: 100 items with 128-byte ids and
 /// 200-byte reasons are about 40 KB.
 pub const MAX_DOC_BYTES: usize = 64 * 1024;
@@ -45,6 +48,90 @@ pub enum DocError {
         "model_version is longer than {MAX_MODEL_VERSION_LEN} bytes or has control characters"
     )]
     ModelVersion,
+    #[error("an item's list names both `list` and `item_id`, with `user_id` \"*\"")]
+    ItemList,
+    #[error("variant must be 1 to {MAX_VARIANT_LEN} of a-z A-Z 0-9 - _")]
+    Variant,
+}
+
+/// Which list of an item a document holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ItemList {
+    /// Items like this one (item-to-item neighbours of the model, or by content).
+    Similar,
+    /// Items bought (or put in a cart) together with this one.
+    BoughtTogether,
+}
+
+impl ItemList {
+    pub const ALL: [ItemList; 2] = [ItemList::Similar, ItemList::BoughtTogether];
+
+    /// The name in the wire (`list`), in paths (`/v1/items/{id}/{name}`) and CDN folders.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemList::Similar => "similar",
+            ItemList::BoughtTogether => "bought-together",
+        }
+    }
+
+    /// The list a path segment names.
+    pub fn from_segment(s: &str) -> Option<ItemList> {
+        ItemList::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+
+    /// The KV key segment of the list (`s`, `b`; a user's documents are under `u`).
+    pub fn kv_segment(self) -> &'static str {
+        match self {
+            ItemList::Similar => "s",
+            ItemList::BoughtTogether => "b",
+        }
+    }
+}
+
+/// Whose list a document is: a user's, or one list of an item. Every store keys
+/// documents by it, and a reader checks a document it fetched is the subject's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    User(UserId),
+    Item(ItemList, ItemId),
+}
+
+impl Subject {
+    /// The subject of a (validated) document.
+    pub fn of(doc: &RecommendationDoc) -> Result<Subject, DocError> {
+        match (&doc.list, &doc.item_id) {
+            (None, None) => Ok(Subject::User(UserId::parse(&doc.user_id)?)),
+            (Some(list), Some(item)) if doc.user_id == POPULAR_USER_ID => {
+                Ok(Subject::Item(*list, ItemId::parse(item)?))
+            }
+            _ => Err(DocError::ItemList),
+        }
+    }
+
+    /// `u1`, or `similar to i1`, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Subject::User(u) => format!("user {u}"),
+            Subject::Item(list, item) => format!("{} of item {item}", list.as_str()),
+        }
+    }
+
+    /// The origin's route that computes the subject's list (without query).
+    pub fn origin_path(&self) -> String {
+        match self {
+            Subject::User(u) => format!("/v1/recommendations/{u}"),
+            Subject::Item(list, item) => format!("/v1/items/{item}/{}", list.as_str()),
+        }
+    }
+
+    /// The item of an item's list.
+    pub fn item(&self) -> Option<&ItemId> {
+        match self {
+            Subject::User(_) => None,
+            Subject::Item(_, i) => Some(i),
+        }
+    }
 }
 
 /// One recommended item.
@@ -78,6 +165,24 @@ pub struct RecommendationDoc {
     pub fresh_for_s: u64,
     /// Seconds after freshness ends during which the list may still be served as stale.
     pub stale_for_s: u64,
+    /// For an item's list ([`Subject::Item`]): which list; `user_id` is then `"*"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<ItemList>,
+    /// For an item's list: the item it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    /// The A/B experiment variant whose model made this user's list, if the user is in
+    /// a running experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// Whether `s` is a valid variant name: 1 to [`MAX_VARIANT_LEN`] of `a-z A-Z 0-9 - _`.
+pub fn is_variant_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_VARIANT_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl RecommendationDoc {
@@ -96,8 +201,13 @@ impl RecommendationDoc {
     /// bounded free text.
     pub fn validate(&self) -> Result<(), DocError> {
         Tenant::parse(&self.tenant)?;
-        if self.user_id != POPULAR_USER_ID {
+        if self.list.is_some() || self.item_id.is_some() {
+            Subject::of(self)?;
+        } else if self.user_id != POPULAR_USER_ID {
             UserId::parse(&self.user_id)?;
+        }
+        if self.variant.as_deref().is_some_and(|v| !is_variant_name(v)) {
+            return Err(DocError::Variant);
         }
         Region::parse(&self.region).map_err(|e| DocError::Region(e.to_string()))?;
         if self.items.len() > MAX_N {
@@ -232,6 +342,9 @@ mod tests {
             generated_at: 1_764_237_600,
             fresh_for_s: 300,
             stale_for_s: 86_400,
+            list: None,
+            item_id: None,
+            variant: None,
         }
     }
 
@@ -338,6 +451,73 @@ mod tests {
         let text = serde_json::to_string(&d).unwrap();
         assert!(text.contains(r#""categories":["books","Science Fiction"]"#));
         assert_eq!(parse_doc(text.as_bytes()).unwrap(), d);
+    }
+
+    #[test]
+    fn an_items_list_names_its_list_and_item_and_no_user() {
+        let similar = RecommendationDoc {
+            user_id: POPULAR_USER_ID.into(),
+            list: Some(ItemList::Similar),
+            item_id: Some("i7".into()),
+            ..sample()
+        };
+        assert_eq!(similar.validate(), Ok(()));
+        assert_eq!(
+            Subject::of(&similar).unwrap(),
+            Subject::Item(ItemList::Similar, ItemId::parse("i7").unwrap())
+        );
+        let text = serde_json::to_string(&similar).unwrap();
+        assert!(
+            text.contains(r#""list":"similar","item_id":"i7""#),
+            "{text}"
+        );
+        assert_eq!(parse_doc(text.as_bytes()).unwrap(), similar);
+        assert_eq!(
+            Subject::of(&sample()).unwrap(),
+            Subject::User(UserId::parse("u123").unwrap())
+        );
+        for broken in [
+            RecommendationDoc {
+                list: None,
+                ..similar.clone()
+            },
+            RecommendationDoc {
+                item_id: None,
+                ..similar.clone()
+            },
+            RecommendationDoc {
+                user_id: "u1".into(),
+                ..similar.clone()
+            },
+        ] {
+            assert_eq!(broken.validate(), Err(DocError::ItemList));
+        }
+        let bad_item = RecommendationDoc {
+            item_id: Some("../x".into()),
+            ..similar
+        };
+        assert!(matches!(bad_item.validate(), Err(DocError::Id(_))));
+        assert_eq!(
+            ItemList::from_segment("bought-together"),
+            Some(ItemList::BoughtTogether)
+        );
+        assert_eq!(ItemList::from_segment("other"), None);
+    }
+
+    #[test]
+    fn a_variant_is_a_short_name() {
+        let ok = RecommendationDoc {
+            variant: Some("ease-B_2".into()),
+            ..sample()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        for bad in ["", "a b", "x/y", &"v".repeat(MAX_VARIANT_LEN + 1)] {
+            let d = RecommendationDoc {
+                variant: Some(bad.to_string()),
+                ..sample()
+            };
+            assert_eq!(d.validate(), Err(DocError::Variant), "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!
 //! | store | document | pointer |
 //! |---|---|---|
-//! | Workers KV | `t/{tenant}/g/{generation}/u/{user}`, `t/{tenant}/g/{generation}/popular/{region}` | `t/{tenant}/generation` |
-//! | secondary CDN | `{tenant}/users/{user}.json`, `{tenant}/popular/{region}.json` | the served folder (`current` symlink) |
+//! | Workers KV | `t/{tenant}/g/{generation}/u/{user}`, `t/{tenant}/g/{generation}/popular/{region}`, item lists `t/{tenant}/g/{generation}/s/{item}` (similar) and `…/b/{item}` (bought together) | `t/{tenant}/generation` |
+//! | secondary CDN | `{tenant}/users/{user}.json`, `{tenant}/popular/{region}.json`, `{tenant}/similar/{item}.json`, `{tenant}/bought-together/{item}.json` | the served folder (`current` symlink) |
 //!
 //! On the CDN side the origin writes `generations/{generation}/…` and atomically
 //! points `current` at it, and the static server serves `current/`.
@@ -18,7 +18,8 @@
 //! reader counts its freshness from then: [`GenerationPointer::confirm`]). A pointer
 //! without a base is written as the bare generation name, as before.
 
-use crate::ids::{IdError, Tenant, UserId};
+use crate::doc::{ItemList, Subject};
+use crate::ids::{IdError, ItemId, Tenant, UserId};
 use crate::region::Region;
 
 /// A generation name: `g` followed by 1 to 40 of `0-9 a-z T Z -`, as made by
@@ -152,6 +153,28 @@ pub fn kv_user(tenant: &Tenant, generation: &Generation, user: &UserId) -> Strin
     format!("t/{tenant}/g/{}/u/{user}", generation.as_str())
 }
 
+/// KV key of an item's list in a generation.
+pub fn kv_item_list(
+    tenant: &Tenant,
+    generation: &Generation,
+    list: ItemList,
+    item: &ItemId,
+) -> String {
+    format!(
+        "t/{tenant}/g/{}/{}/{item}",
+        generation.as_str(),
+        list.kv_segment()
+    )
+}
+
+/// KV key of a subject's document in a generation.
+pub fn kv_subject(tenant: &Tenant, generation: &Generation, subject: &Subject) -> String {
+    match subject {
+        Subject::User(u) => kv_user(tenant, generation, u),
+        Subject::Item(list, item) => kv_item_list(tenant, generation, *list, item),
+    }
+}
+
 /// KV key of a region's popular list in a generation.
 pub fn kv_popular(tenant: &Tenant, generation: &Generation, region: &Region) -> String {
     format!(
@@ -164,6 +187,19 @@ pub fn kv_popular(tenant: &Tenant, generation: &Generation, region: &Region) -> 
 /// Path of a user's document below the secondary CDN's root.
 pub fn cdn_user(tenant: &Tenant, user: &UserId) -> String {
     format!("{tenant}/users/{user}.json")
+}
+
+/// Path of an item's list below the secondary CDN's root.
+pub fn cdn_item_list(tenant: &Tenant, list: ItemList, item: &ItemId) -> String {
+    format!("{tenant}/{}/{item}.json", list.as_str())
+}
+
+/// Path of a subject's document below the secondary CDN's root.
+pub fn cdn_subject(tenant: &Tenant, subject: &Subject) -> String {
+    match subject {
+        Subject::User(u) => cdn_user(tenant, u),
+        Subject::Item(list, item) => cdn_item_list(tenant, *list, item),
+    }
 }
 
 /// Path of a region's popular list below the secondary CDN's root.
@@ -200,6 +236,17 @@ mod tests {
         assert_eq!(cdn_generation_dir(&g), "generations/g1764237600-3");
         assert_eq!(cdn_user(&t, &u), "shop/users/u1.json");
         assert_eq!(cdn_popular(&t, &r), "shop/popular/europe.json");
+        let i = ItemId::parse("i9").unwrap();
+        let similar = Subject::Item(ItemList::Similar, i.clone());
+        let together = Subject::Item(ItemList::BoughtTogether, i);
+        assert_eq!(kv_subject(&t, &g, &similar), "t/shop/g/g1764237600-3/s/i9");
+        assert_eq!(kv_subject(&t, &g, &together), "t/shop/g/g1764237600-3/b/i9");
+        assert_eq!(
+            kv_subject(&t, &g, &Subject::User(u.clone())),
+            kv_user(&t, &g, &u)
+        );
+        assert_eq!(cdn_subject(&t, &similar), "shop/similar/i9.json");
+        assert_eq!(cdn_subject(&t, &together), "shop/bought-together/i9.json");
     }
 
     #[test]
@@ -252,6 +299,9 @@ mod tests {
             generated_at: 400,
             fresh_for_s: 300,
             stale_for_s: 600,
+            list: None,
+            item_id: None,
+            variant: None,
         };
         assert_eq!(pointer.confirm(doc.clone()).generated_at, 1_000);
         let newer = crate::RecommendationDoc {

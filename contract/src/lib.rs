@@ -8,7 +8,8 @@
 //! country-to-region map ([`region`]).
 //!
 //! # Layout
-//! - `doc`: the recommendation document and its served form.
+//! - `doc`: the recommendation document (a user's list or an item's list: [`Subject`])
+//!   and its served form.
 //! - `ids`: validation of ids that end up in keys and paths (tenant isolation).
 //! - `keys`: KV keys and secondary-CDN paths, all namespaced by tenant.
 //! - `admin`: bodies of `POST /admin/publish` and `POST /admin/purge`.
@@ -32,8 +33,8 @@ pub mod region;
 pub mod trace;
 
 pub use doc::{
-    parse_doc, DocError, ErrorBody, ErrorDetail, RecItem, RecommendationDoc, ServedDoc, Source,
-    MAX_DOC_BYTES,
+    is_variant_name, parse_doc, DocError, ErrorBody, ErrorDetail, ItemList, RecItem,
+    RecommendationDoc, ServedDoc, Source, Subject, MAX_DOC_BYTES, MAX_VARIANT_LEN,
 };
 pub use ids::{EventId, IdError, ItemId, Tenant, UserId};
 pub use region::{Region, RegionMap};

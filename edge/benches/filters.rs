@@ -35,6 +35,9 @@ fn stored() -> Vec<u8> {
         generated_at: 1_764_756_000,
         fresh_for_s: 300,
         stale_for_s: 86_400,
+        list: None,
+        item_id: None,
+        variant: None,
     };
     serde_json::to_vec(&doc).expect("a document serializes")
 }

@@ -185,6 +185,9 @@ mod tests {
             generated_at: 1000,
             fresh_for_s: 300,
             stale_for_s: 1000,
+            list: None,
+            item_id: None,
+            variant: None,
         }
     }
 

@@ -196,6 +196,9 @@ mod tests {
             generated_at: 0,
             fresh_for_s: 1,
             stale_for_s: 1,
+            list: None,
+            item_id: None,
+            variant: None,
         }
     }
 

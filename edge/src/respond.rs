@@ -227,6 +227,9 @@ mod tests {
             generated_at: 1000,
             fresh_for_s: 300,
             stale_for_s: 100,
+            list: None,
+            item_id: None,
+            variant: None,
         }
     }
 

@@ -13,5 +13,8 @@ pub fn doc(generated_at: u64, fresh_for_s: u64, stale_for_s: u64) -> Recommendat
         generated_at,
         fresh_for_s,
         stale_for_s,
+        list: None,
+        item_id: None,
+        variant: None,
     }
 }

@@ -677,6 +677,9 @@ impl Snapshot {
             generated_at: now,
             fresh_for_s: self.freshness.fresh_for_s,
             stale_for_s: self.freshness.stale_for_s,
+            list: None,
+            item_id: None,
+            variant: None,
         }
     }
 }

@@ -307,6 +307,9 @@ fn concurrent_writers_of_one_users_file_leave_readers_only_complete_documents() 
                             generated_at: i,
                             fresh_for_s: 300,
                             stale_for_s: 86_400,
+                            list: None,
+                            item_id: None,
+                            variant: None,
                         };
                         doc.items = (0..(20 + (i as usize * 7 + w) % 80))
                             .map(|k| contract::RecItem {
@@ -391,6 +394,9 @@ async fn publish_on_miss_sends_one_document_into_the_current_kv_generation() {
         generated_at: 1,
         fresh_for_s: 300,
         stale_for_s: 86_400,
+        list: None,
+        item_id: None,
+        variant: None,
     };
     let outcome = publish_one(&targets, &Tenant::default_tenant(), &doc, None).await;
     assert!(matches!(outcome.of("kv"), Some(Ok(()))));
@@ -634,6 +640,9 @@ async fn a_kv_api_write_after_a_miss_goes_into_the_current_generation() {
         generated_at: crate::snapshot::now_unix(),
         fresh_for_s: 300,
         stale_for_s: 86_400,
+        list: None,
+        item_id: None,
+        variant: None,
     };
     // A user id the contract refuses is an error, never a key.
     let bad = target
@@ -664,6 +673,9 @@ fn an_oversize_key_or_document_is_an_error_naming_the_user() {
         generated_at: 1,
         fresh_for_s: 300,
         stale_for_s: 86_400,
+        list: None,
+        item_id: None,
+        variant: None,
     };
     let err = pair_for("k".repeat(513), &doc, 1, None, "user u1").unwrap_err();
     assert!(err.to_string().contains("user u1"), "{err}");
