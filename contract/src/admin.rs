@@ -51,13 +51,25 @@ pub struct PublishResponse {
     pub activated: bool,
 }
 
-/// `POST /admin/purge`: drop edge-cache entries of these users.
+/// `POST /admin/purge`: drop edge-cache entries of these users (and of these items'
+/// lists).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
     #[serde(default)]
     pub tenant: Option<String>,
     pub user_ids: Vec<String>,
+    /// Items' lists: `{"list": "similar", "item_id": "i1"}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub item_lists: Vec<ItemListRef>,
+}
+
+/// One list of one item, as a purge names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemListRef {
+    pub list: crate::ItemList,
+    pub item_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -116,10 +116,11 @@ pub fn publish_plan(
     for (i, doc) in req.documents.iter().enumerate() {
         let what = format!("documents[{i}]");
         check_doc(doc, &tenant, &what)?;
-        let user =
-            UserId::parse(&doc.user_id).map_err(|e| EdgeError::BadBody(format!("{what}: {e}")))?;
+        // A user's document, or an item's list.
+        let subject =
+            contract::Subject::of(doc).map_err(|e| EdgeError::BadBody(format!("{what}: {e}")))?;
         writes.push(KvWrite {
-            key: keys::kv_user(&tenant, &generation, &user),
+            key: keys::kv_subject(&tenant, &generation, &subject),
             value: serde_json::to_string(doc).map_err(|e| EdgeError::Internal(e.to_string()))?,
             expiration_ttl_s: expiration_ttl(doc, now_s),
         });
@@ -155,20 +156,28 @@ pub fn delete_tenant_plan(body: &[u8]) -> Result<Tenant, EdgeError> {
     Ok(Tenant::parse(&req.tenant)?)
 }
 
-pub fn purge_plan(req: PurgeRequest) -> Result<(Tenant, Vec<UserId>), EdgeError> {
+/// Validates a purge into the tenant and the subjects (users, items' lists) whose cache
+/// entries to drop: at most [`MAX_PURGE_IDS`] of them together.
+pub fn purge_plan(req: PurgeRequest) -> Result<(Tenant, Vec<contract::Subject>), EdgeError> {
     let tenant = tenant_of(req.tenant.as_deref())?;
-    if req.user_ids.len() > MAX_PURGE_IDS {
+    let total = req.user_ids.len() + req.item_lists.len();
+    if total > MAX_PURGE_IDS {
         return Err(EdgeError::BadBody(format!(
-            "{} user ids in one purge; at most {MAX_PURGE_IDS}",
-            req.user_ids.len()
+            "{total} user ids and item lists in one purge; at most {MAX_PURGE_IDS}"
         )));
     }
-    let users = req
+    let mut subjects = req
         .user_ids
         .iter()
-        .map(|u| UserId::parse(u))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((tenant, users))
+        .map(|u| Ok(contract::Subject::User(UserId::parse(u)?)))
+        .collect::<Result<Vec<_>, EdgeError>>()?;
+    for l in &req.item_lists {
+        subjects.push(contract::Subject::Item(
+            l.list,
+            contract::ItemId::parse(&l.item_id)?,
+        ));
+    }
+    Ok((tenant, subjects))
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -377,14 +386,36 @@ mod tests {
         let (t, users) = purge_plan(PurgeRequest {
             tenant: None,
             user_ids: vec!["u1".into()],
+            ..Default::default()
         })
         .unwrap();
         assert_eq!((t.as_str(), users.len()), ("default", 1));
         assert!(purge_plan(PurgeRequest {
             tenant: None,
-            user_ids: vec!["a/b".into()]
+            user_ids: vec!["a/b".into()],
+            ..Default::default()
         })
         .is_err());
+        let (_, subjects) = parse_body::<PurgeRequest>(
+            br#"{"user_ids":[],"item_lists":[{"list":"bought-together","item_id":"i9"}]}"#,
+        )
+        .and_then(purge_plan)
+        .unwrap();
+        assert_eq!(
+            subjects,
+            vec![contract::Subject::Item(
+                contract::ItemList::BoughtTogether,
+                contract::ItemId::parse("i9").unwrap()
+            )]
+        );
+        for bad in [
+            &br#"{"user_ids":[],"item_lists":[{"list":"similar","item_id":"../x"}]}"#[..],
+            br#"{"user_ids":[],"item_lists":[{"list":"cheapest","item_id":"i1"}]}"#,
+        ] {
+            assert!(parse_body::<PurgeRequest>(bad)
+                .and_then(purge_plan)
+                .is_err());
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! entries and a purge reaches every copy. The Cache API wants a URL; keys sit in a
 //! path no route serves.
 
-use contract::{Region, Tenant, UserId};
+use contract::{Region, Subject, Tenant, UserId};
 
 /// Path prefix of cache keys; no route answers under it.
 pub const CACHE_KEY_PREFIX: &str = "/__edge-cache/v2";
@@ -26,6 +26,20 @@ pub fn user_doc_key(cache_host: &str, tenant: &Tenant, region: &Region, user: &U
         "https://{cache_host}{CACHE_KEY_PREFIX}/t/{tenant}/r/{}/u/{user}",
         region.as_str()
     )
+}
+
+/// The cache key of a subject's document (a user's, or an item's list) for callers of
+/// `region`: a user's is [`user_doc_key`]; an item's list is `…/s/{item}` (similar) or
+/// `…/b/{item}` (bought together) in place of `…/u/{user}`.
+pub fn doc_key(cache_host: &str, tenant: &Tenant, region: &Region, subject: &Subject) -> String {
+    match subject {
+        Subject::User(user) => user_doc_key(cache_host, tenant, region, user),
+        Subject::Item(list, item) => format!(
+            "https://{cache_host}{CACHE_KEY_PREFIX}/t/{tenant}/r/{}/{}/{item}",
+            region.as_str(),
+            list.kv_segment()
+        ),
+    }
 }
 
 /// Every key a user's document may be cached under (one per region), for a purge.
@@ -56,7 +70,7 @@ mod tests {
         else {
             panic!()
         };
-        user_doc_key("edge.example", &r.tenant, &europe(), &r.user)
+        doc_key("edge.example", &r.tenant, &europe(), &r.subject)
     }
 
     #[test]
@@ -78,6 +92,20 @@ mod tests {
         let asia = Region::parse("asia").unwrap();
         let c = user_doc_key("e", &Tenant::parse("a").unwrap(), &asia, &u);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn an_items_lists_have_keys_of_their_own() {
+        let t = Tenant::parse("shop").unwrap();
+        let similar = key_of(("/v1/items/i1/similar", Some("tenant=shop")));
+        assert_eq!(
+            similar,
+            "https://edge.example/__edge-cache/v2/t/shop/r/europe/s/i1"
+        );
+        let together = key_of(("/v1/items/i1/bought-together", Some("tenant=shop")));
+        assert!(together.ends_with("/b/i1"), "{together}");
+        let user = user_doc_key("edge.example", &t, &europe(), &UserId::parse("i1").unwrap());
+        assert!(similar != together && similar != user && together != user);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! to serve the best stale copy seen (stale-if-error) or fall back to popular lists
 //! ([`popular_answer`]). Reasons are data ([`MissReason`], [`TierFailure`]).
 
-use contract::{RecommendationDoc, Source, Tenant, UserId};
+use contract::{RecommendationDoc, Source, Subject, Tenant};
 
 use crate::config::EdgeConfig;
 use crate::freshness::{edge_cache_ttl, Freshness};
@@ -268,17 +268,38 @@ impl Walk {
 pub fn accept_doc(
     body: &str,
     tenant: &Tenant,
-    user: &UserId,
+    subject: &Subject,
 ) -> Result<RecommendationDoc, TierFailure> {
     let doc = contract::parse_doc(body.as_bytes())
         .map_err(|e| TierFailure::BadDocument(e.to_string()))?;
-    if doc.tenant != tenant.as_str() || doc.user_id != user.as_str() {
+    let of = Subject::of(&doc).map_err(|e| TierFailure::BadDocument(e.to_string()))?;
+    if doc.tenant != tenant.as_str() || of != *subject {
         return Err(TierFailure::BadDocument(format!(
-            "document is for tenant {:?} user {:?}, not {tenant}/{user}",
-            doc.tenant, doc.user_id
+            "document is for tenant {:?} {}, not {tenant} {}",
+            doc.tenant,
+            of.describe(),
+            subject.describe()
         )));
     }
     Ok(doc)
+}
+
+/// Addresses a popular list to the subject it is served for: the user, or the item's list.
+pub fn readdress(doc: &mut RecommendationDoc, subject: &Subject) {
+    match subject {
+        Subject::User(user) => {
+            doc.user_id = user.to_string();
+            doc.list = None;
+            doc.item_id = None;
+        }
+        Subject::Item(list, item) => {
+            doc.user_id = contract::doc::POPULAR_USER_ID.to_owned();
+            doc.list = Some(*list);
+            doc.item_id = Some(item.to_string());
+            // The popular list may hold the item itself.
+            doc.items.retain(|i| i.item_id != item.as_str());
+        }
+    }
 }
 
 /// Where a popular list came from.
@@ -290,14 +311,15 @@ pub enum PopularFrom {
     Baked,
 }
 
-/// The last resort for a user no tier knows: the region's popular list from KV when
-/// usable (same tenant, not expired), else the baked global list (tenant `default`
-/// only), re-addressed to the user. `None` means not even a list exists.
+/// The last resort for a user (or an item's list) no tier knows: the region's popular
+/// list from KV when usable (same tenant, not expired), else the baked global list
+/// (tenant `default` only), re-addressed to the subject. `None` means not even a list
+/// exists.
 pub fn popular_answer(
     from_kv: Option<RecommendationDoc>,
     baked: Option<&RecommendationDoc>,
     tenant: &Tenant,
-    user: &UserId,
+    subject: &Subject,
     now_s: u64,
 ) -> Option<(RecommendationDoc, PopularFrom)> {
     let usable_kv = from_kv
@@ -321,13 +343,14 @@ pub fn popular_answer(
             )
         }
     };
-    doc.user_id = user.to_string();
+    readdress(&mut doc, subject);
     Some((doc, from))
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+    use contract::UserId;
     use proptest::prelude::*;
 
     const ALL: [Tier; 5] = [
@@ -495,10 +518,10 @@ mod tests {
     #[test]
     fn documents_for_another_user_or_tenant_are_refused() {
         let t = Tenant::parse("default").unwrap();
-        let u1 = UserId::parse("u1").unwrap();
+        let u1 = Subject::User(UserId::parse("u1").unwrap());
         let body = serde_json::to_string(&doc(1, 1)).unwrap();
         assert!(accept_doc(&body, &t, &u1).is_ok());
-        let u2 = UserId::parse("u2").unwrap();
+        let u2 = Subject::User(UserId::parse("u2").unwrap());
         assert!(matches!(
             accept_doc(&body, &t, &u2),
             Err(TierFailure::BadDocument(_))
@@ -517,7 +540,7 @@ mod tests {
     #[test]
     fn an_oversize_or_invalid_document_is_a_failed_tier_and_the_walk_goes_on() {
         let t = Tenant::parse("default").unwrap();
-        let u1 = UserId::parse("u1").unwrap();
+        let u1 = Subject::User(UserId::parse("u1").unwrap());
         let mut d = doc(1, 1);
         d.items.push(contract::RecItem {
             item_id: "../../x".into(),
@@ -563,7 +586,7 @@ mod tests {
     fn the_popular_fallback_prefers_the_regional_kv_list_then_the_baked_one() {
         let (t, u) = (
             Tenant::parse("default").unwrap(),
-            UserId::parse("u9").unwrap(),
+            Subject::User(UserId::parse("u9").unwrap()),
         );
         let baked = popular("default", 0);
         let (d, from) =
@@ -584,8 +607,44 @@ mod tests {
     }
 
     #[test]
+    fn an_items_list_is_refused_for_a_user_and_the_popular_fallback_is_addressed_to_the_item() {
+        let t = Tenant::parse("default").unwrap();
+        let similar = Subject::Item(
+            contract::ItemList::Similar,
+            contract::ItemId::parse("i1").unwrap(),
+        );
+        let item_doc = RecommendationDoc {
+            user_id: "*".into(),
+            list: Some(contract::ItemList::Similar),
+            item_id: Some("i1".into()),
+            ..doc(1, 1)
+        };
+        let body = serde_json::to_string(&item_doc).unwrap();
+        assert!(accept_doc(&body, &t, &similar).is_ok());
+        let together = Subject::Item(
+            contract::ItemList::BoughtTogether,
+            contract::ItemId::parse("i1").unwrap(),
+        );
+        assert!(accept_doc(&body, &t, &together).is_err());
+        let user_body = serde_json::to_string(&doc(1, 1)).unwrap();
+        assert!(accept_doc(&user_body, &t, &similar).is_err());
+        // The popular list holds i1: served for i1's list, i1 leaves it.
+        let (d, _) =
+            popular_answer(Some(popular("default", 100)), None, &t, &similar, 120).unwrap();
+        assert_eq!(
+            (d.user_id.as_str(), d.item_id.as_deref(), d.list),
+            ("*", Some("i1"), Some(contract::ItemList::Similar))
+        );
+        assert!(d.items.is_empty());
+        d.validate().unwrap();
+    }
+
+    #[test]
     fn other_tenants_never_get_the_baked_list() {
-        let (t, u) = (Tenant::parse("shop").unwrap(), UserId::parse("u9").unwrap());
+        let (t, u) = (
+            Tenant::parse("shop").unwrap(),
+            Subject::User(UserId::parse("u9").unwrap()),
+        );
         assert_eq!(
             popular_answer(None, Some(&popular("default", 0)), &t, &u, 1),
             None

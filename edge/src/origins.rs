@@ -151,6 +151,12 @@ pub enum AffinityKey {
     User { tenant: String, user: String },
     /// A write of many users' data, by a stable id of its own.
     Batch(String),
+    /// An item's list (similar items, bought together): `list` and `item`.
+    Item {
+        tenant: String,
+        list: &'static str,
+        item: String,
+    },
 }
 
 impl AffinityKey {
@@ -158,6 +164,19 @@ impl AffinityKey {
         AffinityKey::User {
             tenant: tenant.to_string(),
             user: user.to_string(),
+        }
+    }
+
+    /// A read of a user's list ([`AffinityKey::user`]) or of an item's list (the same
+    /// instance of a rank for every miss of that item's list).
+    pub fn subject(tenant: &Tenant, subject: &contract::Subject) -> Self {
+        match subject {
+            contract::Subject::User(u) => AffinityKey::user(tenant, u),
+            contract::Subject::Item(list, item) => AffinityKey::Item {
+                tenant: tenant.to_string(),
+                list: list.as_str(),
+                item: item.to_string(),
+            },
         }
     }
 
@@ -202,6 +221,12 @@ impl AffinityKey {
             AffinityKey::Batch(id) => {
                 field(b"batch");
                 field(id.as_bytes());
+            }
+            AffinityKey::Item { tenant, list, item } => {
+                field(b"item");
+                field(tenant.as_bytes());
+                field(list.as_bytes());
+                field(item.as_bytes());
             }
         }
         field(origin.as_bytes());

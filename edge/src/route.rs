@@ -11,7 +11,7 @@
 //! `/v1/` and `/v1` answer what the id rules say of `..`: 400 `invalid_user_id`.
 
 use contract::params::Filters;
-use contract::{IdError, Tenant, UserId};
+use contract::{IdError, ItemId, ItemList, Subject, Tenant, UserId};
 
 use crate::error::EdgeError;
 
@@ -59,11 +59,13 @@ pub enum Route {
     DemoPage,
 }
 
-/// `GET /v1/recommendations/{user_id}?n=&tenant=`, validated.
+/// `GET /v1/recommendations/{user_id}?n=&tenant=` (a user's list) or
+/// `GET /v1/items/{item_id}/similar|bought-together?n=&tenant=` (an item's list), validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecRequest {
     pub tenant: Tenant,
-    pub user: UserId,
+    /// Whose list: the user's, or one of the item's.
+    pub subject: Subject,
     pub n: usize,
     /// `exclude=` and `category=`, applied to the stored list before it is cut to `n`.
     pub filters: Filters,
@@ -73,6 +75,26 @@ pub struct RecRequest {
 }
 
 const RECS_PREFIX: &str = "/v1/recommendations";
+const ITEMS_PREFIX: &str = "/v1/items/";
+
+impl RecRequest {
+    /// The request with its subject and query read (`n`, `tenant`, `exclude`, `category`).
+    fn read(subject: Subject, query: Option<&str>, default_n: usize) -> Result<Self, EdgeError> {
+        let q = Query::parse(query.unwrap_or(""))?;
+        Ok(RecRequest {
+            tenant: q.tenant()?,
+            tenant_in_query: q.tenant.is_some(),
+            subject,
+            n: q.n(default_n)?,
+            filters: Filters {
+                exclude: contract::params::parse_exclude(q.exclude.as_deref())
+                    .map_err(|e| EdgeError::InvalidExclude(e.to_string()))?,
+                category: contract::params::parse_category(q.category.as_deref())
+                    .map_err(|e| EdgeError::InvalidCategory(e.to_string()))?,
+            },
+        })
+    }
+}
 
 /// Decides what a request is, or why it is refused.
 pub fn route(
@@ -99,19 +121,32 @@ pub fn route(
                     .unwrap_or("");
                 let user =
                     UserId::parse(&percent_decode(raw_id).map_err(EdgeError::InvalidQuery)?)?;
-                let q = Query::parse(query.unwrap_or(""))?;
-                Ok(Route::Recommendations(RecRequest {
-                    tenant: q.tenant()?,
-                    tenant_in_query: q.tenant.is_some(),
-                    user,
-                    n: q.n(default_n)?,
-                    filters: Filters {
-                        exclude: contract::params::parse_exclude(q.exclude.as_deref())
-                            .map_err(|e| EdgeError::InvalidExclude(e.to_string()))?,
-                        category: contract::params::parse_category(q.category.as_deref())
-                            .map_err(|e| EdgeError::InvalidCategory(e.to_string()))?,
-                    },
-                }))
+                Ok(Route::Recommendations(RecRequest::read(
+                    Subject::User(user),
+                    query,
+                    default_n,
+                )?))
+            }
+            _ => Err(not_allowed("GET, HEAD, OPTIONS")),
+        };
+    }
+    // `/v1/items/{id}/similar`, `/v1/items/{id}/bought-together`; other `/v1/items/…`
+    // paths (the catalogue) are the origin's, not the edge's: 404 here.
+    if let Some((raw_id, list)) = path
+        .strip_prefix(ITEMS_PREFIX)
+        .and_then(|rest| rest.rsplit_once('/'))
+        .and_then(|(id, list)| Some((id, ItemList::from_segment(list)?)))
+    {
+        return match method.as_str() {
+            "OPTIONS" => Ok(Route::Preflight),
+            _ if is_read => {
+                let item =
+                    ItemId::parse(&percent_decode(raw_id).map_err(EdgeError::InvalidQuery)?)?;
+                Ok(Route::Recommendations(RecRequest::read(
+                    Subject::Item(list, item),
+                    query,
+                    default_n,
+                )?))
             }
             _ => Err(not_allowed("GET, HEAD, OPTIONS")),
         };
@@ -241,9 +276,56 @@ mod tests {
             panic!("{r:?}")
         };
         assert_eq!(
-            (r.tenant.as_str(), r.user.as_str(), r.n),
-            ("default", "u1", 10)
+            (r.tenant.as_str(), &r.subject, r.n),
+            ("default", &Subject::User(UserId::parse("u1").unwrap()), 10)
         );
+    }
+
+    #[test]
+    fn an_items_lists_are_routed_with_the_same_query_rules() {
+        let Route::Recommendations(r) = get(
+            "/v1/items/sku%2D1/bought-together",
+            Some("n=3&tenant=shop&category=books&exclude=i2"),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let item = ItemId::parse("sku-1").unwrap();
+        assert_eq!(r.subject, Subject::Item(ItemList::BoughtTogether, item));
+        assert_eq!((r.tenant.as_str(), r.n), ("shop", 3));
+        assert_eq!(r.filters.exclude.len(), 1);
+        assert!(matches!(
+            get("/v1/items/i1/similar", None),
+            Ok(Route::Recommendations(_))
+        ));
+        assert!(matches!(
+            route("OPTIONS", "/v1/items/i1/similar", None, 10),
+            Ok(Route::Preflight)
+        ));
+        assert!(matches!(
+            route("POST", "/v1/items/i1/similar", None, 10),
+            Err(EdgeError::MethodNotAllowed { .. })
+        ));
+        for bad in [
+            "/v1/items/a%2Fb/similar",
+            "/v1/items/a/b/similar",
+            "/v1/items//similar",
+        ] {
+            assert!(
+                matches!(get(bad, None), Err(EdgeError::InvalidId(_))),
+                "{bad}"
+            );
+        }
+        for other in ["/v1/items/i1", "/v1/items/i1/cheapest", "/v1/items"] {
+            assert!(
+                matches!(get(other, None), Err(EdgeError::NotFound { .. })),
+                "{other}"
+            );
+        }
+        assert!(matches!(
+            get("/v1/items/i1/similar", Some("n=0")),
+            Err(EdgeError::InvalidN { .. })
+        ));
     }
 
     #[test]

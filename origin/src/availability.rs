@@ -21,7 +21,11 @@
 //! allowed, and touches the republisher ([`crate::freshness::Republisher`]) for each
 //! user whose list holds one of them. The republisher rescores them with the item now
 //! masked, publishes only those whose answer changed, and purges their edge-cache
-//! entries, as after events: within seconds.
+//! entries, as after events: within seconds. Items' lists (similar items, bought
+//! together) are scanned the same way next
+//! ([`crate::snapshot::Snapshot::item_lists_listing`], one model query per item): those
+//! holding a changed item are rewritten into each target's current generation and
+//! purged from the edge cache.
 //!
 //! Trade-off: the scan costs one model query per user with history (about what a bulk
 //! publish computes, without its writes; users without history have their region's

@@ -510,6 +510,11 @@ pub struct PublishConfig {
     /// Users computed (and held in memory) at a time.
     #[arg(long, env = "ORIGIN_PUBLISH_CHUNK", default_value_t = 500)]
     pub chunk: usize,
+    /// Leave out the items' lists (similar items, bought together; two documents per
+    /// item): the edge then asks the origin on every item-list miss. A publish of
+    /// `--users` leaves them out too.
+    #[arg(long)]
+    pub no_item_lists: bool,
     /// Cloudflare account id, for the `kv-api` target.
     #[arg(long, env = "CLOUDFLARE_ACCOUNT_ID")]
     pub kv_account_id: Option<String>,

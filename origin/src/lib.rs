@@ -16,6 +16,8 @@
 //! - `admission`: which items and users a model trains on (bounded, earned).
 //! - `training`: which model the service and the publisher train (`--model`).
 //! - `snapshot`: a trained model with id maps; builds recommendation documents.
+//! - `item_lists`: similar items and bought-together lists (co-purchases), published
+//!   and served like users' lists.
 //! - `availability`: items never served (unavailable) and their categories, live after
 //!   catalogue writes, and the users whose published lists a change touches.
 //! - `clock`: unix seconds now and their RFC 3339 text.
@@ -63,6 +65,7 @@ pub mod events;
 pub mod freshness;
 pub mod http;
 pub mod import;
+pub mod item_lists;
 pub mod latency;
 pub mod leader;
 pub mod model;

@@ -273,6 +273,8 @@ async fn run() -> Result<()> {
                 n: c.n,
                 users: (!users.is_empty()).then_some(users),
                 chunk: c.chunk,
+                // `--users` publishes those users' documents only.
+                item_lists: !c.no_item_lists && users.is_empty(),
                 targets: publish,
                 progress: Some(Box::new(move |p| {
                     progress_bar.set_length(p.total as u64);
@@ -294,16 +296,18 @@ async fn run() -> Result<()> {
             }
             if let Some(base) = &report.pointer.base {
                 println!(
-                    "delta against {}: {} users unchanged, not written",
+                    "delta against {}: {} users and {} item lists unchanged, not written",
                     base.as_str(),
-                    report.unchanged
+                    report.unchanged,
+                    report.unchanged_item_lists
                 );
             }
             println!(
-                "published generation {}: {} users ({:.0} users/s), {} CDN files, {} KV documents, {} KV API documents, {} objects, {} popular lists, {} old generations pruned, in {:.2}s",
+                "published generation {}: {} users ({:.0} users/s), {} item lists, {} CDN files, {} KV documents, {} KV API documents, {} objects, {} popular lists, {} old generations pruned, in {:.2}s",
                 report.generation,
                 report.users,
                 report.users_per_second(),
+                report.item_lists,
                 report.documents("cdn"),
                 report.documents("kv"),
                 report.documents("kv-api"),

@@ -108,6 +108,7 @@ pub async fn publish_now(
         progress: None,
         delta: None,
         keep_until: None,
+        item_lists: true,
     };
     let model_version = snapshot.model_version();
     let report = publish_all(snapshot, job).await?;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use contract::params::{Category, MAX_ITEM_CATEGORIES};
-use contract::{ItemId, RecItem, RecommendationDoc, Region, RegionMap, Tenant, UserId};
+use contract::{ItemId, ItemList, RecItem, RecommendationDoc, Region, RegionMap, Tenant, UserId};
 
 use crate::availability::LiveItems;
 
@@ -146,6 +146,8 @@ pub struct Snapshot {
     /// Catalogue writes since the store was read; the retrainer hands it on to the next
     /// snapshot.
     pub live: Arc<LiveItems>,
+    /// Per item: the items bought together with it ([`crate::item_lists::co_purchases`]).
+    together: Vec<Vec<(ItemIdx, f32)>>,
     /// Unix second the store read of this snapshot began (0: unknown; set by the
     /// retrainer): live records older than that are in the snapshot.
     pub read_from: u64,
@@ -224,6 +226,7 @@ impl Snapshot {
             row.shrink_to_fit();
         }
         let admission = admit_items(&mut data, &mut maps, &mut history, policy);
+        let together = crate::item_lists::co_purchases(&data, contract::MAX_N);
         data.user_weight = user_weights(&maps.user_client_users, policy.users_per_client);
         let loaded = started.elapsed();
         let model = train(&data);
@@ -294,6 +297,7 @@ impl Snapshot {
             base_allowed,
             live: Arc::default(),
             read_from: 0,
+            together,
         }
     }
 
@@ -327,6 +331,7 @@ impl Snapshot {
             base_allowed: None,
             live: Arc::default(),
             read_from: 0,
+            together: Vec::new(),
         }
     }
 
@@ -348,6 +353,11 @@ impl Snapshot {
                 .map(|r| 24 + r.as_str().len())
                 .sum::<usize>()
             + self.item_available.len() * 2
+            + self
+                .together
+                .iter()
+                .map(|t| 24 + t.len() * 8)
+                .sum::<usize>()
             + self
                 .item_categories
                 .iter()
@@ -487,6 +497,209 @@ impl Snapshot {
             .filter_map(|u| UserId::parse(&self.user_ids[u]).ok())
             .collect();
         (users, self.user_ids.len() - scanned)
+    }
+
+    /// All item ids the model knows, in index order.
+    pub fn item_ids(&self) -> &[String] {
+        &self.item_ids
+    }
+
+    /// One list of an item the model knows (`None`: an item it does not know; see
+    /// [`Snapshot::item_fallback_doc`]): [`ItemList::Similar`] is the model's answer for
+    /// a history of that one item; [`ItemList::BoughtTogether`] its co-purchases, or the
+    /// popular list of its category when it has none. Never the item itself, never an
+    /// item that may not be served; `req.category` masks as for users.
+    pub fn item_list_doc(
+        &self,
+        list: ItemList,
+        item: &ItemId,
+        req: &DocRequest<'_>,
+        now: u64,
+    ) -> Option<RecommendationDoc> {
+        let idx = self.item_idx(item.as_str())?;
+        let region = req.region.unwrap_or_else(|| self.regions.default_region());
+        let allowed = self.allowed(req.category, &[]);
+        let items = match list {
+            ItemList::Similar => {
+                let history = [(idx, 1.0)];
+                let scored = self.model.recommend(&Query {
+                    history: &history,
+                    n: req.n,
+                    exclude_seen: true,
+                    context_item: Some(idx),
+                    region: Some(region.as_str()),
+                    allowed: allowed.as_deref(),
+                });
+                self.items(scored)
+            }
+            ItemList::BoughtTogether => {
+                let may = |j: ItemIdx| {
+                    j != idx
+                        && allowed
+                            .as_deref()
+                            .is_none_or(|m| m.get(j as usize).copied().unwrap_or(false))
+                };
+                let scored = self
+                    .together
+                    .get(idx as usize)
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .filter(|(j, _)| may(*j))
+                    .take(req.n)
+                    .map(|&(j, count)| Scored {
+                        item: j,
+                        score: count,
+                        because: Because::SimilarTo(idx),
+                    })
+                    .collect();
+                let mut items = self.items(scored);
+                for i in &mut items {
+                    i.reason = Some(format!("bought with {item}"));
+                }
+                items
+            }
+        };
+        if items.is_empty() {
+            let live = !self.live.is_empty();
+            let category = self
+                .categories_of(idx, item.as_str(), live)
+                .into_iter()
+                .next()
+                .and_then(|c| Category::parse(&c).ok());
+            return Some(self.item_fallback_doc(list, item, category.as_ref(), req, now));
+        }
+        Some(self.item_doc(list, item, region, items, now))
+    }
+
+    /// The list served for an item that has none of its own (unknown to the model, or
+    /// never bought with anything): the popular list of `item_category` (its
+    /// catalogue category, when known), then the popular list, without the item.
+    /// `req.category` (a request's filter) wins over the item's own category.
+    pub fn item_fallback_doc(
+        &self,
+        list: ItemList,
+        item: &ItemId,
+        item_category: Option<&Category>,
+        req: &DocRequest<'_>,
+        now: u64,
+    ) -> RecommendationDoc {
+        let region = req.region.unwrap_or_else(|| self.regions.default_region());
+        let n = req.n.saturating_add(1).min(contract::MAX_N);
+        let popular = |category: Option<&Category>| {
+            let mut doc = self.popular_doc_in(region, n, category, now);
+            doc.items.retain(|i| i.item_id != item.as_str());
+            doc.items.truncate(req.n);
+            doc.items
+        };
+        let mut items = popular(req.category.or(item_category));
+        if items.is_empty() && req.category.is_none() && item_category.is_some() {
+            items = popular(None);
+        }
+        self.item_doc(list, item, region, items, now)
+    }
+
+    fn item_doc(
+        &self,
+        list: ItemList,
+        item: &ItemId,
+        region: &Region,
+        items: Vec<RecItem>,
+        now: u64,
+    ) -> RecommendationDoc {
+        let mut doc = self.doc(contract::admin::POPULAR_USER_ID, region, items, now);
+        doc.list = Some(list);
+        doc.item_id = Some(item.as_str().to_owned());
+        doc
+    }
+
+    /// Items' lists (of the first `limit` items in index order) of `n` items that,
+    /// computed with the items `changed` allowed, hold one of them: the published item
+    /// lists a change of those items touches ([`crate::availability`]). The second value
+    /// is how many items were past `limit`. CPU-bound: run it on a blocking thread.
+    pub fn item_lists_listing(
+        &self,
+        changed: &[ItemIdx],
+        n: usize,
+        limit: usize,
+    ) -> (Vec<(ItemList, ItemId)>, usize) {
+        use rayon::prelude::*;
+        if changed.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let allowed = self.allowed(None, changed);
+        let may = |j: ItemIdx| {
+            allowed
+                .as_deref()
+                .is_none_or(|m| m.get(j as usize).copied().unwrap_or(false))
+        };
+        // An item never bought with anything is published with the popular list of its
+        // first category: computed once per category.
+        let mut popular_holds: HashMap<Option<String>, bool> = HashMap::new();
+        let region = self.regions.default_region();
+        for i in 0..self.item_ids.len() {
+            let empty = self
+                .together
+                .get(i)
+                .is_none_or(|t| !t.iter().any(|&(j, _)| j as usize != i && may(j)));
+            if empty {
+                let cat = self.item_categories.get(i).and_then(|c| c.first()).cloned();
+                popular_holds.entry(cat).or_insert_with_key(|cat| {
+                    let category = cat.as_deref().and_then(|c| Category::parse(c).ok());
+                    self.model
+                        .recommend(&Query {
+                            history: &[],
+                            n: n + 1,
+                            exclude_seen: true,
+                            context_item: None,
+                            region: Some(region.as_str()),
+                            allowed: self.allowed(category.as_ref(), changed).as_deref(),
+                        })
+                        .iter()
+                        .any(|s| changed.contains(&s.item))
+                });
+            }
+        }
+        let scanned = self.item_ids.len().min(limit);
+        let lists = (0..scanned)
+            .into_par_iter()
+            .flat_map_iter(|i| {
+                let idx = i as ItemIdx;
+                let history = [(idx, 1.0)];
+                let similar = self
+                    .model
+                    .recommend(&Query {
+                        history: &history,
+                        n,
+                        exclude_seen: true,
+                        context_item: Some(idx),
+                        region: Some(region.as_str()),
+                        allowed: allowed.as_deref(),
+                    })
+                    .iter()
+                    .any(|s| changed.contains(&s.item));
+                let pairs = self.together.get(i).map_or(&[][..], Vec::as_slice);
+                let mut kept = pairs
+                    .iter()
+                    .filter(|&&(j, _)| j != idx && may(j))
+                    .peekable();
+                let together = match kept.peek() {
+                    Some(_) => kept.take(n).any(|(j, _)| changed.contains(j)),
+                    None => {
+                        let cat = self.item_categories.get(i).and_then(|c| c.first()).cloned();
+                        popular_holds.get(&cat).copied().unwrap_or(false)
+                    }
+                };
+                let item = ItemId::parse(&self.item_ids[i]).ok();
+                [
+                    (similar, ItemList::Similar),
+                    (together, ItemList::BoughtTogether),
+                ]
+                .into_iter()
+                .filter(|(holds, _)| *holds)
+                .filter_map(move |(_, list)| Some((list, item.clone()?)))
+            })
+            .collect();
+        (lists, self.item_ids.len() - scanned)
     }
 
     /// `<RFC 3339 trained-at>#<model name>`.

@@ -4,7 +4,9 @@
 //   node tests/browser/demo_click.mjs EDGE_URL ORIGIN_URL OUT_DIR USER
 //
 // Opens EDGE_URL/, loads USER's recommendations, clicks the first item, waits for the
-// page to say the click event was accepted, then opens ORIGIN_URL/dashboard and polls
+// page to say the click event was accepted, opens the product view of an item (its
+// similar items from the edge), applies a category filter and clicks a similar item,
+// then opens ORIGIN_URL/dashboard and polls
 // (up to 20 s) until the clicks total is at least 1, and checks that the clicks-per-minute
 // chart counts it. Then checks the latency card: the
 // per-route table lists the origin's /v1/events (where the edge forwarded the click)
@@ -99,8 +101,59 @@ async function demo(context) {
     null, { timeout: 8_000 },
   ).then(async () => { summary.reloaded = (await status.textContent())?.trim(); })
     .catch(() => { summary.reloaded = null; });
+  await productView(page);
   await screenshot(page, "demo.png");
   return page;
+}
+
+// Opens the first item's product view: its similar items load from the edge, none is
+// the item itself; a category filter keeps only items of that category; a click on a
+// similar item is accepted as an event.
+async function productView(page) {
+  const view = page.getByTestId("view-item").first();
+  const item = await view.getAttribute("data-item-id");
+  await view.click();
+  const status = page.getByTestId("product-status");
+  await page.waitForFunction(
+    () => ["ok", "error"].includes(document.querySelector('[data-testid="product-status"]')?.getAttribute("data-state")),
+    null, { timeout: 15_000 },
+  ).catch(() => fail(`the product view of ${item} did not load within 15 s`));
+  if ((await status.getAttribute("data-state")) !== "ok") fail(`similar items of ${item}: ${(await status.textContent())?.trim()}`);
+  if ((await page.getByTestId("product-title").getAttribute("data-item-id")) !== item) fail("the product view names another item");
+  const similar = page.getByTestId("similar-item");
+  const ids = await similar.evaluateAll((bs) => bs.map((b) => b.getAttribute("data-item-id")));
+  if (!ids.length) fail(`no similar items for ${item}`);
+  if (ids.includes(item)) fail(`${item} is listed as similar to itself: ${ids}`);
+  summary.similar = { item, ids, source: await status.getAttribute("data-source") };
+  // The first category offered (from the item and its similar items).
+  const category = await page.getByTestId("category-filter").evaluate(
+    (s) => Array.from(s.options).map((o) => o.value).find((v) => v) ?? null);
+  if (!category) fail(`no category to filter by in the product view of ${item}`);
+  await page.getByTestId("category-filter").selectOption(category);
+  await page.waitForFunction(
+    (c) => {
+      const st = document.querySelector('[data-testid="product-status"]');
+      return st?.getAttribute("data-state") === "ok" && st.textContent.includes(" in " + c);
+    },
+    category, { timeout: 15_000 },
+  ).catch(async () => fail(`filtering by ${category} did not finish: ${(await status.textContent())?.trim()}`));
+  const filtered = await similar.evaluateAll((bs) => bs.map((b) => (b.getAttribute("data-categories") || "").split(",")));
+  if (filtered.some((cats) => !cats.includes(category))) fail(`an item outside ${category} is shown: ${JSON.stringify(filtered)}`);
+  summary.similar.category = { category, items: filtered.length, status: (await status.textContent())?.trim() };
+  // A similar item other than the one clicked in the user's list, so the status names it.
+  const shownIds = await similar.evaluateAll((bs) => bs.map((b) => b.getAttribute("data-item-id")));
+  const target = shownIds.find((id) => id !== summary.item_id);
+  if (target) {
+    await page.locator(`[data-testid="similar-item"][data-item-id="${target}"]`).click();
+    await page.waitForFunction(
+      (id) => ["event-accepted", "error"].includes(document.querySelector('[data-testid="status"]')?.getAttribute("data-state")) &&
+        (document.querySelector('[data-testid="status"]')?.textContent ?? "").includes("Click on " + id + " "),
+      target, { timeout: 10_000 },
+    ).catch(() => fail(`the click on similar item ${target} got no answer within 10 s`));
+    const st = page.getByTestId("status");
+    if ((await st.getAttribute("data-state")) === "error") fail(`the click on a similar item was refused: ${(await st.textContent())?.trim()}`);
+    summary.similar.click = (await st.textContent())?.trim();
+  }
 }
 
 async function dashboard(context) {

@@ -300,9 +300,13 @@ async fn recommendations(
         return Err(EdgeError::UnknownTenant(r.tenant.to_string()));
     }
     let cache = Cache::default();
-    let cache_key = cache_key::user_doc_key(&cfg.cache_host, &r.tenant, &location.region, &r.user);
-    // The user's failover order: the same instance of a rank for every miss of theirs.
-    let origins = cfg.origins_for(&location.region, &AffinityKey::user(&r.tenant, &r.user));
+    let cache_key = cache_key::doc_key(&cfg.cache_host, &r.tenant, &location.region, &r.subject);
+    // The user's (or item list's) failover order: the same instance of a rank for every
+    // miss of theirs.
+    let origins = cfg.origins_for(
+        &location.region,
+        &AffinityKey::subject(&r.tenant, &r.subject),
+    );
     let mut walk = Walk::new(chain_for(cfg, &origins), cfg.edge_cache_ttl_s);
     let mut timings: Timings = Vec::new();
     let mut served_by_origin: Option<String> = None;
@@ -321,7 +325,7 @@ async fn recommendations(
                         Err(_) => None,
                     };
                     timings.push(("popular", now_ms() - started));
-                    match popular_answer(from_kv, baked_popular(), &r.tenant, &r.user, now_s()) {
+                    match popular_answer(from_kv, baked_popular(), &r.tenant, &r.subject, now_s()) {
                         Some((doc, from)) => {
                             COUNTERS.with(|c| Counters::bump(&c.popular_served));
                             timings.push((
@@ -409,7 +413,16 @@ async fn recommendations(
     }
     let body = serde_json::to_vec(&served).map_err(internal)?;
     let shown = req.method() != worker::Method::Head;
-    events::record_served(ctx, cfg, location, shown.then_some(&served), hit, answer_id);
+    // Impressions are a user's: an item's list (no user) counts as served, not as shown.
+    let user_list = matches!(r.subject, contract::Subject::User(_));
+    events::record_served(
+        ctx,
+        cfg,
+        location,
+        (shown && user_list).then_some(&served),
+        hit,
+        answer_id,
+    );
     respond_with(200, &headers, shown.then_some(body)).map_err(internal)
 }
 
@@ -513,21 +526,24 @@ async fn admin_publish(
     json_response(200, &respond::error_headers(cfg, None), &resp).map_err(internal)
 }
 
-/// `POST /admin/purge`: drops each user's entries of every region (keys never depend
-/// on the `Host` a request came in on, so one delete per region reaches every copy).
-/// `purged` counts the users that had at least one entry.
+/// `POST /admin/purge`: drops each user's (and item list's) entries of every region
+/// (keys never depend on the `Host` a request came in on, so one delete per region
+/// reaches every copy). `purged` counts those that had at least one entry.
 async fn admin_purge(
     mut req: Request,
     cfg: &EdgeConfig,
 ) -> std::result::Result<Response, EdgeError> {
     let bytes = read_admin_body(&mut req, cfg, contract::admin::MAX_ADMIN_BODY_BYTES).await?;
-    let (tenant, users) = admin::purge_plan(admin::parse_body(&bytes)?)?;
+    let (tenant, subjects) = admin::purge_plan(admin::parse_body(&bytes)?)?;
     let cache = Cache::default();
     let mut purged = 0;
-    for user in &users {
+    for subject in &subjects {
         let mut found = false;
-        let keys =
-            cache_key::user_doc_keys(&cfg.cache_host, &tenant, cfg.region_map.regions(), user);
+        let keys = cfg
+            .region_map
+            .regions()
+            .iter()
+            .map(|r| cache_key::doc_key(&cfg.cache_host, &tenant, r, subject));
         for key in keys {
             state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| h.remove(&key));
             if let Ok(worker::CacheDeletionOutcome::Success) =

@@ -43,7 +43,7 @@ pub async fn from_edge_cache(
     match cache.get(key, false).await {
         Ok(Some(mut resp)) => match resp.text().await {
             Ok(body) => {
-                let doc = accept_doc(&body, &r.tenant, &r.user);
+                let doc = accept_doc(&body, &r.tenant, &r.subject);
                 if let Ok(d) = &doc {
                     state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| {
                         h.put(key, d, now_ms())
@@ -129,7 +129,7 @@ async fn current_generation(
     Ok(generation)
 }
 
-/// The user's document in KV: in the pointer's generation, else (a delta generation)
+/// The subject's document (a user's, or an item's list) in KV: in the pointer's generation, else (a delta generation)
 /// in its base, confirmed as of the delta's publication.
 pub async fn from_kv(kv: &KvStore, cfg: &EdgeConfig, r: &RecRequest) -> TierResult {
     let pointer = match current_generation(kv, &r.tenant, cfg).await {
@@ -138,13 +138,13 @@ pub async fn from_kv(kv: &KvStore, cfg: &EdgeConfig, r: &RecRequest) -> TierResu
         Err(f) => return TierResult::Failed(f),
     };
     let read = |generation| async move {
-        kv.get(&keys::kv_user(&r.tenant, generation, &r.user))
+        kv.get(&keys::kv_subject(&r.tenant, generation, &r.subject))
             .text()
             .await
             .map_err(|e| TierFailure::Storage(e.to_string()))
     };
     match read(&pointer.generation).await {
-        Ok(Some(body)) => return found(accept_doc(&body, &r.tenant, &r.user)),
+        Ok(Some(body)) => return found(accept_doc(&body, &r.tenant, &r.subject)),
         Ok(None) => {}
         Err(f) => return TierResult::Failed(f),
     }
@@ -152,7 +152,9 @@ pub async fn from_kv(kv: &KvStore, cfg: &EdgeConfig, r: &RecRequest) -> TierResu
         return TierResult::NotFound;
     };
     match read(base).await {
-        Ok(Some(body)) => found(accept_doc(&body, &r.tenant, &r.user).map(|d| pointer.confirm(d))),
+        Ok(Some(body)) => {
+            found(accept_doc(&body, &r.tenant, &r.subject).map(|d| pointer.confirm(d)))
+        }
         Ok(None) => TierResult::NotFound,
         Err(f) => TierResult::Failed(f),
     }
@@ -304,7 +306,7 @@ async fn lead_fetch(
 
 fn doc_from_http(result: Result<(u16, String), TierFailure>, r: &RecRequest) -> TierResult {
     match result {
-        Ok((200, body)) => found(accept_doc(&body, &r.tenant, &r.user)),
+        Ok((200, body)) => found(accept_doc(&body, &r.tenant, &r.subject)),
         Ok((404, body)) if crate::unknown_tenants::says_unknown_tenant(404, &body) => {
             TierResult::UnknownTenant
         }
@@ -356,7 +358,7 @@ pub async fn from_secondary_cdn(cfg: &EdgeConfig, r: &RecRequest) -> TierResult 
             Err(f) => return TierResult::Failed(f),
         },
     };
-    let path = keys::cdn_user(&r.tenant, &r.user);
+    let path = keys::cdn_subject(&r.tenant, &r.subject);
     let fetch = |generation: Option<&keys::Generation>| {
         let url = layout.document_url(base, generation, &path);
         async move {
@@ -407,8 +409,11 @@ pub async fn from_origin(
 ) -> TierResult {
     // The whole list is asked for, so the cached copy can serve any `n`.
     let url = format!(
-        "{}/v1/recommendations/{}?tenant={}&region={}&n={MAX_N}",
-        origin.url, r.user, r.tenant, region
+        "{}{}?tenant={}&region={}&n={MAX_N}",
+        origin.url,
+        r.subject.origin_path(),
+        r.tenant,
+        region
     );
     if let Some(joined) = join_in_flight(&url, cfg.subrequest_timeout_ms).await {
         return doc_from_http(joined, r);

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `POST /v1/events` | any of its keys (client or server) |
 //! | `GET /v1/analytics/*` | its **server** key (a client key: 403 `server_key_required`) |
-//! | `GET /v1/recommendations/*`, `GET /v1/popular` | nothing (public, as at the edge); a key sent must be one of its own |
+//! | `GET /v1/recommendations/*`, `GET /v1/popular`, `GET /v1/items/{id}/similar` and `…/bought-together` | nothing (public, as at the edge); a key sent must be one of its own |
 //!
 //! In both, the admin token without `X-Edge-Client` (the operator's own backends) needs
 //! no key; a key of another tenant is 403 `wrong_tenant`, an unknown or rotated-out one
@@ -63,6 +63,13 @@ pub async fn check_tenant_key(
     }
 }
 
+/// `/v1/items/{id}/{list}`: an item's public list (not the catalogue's `/v1/items/{id}`).
+fn is_item_list(path: &str) -> bool {
+    path.strip_prefix("/v1/items/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, list)| contract::ItemList::from_segment(list).is_some())
+}
+
 /// Middleware: the server-key rule on `GET /v1/analytics/*`, and on public reads a
 /// key, when one is sent, must be the tenant's (another tenant's key is 403
 /// `wrong_tenant`, an unknown one 401 `invalid_key`).
@@ -72,7 +79,7 @@ pub async fn analytics(State(state): State<AppState>, req: Request, next: Next) 
     let need = if get && path.starts_with("/v1/analytics/") {
         KeyNeed::Server
     } else if get
-        && (path.starts_with("/v1/recommendations") || path == "/v1/popular")
+        && (path.starts_with("/v1/recommendations") || path == "/v1/popular" || is_item_list(path))
         && req
             .headers()
             .contains_key(contract::auth::TENANT_KEY_HEADER)

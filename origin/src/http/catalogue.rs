@@ -338,6 +338,7 @@ fn serving_changed(state: &AppState, live: &Live, rows: &[crate::store::ItemRow]
         return;
     }
     let (n, gate) = (state.publish_n, state.publish_gate.clone());
+    let (state, touched) = (state.clone(), changed.clone());
     tokio::spawn(async move {
         let _one_at_a_time = snapshot.live.scanning.lock().await;
         let started = std::time::Instant::now();
@@ -370,7 +371,59 @@ fn serving_changed(state: &AppState, live: &Live, rows: &[crate::store::ItemRow]
             }
             Err(e) => tracing::error!(error = %e, "the availability scan failed"),
         }
+        republish_item_lists(&state, &snapshot, &touched, n).await;
     });
+}
+
+/// The second half of an availability change: every published item list holding a
+/// changed item is recomputed with the change applied, written into each target's
+/// current generation and purged from the edge cache (bounded like the users' scan).
+async fn republish_item_lists(
+    state: &AppState,
+    snapshot: &Arc<crate::snapshot::Snapshot>,
+    changed: &[crate::model::ItemIdx],
+    n: usize,
+) {
+    if state.publish.is_empty() {
+        return;
+    }
+    let (scan, touched) = (snapshot.clone(), changed.to_vec());
+    let found = tokio::task::spawn_blocking(move || {
+        scan.item_lists_listing(&touched, n, crate::availability::MAX_SCAN_USERS)
+    })
+    .await;
+    let lists = match found {
+        Ok((lists, _)) => lists,
+        Err(e) => return tracing::error!(error = %e, "the item-list scan failed"),
+    };
+    if lists.is_empty() {
+        return;
+    }
+    // The snapshot swapped in since (if any) holds the change too.
+    let current = state.snapshot();
+    let now = now_unix();
+    let req = crate::snapshot::DocRequest {
+        n,
+        ..Default::default()
+    };
+    let mut written = 0;
+    for (list, item) in &lists {
+        if let Some(doc) = current.item_list_doc(*list, item, &req, now) {
+            let outcome =
+                crate::publish::publish_one(&state.publish, &current.tenant, &doc, None).await;
+            written += usize::from(outcome.all_ok());
+        }
+    }
+    for target in state.publish.iter() {
+        if let Err(e) = target.purge_item_lists(&current.tenant, &lists).await {
+            tracing::warn!(target = target.name(), error = %e, "purging item lists failed");
+        }
+    }
+    tracing::info!(
+        item_lists = lists.len(),
+        written,
+        "republished the item lists an item change touches"
+    );
 }
 
 /// `PUT /v1/users/{id}`: creates or replaces the user.

@@ -249,6 +249,7 @@ pub fn routes(state: AppState) -> Router {
                 .patch(catalogue::patch_item)
                 .delete(catalogue::delete_item),
         )
+        .route("/v1/items/{id}/{list}", get(recommendations::item_list))
         .route(
             "/v1/users",
             post(catalogue::post_users)

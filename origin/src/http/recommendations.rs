@@ -1,4 +1,6 @@
-//! `GET /v1/recommendations/{user}`, `POST /v1/recommendations/batch`, `GET /v1/popular`.
+//! `GET /v1/recommendations/{user}`, `POST /v1/recommendations/batch`, `GET /v1/popular`,
+//! and an item's lists, `GET /v1/items/{id}/similar` and `GET /v1/items/{id}/bought-together`
+//! (see [`crate::item_lists`]).
 //!
 //! Answers for users with history are also published in the background (edge KV
 //! and/or the CDN folder), earned and bounded by the publish gate; popular fallbacks for
@@ -17,7 +19,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use contract::params::{Category, Filters};
-use contract::{IdError, ItemId, RecommendationDoc, Region, Tenant, UserId};
+use contract::{IdError, ItemId, ItemList, RecommendationDoc, Region, Tenant, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{now_unix, DocRequest};
@@ -231,6 +233,68 @@ pub(crate) async fn answer(
         short: filters.short(kept, n),
         doc,
     })
+}
+
+/// `GET /v1/items/{id}/{list}`: an item's similar items or bought-together list, with the
+/// same `n`, `exclude=`, `category=` and `tenant=` rules as a user's list. An item the
+/// model does not know gets the popular list of its catalogue category, then the popular
+/// list (never a 404: a product page always has something to show). Item lists are
+/// published by the bulk publish (`origin publish`), not on a miss: the edge keeps the
+/// origin's answer in its cache for the answer's freshness.
+pub(crate) async fn item_list(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    ApiQuery(params): ApiQuery<RecParams>,
+) -> Result<Filtered, ApiError> {
+    let Path((item, list)) = path.map_err(|_| ApiError::InvalidId(undecodable_item()))?;
+    let list = ItemList::from_segment(&list).ok_or(ApiError::NotFound)?;
+    let item = ItemId::parse(&item)?;
+    check_tenant(&state, params.tenant.as_deref())?;
+    let n = parse_n(params.n.as_deref())?;
+    let exclude = contract::params::parse_exclude(params.exclude.as_deref())
+        .map_err(|e| ApiError::InvalidExclude(e.to_string()))?;
+    let category = parse_category(params.category.as_deref())?;
+    let region = known_region(&state, non_empty(&params.region));
+    let snapshot = trained(&state)?;
+    let req = DocRequest {
+        n: (n + exclude.len()).min(contract::MAX_N),
+        region: region.as_ref(),
+        category: category.as_ref(),
+        ..Default::default()
+    };
+    let now = now_unix();
+    let mut doc = match snapshot.item_list_doc(list, &item, &req, now) {
+        Some(doc) => doc,
+        None => {
+            // A catalogue item newer than the model: popular in its category.
+            let row = match &state.live {
+                Some(live) => live.store.item(&item).await.unwrap_or_else(|e| {
+                    tracing::warn!(item = %item, error = %e, "reading an item's category failed");
+                    None
+                }),
+                None => None,
+            };
+            let item_category = row
+                .and_then(|r| r.categories.into_iter().next())
+                .and_then(|c| Category::parse(&c).ok());
+            snapshot.item_fallback_doc(list, &item, item_category.as_ref(), &req, now)
+        }
+    };
+    let filters = Filters { exclude, category };
+    let kept = filters.apply(&mut doc.items, n);
+    Ok(Filtered {
+        short: filters.short(kept, n),
+        doc,
+    })
+}
+
+fn undecodable_item() -> IdError {
+    IdError::BadChar {
+        kind: "item id",
+        found: '%',
+        at: 0,
+        allowed: "percent-encoded UTF-8",
+    }
 }
 
 /// A raw `/` in the user id segment: the router splits it, so it is refused here.
@@ -451,6 +515,82 @@ mod tests {
             let (status, body) = get(&state, &uri).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
             assert_eq!(body["error"]["code"], "invalid_user_id", "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_items_similar_and_bought_together_lists_name_the_item_and_leave_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _store) = state(dir.path());
+        let (status, body) = get(&state, "/v1/items/i1/similar?n=5").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let doc: RecommendationDoc = serde_json::from_value(body).unwrap();
+        assert_eq!(doc.list, Some(ItemList::Similar));
+        assert_eq!(
+            (doc.user_id.as_str(), doc.item_id.as_deref()),
+            ("*", Some("i1"))
+        );
+        assert_eq!(doc.items.len(), 5);
+        assert!(doc.items.iter().all(|i| i.item_id != "i1"));
+        assert_eq!(doc.items[0].reason.as_deref(), Some("similar to i1"));
+
+        let (status, body) = get(&state, "/v1/items/i1/bought-together?n=5&exclude=i2").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let doc: RecommendationDoc = serde_json::from_value(body).unwrap();
+        assert_eq!(doc.list, Some(ItemList::BoughtTogether));
+        assert!(!doc.items.is_empty());
+        assert!(doc
+            .items
+            .iter()
+            .all(|i| i.item_id != "i1" && i.item_id != "i2"));
+        assert_eq!(doc.items[0].reason.as_deref(), Some("bought with i1"));
+        assert!(doc.items.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+
+    #[tokio::test]
+    async fn an_item_the_model_does_not_know_gets_the_popular_list_under_its_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _store) = state(dir.path());
+        let (status, body) = get(&state, "/v1/items/brand-new/similar?n=4").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let doc: RecommendationDoc = serde_json::from_value(body).unwrap();
+        assert_eq!(doc.item_id.as_deref(), Some("brand-new"));
+        assert_eq!(doc.items.len(), 4);
+        let popular: RecommendationDoc =
+            serde_json::from_value(get(&state, "/v1/popular?n=4").await.1).unwrap();
+        assert_eq!(doc.items, popular.items);
+    }
+
+    #[tokio::test]
+    async fn bad_item_list_requests_are_json_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _store) = state(dir.path());
+        for (uri, status, code) in [
+            ("/v1/items/i1/cheapest", StatusCode::NOT_FOUND, "not_found"),
+            (
+                "/v1/items/a%2Fb/similar",
+                StatusCode::BAD_REQUEST,
+                "invalid_item_id",
+            ),
+            (
+                "/v1/items/%FF/similar",
+                StatusCode::BAD_REQUEST,
+                "invalid_item_id",
+            ),
+            (
+                "/v1/items/i1/similar?n=0",
+                StatusCode::BAD_REQUEST,
+                "invalid_n",
+            ),
+            (
+                "/v1/items/i1/similar?category=a,b",
+                StatusCode::BAD_REQUEST,
+                "invalid_category",
+            ),
+        ] {
+            let (got, body) = get(&state, uri).await;
+            assert_eq!(got, status, "{uri}: {body}");
+            assert_eq!(body["error"]["code"], code, "{uri}: {body}");
         }
     }
 

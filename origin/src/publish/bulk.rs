@@ -1,5 +1,6 @@
-//! The bulk publish behind `origin publish`: every (or every listed) user's document
-//! and the regions' popular lists into one new generation at every target, then the
+//! The bulk publish behind `origin publish`: every (or every listed) user's document,
+//! every item's lists (similar items, bought together; see [`crate::item_lists`]) and
+//! the regions' popular lists into one new generation at every target, then the
 //! generation activated at each.
 //!
 //! Users are computed in chunks (in parallel with rayon), so memory stays bounded
@@ -85,6 +86,10 @@ pub struct PublishJob {
     /// Keep the generation's documents readable until then (unix seconds): set for a
     /// generation that later deltas will read through.
     pub keep_until: Option<u64>,
+    /// Also write every item's lists (similar items and bought together), `n` items
+    /// each. A generation without them leaves the edge to ask the origin on every
+    /// item-list miss.
+    pub item_lists: bool,
 }
 
 /// What one target took in a bulk publish.
@@ -103,10 +108,14 @@ pub struct PublishReport {
     pub generation: String,
     pub users: usize,
     pub popular_lists: usize,
+    /// Item lists computed (two per item the model knows, when the job asked for them).
+    pub item_lists: usize,
     /// Per target, in the order of the job's targets.
     pub targets: Vec<TargetReport>,
     /// Users whose document was not written, unchanged since the delta's base.
     pub unchanged: usize,
+    /// Item lists not written, unchanged since the delta's base.
+    pub unchanged_item_lists: usize,
     /// The pointer activated.
     pub pointer: GenerationPointer,
     /// Content hash of every user's document computed (written or not).
@@ -160,11 +169,45 @@ async fn begin_generation(
     Err(PublishError::NoFreeGeneration(GENERATION_TRIES))
 }
 
+/// Writes the documents whose content changed since the delta's base (all of them for
+/// a whole publish) to every target, keeping every document's hash in the report.
+async fn write_docs(
+    job: &PublishJob,
+    generation: &Generation,
+    report: &mut PublishReport,
+    docs: Vec<RecommendationDoc>,
+) -> Result<(), PublishError> {
+    let mut changed = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let hash = content_hash(&doc.items);
+        let key = super::hash_key(&doc);
+        let same = job
+            .delta
+            .as_ref()
+            .is_some_and(|d| d.hashes.get(&key) == Some(&hash));
+        report.hashes.insert(key, hash);
+        if same && doc.list.is_some() {
+            report.unchanged_item_lists += 1;
+        } else if same {
+            report.unchanged += 1;
+        } else {
+            changed.push(doc);
+        }
+    }
+    let docs = Arc::new(changed);
+    for (target, tally) in job.targets.iter().zip(&mut report.targets) {
+        tally.documents += target
+            .write_users(&job.tenant, generation, docs.clone())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Computes and publishes every (or every listed) user's document into one new
 /// generation at every target, then activates it at each.
 pub async fn publish_all(
     snapshot: Arc<Snapshot>,
-    job: PublishJob,
+    mut job: PublishJob,
 ) -> Result<PublishReport, PublishError> {
     let started = Instant::now();
     let now = now_unix();
@@ -182,7 +225,7 @@ pub async fn publish_all(
             published_at: now.max(1),
         },
     };
-    let users: Vec<UserId> = match job.users {
+    let users: Vec<UserId> = match job.users.take() {
         Some(u) => u,
         None => snapshot
             .user_ids()
@@ -203,6 +246,7 @@ pub async fn publish_all(
         generation: generation.as_str().to_owned(),
         users: 0,
         popular_lists: 0,
+        item_lists: 0,
         targets: job
             .targets
             .iter()
@@ -213,6 +257,7 @@ pub async fn publish_all(
             })
             .collect(),
         unchanged: 0,
+        unchanged_item_lists: 0,
         pointer: pointer.clone(),
         hashes: HashMap::with_capacity(users.len()),
         elapsed: Duration::ZERO,
@@ -239,28 +284,40 @@ pub async fn publish_all(
         .await
         .map_err(|e| PublishError::Task(e.to_string()))?;
         let done = docs.len();
-        let mut changed = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let hash = content_hash(&doc.items);
-            let same = job
-                .delta
-                .as_ref()
-                .is_some_and(|d| d.hashes.get(&doc.user_id) == Some(&hash));
-            report.hashes.insert(doc.user_id.clone(), hash);
-            if same {
-                report.unchanged += 1;
-            } else {
-                changed.push(doc);
-            }
-        }
-        let docs = Arc::new(changed);
-        for (target, tally) in job.targets.iter().zip(&mut report.targets) {
-            tally.documents += target
-                .write_users(&job.tenant, &generation, docs.clone())
-                .await?;
-        }
+        write_docs(&job, &generation, &mut report, docs).await?;
         report.users += done;
         report_progress(report.users);
+    }
+    if job.item_lists {
+        let items: Vec<contract::ItemId> = snapshot
+            .item_ids()
+            .iter()
+            .filter_map(|i| contract::ItemId::parse(i).ok())
+            .collect();
+        // Two documents per item: half as many items per chunk as users.
+        for chunk in items.chunks((job.chunk / 2).max(1)) {
+            let chunk = chunk.to_vec();
+            let snap = snapshot.clone();
+            let docs: Vec<RecommendationDoc> = tokio::task::spawn_blocking(move || {
+                chunk
+                    .par_iter()
+                    .flat_map_iter(|item| {
+                        let req = DocRequest {
+                            n,
+                            ..Default::default()
+                        };
+                        contract::ItemList::ALL
+                            .into_iter()
+                            .filter_map(|list| snap.item_list_doc(list, item, &req, now))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| PublishError::Task(e.to_string()))?;
+            report.item_lists += docs.len();
+            write_docs(&job, &generation, &mut report, docs).await?;
+        }
     }
     let popular: Vec<RecommendationDoc> = snapshot
         .regions

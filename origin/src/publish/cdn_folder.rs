@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use contract::keys::{cdn_popular, cdn_user, Generation, GenerationPointer};
+use contract::keys::{cdn_popular, cdn_subject, cdn_user, Generation, GenerationPointer};
 use contract::{RecommendationDoc, Region, Tenant, UserId};
 use rayon::prelude::*;
 
@@ -302,9 +302,7 @@ impl CdnFolder {
         } else {
             self.root.join(target)
         };
-        let user = UserId::parse(&doc.user_id)
-            .map_err(|e| PublishError::BadUserId(doc.user_id.clone(), e))?;
-        let path = dir.join(cdn_user(tenant, &user));
+        let path = dir.join(cdn_subject(tenant, &super::subject_of(doc)?));
         replace_json(&path, doc)?;
         Ok(path)
     }
@@ -363,9 +361,8 @@ impl PublishTarget for CdnFolder {
         self.blocking(move |f| {
             docs.par_iter()
                 .map(|doc| {
-                    let user = UserId::parse(&doc.user_id)
-                        .map_err(|e| PublishError::BadUserId(doc.user_id.clone(), e))?;
-                    f.write_user(&g, &tenant, &user, doc)
+                    let path = cdn_subject(&tenant, &super::subject_of(doc)?);
+                    write_json(&f.generation_dir(&g).join(path), doc)
                 })
                 .collect::<Result<Vec<()>, _>>()
                 .map(|written| written.len())

@@ -201,7 +201,8 @@ impl PublishTarget for EdgeKv {
             self.space(
                 batch
                     .iter()
-                    .map(|d| format!("t/{tenant}/g/{}/u/{}", generation.as_str(), d.user_id)),
+                    .filter_map(|d| super::subject_of(d).ok())
+                    .map(|s| contract::keys::kv_subject(tenant, generation, &s)),
             )
             .await;
             let req = Self::request(tenant, Some(generation), false, batch.to_vec(), Vec::new());
@@ -265,8 +266,31 @@ impl PublishTarget for EdgeKv {
         let req = PurgeRequest {
             tenant: Some(tenant.as_str().to_owned()),
             user_ids: users.iter().map(|u| u.as_str().to_owned()).collect(),
+            item_lists: Vec::new(),
         };
         self.client.purge(&req, traceparent).await?;
+        Ok(true)
+    }
+
+    async fn purge_item_lists(
+        &self,
+        tenant: &Tenant,
+        lists: &[(contract::ItemList, contract::ItemId)],
+    ) -> Result<bool, PublishError> {
+        for chunk in lists.chunks(contract::admin::MAX_PURGE_IDS) {
+            let req = PurgeRequest {
+                tenant: Some(tenant.as_str().to_owned()),
+                user_ids: Vec::new(),
+                item_lists: chunk
+                    .iter()
+                    .map(|(list, item)| contract::admin::ItemListRef {
+                        list: *list,
+                        item_id: item.as_str().to_owned(),
+                    })
+                    .collect(),
+            };
+            self.client.purge(&req, None).await?;
+        }
         Ok(true)
     }
 }

@@ -28,8 +28,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use contract::keys::{kv_generation_pointer, kv_popular, kv_user, Generation, GenerationPointer};
-use contract::{RecommendationDoc, Region, Tenant, UserId};
+use contract::keys::{
+    kv_generation_pointer, kv_popular, kv_subject, Generation, GenerationPointer,
+};
+use contract::{RecommendationDoc, Region, Tenant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -415,10 +417,6 @@ fn encode_key(key: &str) -> String {
         .collect()
 }
 
-fn user_of(doc: &RecommendationDoc) -> Result<UserId, PublishError> {
-    UserId::parse(&doc.user_id).map_err(|e| PublishError::BadUserId(doc.user_id.clone(), e))
-}
-
 #[async_trait]
 impl PublishTarget for KvRest {
     fn name(&self) -> &'static str {
@@ -451,13 +449,13 @@ impl PublishTarget for KvRest {
         let pairs = docs
             .iter()
             .map(|doc| {
-                let user = user_of(doc)?;
+                let subject = super::subject_of(doc)?;
                 pair_for(
-                    kv_user(tenant, generation, &user),
+                    kv_subject(tenant, generation, &subject),
                     doc,
                     now,
                     keep_until,
-                    &format!("user {}", doc.user_id),
+                    &subject.describe(),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -515,13 +513,13 @@ impl PublishTarget for KvRest {
         _traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         let generation = self.current_generation(tenant).await?;
-        let user = user_of(doc)?;
+        let subject = super::subject_of(doc)?;
         let pair = pair_for(
-            kv_user(tenant, &generation, &user),
+            kv_subject(tenant, &generation, &subject),
             doc,
             crate::snapshot::now_unix(),
             None,
-            &format!("user {}", doc.user_id),
+            &subject.describe(),
         )?;
         self.put_batch(0, &[pair]).await
     }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use contract::keys::{Generation, GenerationPointer};
-use contract::{IdError, RecommendationDoc, Tenant, UserId};
+use contract::{IdError, RecommendationDoc, Subject, Tenant, UserId};
 use thiserror::Error;
 
 pub use bulk::{
@@ -67,6 +67,8 @@ pub enum PublishError {
     Http { url: String, source: reqwest::Error },
     #[error("user id {0:?} in the database is not valid: {1}")]
     BadUserId(String, IdError),
+    #[error("a document to publish names no valid user or item: {0}")]
+    BadSubject(String),
     #[error("{0} has no current generation (publish one with `origin publish --out`)")]
     NoCurrent(PathBuf),
     #[error("{0}")]
@@ -94,6 +96,25 @@ pub enum PublishError {
     Json(#[from] serde_json::Error),
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+/// Whose document this is (a user's, or an item's list): every target keys documents by
+/// it ([`contract::keys::kv_subject`], [`contract::keys::cdn_subject`]).
+pub fn subject_of(doc: &RecommendationDoc) -> Result<Subject, PublishError> {
+    Subject::of(doc).map_err(|e| {
+        let named = doc.item_id.as_deref().unwrap_or(&doc.user_id);
+        PublishError::BadSubject(format!("{named:?}: {e}"))
+    })
+}
+
+/// The name a document's content hash is kept under between publishes (delta
+/// publishing): the user id, or `similar/{item}` / `bought-together/{item}` (user ids
+/// cannot hold a `/`, so the two never meet).
+pub fn hash_key(doc: &RecommendationDoc) -> String {
+    match (&doc.list, &doc.item_id) {
+        (Some(list), Some(item)) => format!("{}/{item}", list.as_str()),
+        _ => doc.user_id.clone(),
+    }
 }
 
 /// What activating a generation did at one target.
@@ -138,7 +159,8 @@ pub trait PublishTarget: Send + Sync + std::fmt::Debug {
         keep_until: Option<u64>,
     ) -> Result<(), PublishError>;
 
-    /// Writes users' documents into `generation`; returns how many were written.
+    /// Writes users' documents (and items' lists: key each by [`subject_of`]) into
+    /// `generation`; returns how many were written.
     async fn write_users(
         &self,
         tenant: &Tenant,
@@ -162,7 +184,7 @@ pub trait PublishTarget: Send + Sync + std::fmt::Debug {
         pointer: &GenerationPointer,
     ) -> Result<Activated, PublishError>;
 
-    /// Replaces one user's document in the current generation (publish on miss, and
+    /// Replaces one user's (or item list's) document in the current generation (publish on miss, and
     /// republish after events), passing a W3C `traceparent` on where it can.
     async fn write_current(
         &self,
@@ -176,6 +198,16 @@ pub trait PublishTarget: Send + Sync + std::fmt::Debug {
     /// says so in the error.
     async fn remove_tenant(&self, _tenant: &Tenant) -> Result<String, PublishError> {
         Err(PublishError::RemoveUnsupported(self.name()))
+    }
+
+    /// Drops cached copies of items' lists (the edge cache), as [`PublishTarget::purge`]
+    /// does for users.
+    async fn purge_item_lists(
+        &self,
+        _tenant: &Tenant,
+        _lists: &[(contract::ItemList, contract::ItemId)],
+    ) -> Result<bool, PublishError> {
+        Ok(false)
     }
 
     /// Drops copies of the users' documents that readers may have cached (the edge

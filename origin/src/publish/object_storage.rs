@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use contract::keys::{
-    cdn_generation_dir, cdn_popular, cdn_user, Generation, GenerationPointer, CDN_POINTER,
+    cdn_generation_dir, cdn_popular, cdn_subject, Generation, GenerationPointer, CDN_POINTER,
 };
-use contract::{RecommendationDoc, Region, Tenant, UserId};
+use contract::{RecommendationDoc, Region, Tenant};
 use rusty_s3::actions::{DeleteObjects, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use tokio::task::JoinSet;
@@ -317,10 +317,6 @@ impl ObjectStorage {
     }
 }
 
-fn user_of(doc: &RecommendationDoc) -> Result<UserId, PublishError> {
-    UserId::parse(&doc.user_id).map_err(|e| PublishError::BadUserId(doc.user_id.clone(), e))
-}
-
 #[async_trait]
 impl PublishTarget for ObjectStorage {
     fn name(&self) -> &'static str {
@@ -355,8 +351,7 @@ impl PublishTarget for ObjectStorage {
         let objects = docs
             .iter()
             .map(|doc| {
-                let user = user_of(doc)?;
-                let path = cdn_user(tenant, &user);
+                let path = cdn_subject(tenant, &super::subject_of(doc)?);
                 Ok((
                     self.generation_object(generation, &path),
                     serde_json::to_vec(doc)?,
@@ -414,8 +409,8 @@ impl PublishTarget for ObjectStorage {
                 "no current generation (publish one first)",
             )
         })?;
-        let user = user_of(doc)?;
-        let key = self.generation_object(&generation, &cdn_user(tenant, &user));
+        let path = cdn_subject(tenant, &super::subject_of(doc)?);
+        let key = self.generation_object(&generation, &path);
         self.put(&key, serde_json::to_vec(doc)?, "application/json")
             .await
     }

@@ -30,6 +30,7 @@ fn job(tenant: &Tenant, cdn: Option<CdnFolder>, kv: Option<EdgeClient>) -> Publi
         progress: None,
         delta: None,
         keep_until: None,
+        item_lists: false,
     }
 }
 
@@ -839,4 +840,38 @@ fn content_hashes_see_items_reasons_and_scores_but_not_float_noise() {
     assert_ne!(a, content_hash(&[item("i1", 0.5)]));
     // Stable across builds: the value is stored between publishes.
     assert_eq!(content_hash(&[]), content_hash(&[]));
+}
+
+#[tokio::test]
+async fn a_publish_with_item_lists_writes_each_items_similar_and_bought_together_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _store) = crate::snapshot::fixture(dir.path());
+    let items = snapshot.item_ids().len();
+    let tenant = Tenant::default_tenant();
+    let out = dir.path().join("cdn");
+    let mut j = job(&tenant, Some(CdnFolder::new(out.clone())), None);
+    j.item_lists = true;
+    let report = publish_all(Arc::new(snapshot), j).await.unwrap();
+    assert_eq!(report.item_lists, 2 * items);
+    assert_eq!(report.documents("cdn"), 200 + 2 * items + 4);
+    let similar = read_doc(&out.join("current/default/similar/i1.json"));
+    similar.validate().unwrap();
+    assert_eq!(
+        (similar.user_id.as_str(), similar.item_id.as_deref()),
+        ("*", Some("i1"))
+    );
+    assert_eq!(similar.list, Some(contract::ItemList::Similar));
+    assert_eq!(similar.items.len(), 20);
+    assert!(similar.items.iter().all(|i| i.item_id != "i1"));
+    assert!(similar.items[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("similar to i1"));
+    let together = read_doc(&out.join("current/default/bought-together/i1.json"));
+    assert_eq!(together.list, Some(contract::ItemList::BoughtTogether));
+    assert!(!together.items.is_empty());
+    assert!(together.items.iter().all(|i| i.item_id != "i1"));
+    assert_eq!(report.hashes.len(), 200 + 2 * items);
+    assert!(report.hashes.contains_key("similar/i1"));
 }
