@@ -41,7 +41,8 @@
 //! - Fatigue counts a user's impressions (`recommendation_viewed`) of an item in the
 //!   last D days after their last interaction with it (a click, or any other weighted
 //!   event); K of them keep the item out of their lists until the impressions age out
-//!   or they interact with it.
+//!   or they interact with it. Under a fatigue rule, reported impressions touch their
+//!   users in the republisher, so the published document follows within seconds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};

@@ -9,6 +9,11 @@
 //! Every document it builds leaves out the items that may not be served (unavailable,
 //! or outside a requested category) before the model's top-n is taken, and lists each
 //! item's categories, so readers can filter a stored list by category.
+//!
+//! Every document also follows the tenant's business rules ([`crate::rules`], read
+//! from [`Snapshot::rules`], shared from one snapshot to the next): see `ruled`.
+
+mod ruled;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -111,6 +116,8 @@ pub struct DocRequest<'a> {
     pub fallback_region: Option<&'a Region>,
     /// Only items of this category (`category=`).
     pub category: Option<&'a Category>,
+    /// Items the user's fatigue rule keeps out (see [`crate::rules::Fatigued`]).
+    pub fatigued: &'a [String],
 }
 
 /// A trained model with the id maps and per-user histories of one tenant.
@@ -149,6 +156,9 @@ pub struct Snapshot {
     /// Unix second the store read of this snapshot began (0: unknown; set by the
     /// retrainer): live records older than that are in the snapshot.
     pub read_from: u64,
+    /// The tenant's business rules now; the retrainer hands the cell on to the next
+    /// snapshot.
+    pub rules: Arc<crate::rules::LiveRules>,
 }
 
 pub use crate::clock::{now_unix, rfc3339};
@@ -294,6 +304,7 @@ impl Snapshot {
             base_allowed,
             live: Arc::default(),
             read_from: 0,
+            rules: Arc::default(),
         }
     }
 
@@ -327,6 +338,7 @@ impl Snapshot {
             base_allowed: None,
             live: Arc::default(),
             read_from: 0,
+            rules: Arc::default(),
         }
     }
 
@@ -455,6 +467,8 @@ impl Snapshot {
             return (Vec::new(), 0);
         }
         let allowed = self.allowed(None, changed);
+        // Rules may bring any of the candidates in (boosts, diversity).
+        let n = self.rules.rules().candidates(n);
         let holds = |history: &[(ItemIdx, f32)], region: &Region| {
             self.model
                 .recommend(&Query {
@@ -618,16 +632,8 @@ impl Snapshot {
         let context_item = req
             .context
             .and_then(|c| self.item_index.get(c.as_str()).copied());
-        let allowed = self.allowed(req.category, &[]);
-        let scored = self.model.recommend(&Query {
-            history,
-            n: req.n,
-            exclude_seen: true,
-            context_item,
-            region: Some(region.as_str()),
-            allowed: allowed.as_deref(),
-        });
-        self.doc(user.as_str(), region, self.items(scored), now)
+        let items = self.ranked(history, context_item, region, req);
+        self.doc(user.as_str(), region, items, now)
     }
 
     /// The popular list of a region, with `user_id` `"*"`.
@@ -643,21 +649,13 @@ impl Snapshot {
         category: Option<&Category>,
         now: u64,
     ) -> RecommendationDoc {
-        let allowed = self.allowed(category, &[]);
-        let scored = self.model.recommend(&Query {
-            history: &[],
+        let req = DocRequest {
             n,
-            exclude_seen: true,
-            context_item: None,
-            region: Some(region.as_str()),
-            allowed: allowed.as_deref(),
-        });
-        self.doc(
-            contract::admin::POPULAR_USER_ID,
-            region,
-            self.items(scored),
-            now,
-        )
+            category,
+            ..Default::default()
+        };
+        let items = self.ranked(&[], None, region, &req);
+        self.doc(contract::admin::POPULAR_USER_ID, region, items, now)
     }
 
     fn doc(

@@ -133,6 +133,7 @@ fn job(target: ObjectStorage) -> PublishJob {
         progress: None,
         delta: None,
         keep_until: None,
+        fatigued: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `POST /v1/admin/retrain`, `POST /v1/analytics/edge-report` | [`admin`] |
 //! | `GET, POST /v1/admin/tenants`, `GET, DELETE /v1/admin/tenants/{id}`, `POST /v1/admin/tenants/{id}/keys/{kind}/rotate`, `PUT /v1/admin/tenants/{id}/model` | [`tenants`] |
 //! | `PUT, PATCH, GET, DELETE /v1/items/{id}`, `POST /v1/items`, the same for `/v1/users` | [`catalogue`] |
+//! | `GET, PUT, DELETE /v1/admin/rules` | [`rules`] |
 //! | `GET /health`, `GET /dashboard`, JSON 404/405 | here |
 //!
 //! Every answer is JSON; errors are `{"error":{"code","message"}}` ([`ApiError`]). The
@@ -19,10 +20,10 @@
 //! - `access`: which tenant key a registered tenant's routes need ([`access::KeyNeed`]).
 //! - `quota`: the served tenant's quotas on the API ([`quota::QuotaGuard`]).
 //! - `error`: [`ApiError`].
-//! - `recommendations`, `events`, `analytics`, `admin`, `tenants`, `catalogue`: the
-//!   handlers.
+//! - `recommendations`, `events`, `analytics`, `admin`, `tenants`, `catalogue`,
+//!   `rules`: the handlers.
 //! - tests beside them: `tests`, `catalogue_tests`, `tenants_tests`, `filters_tests`
-//!   (request filters and availability).
+//!   (request filters and availability), `rules_tests` (business rules).
 
 pub mod access;
 pub mod admin;
@@ -36,6 +37,9 @@ pub mod events;
 mod filters_tests;
 pub mod quota;
 pub mod recommendations;
+pub mod rules;
+#[cfg(test)]
+mod rules_tests;
 pub mod state;
 pub mod tenants;
 #[cfg(test)]
@@ -236,6 +240,13 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/v1/admin/tenants/{id}/model",
             axum::routing::put(tenants::set_model),
+        )
+        .route(
+            "/v1/admin/rules",
+            get(rules::get_rules)
+                .put(rules::put_rules)
+                .delete(rules::delete_rules)
+                .route_layer(DefaultBodyLimit::max(crate::rules::MAX_RULES_BODY_BYTES)),
         )
         .route(
             "/v1/items",

@@ -85,6 +85,9 @@ pub struct PublishJob {
     /// Keep the generation's documents readable until then (unix seconds): set for a
     /// generation that later deltas will read through.
     pub keep_until: Option<u64>,
+    /// Per user, the items the tenant's fatigue rule keeps out (see
+    /// [`crate::rules::fatigued_for`]; empty without a fatigue rule).
+    pub fatigued: Arc<crate::rules::Fatigued>,
 }
 
 /// What one target took in a bulk publish.
@@ -221,6 +224,7 @@ pub async fn publish_all(
     for chunk in users.chunks(job.chunk.max(1)) {
         let chunk = chunk.to_vec();
         let snap = snapshot.clone();
+        let fatigued = job.fatigued.clone();
         let docs: Vec<RecommendationDoc> = tokio::task::spawn_blocking(move || {
             chunk
                 .par_iter()
@@ -229,6 +233,7 @@ pub async fn publish_all(
                         u,
                         &DocRequest {
                             n,
+                            fatigued: fatigued.of(u.as_str()),
                             ..Default::default()
                         },
                         now,

@@ -30,6 +30,7 @@ fn job(tenant: &Tenant, cdn: Option<CdnFolder>, kv: Option<EdgeClient>) -> Publi
         progress: None,
         delta: None,
         keep_until: None,
+        fatigued: Default::default(),
     }
 }
 
