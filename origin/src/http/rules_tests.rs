@@ -510,3 +510,26 @@ async fn under_a_fatigue_rule_impressions_republish_the_users_document() {
     }
     assert_eq!(ids(&read()).len(), DEFAULT_PUBLISH_N);
 }
+
+#[tokio::test]
+async fn rules_stored_before_a_start_are_served_from_the_first_retrain() {
+    let f = fixture();
+    let first = ids(&answer(&f, "/v1/recommendations/u1?n=5").await)[0].clone();
+    // Stored by another process (or before this one started): not served yet.
+    f.store
+        .put_rules(format!(r#"{{"hide_items":["{first}"]}}"#), 1)
+        .await
+        .unwrap();
+    assert!(ids(&answer(&f, "/v1/recommendations/u1?n=5").await).contains(&first));
+    let retrainer = crate::retrain::Retrainer::new(
+        f.store.clone(),
+        contract::Tenant::default_tenant(),
+        contract::RegionMap::builtin(),
+        crate::snapshot::Freshness::default(),
+        Arc::new(crate::snapshot::fixture_model),
+        f.state.snapshot.clone(),
+    );
+    retrainer.retrain().await.unwrap();
+    assert_eq!(f.state.snapshot().rules.get().version, 1);
+    assert!(!ids(&answer(&f, "/v1/recommendations/u1?n=5").await).contains(&first));
+}
