@@ -159,6 +159,8 @@ pub struct Snapshot {
     /// The tenant's business rules now; the retrainer hands the cell on to the next
     /// snapshot.
     pub rules: Arc<crate::rules::LiveRules>,
+    /// The items hidden categories hide, per rules version (see `ruled`).
+    category_masks: ruled::CategoryMasks,
 }
 
 pub use crate::clock::{now_unix, rfc3339};
@@ -305,6 +307,7 @@ impl Snapshot {
             live: Arc::default(),
             read_from: 0,
             rules: Arc::default(),
+            category_masks: Default::default(),
         }
     }
 
@@ -339,6 +342,7 @@ impl Snapshot {
             live: Arc::default(),
             read_from: 0,
             rules: Arc::default(),
+            category_masks: Default::default(),
         }
     }
 

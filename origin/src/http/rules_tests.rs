@@ -533,3 +533,35 @@ async fn rules_stored_before_a_start_are_served_from_the_first_retrain() {
     assert_eq!(f.state.snapshot().rules.get().version, 1);
     assert!(!ids(&answer(&f, "/v1/recommendations/u1?n=5").await).contains(&first));
 }
+
+#[tokio::test]
+async fn a_catalogue_write_into_a_hidden_category_hides_the_item_at_once() {
+    let f = fixture();
+    let (status, _) = put(&f, r#"{"hide_categories":["clearance"]}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = answer(&f, "/v1/recommendations/u1?n=10").await;
+    let moved = ids(&before)[0].clone();
+    let (status, body) = send(
+        &f.state,
+        "PUT",
+        &format!("/v1/items/{moved}"),
+        Some(r#"{"categories":["clearance"]}"#),
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = answer(&f, "/v1/recommendations/u1?n=10").await;
+    assert!(!ids(&after).contains(&moved), "{after}");
+    assert_eq!(ids(&after).len(), 10);
+    // Moved out of it again, it is served again.
+    send(
+        &f.state,
+        "PUT",
+        &format!("/v1/items/{moved}"),
+        Some(r#"{"categories":["books"]}"#),
+        Some("s3cret"),
+    )
+    .await;
+    let back = answer(&f, "/v1/recommendations/u1?n=10").await;
+    assert!(ids(&back).contains(&moved), "{back}");
+}

@@ -9,9 +9,13 @@
 //!    in the history) and [`RuleSet::arrange`] boosts, places pins and keeps diversity.
 //!
 //! Without rules this is exactly the unruled path: the same mask, `n` candidates.
+//!
+//! Which items hidden categories hide, by the categories read with the snapshot, is
+//! computed once per rules version ([`CategoryMasks`]), not per document: a full
+//! publish builds every user's document under the same rules.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use contract::params::Category;
 use contract::{RecItem, Region};
@@ -19,6 +23,13 @@ use contract::{RecItem, Region};
 use super::{DocRequest, Snapshot};
 use crate::model::{ItemIdx, Query};
 use crate::rules::RuleSet;
+
+/// Per item of a snapshot, whether the hidden categories of one rules version hide it
+/// (by the categories read with the snapshot), kept for the newest version asked.
+#[derive(Default)]
+pub(super) struct CategoryMasks {
+    cached: Mutex<Option<(i64, Arc<Vec<bool>>)>>,
+}
 
 impl Snapshot {
     /// The items of a document for `history` in `region` under the tenant's rules now.
@@ -29,8 +40,9 @@ impl Snapshot {
         region: &Region,
         req: &DocRequest<'_>,
     ) -> Vec<RecItem> {
-        let rules = self.rules.rules();
-        let allowed = self.allowed_under(&rules, req.category, req.fatigued);
+        let current = self.rules.get();
+        let rules = &current.rules;
+        let allowed = self.allowed_under(current.version, rules, req.category, req.fatigued);
         let scored = self.model.recommend(&Query {
             history,
             n: rules.candidates(req.n),
@@ -44,13 +56,15 @@ impl Snapshot {
             items.truncate(req.n);
             return items;
         }
-        let pinned = self.pinned(&rules, history, allowed.as_deref());
+        let pinned = self.pinned(rules, history, allowed.as_deref());
         rules.arrange(items, pinned, req.n)
     }
 
-    /// [`Snapshot::allowed`] without the items `rules` hide and the `fatigued` ones.
+    /// [`Snapshot::allowed`] without the items `rules` (of `version`) hide and the
+    /// `fatigued` ones.
     fn allowed_under(
         &self,
+        version: i64,
         rules: &RuleSet,
         category: Option<&Category>,
         fatigued: &[String],
@@ -75,9 +89,10 @@ impl Snapshot {
             off(id);
         }
         if rules.hides_categories() {
-            // Categories as served: a live write's, else those read.
-            let live: HashMap<usize, bool> = match self.live.is_empty() {
-                true => HashMap::new(),
+            let hidden = self.hidden_by_category(version, rules);
+            // A live write's categories win over those read: its item is decided anew.
+            let live: Vec<(usize, bool)> = match self.live.is_empty() {
+                true => Vec::new(),
                 false => self.live.read(|records| {
                     records
                         .iter()
@@ -88,16 +103,44 @@ impl Snapshot {
                         .collect()
                 }),
             };
-            for (i, (slot, categories)) in m.iter_mut().zip(&self.item_categories).enumerate() {
-                let hidden = match live.get(&i) {
-                    Some(&h) => h,
-                    None => rules.hides_category(categories),
-                };
-                if hidden {
+            let before: Vec<bool> = live
+                .iter()
+                .map(|&(i, _)| m.get(i).copied().unwrap_or(false))
+                .collect();
+            for (slot, &h) in m.iter_mut().zip(hidden.iter()) {
+                if h {
                     *slot = false;
                 }
             }
+            for (&(i, h), b) in live.iter().zip(before) {
+                if let Some(slot) = m.get_mut(i) {
+                    *slot = b && !h;
+                }
+            }
         }
+        mask
+    }
+
+    /// Per item, whether `rules`' hidden categories hide it by the categories read
+    /// with the snapshot: computed once per rules `version`.
+    fn hidden_by_category(&self, version: i64, rules: &RuleSet) -> Arc<Vec<bool>> {
+        let mut cached = self
+            .category_masks
+            .cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((v, mask)) = cached.as_ref() {
+            if *v == version {
+                return mask.clone();
+            }
+        }
+        let mask: Arc<Vec<bool>> = Arc::new(
+            self.item_categories
+                .iter()
+                .map(|c| rules.hides_category(c))
+                .collect(),
+        );
+        *cached = Some((version, mask.clone()));
         mask
     }
 
