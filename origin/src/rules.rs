@@ -57,8 +57,9 @@ use thiserror::Error;
 pub const MAX_RULE_IDS: usize = 1000;
 /// Most pinned items.
 pub const MAX_PINS: usize = 100;
-/// Smallest and largest boost factor.
+/// Smallest boost factor (a factor below 1 lowers an item).
 pub const MIN_BOOST: f64 = 0.01;
+/// Largest boost factor.
 pub const MAX_BOOST: f64 = 100.0;
 /// Longest fatigue window, in days.
 pub const MAX_FATIGUE_DAYS: u32 = 90;
