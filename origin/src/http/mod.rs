@@ -80,6 +80,10 @@ pub struct Health {
     pub items: u64,
     pub interactions: u64,
     pub model_version: String,
+    /// The version of the tenant's business rules served (0: none; see
+    /// [`crate::rules`]).
+    #[serde(default)]
+    pub rules_version: i64,
     /// Whether this origin runs the schedule (retrains): one per database; always with
     /// SQLite. `false` without a store.
     #[serde(default)]
@@ -134,6 +138,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
         items: s.counts.items,
         interactions: s.counts.interactions,
         model_version: s.model_version(),
+        rules_version: s.rules.get().version,
         leader: state.live.as_ref().is_some_and(|l| l.leader.is_leader()),
         replicas: state
             .live

@@ -149,6 +149,8 @@ async fn hidden_items_and_categories_leave_the_answer_at_once_and_n_items_stay()
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 1);
+    let (_, health) = send(&f.state, "GET", "/health", None, None).await;
+    assert_eq!(health["rules_version"], 1, "{health}");
     assert_eq!(body["republish"], "none", "this origin publishes nowhere");
     let after = answer(&f, "/v1/recommendations/u1?n=10").await;
     assert_eq!(ids(&after).len(), 10, "masked before the top-n: {after}");
