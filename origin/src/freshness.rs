@@ -17,7 +17,9 @@
 //! Touches after events are debounced per user ([`Debouncer`]): the republish runs once
 //! no new event for the user arrived for the debounce time (capped at
 //! [`MAX_DEBOUNCE_FACTOR`] debounces after the first), so a burst of events causes one
-//! republish. Impressions (`recommendation_viewed`) do not touch. The time from the
+//! republish. Impressions (`recommendation_viewed`) do not touch, unless the tenant
+//! has a fatigue rule ([`crate::rules`]): then an impression may take an item out of
+//! the user's list, and touches them like an event. The time from the
 //! first touching commit to the republish being done is the publish lag metric.
 //!
 //! Memory is bounded: the budget remembers at most `--publish-state-users` users (least
@@ -589,12 +591,20 @@ pub async fn republish(
     };
     let snapshot = targets.snapshot.load_full();
     let now = now_unix();
+    let fatigued = crate::rules::fatigued_for(
+        Some(&targets.store),
+        &snapshot.rules.rules(),
+        Some(vec![user.clone()]),
+        now as i64,
+    )
+    .await;
     let doc = snapshot.user_doc_with_history(
         user,
         &history,
         &DocRequest {
             n: targets.publish_n,
             fallback_region: Some(&targets.region),
+            fatigued: fatigued.of(user.as_str()),
             ..Default::default()
         },
         now,

@@ -20,6 +20,8 @@
 //!   and served like users' lists.
 //! - `availability`: items never served (unavailable) and their categories, live after
 //!   catalogue writes, and the users whose published lists a change touches.
+//! - `rules`: per-tenant business rules (hide, pin, boost, diversity, fatigue): the
+//!   validated document, the shared cell every snapshot reads, the pure arrangement.
 //! - `clock`: unix seconds now and their RFC 3339 text.
 //! - `http`: the HTTP API: one route table, the shared state, one error type, a file per
 //!   route family (recommendations, events, analytics, admin); `app` adds middleware.
@@ -72,6 +74,7 @@ pub mod model;
 pub mod observability;
 pub mod publish;
 pub mod retrain;
+pub mod rules;
 pub mod scheduled_publish;
 pub mod serve;
 pub mod server;

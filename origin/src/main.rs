@@ -199,6 +199,20 @@ async fn run() -> Result<()> {
                     origin::training::train_or_popularity(data, &c.model.choice)
                 })
             });
+            // The tenant's business rules and every user's fatigued items (origin::rules).
+            let rules_store = origin::store::open(&location, tenant.as_str(), 1)
+                .await
+                .with_context(|| format!("opening {}", location.display()))?;
+            origin::rules::load(&*rules_store, &snapshot.rules)
+                .await
+                .with_context(|| format!("reading the business rules in {}", location.display()))?;
+            let fatigued = origin::rules::fatigued_for(
+                Some(&rules_store),
+                &snapshot.rules.rules(),
+                None,
+                origin::snapshot::now_unix() as i64,
+            )
+            .await;
             let mut publish = PublishTargets::default();
             if let (true, Some(out)) = (targets.contains(&Target::Cdn), &c.out) {
                 publish = publish.with(Arc::new(
@@ -270,6 +284,7 @@ async fn run() -> Result<()> {
                 tenant: tenant.clone(),
                 delta: plan.as_ref().and_then(|p| p.delta.clone()),
                 keep_until: plan.as_ref().map(|p| p.keep_until),
+                fatigued: Arc::new(fatigued),
                 n: c.n,
                 users: (!users.is_empty()).then_some(users),
                 chunk: c.chunk,

@@ -151,6 +151,9 @@ impl Retrainer {
         let training = Instant::now();
         let read_from = crate::snapshot::now_unix();
         let set = self.store.training_set().await?;
+        // The rules cell goes on to the new snapshot; a change stored through another
+        // origin is read here.
+        crate::rules::load(&*self.store, &old.rules).await?;
         let upto_seq = set.upto_seq;
         let mut snapshot = tokio::task::spawn_blocking(move || {
             Snapshot::build_with(sorted(set), tenant, regions, freshness, &policy, |d| {
@@ -241,6 +244,7 @@ impl Retrainer {
         let training = Instant::now();
         let read_from = crate::snapshot::now_unix();
         let set = self.store.training_set_upto(model.upto_seq).await?;
+        crate::rules::load(&*self.store, &old.rules).await?;
         if set.counts.interactions != model.counts.interactions {
             tracing::warn!(
                 recorded = model.counts.interactions,
@@ -296,9 +300,11 @@ impl Retrainer {
 }
 
 /// The catalogue writes recorded on the serving snapshot go on with the new one (whose
-/// store read began at `read_from`; the records it holds are dropped once it serves).
+/// store read began at `read_from`; the records it holds are dropped once it serves),
+/// and so do the tenant's business rules.
 fn hand_on_live_items(old: &Snapshot, new: &mut Snapshot, read_from: u64) {
     new.live = old.live.clone();
+    new.rules = old.rules.clone();
     new.read_from = read_from;
 }
 

@@ -19,6 +19,12 @@
 //! is written again. A single document written into the old generation while the
 //! publish ran belongs to such a user, so no event's effect is lost at the switch.
 //!
+//! **Business rules.** Each publish first reads the tenant's stored rules (a change
+//! made through another origin is taken up here) and every user's fatigued items
+//! ([`crate::rules`]). A change of the rules through `PUT /v1/admin/rules` runs the
+//! same full publish at once ([`publish_once`]); full publishes of one process take
+//! turns, so the last one activated was computed with the newest rules.
+//!
 //! The last scheduled publish of this process is shown in `/health`
 //! (`last_full_publish`) and counted in `origin_scheduled_publish_total{result}`.
 
@@ -57,6 +63,8 @@ pub struct LastPublish {
 #[derive(Debug, Default)]
 pub struct PublishRecord {
     last: Mutex<Option<LastPublish>>,
+    /// One full publish at a time (the schedule's and a rules change's take turns).
+    running: tokio::sync::Mutex<()>,
 }
 
 impl PublishRecord {
@@ -89,16 +97,30 @@ pub struct Schedule {
 }
 
 /// Publishes every user of the snapshot served now; `Ok(None)` while the first model
-/// is still loading (nothing worth publishing yet).
+/// is still loading (nothing worth publishing yet). With `store`, the stored rules
+/// are read first and every user's fatigued items are left out.
 pub async fn publish_now(
     snapshot: &SharedSnapshot,
     targets: &PublishTargets,
     n: usize,
+    store: Option<&SharedStore>,
 ) -> Result<Option<LastPublish>, PublishError> {
     let snapshot = snapshot.load_full();
     if snapshot.loading {
         return Ok(None);
     }
+    if let Some(store) = store {
+        if let Err(e) = crate::rules::load(&**store, &snapshot.rules).await {
+            tracing::warn!(error = %e, "cannot read the stored rules; publishing with the rules served");
+        }
+    }
+    let fatigued = crate::rules::fatigued_for(
+        store,
+        &snapshot.rules.rules(),
+        None,
+        crate::snapshot::now_unix() as i64,
+    )
+    .await;
     let job = PublishJob {
         tenant: snapshot.tenant.clone(),
         n,
@@ -109,6 +131,7 @@ pub async fn publish_now(
         delta: None,
         keep_until: None,
         item_lists: true,
+        fatigued: Arc::new(fatigued),
     };
     let model_version = snapshot.model_version();
     let report = publish_all(snapshot, job).await?;
@@ -129,18 +152,28 @@ pub fn spawn(schedule: Schedule) -> tokio::task::JoinHandle<()> {
     let schedule = Arc::new(schedule);
     crate::leader::spawn_while_leading(leader, every, move || {
         let schedule = schedule.clone();
-        async move { publish_once(&schedule).await }
+        async move { publish_once(&schedule, "schedule").await }
     })
 }
 
-/// One scheduled publish, logged, counted and recorded.
-async fn publish_once(schedule: &Schedule) {
+/// One full publish (for `reason`: `schedule`, `rules`), logged, counted and
+/// recorded; one at a time per [`PublishRecord`].
+pub(crate) async fn publish_once(schedule: &Schedule, reason: &'static str) {
+    let _turn = schedule.record.running.lock().await;
     let upto_seq = schedule.snapshot.load().upto_seq;
-    match publish_now(&schedule.snapshot, &schedule.targets, schedule.n).await {
+    match publish_now(
+        &schedule.snapshot,
+        &schedule.targets,
+        schedule.n,
+        Some(&schedule.store),
+    )
+    .await
+    {
         Ok(Some(mut done)) => {
             done.republished = republish_newer(schedule, upto_seq).await;
             metrics::counter!("origin_scheduled_publish_total", "result" => "ok").increment(1);
             tracing::info!(
+                reason,
                 generation = %done.generation,
                 model = %done.model_version,
                 users = done.users,
@@ -150,10 +183,10 @@ async fn publish_once(schedule: &Schedule) {
             );
             schedule.record.set(done);
         }
-        Ok(None) => tracing::info!("scheduled full publish skipped: no model yet"),
+        Ok(None) => tracing::info!(reason, "scheduled full publish skipped: no model yet"),
         Err(e) => {
             metrics::counter!("origin_scheduled_publish_total", "result" => "error").increment(1);
-            tracing::error!(error = %e, "scheduled full publish failed; the previous generation stays current");
+            tracing::error!(reason, error = %e, "scheduled full publish failed; the previous generation stays current");
         }
     }
 }
@@ -274,7 +307,10 @@ mod tests {
         );
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(loading));
         let targets = PublishTargets::default().with(Arc::new(CdnFolder::new(cdn.clone())));
-        assert_eq!(publish_now(&snapshot, &targets, 5).await.unwrap(), None);
+        assert_eq!(
+            publish_now(&snapshot, &targets, 5, None).await.unwrap(),
+            None
+        );
         assert_eq!(current(&cdn), None);
     }
 }

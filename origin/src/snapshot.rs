@@ -9,6 +9,11 @@
 //! Every document it builds leaves out the items that may not be served (unavailable,
 //! or outside a requested category) before the model's top-n is taken, and lists each
 //! item's categories, so readers can filter a stored list by category.
+//!
+//! Every document also follows the tenant's business rules ([`crate::rules`], read
+//! from [`Snapshot::rules`], shared from one snapshot to the next): see `ruled`.
+
+mod ruled;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -111,6 +116,8 @@ pub struct DocRequest<'a> {
     pub fallback_region: Option<&'a Region>,
     /// Only items of this category (`category=`).
     pub category: Option<&'a Category>,
+    /// Items the user's fatigue rule keeps out (see [`crate::rules::Fatigued`]).
+    pub fatigued: &'a [String],
 }
 
 /// A trained model with the id maps and per-user histories of one tenant.
@@ -151,6 +158,11 @@ pub struct Snapshot {
     /// Unix second the store read of this snapshot began (0: unknown; set by the
     /// retrainer): live records older than that are in the snapshot.
     pub read_from: u64,
+    /// The tenant's business rules now; the retrainer hands the cell on to the next
+    /// snapshot.
+    pub rules: Arc<crate::rules::LiveRules>,
+    /// The items hidden categories hide, per rules version (see `ruled`).
+    category_masks: ruled::CategoryMasks,
 }
 
 pub use crate::clock::{now_unix, rfc3339};
@@ -298,6 +310,8 @@ impl Snapshot {
             live: Arc::default(),
             read_from: 0,
             together,
+            rules: Arc::default(),
+            category_masks: Default::default(),
         }
     }
 
@@ -332,6 +346,8 @@ impl Snapshot {
             live: Arc::default(),
             read_from: 0,
             together: Vec::new(),
+            rules: Arc::default(),
+            category_masks: Default::default(),
         }
     }
 
@@ -465,6 +481,8 @@ impl Snapshot {
             return (Vec::new(), 0);
         }
         let allowed = self.allowed(None, changed);
+        // Rules may bring any of the candidates in (boosts, diversity).
+        let n = self.rules.rules().candidates(n);
         let holds = |history: &[(ItemIdx, f32)], region: &Region| {
             self.model
                 .recommend(&Query {
@@ -508,7 +526,8 @@ impl Snapshot {
     /// [`Snapshot::item_fallback_doc`]): [`ItemList::Similar`] is the model's answer for
     /// a history of that one item; [`ItemList::BoughtTogether`] its co-purchases, or the
     /// popular list of its category when it has none. Never the item itself, never an
-    /// item that may not be served; `req.category` masks as for users.
+    /// item that may not be served; `req.category` masks as for users, and the tenant's
+    /// business rules apply as to users' lists (no fatigue: there is no user).
     pub fn item_list_doc(
         &self,
         list: ItemList,
@@ -518,21 +537,14 @@ impl Snapshot {
     ) -> Option<RecommendationDoc> {
         let idx = self.item_idx(item.as_str())?;
         let region = req.region.unwrap_or_else(|| self.regions.default_region());
-        let allowed = self.allowed(req.category, &[]);
+        let history = [(idx, 1.0)];
         let items = match list {
-            ItemList::Similar => {
-                let history = [(idx, 1.0)];
-                let scored = self.model.recommend(&Query {
-                    history: &history,
-                    n: req.n,
-                    exclude_seen: true,
-                    context_item: Some(idx),
-                    region: Some(region.as_str()),
-                    allowed: allowed.as_deref(),
-                });
-                self.items(scored)
-            }
+            // As a user's list is ranked: the tenant's rules apply.
+            ItemList::Similar => self.ranked(&history, Some(idx), region, req),
             ItemList::BoughtTogether => {
+                let current = self.rules.get();
+                let rules = &current.rules;
+                let allowed = self.allowed_under(current.version, rules, req.category, &[]);
                 let may = |j: ItemIdx| {
                     j != idx
                         && allowed
@@ -545,7 +557,7 @@ impl Snapshot {
                     .map_or(&[][..], Vec::as_slice)
                     .iter()
                     .filter(|(j, _)| may(*j))
-                    .take(req.n)
+                    .take(rules.candidates(req.n))
                     .map(|&(j, count)| Scored {
                         item: j,
                         score: count,
@@ -556,7 +568,13 @@ impl Snapshot {
                 for i in &mut items {
                     i.reason = Some(format!("bought with {item}"));
                 }
-                items
+                if rules.rearranges() && !items.is_empty() {
+                    let pinned = self.pinned(rules, &history, allowed.as_deref());
+                    rules.arrange(items, pinned, req.n)
+                } else {
+                    items.truncate(req.n);
+                    items
+                }
             }
         };
         if items.is_empty() {
@@ -627,6 +645,8 @@ impl Snapshot {
             return (Vec::new(), 0);
         }
         let allowed = self.allowed(None, changed);
+        // Rules may bring any of the candidates in (boosts, diversity).
+        let n = self.rules.rules().candidates(n);
         let may = |j: ItemIdx| {
             allowed
                 .as_deref()
@@ -831,16 +851,8 @@ impl Snapshot {
         let context_item = req
             .context
             .and_then(|c| self.item_index.get(c.as_str()).copied());
-        let allowed = self.allowed(req.category, &[]);
-        let scored = self.model.recommend(&Query {
-            history,
-            n: req.n,
-            exclude_seen: true,
-            context_item,
-            region: Some(region.as_str()),
-            allowed: allowed.as_deref(),
-        });
-        self.doc(user.as_str(), region, self.items(scored), now)
+        let items = self.ranked(history, context_item, region, req);
+        self.doc(user.as_str(), region, items, now)
     }
 
     /// The popular list of a region, with `user_id` `"*"`.
@@ -856,21 +868,13 @@ impl Snapshot {
         category: Option<&Category>,
         now: u64,
     ) -> RecommendationDoc {
-        let allowed = self.allowed(category, &[]);
-        let scored = self.model.recommend(&Query {
-            history: &[],
+        let req = DocRequest {
             n,
-            exclude_seen: true,
-            context_item: None,
-            region: Some(region.as_str()),
-            allowed: allowed.as_deref(),
-        });
-        self.doc(
-            contract::admin::POPULAR_USER_ID,
-            region,
-            self.items(scored),
-            now,
-        )
+            category,
+            ..Default::default()
+        };
+        let items = self.ranked(&[], None, region, &req);
+        self.doc(contract::admin::POPULAR_USER_ID, region, items, now)
     }
 
     fn doc(

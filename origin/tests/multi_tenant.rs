@@ -2,7 +2,7 @@
 //! request goes to its tenant (`?tenant=` or the tenant of its key), each tenant with
 //! its own data and model.
 //!
-//! - Isolation: A's events never change B's answers; A's keys cannot write B's events
+//! - Isolation: A's events and business rules never change B's answers; A's keys cannot write B's events
 //!   or read B's analytics (403 JSON); a tenant id trying to leave its namespace is a
 //!   400; an unregistered tenant is a 404; deleting B leaves A untouched.
 //! - The model cache: with a budget smaller than all models, requests over many tenants
@@ -236,6 +236,34 @@ fn isolation(db: &str, dir: &std::path::Path) {
         b_before,
         "A's events changed B's answers"
     );
+
+    // Business rules are per tenant: A's hidden item leaves A's answers at once and
+    // stays hidden after a retrain; B's answers and rules stay as they were.
+    let hidden = origin.items("shop-a", "u1")[0].clone();
+    let r = origin
+        .client
+        .put(format!("{}/v1/admin/rules?tenant=shop-a", origin.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "hide_items": [hidden] }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    assert!(!origin.items("shop-a", "u1").contains(&hidden));
+    origin.retrain("shop-a");
+    assert!(!origin.items("shop-a", "u1").contains(&hidden));
+    assert_eq!(origin.items("shop-b", "u1"), b_before);
+    let rules = |tenant: &str| -> Value {
+        origin
+            .client
+            .get(format!("{}/v1/admin/rules?tenant={tenant}", origin.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    assert_eq!(rules("shop-a")["version"], 1);
+    assert_eq!(rules("shop-b")["version"], 0);
 
     // A's keys cannot write B's events or read B's analytics.
     let (s, body) = origin.post_events(

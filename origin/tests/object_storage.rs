@@ -134,6 +134,7 @@ fn job(target: ObjectStorage) -> PublishJob {
         delta: None,
         keep_until: None,
         item_lists: false,
+        fatigued: Default::default(),
     }
 }
 

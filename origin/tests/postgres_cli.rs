@@ -1,7 +1,8 @@
 //! The origin's commands against a real PostgreSQL (a throwaway server,
 //! `origin::store::postgres::test_server`; skipped with the reason printed when
 //! PostgreSQL is not installed, a failure when `CI` is set): `publish` reads the
-//! PostgreSQL store, `import` and `demo-data` write it (all or nothing).
+//! PostgreSQL store (and the tenant's business rules and impressions), `import` and
+//! `demo-data` write it (all or nothing).
 
 use std::process::Command;
 
@@ -76,6 +77,98 @@ async fn publish_reads_a_postgres_store_into_the_cdn_folder() {
         .unwrap_or_else(|e| panic!("{}: {e}", users.display()))
         .count();
     assert_eq!(documents, 8, "one document per user");
+}
+
+/// `origin publish` reads the tenant's stored rules and every user's impressions: a
+/// hidden item is in no document, a fatigued item leaves only its user's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_follows_the_stored_business_rules() {
+    let Some(server) = origin::store::postgres::test_server::shared() else {
+        return;
+    };
+    let url = server.database().await;
+    let store = origin::store::open(&Location::parse(&url).unwrap(), "default", 1)
+        .await
+        .unwrap();
+    let items = (0..6)
+        .map(|i| ItemRow {
+            item_id: format!("i{i}"),
+            ..Default::default()
+        })
+        .collect();
+    // u1 and u3 have i1, i3 and i5; u0 and u2 have i0, i2 and i4.
+    let interactions = (0..40)
+        .map(|k| InteractionRow {
+            user_id: format!("u{}", k % 8),
+            item_id: format!("i{}", (k * 5) % 6),
+            weight: 1.0,
+            ts: 1_764_000_000 + k,
+        })
+        .collect();
+    store
+        .import(Batch {
+            items,
+            users: Vec::new(),
+            interactions,
+        })
+        .await
+        .unwrap();
+    let now = origin::snapshot::now_unix() as i64;
+    store
+        .put_rules(
+            r#"{"hide_items":["i0"],"fatigue":{"impressions":1,"days":1}}"#.into(),
+            now,
+        )
+        .await
+        .unwrap();
+    let shown = origin::events::Event {
+        user_id: contract::UserId::parse("u1").unwrap(),
+        item_id: contract::ItemId::parse("i2").unwrap(),
+        kind: origin::events::EventType::RecommendationViewed,
+        value: None,
+        timestamp: now - 60,
+        context: None,
+        source: None,
+        region: None,
+        event_id: None,
+    };
+    store.append(vec![shown], None).await.unwrap();
+    drop(store);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cdn");
+    let published = origin(
+        &[
+            "publish",
+            "--db",
+            &url,
+            "--out",
+            &out.display().to_string(),
+            "--model",
+            "popularity",
+        ],
+        dir.path(),
+    );
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let items = |user: &str| -> Vec<String> {
+        let path = out.join(format!("current/default/users/{user}.json"));
+        let doc: contract::RecommendationDoc =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc.items.into_iter().map(|i| i.item_id).collect()
+    };
+    for user in ["u1", "u3"] {
+        assert!(!items(user).contains(&"i0".to_string()), "{user}: hidden");
+        assert!(
+            items(user).contains(&"i4".to_string()),
+            "{user}: {:?}",
+            items(user)
+        );
+    }
+    assert!(!items("u1").contains(&"i2".to_string()), "fatigued for u1");
+    assert!(items("u3").contains(&"i2".to_string()), "not for u3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,10 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The body, checked to be JSON (415 otherwise) with no duplicate key (400).
-fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     let body = body.map_err(body_error)?;
     if !is_json(headers) {
         return Err(ApiError::InvalidBody {

@@ -87,6 +87,10 @@ pub enum ApiError {
     Catalogue(#[from] crate::catalogue::CatalogueError),
     #[error("the catalogue needs the admin token (Authorization: Bearer <ADMIN_TOKEN>) or, for a registered tenant, its server key (X-Tenant-Key: sk_…)")]
     CatalogueUnauthorized,
+    /// A business rules document that is refused (400 `invalid_rules`, 413
+    /// `too_many_rules`).
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
     /// 429 `quota_exceeded` naming the quota, with `Retry-After`.
     #[error("{0}; retry after {s} s", s = retry_after_s(.0.retry_after()))]
     Quota(crate::tenants::quota::QuotaExceeded),
@@ -135,6 +139,9 @@ impl ApiError {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ApiError::CatalogueUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Rules(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -193,6 +200,7 @@ impl ApiError {
             ApiError::InvalidCategory(_) => "invalid_category",
             ApiError::Catalogue(e) => e.code(),
             ApiError::CatalogueUnauthorized => "unauthorized",
+            ApiError::Rules(e) => e.code(),
         }
     }
 }

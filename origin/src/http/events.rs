@@ -94,11 +94,14 @@ pub(crate) async fn ingest(
             );
         }
     }
+    // Under a fatigue rule an impression may take an item out of the user's list, so
+    // impressions touch their users too (see `crate::rules`).
+    let fatigue = snapshot.rules.rules().fatigue().is_some();
     let touched: Vec<_> = {
         let mut seen = HashSet::new();
         events
             .iter()
-            .filter(|e| e.weight().is_some() && seen.insert(e.user_id.clone()))
+            .filter(|e| (fatigue || e.weight().is_some()) && seen.insert(e.user_id.clone()))
             .map(|e| e.user_id.clone())
             .collect()
     };

@@ -9,6 +9,7 @@
 //! | `POST /v1/admin/retrain`, `POST /v1/analytics/edge-report` | [`admin`] |
 //! | `GET, POST /v1/admin/tenants`, `GET, DELETE /v1/admin/tenants/{id}`, `POST /v1/admin/tenants/{id}/keys/{kind}/rotate`, `PUT /v1/admin/tenants/{id}/model` | [`tenants`] |
 //! | `PUT, PATCH, GET, DELETE /v1/items/{id}`, `POST /v1/items`, the same for `/v1/users` | [`catalogue`] |
+//! | `GET, PUT, DELETE /v1/admin/rules` | [`rules`] |
 //! | `GET /health`, `GET /dashboard`, JSON 404/405 | here |
 //!
 //! Every answer is JSON; errors are `{"error":{"code","message"}}` ([`ApiError`]). The
@@ -19,10 +20,10 @@
 //! - `access`: which tenant key a registered tenant's routes need ([`access::KeyNeed`]).
 //! - `quota`: the served tenant's quotas on the API ([`quota::QuotaGuard`]).
 //! - `error`: [`ApiError`].
-//! - `recommendations`, `events`, `analytics`, `admin`, `tenants`, `catalogue`: the
-//!   handlers.
+//! - `recommendations`, `events`, `analytics`, `admin`, `tenants`, `catalogue`,
+//!   `rules`: the handlers.
 //! - tests beside them: `tests`, `catalogue_tests`, `tenants_tests`, `filters_tests`
-//!   (request filters and availability).
+//!   (request filters and availability), `rules_tests` (business rules).
 
 pub mod access;
 pub mod admin;
@@ -36,6 +37,9 @@ pub mod events;
 mod filters_tests;
 pub mod quota;
 pub mod recommendations;
+pub mod rules;
+#[cfg(test)]
+mod rules_tests;
 pub mod state;
 pub mod tenants;
 #[cfg(test)]
@@ -76,6 +80,10 @@ pub struct Health {
     pub items: u64,
     pub interactions: u64,
     pub model_version: String,
+    /// The version of the tenant's business rules served (0: none; see
+    /// [`crate::rules`]).
+    #[serde(default)]
+    pub rules_version: i64,
     /// Whether this origin runs the schedule (retrains): one per database; always with
     /// SQLite. `false` without a store.
     #[serde(default)]
@@ -130,6 +138,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
         items: s.counts.items,
         interactions: s.counts.interactions,
         model_version: s.model_version(),
+        rules_version: s.rules.get().version,
         leader: state.live.as_ref().is_some_and(|l| l.leader.is_leader()),
         replicas: state
             .live
@@ -236,6 +245,13 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/v1/admin/tenants/{id}/model",
             axum::routing::put(tenants::set_model),
+        )
+        .route(
+            "/v1/admin/rules",
+            get(rules::get_rules)
+                .put(rules::put_rules)
+                .delete(rules::delete_rules)
+                .route_layer(DefaultBodyLimit::max(crate::rules::MAX_RULES_BODY_BYTES)),
         )
         .route(
             "/v1/items",

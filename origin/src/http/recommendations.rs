@@ -14,6 +14,10 @@
 //! canonical, unfiltered one: the edge filters it for every later request. When a
 //! filter leaves fewer than `n` items, the answer says how many in `X-Filter-Short`, as
 //! the edge does.
+//!
+//! The tenant's business rules ([`crate::rules`]) shape every answer and published
+//! document alike; with a fatigue rule, the user's fatigued items are read from the
+//! store for each answer (one indexed query per user).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -121,6 +125,26 @@ pub(crate) fn known_region(state: &AppState, raw: Option<&str>) -> Option<Region
         .filter(|r| state.snapshot().regions.knows(r))
 }
 
+/// The fatigued items of `users` under the tenant's rules now (none without a fatigue
+/// rule or a store).
+pub(crate) async fn fatigued_of(
+    state: &AppState,
+    snapshot: &crate::snapshot::Snapshot,
+    users: &[UserId],
+) -> crate::rules::Fatigued {
+    let rules = snapshot.rules.rules();
+    if rules.fatigue().is_none() {
+        return crate::rules::Fatigued::default();
+    }
+    crate::rules::fatigued_for(
+        state.live.as_ref().map(|l| &l.store),
+        &rules,
+        Some(users.to_vec()),
+        now_unix() as i64,
+    )
+    .await
+}
+
 /// Publishes the document of a user with history in the background, at most once per
 /// freshness window per user (the [`crate::freshness::PublishGate`]); never delays or
 /// fails the answer.
@@ -151,11 +175,13 @@ pub(crate) fn publish_in_background(
     tokio::spawn(async move {
         let _slot = slot;
         let snapshot = state.snapshot();
+        let fatigued = fatigued_of(&state, &snapshot, std::slice::from_ref(&user)).await;
         let doc = snapshot.user_doc(
             &user,
             &DocRequest {
                 n: n.max(state.publish_n),
                 fallback_region: Some(&state.region),
+                fatigued: fatigued.of(user.as_str()),
                 ..Default::default()
             },
             now_unix(),
@@ -212,6 +238,7 @@ pub(crate) async fn answer(
     let context = non_empty(&params.context).map(ItemId::parse).transpose()?;
     let region = known_region(&state, non_empty(&params.region));
     let snapshot = trained(&state)?;
+    let fatigued = fatigued_of(&state, &snapshot, std::slice::from_ref(&user)).await;
     let mut doc = snapshot.user_doc(
         &user,
         &DocRequest {
@@ -221,6 +248,7 @@ pub(crate) async fn answer(
             region: region.as_ref(),
             fallback_region: Some(&state.region),
             category: category.as_ref(),
+            fatigued: fatigued.of(user.as_str()),
         },
         now_unix(),
     );
@@ -337,6 +365,7 @@ pub(crate) async fn batch(
     let now = now_unix();
     let snapshot = trained(&state)?;
     let fallback = state.region.clone();
+    let fatigued = fatigued_of(&state, &snapshot, &users).await;
     let results = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
         users
@@ -350,6 +379,7 @@ pub(crate) async fn batch(
                         region: region.as_ref(),
                         fallback_region: Some(&fallback),
                         category: category.as_ref(),
+                        fatigued: fatigued.of(u.as_str()),
                     },
                     now,
                 )

@@ -90,6 +90,9 @@ pub struct PublishJob {
     /// each. A generation without them leaves the edge to ask the origin on every
     /// item-list miss.
     pub item_lists: bool,
+    /// Per user, the items the tenant's fatigue rule keeps out (see
+    /// [`crate::rules::fatigued_for`]; empty without a fatigue rule).
+    pub fatigued: Arc<crate::rules::Fatigued>,
 }
 
 /// What one target took in a bulk publish.
@@ -266,6 +269,7 @@ pub async fn publish_all(
     for chunk in users.chunks(job.chunk.max(1)) {
         let chunk = chunk.to_vec();
         let snap = snapshot.clone();
+        let fatigued = job.fatigued.clone();
         let docs: Vec<RecommendationDoc> = tokio::task::spawn_blocking(move || {
             chunk
                 .par_iter()
@@ -274,6 +278,7 @@ pub async fn publish_all(
                         u,
                         &DocRequest {
                             n,
+                            fatigued: fatigued.of(u.as_str()),
                             ..Default::default()
                         },
                         now,

@@ -31,6 +31,7 @@ fn job(tenant: &Tenant, cdn: Option<CdnFolder>, kv: Option<EdgeClient>) -> Publi
         delta: None,
         keep_until: None,
         item_lists: false,
+        fatigued: Default::default(),
     }
 }
 

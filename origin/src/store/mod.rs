@@ -21,12 +21,17 @@
 //! - the tenant registry (`crate::tenants::TenantRegistry`) in each backend
 //!   (`sqlite/tenants.rs`, `postgres/tenants.rs`); [`open_tenants`].
 //! - `retention`: the leader's task dropping old months of the event log.
+//! - business rules ([`Store::rules`], [`Store::put_rules`]) and the impressions
+//!   fatigue counts ([`Store::fatigued`]) on each backend; `rules_suite.rs` checks
+//!   both.
 
 #[cfg(test)]
 mod catalogue_suite;
 pub mod postgres;
 pub mod replicas;
 pub mod retention;
+#[cfg(test)]
+mod rules_suite;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -44,6 +49,7 @@ use thiserror::Error;
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::TrainingData;
+use crate::rules::{Fatigue, Fatigued, StoredRules};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -494,6 +500,28 @@ pub trait Store: Send + Sync {
 
     /// One user, when the store holds them.
     async fn user(&self, user: &UserId) -> Result<Option<UserRow>, StoreError>;
+
+    /// The tenant's business rules as last stored (`None`: never stored; see
+    /// [`crate::rules`]).
+    async fn rules(&self) -> Result<Option<StoredRules>, StoreError>;
+
+    /// Stores the tenant's rules (`json`: a validated [`crate::rules::Rules`]
+    /// document), replacing what was stored, at `now` (unix seconds); gives the row
+    /// with its new version (one more than the last; 1 for the first).
+    async fn put_rules(&self, json: String, now: i64) -> Result<StoredRules, StoreError>;
+
+    /// The items fatigue keeps out of lists: per user, those with at least
+    /// `fatigue.impressions` impressions (`recommendation_viewed`) since
+    /// `fatigue.since(now)` and after the user's last interaction with the item (any
+    /// weighted event, a click among them). `Some(users)`: only those users (an origin
+    /// answer, a republish); `None`: every user (a full publish). Bounded as
+    /// [`Fatigued`] says, in user then item order.
+    async fn fatigued(
+        &self,
+        users: Option<Vec<UserId>>,
+        fatigue: Fatigue,
+        now: i64,
+    ) -> Result<Fatigued, StoreError>;
 
     /// Deletes one user's row (country, segment); gives whether it existed. Their
     /// interactions stay, as [`Store::delete_item`] says of an item's: their history

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
+use crate::rules::{Fatigue, Fatigued, StoredRules};
 use crate::store::postgres::PostgresStore;
 use crate::store::{
     Appended, Batch, Counts, ItemRow, Projections, ReplayReport, SharedStore, Store, StoreError,
@@ -437,6 +438,23 @@ impl Store for ReplicatedStore {
 
     async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError> {
         self.primary.delete_user(user).await
+    }
+
+    async fn rules(&self) -> Result<Option<StoredRules>, StoreError> {
+        self.primary.rules().await
+    }
+
+    async fn put_rules(&self, json: String, now: i64) -> Result<StoredRules, StoreError> {
+        self.primary.put_rules(json, now).await
+    }
+
+    async fn fatigued(
+        &self,
+        users: Option<Vec<UserId>>,
+        fatigue: Fatigue,
+        now: i64,
+    ) -> Result<Fatigued, StoreError> {
+        self.primary.fatigued(users, fatigue, now).await
     }
 }
 

@@ -18,12 +18,14 @@
 //! - `models`: the record of trained models (every origin serves the newest).
 //! - `tls`: TLS to the server from the URL's `sslmode` and `sslrootcert`.
 //! - `tenants`: the tenant registry ([`PostgresTenants`]).
+//! - `rules`: the tenants' business rules and the impressions fatigue counts.
 //! - `test_server`: a throwaway PostgreSQL server for tests (Debian's binaries).
 
 pub mod analytics;
 pub mod event_log;
 pub mod models;
 pub mod project;
+pub mod rules;
 pub mod schema;
 pub mod tenants;
 #[doc(hidden)]
@@ -41,6 +43,7 @@ use futures_util::StreamExt;
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
 use crate::model::{Interaction, ItemIdx, ItemText, TrainingData, UserIdx};
+use crate::rules::{Fatigue, Fatigued, StoredRules};
 use crate::store::{
     parse_attributes, Appended, Batch, Counts, IdMaps, ItemRow, Load, Projections, ReplayReport,
     SchemaOptions, Store, StoreError, TrainedModel, TrainingSet, UserRow, WriteHealth,
@@ -822,6 +825,24 @@ impl Store for PostgresStore {
             )
             .await?;
         Ok(n > 0)
+    }
+
+    async fn rules(&self) -> Result<Option<StoredRules>, StoreError> {
+        rules::read(&self.pool, &self.tenant).await
+    }
+
+    async fn put_rules(&self, json: String, now: i64) -> Result<StoredRules, StoreError> {
+        self.writer()?;
+        rules::put(&self.pool, &self.tenant, &json, now).await
+    }
+
+    async fn fatigued(
+        &self,
+        users: Option<Vec<UserId>>,
+        fatigue: Fatigue,
+        now: i64,
+    ) -> Result<Fatigued, StoreError> {
+        rules::fatigued(&self.pool, &self.tenant, users, fatigue, now).await
     }
 }
 

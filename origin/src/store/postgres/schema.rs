@@ -24,6 +24,7 @@
 //! - `items` (with the catalogue's attributes, a `jsonb` object), `client_users`, `proj_item_popularity`, `proj_trending`,
 //!   `proj_cooccurrence`, `edge_reports`, `meta`.
 //! - `tenants`, `tenant_keys`: the tenant registry (`crate::tenants`; keys as hashes).
+//! - `rules`: each tenant's business rules (`crate::rules`; migration 7).
 //!
 //! Only the indexes the queries use: the primary keys, `events(tenant, ts)` (analytics
 //! ranges), `events(tenant, received_at)` (real-time counts), the partial index of
@@ -235,7 +236,25 @@ ALTER TABLE users ADD COLUMN segment text NULL;
     .to_owned();
     // A tenant's model setting (issue #13): NULL, the origin's `--model`.
     let v6 = "ALTER TABLE tenants ADD COLUMN model text NULL;\n".to_owned();
-    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6)]
+    // A tenant's business rules (issue #15, `crate::rules`): the validated document's
+    // JSON and a version one more at each change.
+    let v7 = r#"
+CREATE TABLE rules(
+    tenant text COLLATE "C" PRIMARY KEY,
+    body text NOT NULL,
+    version bigint NOT NULL,
+    updated_at bigint NOT NULL);
+"#
+    .to_owned();
+    vec![
+        (1, v1),
+        (2, v2),
+        (3, v3),
+        (4, v4),
+        (5, v5),
+        (6, v6),
+        (7, v7),
+    ]
 }
 
 /// The newest schema version this program knows.

@@ -312,6 +312,8 @@ impl Database {
         )?;
         add_column(&self.conn, "users", "segment", "TEXT NULL")?;
         self.conn.execute_batch(super::tenants::SCHEMA)?;
+        // The tenant's business rules (issue #15).
+        self.conn.execute_batch(super::rules::SCHEMA)?;
         // A tenant's model setting (issue #13): NULL, the origin's `--model`.
         add_column(&self.conn, "tenants", "model", "TEXT NULL")?;
         self.conn

@@ -9,10 +9,12 @@
 //! - `event_log`: the durable log, its writer thread, projections and replay.
 //! - `analytics`: the analytics queries.
 //! - `tenants`: the tenant registry ([`SqliteTenants`]).
+//! - `rules`: the tenant's business rules and the impressions fatigue counts.
 
 pub mod analytics;
 pub mod database;
 pub mod event_log;
+pub mod rules;
 pub mod tenants;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use contract::{ItemId, UserId};
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
+use crate::rules::{Fatigue, Fatigued, StoredRules};
 use crate::store::{
     Appended, Batch, Counts, ItemRow, Load, Projections, ReplayReport, Store, StoreError,
     TrainingSet, UserRow, WriteHealth,
@@ -288,6 +291,28 @@ impl Store for SqliteStore {
     async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError> {
         let id = user.as_str().to_owned();
         self.with_database(move |db| db.delete_row(CatalogueTable::Users, &id))
+            .await
+    }
+
+    async fn rules(&self) -> Result<Option<StoredRules>, StoreError> {
+        self.log.read(rules::read).await
+    }
+
+    async fn put_rules(&self, json: String, now: i64) -> Result<StoredRules, StoreError> {
+        // A small write on the side connection, as edge reports are.
+        self.log
+            .read(move |conn| rules::put(conn, &json, now))
+            .await
+    }
+
+    async fn fatigued(
+        &self,
+        users: Option<Vec<UserId>>,
+        fatigue: Fatigue,
+        now: i64,
+    ) -> Result<Fatigued, StoreError> {
+        self.log
+            .read(move |conn| rules::fatigued(conn, users.as_deref(), fatigue, now))
             .await
     }
 }
