@@ -24,6 +24,8 @@
 //! - `items` (with the catalogue's attributes, a `jsonb` object), `client_users`, `proj_item_popularity`, `proj_trending`,
 //!   `proj_cooccurrence`, `edge_reports`, `meta`.
 //! - `tenants`, `tenant_keys`: the tenant registry (`crate::tenants`; keys as hashes).
+//! - `experiments`: the tenants' A/B experiments (migration 7; a partial unique index
+//!   lets one run per tenant).
 //!
 //! Only the indexes the queries use: the primary keys, `events(tenant, ts)` (analytics
 //! ranges), `events(tenant, received_at)` (real-time counts), the partial index of
@@ -235,7 +237,28 @@ ALTER TABLE users ADD COLUMN segment text NULL;
     .to_owned();
     // A tenant's model setting (issue #13): NULL, the origin's `--model`.
     let v6 = "ALTER TABLE tenants ADD COLUMN model text NULL;\n".to_owned();
-    vec![(1, v1), (2, v2), (3, v3), (4, v4), (5, v5), (6, v6)]
+    // A/B experiments (issue #15): at most one runs per tenant.
+    let v7 = r#"
+CREATE TABLE experiments(
+    tenant text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    variants jsonb NOT NULL,
+    started_at bigint NOT NULL,
+    ended_at bigint NULL,
+    promoted text NULL,
+    PRIMARY KEY (tenant, name));
+CREATE UNIQUE INDEX experiments_one_running ON experiments(tenant) WHERE ended_at IS NULL;
+"#
+    .to_owned();
+    vec![
+        (1, v1),
+        (2, v2),
+        (3, v3),
+        (4, v4),
+        (5, v5),
+        (6, v6),
+        (7, v7),
+    ]
 }
 
 /// The newest schema version this program knows.

@@ -8,11 +8,13 @@
 //!   training read ([`Database`]; also used directly by synchronous test fixtures).
 //! - `event_log`: the durable log, its writer thread, projections and replay.
 //! - `analytics`: the analytics queries.
+//! - `experiments`: the tenant's A/B experiments.
 //! - `tenants`: the tenant registry ([`SqliteTenants`]).
 
 pub mod analytics;
 pub mod database;
 pub mod event_log;
+pub mod experiments;
 pub mod tenants;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use contract::{ItemId, UserId};
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
+use crate::experiments::{Experiment, StartOutcome, UserTally};
 use crate::store::{
     Appended, Batch, Counts, ItemRow, Load, Projections, ReplayReport, Store, StoreError,
     TrainingSet, UserRow, WriteHealth,
@@ -288,6 +291,37 @@ impl Store for SqliteStore {
     async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError> {
         let id = user.as_str().to_owned();
         self.with_database(move |db| db.delete_row(CatalogueTable::Users, &id))
+            .await
+    }
+
+    async fn experiments(&self) -> Result<Vec<Experiment>, StoreError> {
+        self.log.read(experiments::list).await
+    }
+
+    async fn start_experiment(&self, experiment: &Experiment) -> Result<StartOutcome, StoreError> {
+        let experiment = experiment.clone();
+        self.with_database(move |db| experiments::start(db.connection(), &experiment))
+            .await
+    }
+
+    async fn end_experiment(
+        &self,
+        name: &str,
+        ended_at: i64,
+        promoted: &str,
+    ) -> Result<bool, StoreError> {
+        let (name, promoted) = (name.to_owned(), promoted.to_owned());
+        self.with_database(move |db| experiments::end(db.connection(), &name, ended_at, &promoted))
+            .await
+    }
+
+    async fn experiment_tallies(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<UserTally>, StoreError> {
+        self.log
+            .read(move |conn| analytics::user_tallies(conn, since, until))
             .await
     }
 }
