@@ -9,6 +9,11 @@
 //! Every document it builds leaves out the items that may not be served (unavailable,
 //! or outside a requested category) before the model's top-n is taken, and lists each
 //! item's categories, so readers can filter a stored list by category.
+//!
+//! While an A/B experiment runs ([`crate::experiments`]), the snapshot also holds every
+//! variant's model ([`Snapshot::experiment`]), and each user's list comes from their
+//! variant's model, picked in one place ([`Snapshot::model_for`]); the document names
+//! the variant and that model's version. Popular lists come from the tenant's model.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,6 +24,7 @@ use contract::params::{Category, MAX_ITEM_CATEGORIES};
 use contract::{ItemId, RecItem, RecommendationDoc, Region, RegionMap, Tenant, UserId};
 
 use crate::availability::LiveItems;
+use crate::experiments::ExperimentModels;
 
 use crate::admission::{admit, user_weights, Admission, TrainingPolicy};
 use crate::model::{Because, ItemIdx, Query, Recommender, Scored, TrainingData, UserIdx};
@@ -149,6 +155,9 @@ pub struct Snapshot {
     /// Unix second the store read of this snapshot began (0: unknown; set by the
     /// retrainer): live records older than that are in the snapshot.
     pub read_from: u64,
+    /// The running experiment's variants and their models (set by the retrainer;
+    /// `None`: no experiment runs, every list comes from `model`).
+    pub experiment: Option<Arc<ExperimentModels>>,
 }
 
 pub use crate::clock::{now_unix, rfc3339};
@@ -294,6 +303,7 @@ impl Snapshot {
             base_allowed,
             live: Arc::default(),
             read_from: 0,
+            experiment: None,
         }
     }
 
@@ -327,6 +337,7 @@ impl Snapshot {
             base_allowed: None,
             live: Arc::default(),
             read_from: 0,
+            experiment: None,
         }
     }
 
@@ -337,6 +348,7 @@ impl Snapshot {
         // A map entry: the key's heap bytes, its 24-byte header, the index, hash overhead.
         let index = |v: &[String]| ids(v) + v.len() * 16;
         self.model.heap_bytes()
+            + self.experiment.as_ref().map_or(0, |e| e.heap_bytes())
             + ids(&self.user_ids)
             + index(&self.user_ids)
             + ids(&self.item_ids)
@@ -455,8 +467,8 @@ impl Snapshot {
             return (Vec::new(), 0);
         }
         let allowed = self.allowed(None, changed);
-        let holds = |history: &[(ItemIdx, f32)], region: &Region| {
-            self.model
+        let holds = |history: &[(ItemIdx, f32)], region: &Region, model: &dyn Recommender| {
+            model
                 .recommend(&Query {
                     history,
                     n,
@@ -468,10 +480,17 @@ impl Snapshot {
                 .iter()
                 .any(|s| changed.contains(&s.item))
         };
-        let mut popular_holds: HashMap<&Region, bool> = HashMap::new();
+        // Per region and variant (`None`: no experiment runs).
+        let arms: Vec<(Option<&str>, &Arc<dyn Recommender>)> = match &self.experiment {
+            Some(e) => e.arms().map(|(v, m)| (Some(v), m)).collect(),
+            None => vec![(None, &self.model)],
+        };
+        let mut popular_holds: HashMap<(&Region, Option<&str>), bool> = HashMap::new();
         for region in &self.user_region {
-            if !popular_holds.contains_key(region) {
-                popular_holds.insert(region, holds(&[], region));
+            for &(variant, model) in &arms {
+                popular_holds
+                    .entry((region, variant))
+                    .or_insert_with(|| holds(&[], region, &**model));
             }
         }
         let scanned = self.user_ids.len().min(limit);
@@ -479,9 +498,13 @@ impl Snapshot {
             .into_par_iter()
             .filter(|&u| {
                 let region = &self.user_region[u];
+                let (model, variant) = self.model_for(&self.user_ids[u]);
                 match self.history[u].as_slice() {
-                    [] => popular_holds.get(region).copied().unwrap_or(false),
-                    history => holds(history, region),
+                    [] => popular_holds
+                        .get(&(region, variant))
+                        .copied()
+                        .unwrap_or(false),
+                    history => holds(history, region, &**model),
                 }
             })
             .filter_map(|u| UserId::parse(&self.user_ids[u]).ok())
@@ -491,7 +514,24 @@ impl Snapshot {
 
     /// `<RFC 3339 trained-at>#<model name>`.
     pub fn model_version(&self) -> String {
-        format!("{}#{}", rfc3339(self.trained_at), self.model.name())
+        self.version_of(&*self.model)
+    }
+
+    /// `model`'s version as trained with this snapshot (an experiment variant's).
+    fn version_of(&self, model: &dyn Recommender) -> String {
+        format!("{}#{}", rfc3339(self.trained_at), model.name())
+    }
+
+    /// The model that makes `user`'s list and, while an experiment runs, the variant
+    /// the user is in: the one place a list's model is picked.
+    pub fn model_for(&self, user: &str) -> (&Arc<dyn Recommender>, Option<&str>) {
+        match &self.experiment {
+            Some(e) => {
+                let arm = e.arm(user);
+                (arm.model, Some(arm.variant))
+            }
+            None => (&self.model, None),
+        }
     }
 
     /// All user ids, in index order.
@@ -619,7 +659,8 @@ impl Snapshot {
             .context
             .and_then(|c| self.item_index.get(c.as_str()).copied());
         let allowed = self.allowed(req.category, &[]);
-        let scored = self.model.recommend(&Query {
+        let (model, variant) = self.model_for(user.as_str());
+        let scored = model.recommend(&Query {
             history,
             n: req.n,
             exclude_seen: true,
@@ -627,7 +668,12 @@ impl Snapshot {
             region: Some(region.as_str()),
             allowed: allowed.as_deref(),
         });
-        self.doc(user.as_str(), region, self.items(scored), now)
+        let mut doc = self.doc(user.as_str(), region, self.items(scored), now);
+        if let Some(variant) = variant {
+            doc.variant = Some(variant.to_owned());
+            doc.model_version = self.version_of(&**model);
+        }
+        doc
     }
 
     /// The popular list of a region, with `user_id` `"*"`.
