@@ -85,6 +85,9 @@ pub enum ApiError {
     /// A catalogue request that fails (invalid item or user, too many, unknown).
     #[error(transparent)]
     Catalogue(#[from] crate::catalogue::CatalogueError),
+    /// An experiment request that fails (invalid, unknown, conflicting).
+    #[error(transparent)]
+    Experiment(#[from] crate::experiments::ExperimentError),
     #[error("the catalogue needs the admin token (Authorization: Bearer <ADMIN_TOKEN>) or, for a registered tenant, its server key (X-Tenant-Key: sk_…)")]
     CatalogueUnauthorized,
     /// 429 `quota_exceeded` naming the quota, with `Retry-After`.
@@ -135,6 +138,9 @@ impl ApiError {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ApiError::CatalogueUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Experiment(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -193,6 +199,7 @@ impl ApiError {
             ApiError::InvalidCategory(_) => "invalid_category",
             ApiError::Catalogue(e) => e.code(),
             ApiError::CatalogueUnauthorized => "unauthorized",
+            ApiError::Experiment(e) => e.code(),
         }
     }
 }
