@@ -228,3 +228,42 @@ async fn an_experiment_runs_serves_each_user_from_their_variant_and_ends_with_a_
     let (_, none) = send(&f.state, "GET", "/v1/analytics/experiments", false, "").await;
     assert!(none["experiment"].is_null());
 }
+
+/// For a registered tenant, ending saves the promoted variant's model as the tenant's
+/// model setting (what every origin and every restart trains).
+#[tokio::test]
+async fn ending_for_a_registered_tenant_saves_the_promoted_model_as_its_setting() {
+    use crate::tenants::{NewTenant, Quotas, Tenants};
+    let f = fixture();
+    let tenants = Tenants::new(Arc::new(
+        crate::store::sqlite::SqliteTenants::open(&f._dir.path().join("fixture.sqlite")).unwrap(),
+    ));
+    let served = f.state.snapshot().tenant.clone();
+    tenants
+        .create(
+            NewTenant::parse(served.as_str(), None, Quotas::default()).unwrap(),
+            crate::snapshot::now_unix() as i64,
+        )
+        .await
+        .unwrap();
+    let state = f.state.clone().with_tenants(tenants.clone());
+    let (status, _) = admin(&state, "POST", "/v1/admin/experiments", BODY).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, ended) = admin(
+        &state,
+        "POST",
+        "/v1/admin/experiments/pop-vs-knn/end",
+        r#"{"promote":"pop"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!(ended["model_setting"], "saved");
+    let view = tenants
+        .show(&served, crate::snapshot::now_unix() as i64)
+        .await
+        .unwrap();
+    assert_eq!(
+        view.tenant.model.as_ref().map(|m| m.as_str()),
+        Some("popularity")
+    );
+}
