@@ -8,7 +8,9 @@
 //!   time (all routes or one picked) and a table per route;
 //! - `GET /v1/analytics/recommendations?range=1h`: the totals and tables;
 //! - `GET /v1/analytics/real-time`: active users, request and event rates (charted since
-//!   the page opened, as the origin keeps only the last minute of them).
+//!   the page opened, as the origin keeps only the last minute of them);
+//! - `GET /v1/analytics/experiments`: the running A/B experiment's variants, each with
+//!   its CTR, the CTR's 95 % interval and the p-value against the control.
 //!
 //! A registered tenant's analytics need its server key: the page sends the one in its
 //! URL's fragment (`/dashboard#key=sk_…`) as `X-Tenant-Key` (see `http::access`).
@@ -40,6 +42,8 @@ mod tests {
         assert!(DASHBOARD_HTML.contains("/v1/analytics/timeline?range=1h"));
         assert!(DASHBOARD_HTML.contains(r#"data-testid="latency-by-route""#));
         assert!(DASHBOARD_HTML.contains(r#"data-testid="clicks-total""#));
+        assert!(DASHBOARD_HTML.contains("/v1/analytics/experiments"));
+        assert!(DASHBOARD_HTML.contains(r#"data-testid="experiment-variants""#));
         for external in ["<script src", "<link ", "https://", "@import"] {
             assert!(
                 !DASHBOARD_HTML.contains(external),

@@ -33,6 +33,8 @@
 //! - `catalogue`: items and users with attributes: their rules, documents and
 //!   `origin import-items` (CSV or JSON Lines, all or nothing).
 //! - `events`: the live event wire format and its validation.
+//! - `experiments`: A/B tests of models: experiments as data, the hash that assigns users
+//!   to variants, the variants' models, per-variant results with intervals and tests.
 //! - `freshness`: debounced per-user republish and purge after events.
 //! - `retrain`: scheduled and on-demand retrains with an atomic model swap.
 //! - `scheduled_publish`: the leader's periodic full publish (`--publish-every-s`).
@@ -64,6 +66,7 @@ pub mod demo_data;
 pub mod engine;
 pub mod eval;
 pub mod events;
+pub mod experiments;
 pub mod freshness;
 pub mod http;
 pub mod import;

@@ -12,7 +12,7 @@ use origin::publish::{
     delta, CdnFolder, EdgeClient, EdgeKv, KvApiSettings, KvRest, ObjectStorage,
     ObjectStorageSettings, PublishJob, PublishTargets,
 };
-use origin::snapshot::{Freshness, Snapshot};
+use origin::snapshot::Freshness;
 use origin::store::sqlite::Database;
 use origin::store::{Location, SchemaOptions, SharedStore};
 
@@ -174,30 +174,60 @@ async fn run() -> Result<()> {
             let (tenant, users) = c.validate(token.as_ref())?;
             let targets = c.effective_targets();
             let location = Location::parse(&c.store.db.to_string_lossy())?;
-            let set = match &location {
+            // The training set and the running A/B experiment, whose variants' models
+            // make their users' documents.
+            let (set, experiment) = match &location {
                 Location::Sqlite(path) => {
                     let file = origin::store::sqlite::file_of(path, tenant.as_str())
                         .with_context(|| format!("opening {}", path.display()))?;
                     let store = Database::open(&file)
                         .with_context(|| format!("opening {}", file.display()))?;
-                    tokio::task::block_in_place(|| store.training_set())?
+                    tokio::task::block_in_place(|| {
+                        anyhow::Ok((store.training_set()?, store.running_experiment()?))
+                    })?
                 }
-                Location::Postgres(_) => origin::store::open(&location, tenant.as_str(), 1)
-                    .await
-                    .with_context(|| format!("opening {}", location.display()))?
-                    .training_set()
-                    .await
-                    .with_context(|| format!("reading {}", location.display()))?,
+                Location::Postgres(_) => {
+                    let store = origin::store::open(&location, tenant.as_str(), 1)
+                        .await
+                        .with_context(|| format!("opening {}", location.display()))?;
+                    let read = |e| format!("reading {}: {e}", location.display());
+                    (
+                        store
+                            .training_set()
+                            .await
+                            .map_err(|e| anyhow::anyhow!(read(e)))?,
+                        store
+                            .running_experiment()
+                            .await
+                            .map_err(|e| anyhow::anyhow!(read(e)))?,
+                    )
+                }
             };
+            if let Some(e) = &experiment {
+                println!(
+                    "experiment {} runs: its {} variants' models make their users' documents",
+                    e.name,
+                    e.variants.len()
+                );
+            }
             let freshness = Freshness {
                 fresh_for_s: c.fresh_for_s,
                 stale_for_s: c.stale_for_s,
             };
             let policy = c.policy.policy();
+            let choice = c.model.choice.clone();
+            let train: origin::retrain::TrainFn =
+                Arc::new(move |data| origin::training::train_or_popularity(data, &choice));
             let snapshot = tokio::task::block_in_place(|| {
-                Snapshot::build_with(set, tenant.clone(), regions, freshness, &policy, |data| {
-                    origin::training::train_or_popularity(data, &c.model.choice)
-                })
+                origin::retrain::build_with_experiment(
+                    set,
+                    tenant.clone(),
+                    regions,
+                    freshness,
+                    &policy,
+                    &train,
+                    experiment,
+                )
             });
             // The tenant's business rules and every user's fatigued items (origin::rules).
             let rules_store = origin::store::open(&location, tenant.as_str(), 1)

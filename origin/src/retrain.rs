@@ -24,6 +24,12 @@
 //! (without interactions) and not to the leader; an origin started with another
 //! `--model` trains its own model and says so in a warning.
 //!
+//! **Experiments.** While an A/B experiment runs ([`crate::experiments`]), a retrain
+//! (and an adoption) also trains every variant's model on the same training set and
+//! hands them to the snapshot, which picks each user's; the tenant's own model still
+//! trains (it makes the popular lists). Ending an experiment gives the retrainer the
+//! promoted variant's training function ([`Retrainer::set_train`]).
+//!
 //! # Layout
 //! - [`Retrainer`]: what a retrain needs; [`Retrainer::retrain`] runs one.
 //! - [`RetrainReport`]: old and new model versions and timing.
@@ -40,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::admission::TrainingPolicy;
+use crate::experiments::{Experiment, ExperimentModels};
 use crate::model::{Recommender, TrainingData};
 use crate::snapshot::{Freshness, Snapshot};
 use crate::store::{SharedStore, StoreError, TrainedModel, TrainingSet};
@@ -87,6 +94,8 @@ pub struct Retrainer {
     pub policy: TrainingPolicy,
     running: tokio::sync::Mutex<()>,
     on_swap: std::sync::OnceLock<SwapHook>,
+    /// Replaces `train` once set (a promoted experiment variant's model).
+    promoted: std::sync::Mutex<Option<TrainFn>>,
 }
 
 /// Records the served model version as an info gauge (1 now, 0 for the one replaced).
@@ -116,6 +125,7 @@ impl Retrainer {
             policy: TrainingPolicy::default(),
             running: tokio::sync::Mutex::new(()),
             on_swap: std::sync::OnceLock::new(),
+            promoted: std::sync::Mutex::new(None),
         }
     }
 
@@ -130,15 +140,52 @@ impl Retrainer {
         self
     }
 
-    /// Builds a new snapshot from the store and swaps it in; waits for a retrain
-    /// already running rather than running two at once.
+    /// Trains with `train` from now on instead of the configured function (the model of
+    /// an experiment's promoted variant); the next retrain uses it.
+    pub fn set_train(&self, train: TrainFn) {
+        *self.promoted.lock().unwrap_or_else(|e| e.into_inner()) = Some(train);
+    }
+
+    /// The training function of the tenant's own model.
+    fn current_train(&self) -> TrainFn {
+        self.promoted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.train.clone())
+    }
+
+    /// The running experiment, if any (a store that cannot say is logged and taken as
+    /// none: the lists then come from the tenant's model).
+    async fn running_experiment(&self) -> Option<Experiment> {
+        match self.store.running_experiment().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the running experiment; training without it");
+                None
+            }
+        }
+    }
+
+    /// Builds a new snapshot from the store (with the running experiment's variants)
+    /// and swaps it in; waits for a retrain already running rather than running two
+    /// at once.
     pub async fn retrain(&self) -> Result<RetrainReport, RetrainError> {
-        self.retrain_using(self.train.clone()).await
+        self.retrain_with(self.current_train(), true).await
     }
 
     /// [`Retrainer::retrain`] with `train` instead of the configured training function
-    /// (a tenant's popular list first, while its model loads: `crate::tenant_host`).
+    /// and no experiment variants (a tenant's popular list first, while its model
+    /// loads: `crate::tenant_host`).
     pub async fn retrain_using(&self, train: TrainFn) -> Result<RetrainReport, RetrainError> {
+        self.retrain_with(train, false).await
+    }
+
+    async fn retrain_with(
+        &self,
+        train: TrainFn,
+        with_experiment: bool,
+    ) -> Result<RetrainReport, RetrainError> {
         let started = Instant::now();
         let _running = self.running.lock().await;
         let old = self.snapshot.load_full();
@@ -155,10 +202,12 @@ impl Retrainer {
         // origin is read here.
         crate::rules::load(&*self.store, &old.rules).await?;
         let upto_seq = set.upto_seq;
+        let experiment = match with_experiment {
+            true => self.running_experiment().await,
+            false => None,
+        };
         let mut snapshot = tokio::task::spawn_blocking(move || {
-            Snapshot::build_with(sorted(set), tenant, regions, freshness, &policy, |d| {
-                train(d)
-            })
+            build_with_experiment(set, tenant, regions, freshness, &policy, &train, experiment)
         })
         .await
         .map_err(|e| RetrainError::Task(e.to_string()))?;
@@ -238,7 +287,7 @@ impl Retrainer {
             self.tenant.clone(),
             self.regions.clone(),
             self.freshness,
-            self.train.clone(),
+            self.current_train(),
             self.policy,
         );
         let training = Instant::now();
@@ -252,10 +301,9 @@ impl Retrainer {
                 "the store gave another number of interactions up to the recorded watermark"
             );
         }
+        let experiment = self.running_experiment().await;
         let mut snapshot = tokio::task::spawn_blocking(move || {
-            Snapshot::build_with(sorted(set), tenant, regions, freshness, &policy, |d| {
-                train(d)
-            })
+            build_with_experiment(set, tenant, regions, freshness, &policy, &train, experiment)
         })
         .await
         .map_err(|e| RetrainError::Task(e.to_string()))?;
@@ -297,6 +345,27 @@ impl Retrainer {
         self.adopt(&model).await?;
         Ok(true)
     }
+}
+
+/// A snapshot of `set` (its interactions sorted first, see [`sorted`]) trained with
+/// `train` and, when `experiment` is given, every variant's model trained on the same
+/// data. CPU-bound: run it on a blocking thread. (`origin publish` builds with it too.)
+pub fn build_with_experiment(
+    set: TrainingSet,
+    tenant: Tenant,
+    regions: RegionMap,
+    freshness: Freshness,
+    policy: &TrainingPolicy,
+    train: &TrainFn,
+    experiment: Option<Experiment>,
+) -> Snapshot {
+    let mut variants = None;
+    let mut snapshot = Snapshot::build_with(sorted(set), tenant, regions, freshness, policy, |d| {
+        variants = experiment.map(|e| Arc::new(ExperimentModels::train(e, d)));
+        train(d)
+    });
+    snapshot.experiment = variants;
+    snapshot
 }
 
 /// The catalogue writes recorded on the serving snapshot go on with the new one (whose

@@ -12,6 +12,12 @@
 //!
 //! Every document also follows the tenant's business rules ([`crate::rules`], read
 //! from [`Snapshot::rules`], shared from one snapshot to the next): see `ruled`.
+//!
+//! While an A/B experiment runs ([`crate::experiments`]), the snapshot also holds every
+//! variant's model ([`Snapshot::experiment`]), and each user's list comes from their
+//! variant's model, picked in one place ([`Snapshot::model_for`]); the document names
+//! the variant and that model's version. Popular lists and items' lists come from the
+//! tenant's model.
 
 mod ruled;
 
@@ -24,6 +30,7 @@ use contract::params::{Category, MAX_ITEM_CATEGORIES};
 use contract::{ItemId, ItemList, RecItem, RecommendationDoc, Region, RegionMap, Tenant, UserId};
 
 use crate::availability::LiveItems;
+use crate::experiments::ExperimentModels;
 
 use crate::admission::{admit, user_weights, Admission, TrainingPolicy};
 use crate::model::{Because, ItemIdx, Query, Recommender, Scored, TrainingData, UserIdx};
@@ -163,6 +170,9 @@ pub struct Snapshot {
     pub rules: Arc<crate::rules::LiveRules>,
     /// The items hidden categories hide, per rules version (see `ruled`).
     category_masks: ruled::CategoryMasks,
+    /// The running experiment's variants and their models (set by the retrainer;
+    /// `None`: no experiment runs, every list comes from `model`).
+    pub experiment: Option<Arc<ExperimentModels>>,
 }
 
 pub use crate::clock::{now_unix, rfc3339};
@@ -312,6 +322,7 @@ impl Snapshot {
             together,
             rules: Arc::default(),
             category_masks: Default::default(),
+            experiment: None,
         }
     }
 
@@ -348,6 +359,7 @@ impl Snapshot {
             together: Vec::new(),
             rules: Arc::default(),
             category_masks: Default::default(),
+            experiment: None,
         }
     }
 
@@ -358,6 +370,7 @@ impl Snapshot {
         // A map entry: the key's heap bytes, its 24-byte header, the index, hash overhead.
         let index = |v: &[String]| ids(v) + v.len() * 16;
         self.model.heap_bytes()
+            + self.experiment.as_ref().map_or(0, |e| e.heap_bytes())
             + ids(&self.user_ids)
             + index(&self.user_ids)
             + ids(&self.item_ids)
@@ -483,8 +496,8 @@ impl Snapshot {
         let allowed = self.allowed(None, changed);
         // Rules may bring any of the candidates in (boosts, diversity).
         let n = self.rules.rules().candidates(n);
-        let holds = |history: &[(ItemIdx, f32)], region: &Region| {
-            self.model
+        let holds = |history: &[(ItemIdx, f32)], region: &Region, model: &dyn Recommender| {
+            model
                 .recommend(&Query {
                     history,
                     n,
@@ -496,10 +509,17 @@ impl Snapshot {
                 .iter()
                 .any(|s| changed.contains(&s.item))
         };
-        let mut popular_holds: HashMap<&Region, bool> = HashMap::new();
+        // Per region and variant (`None`: no experiment runs).
+        let arms: Vec<(Option<&str>, &Arc<dyn Recommender>)> = match &self.experiment {
+            Some(e) => e.arms().map(|(v, m)| (Some(v), m)).collect(),
+            None => vec![(None, &self.model)],
+        };
+        let mut popular_holds: HashMap<(&Region, Option<&str>), bool> = HashMap::new();
         for region in &self.user_region {
-            if !popular_holds.contains_key(region) {
-                popular_holds.insert(region, holds(&[], region));
+            for &(variant, model) in &arms {
+                popular_holds
+                    .entry((region, variant))
+                    .or_insert_with(|| holds(&[], region, &**model));
             }
         }
         let scanned = self.user_ids.len().min(limit);
@@ -507,9 +527,13 @@ impl Snapshot {
             .into_par_iter()
             .filter(|&u| {
                 let region = &self.user_region[u];
+                let (model, variant) = self.model_for(&self.user_ids[u]);
                 match self.history[u].as_slice() {
-                    [] => popular_holds.get(region).copied().unwrap_or(false),
-                    history => holds(history, region),
+                    [] => popular_holds
+                        .get(&(region, variant))
+                        .copied()
+                        .unwrap_or(false),
+                    history => holds(history, region, &**model),
                 }
             })
             .filter_map(|u| UserId::parse(&self.user_ids[u]).ok())
@@ -540,7 +564,7 @@ impl Snapshot {
         let history = [(idx, 1.0)];
         let items = match list {
             // As a user's list is ranked: the tenant's rules apply.
-            ItemList::Similar => self.ranked(&history, Some(idx), region, req),
+            ItemList::Similar => self.ranked(&*self.model, &history, Some(idx), region, req),
             ItemList::BoughtTogether => {
                 let current = self.rules.get();
                 let rules = &current.rules;
@@ -724,7 +748,24 @@ impl Snapshot {
 
     /// `<RFC 3339 trained-at>#<model name>`.
     pub fn model_version(&self) -> String {
-        format!("{}#{}", rfc3339(self.trained_at), self.model.name())
+        self.version_of(&*self.model)
+    }
+
+    /// `model`'s version as trained with this snapshot (an experiment variant's).
+    fn version_of(&self, model: &dyn Recommender) -> String {
+        format!("{}#{}", rfc3339(self.trained_at), model.name())
+    }
+
+    /// The model that makes `user`'s list and, while an experiment runs, the variant
+    /// the user is in: the one place a list's model is picked.
+    pub fn model_for(&self, user: &str) -> (&Arc<dyn Recommender>, Option<&str>) {
+        match &self.experiment {
+            Some(e) => {
+                let arm = e.arm(user);
+                (arm.model, Some(arm.variant))
+            }
+            None => (&self.model, None),
+        }
     }
 
     /// All user ids, in index order.
@@ -851,8 +892,14 @@ impl Snapshot {
         let context_item = req
             .context
             .and_then(|c| self.item_index.get(c.as_str()).copied());
-        let items = self.ranked(history, context_item, region, req);
-        self.doc(user.as_str(), region, items, now)
+        let (model, variant) = self.model_for(user.as_str());
+        let items = self.ranked(&**model, history, context_item, region, req);
+        let mut doc = self.doc(user.as_str(), region, items, now);
+        if let Some(variant) = variant {
+            doc.variant = Some(variant.to_owned());
+            doc.model_version = self.version_of(&**model);
+        }
+        doc
     }
 
     /// The popular list of a region, with `user_id` `"*"`.
@@ -873,7 +920,7 @@ impl Snapshot {
             category,
             ..Default::default()
         };
-        let items = self.ranked(&[], None, region, &req);
+        let items = self.ranked(&*self.model, &[], None, region, &req);
         self.doc(contract::admin::POPULAR_USER_ID, region, items, now)
     }
 

@@ -85,6 +85,9 @@ pub enum ApiError {
     /// A catalogue request that fails (invalid item or user, too many, unknown).
     #[error(transparent)]
     Catalogue(#[from] crate::catalogue::CatalogueError),
+    /// An experiment request that fails (invalid, unknown, conflicting).
+    #[error(transparent)]
+    Experiment(#[from] crate::experiments::ExperimentError),
     #[error("the catalogue needs the admin token (Authorization: Bearer <ADMIN_TOKEN>) or, for a registered tenant, its server key (X-Tenant-Key: sk_…)")]
     CatalogueUnauthorized,
     /// A business rules document that is refused (400 `invalid_rules`, 413
@@ -140,6 +143,9 @@ impl ApiError {
             }
             ApiError::CatalogueUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Rules(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            ApiError::Experiment(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
             _ => StatusCode::BAD_REQUEST,
@@ -201,6 +207,7 @@ impl ApiError {
             ApiError::Catalogue(e) => e.code(),
             ApiError::CatalogueUnauthorized => "unauthorized",
             ApiError::Rules(e) => e.code(),
+            ApiError::Experiment(e) => e.code(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | `GET, POST /v1/admin/tenants`, `GET, DELETE /v1/admin/tenants/{id}`, `POST /v1/admin/tenants/{id}/keys/{kind}/rotate`, `PUT /v1/admin/tenants/{id}/model` | [`tenants`] |
 //! | `PUT, PATCH, GET, DELETE /v1/items/{id}`, `POST /v1/items`, the same for `/v1/users` | [`catalogue`] |
 //! | `GET, PUT, DELETE /v1/admin/rules` | [`rules`] |
+//! | `GET, POST /v1/admin/experiments`, `GET /v1/admin/experiments/{name}`, `POST /v1/admin/experiments/{name}/end`, `GET /v1/analytics/experiments[/{name}]` | [`experiments`] |
 //! | `GET /health`, `GET /dashboard`, JSON 404/405 | here |
 //!
 //! Every answer is JSON; errors are `{"error":{"code","message"}}` ([`ApiError`]). The
@@ -21,9 +22,10 @@
 //! - `quota`: the served tenant's quotas on the API ([`quota::QuotaGuard`]).
 //! - `error`: [`ApiError`].
 //! - `recommendations`, `events`, `analytics`, `admin`, `tenants`, `catalogue`,
-//!   `rules`: the handlers.
+//!   `rules`, `experiments`: the handlers.
 //! - tests beside them: `tests`, `catalogue_tests`, `tenants_tests`, `filters_tests`
-//!   (request filters and availability), `rules_tests` (business rules).
+//!   (request filters and availability), `rules_tests` (business rules),
+//!   `experiments_tests`.
 
 pub mod access;
 pub mod admin;
@@ -33,6 +35,9 @@ pub mod catalogue;
 mod catalogue_tests;
 pub mod error;
 pub mod events;
+pub mod experiments;
+#[cfg(test)]
+mod experiments_tests;
 #[cfg(test)]
 mod filters_tests;
 pub mod quota;
@@ -230,6 +235,20 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/analytics/timeline", get(analytics::timeline_analytics))
         .route("/v1/analytics/edge-report", post(admin::edge_report))
         .route("/v1/admin/retrain", post(admin::retrain))
+        .route(
+            "/v1/admin/experiments",
+            get(experiments::list).post(experiments::create),
+        )
+        .route("/v1/admin/experiments/{name}", get(experiments::show))
+        .route("/v1/admin/experiments/{name}/end", post(experiments::end))
+        .route(
+            "/v1/analytics/experiments",
+            get(experiments::running_results),
+        )
+        .route(
+            "/v1/analytics/experiments/{name}",
+            get(experiments::results_by_name),
+        )
         .route(
             "/v1/admin/tenants",
             get(tenants::list).post(tenants::create),

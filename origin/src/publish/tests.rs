@@ -876,3 +876,71 @@ async fn a_publish_with_item_lists_writes_each_items_similar_and_bought_together
     assert_eq!(report.hashes.len(), 200 + 2 * items);
     assert!(report.hashes.contains_key("similar/i1"));
 }
+
+/// While an experiment runs, a bulk publish writes each user's document from their
+/// variant's model, naming the variant and that model's version; popular lists name none.
+#[tokio::test]
+async fn a_bulk_publish_writes_each_users_document_from_their_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = crate::snapshot::fixture(dir.path());
+    let experiment = crate::experiments::NewExperiment {
+        name: "knn-vs-pop".into(),
+        variants: vec![
+            crate::experiments::Variant {
+                name: "control".into(),
+                model: r#"{"kind":"itemknn","k":50,"shrink":10}"#.into(),
+                share: 50,
+            },
+            crate::experiments::Variant {
+                name: "pop".into(),
+                model: "popularity".into(),
+                share: 50,
+            },
+        ],
+    }
+    .start(1)
+    .unwrap();
+    let train: crate::retrain::TrainFn = Arc::new(crate::snapshot::fixture_model);
+    let snapshot = Arc::new(crate::retrain::build_with_experiment(
+        store.training_set().unwrap(),
+        Tenant::default_tenant(),
+        contract::RegionMap::builtin(),
+        crate::snapshot::Freshness::default(),
+        &crate::admission::TrainingPolicy::default(),
+        &train,
+        Some(experiment.clone()),
+    ));
+    let out = dir.path().join("cdn");
+    let report = publish_all(
+        snapshot.clone(),
+        job(
+            &Tenant::default_tenant(),
+            Some(CdnFolder::new(out.clone())),
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.users, 200);
+    let mut per_variant = std::collections::BTreeMap::new();
+    for user in snapshot.user_ids() {
+        let doc = read_doc(&out.join(format!("current/default/users/{user}.json")));
+        let variant = &experiment.variant_of(user).name;
+        assert_eq!(doc.variant.as_deref(), Some(variant.as_str()), "{user}");
+        let model = if variant == "pop" {
+            "#popularity"
+        } else {
+            "#itemknn-k50-s10"
+        };
+        assert!(
+            doc.model_version.contains(model),
+            "{user}: {}",
+            doc.model_version
+        );
+        *per_variant.entry(variant.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_variant.len(), 2, "{per_variant:?}");
+    let popular = read_doc(&out.join("current/default/popular/europe.json"));
+    assert_eq!(popular.variant, None);
+    assert!(popular.model_version.ends_with("#itemknn-k50-s10"));
+}

@@ -21,7 +21,7 @@ use contract::params::Category;
 use contract::{RecItem, Region};
 
 use super::{DocRequest, Snapshot};
-use crate::model::{ItemIdx, Query};
+use crate::model::{ItemIdx, Query, Recommender};
 use crate::rules::RuleSet;
 
 /// Per item of a snapshot, whether the hidden categories of one rules version hide it
@@ -32,9 +32,11 @@ pub(super) struct CategoryMasks {
 }
 
 impl Snapshot {
-    /// The items of a document for `history` in `region` under the tenant's rules now.
+    /// The items of a document for `history` in `region`, ranked by `model` (the
+    /// tenant's, or the user's experiment variant's), under the tenant's rules now.
     pub(super) fn ranked(
         &self,
+        model: &dyn Recommender,
         history: &[(ItemIdx, f32)],
         context_item: Option<ItemIdx>,
         region: &Region,
@@ -43,7 +45,7 @@ impl Snapshot {
         let current = self.rules.get();
         let rules = &current.rules;
         let allowed = self.allowed_under(current.version, rules, req.category, req.fatigued);
-        let scored = self.model.recommend(&Query {
+        let scored = model.recommend(&Query {
             history,
             n: rules.candidates(req.n),
             exclude_seen: true,

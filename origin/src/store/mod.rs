@@ -24,9 +24,13 @@
 //! - business rules ([`Store::rules`], [`Store::put_rules`]) and the impressions
 //!   fatigue counts ([`Store::fatigued`]) on each backend; `rules_suite.rs` checks
 //!   both.
+//! - the tenant's A/B experiments (`crate::experiments`): each backend's
+//!   `experiments.rs`; `experiments_suite.rs` runs on both.
 
 #[cfg(test)]
 mod catalogue_suite;
+#[cfg(test)]
+mod experiments_suite;
 pub mod postgres;
 pub mod replicas;
 pub mod retention;
@@ -48,6 +52,7 @@ use thiserror::Error;
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
+use crate::experiments::{Experiment, StartOutcome, UserTally};
 use crate::model::TrainingData;
 use crate::rules::{Fatigue, Fatigued, StoredRules};
 
@@ -528,6 +533,42 @@ pub trait Store: Send + Sync {
     /// is still served, training leaves them out while the user has no row, and a
     /// later event of theirs, or a replay, brings the user back without attributes.
     async fn delete_user(&self, user: &UserId) -> Result<bool, StoreError>;
+
+    /// The tenant's A/B experiments ([`crate::experiments`]), running and ended, oldest
+    /// first.
+    async fn experiments(&self) -> Result<Vec<Experiment>, StoreError>;
+
+    /// The tenant's running experiment, if one runs.
+    async fn running_experiment(&self) -> Result<Option<Experiment>, StoreError> {
+        Ok(self
+            .experiments()
+            .await?
+            .into_iter()
+            .find(|e| e.is_running()))
+    }
+
+    /// Stores and starts a checked experiment, unless one of its name exists or
+    /// another runs: decided in one transaction (at most one runs per tenant, whatever
+    /// runs at once).
+    async fn start_experiment(&self, experiment: &Experiment) -> Result<StartOutcome, StoreError>;
+
+    /// Ends the running experiment `name` at `ended_at` (unix seconds; never before it
+    /// started), recording the variant `promoted`; false when no running experiment
+    /// has that name.
+    async fn end_experiment(
+        &self,
+        name: &str,
+        ended_at: i64,
+        promoted: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Per user with events of `ts` in `since ..= until`: impressions, clicks (on an item
+    /// shown before, as the funnel counts them) and purchases; by user id.
+    async fn experiment_tallies(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<UserTally>, StoreError>;
 }
 
 /// Settings that matter only when a PostgreSQL schema is created.

@@ -416,6 +416,35 @@ impl Store for ReplicatedStore {
     }
 
     // The catalogue on the primary: a read right after a write sees it.
+    async fn experiments(&self) -> Result<Vec<crate::experiments::Experiment>, StoreError> {
+        self.primary.experiments().await
+    }
+
+    async fn start_experiment(
+        &self,
+        experiment: &crate::experiments::Experiment,
+    ) -> Result<crate::experiments::StartOutcome, StoreError> {
+        self.primary.start_experiment(experiment).await
+    }
+
+    async fn end_experiment(
+        &self,
+        name: &str,
+        ended_at: i64,
+        promoted: &str,
+    ) -> Result<bool, StoreError> {
+        self.primary.end_experiment(name, ended_at, promoted).await
+    }
+
+    async fn experiment_tallies(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<crate::experiments::UserTally>, StoreError> {
+        self.read(|s| async move { s.experiment_tallies(since, until).await })
+            .await
+    }
+
     async fn upsert_items(&self, items: Vec<ItemRow>) -> Result<(), StoreError> {
         self.primary.upsert_items(items).await
     }

@@ -23,6 +23,40 @@ fn count(n: i64) -> u64 {
     n.max(0) as u64
 }
 
+/// Per user with events of `ts` in `since ..= until`: impressions, clicks (on an item
+/// shown before) and purchases, by user id (an experiment's results).
+pub async fn user_tallies(
+    pool: &Pool,
+    tenant: &str,
+    since: i64,
+    until: i64,
+) -> Result<Vec<crate::experiments::UserTally>, StoreError> {
+    let conn = pool.get().await?;
+    let rows = conn
+        .query(
+            &format!(
+                "SELECT user_id,
+                        COUNT(*) FILTER (WHERE type = 'recommendation_viewed'),
+                        COUNT(*) FILTER (WHERE type = 'click'),
+                        COUNT(*) FILTER (WHERE type = 'purchase')
+                 FROM events WHERE tenant = $1 AND ts BETWEEN $2 AND $3
+                   AND type IN ('recommendation_viewed', 'click', 'purchase') AND {SERVED}
+                 GROUP BY user_id ORDER BY user_id"
+            ),
+            &[&tenant, &since, &until],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::experiments::UserTally {
+            user_id: r.get(0),
+            impressions: count(r.get(1)),
+            clicks: count(r.get(2)),
+            conversions: count(r.get(3)),
+        })
+        .collect())
+}
+
 /// The recommendation funnel over events with `ts` in `now - range_s ..= now`.
 pub async fn recommendations(
     pool: &Pool,

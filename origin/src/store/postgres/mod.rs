@@ -16,6 +16,7 @@
 //! - `project`: the projections of a group of events, in a few round trips.
 //! - `analytics`: the analytics queries.
 //! - `models`: the record of trained models (every origin serves the newest).
+//! - `experiments`: the tenants' A/B experiments.
 //! - `tls`: TLS to the server from the URL's `sslmode` and `sslrootcert`.
 //! - `tenants`: the tenant registry ([`PostgresTenants`]).
 //! - `rules`: the tenants' business rules and the impressions fatigue counts.
@@ -23,6 +24,7 @@
 
 pub mod analytics;
 pub mod event_log;
+pub mod experiments;
 pub mod models;
 pub mod project;
 pub mod rules;
@@ -843,6 +845,36 @@ impl Store for PostgresStore {
         now: i64,
     ) -> Result<Fatigued, StoreError> {
         rules::fatigued(&self.pool, &self.tenant, users, fatigue, now).await
+    }
+
+    async fn experiments(&self) -> Result<Vec<crate::experiments::Experiment>, StoreError> {
+        experiments::list(&self.pool, &self.tenant).await
+    }
+
+    async fn start_experiment(
+        &self,
+        experiment: &crate::experiments::Experiment,
+    ) -> Result<crate::experiments::StartOutcome, StoreError> {
+        self.writer()?;
+        experiments::start(&self.pool, &self.tenant, experiment).await
+    }
+
+    async fn end_experiment(
+        &self,
+        name: &str,
+        ended_at: i64,
+        promoted: &str,
+    ) -> Result<bool, StoreError> {
+        self.writer()?;
+        experiments::end(&self.pool, &self.tenant, name, ended_at, promoted).await
+    }
+
+    async fn experiment_tallies(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<crate::experiments::UserTally>, StoreError> {
+        analytics::user_tallies(&self.pool, &self.tenant, since, until).await
     }
 }
 

@@ -25,6 +25,8 @@
 //!   `proj_cooccurrence`, `edge_reports`, `meta`.
 //! - `tenants`, `tenant_keys`: the tenant registry (`crate::tenants`; keys as hashes).
 //! - `rules`: each tenant's business rules (`crate::rules`; migration 7).
+//! - `experiments`: the tenants' A/B experiments (migration 8; a partial unique index
+//!   lets one run per tenant).
 //!
 //! Only the indexes the queries use: the primary keys, `events(tenant, ts)` (analytics
 //! ranges), `events(tenant, received_at)` (real-time counts), the partial index of
@@ -246,6 +248,19 @@ CREATE TABLE rules(
     updated_at bigint NOT NULL);
 "#
     .to_owned();
+    // A/B experiments (issue #15): at most one runs per tenant.
+    let v8 = r#"
+CREATE TABLE experiments(
+    tenant text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    variants jsonb NOT NULL,
+    started_at bigint NOT NULL,
+    ended_at bigint NULL,
+    promoted text NULL,
+    PRIMARY KEY (tenant, name));
+CREATE UNIQUE INDEX experiments_one_running ON experiments(tenant) WHERE ended_at IS NULL;
+"#
+    .to_owned();
     vec![
         (1, v1),
         (2, v2),
@@ -254,6 +269,7 @@ CREATE TABLE rules(
         (5, v5),
         (6, v6),
         (7, v7),
+        (8, v8),
     ]
 }
 

@@ -166,6 +166,32 @@ pub fn timeline(
     })
 }
 
+/// Per user with events of `ts` in `since ..= until`: impressions, clicks (on an item
+/// shown before) and purchases, by user id (an experiment's results,
+/// [`crate::experiments::results`]).
+pub fn user_tallies(
+    conn: &Connection,
+    since: i64,
+    until: i64,
+) -> Result<Vec<crate::experiments::UserTally>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT user_id, SUM(type = 'recommendation_viewed'), SUM(type = 'click'),
+                SUM(type = 'purchase')
+         FROM events WHERE ts BETWEEN ?1 AND ?2
+           AND type IN ('recommendation_viewed', 'click', 'purchase') AND {SERVED}
+         GROUP BY user_id ORDER BY user_id"
+    ))?;
+    let rows = stmt.query_map(params![since, until], |r| {
+        Ok(crate::experiments::UserTally {
+            user_id: r.get(0)?,
+            impressions: r.get::<_, i64>(1)?.max(0) as u64,
+            clicks: r.get::<_, i64>(2)?.max(0) as u64,
+            conversions: r.get::<_, i64>(3)?.max(0) as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Stores one edge report at `now_ms`.
 pub fn record_edge_report(
     conn: &Connection,

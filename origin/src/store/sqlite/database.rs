@@ -246,6 +246,18 @@ impl Database {
         Ok(store)
     }
 
+    /// The running A/B experiment, if one runs (`origin publish` reads it).
+    pub fn running_experiment(&self) -> Result<Option<crate::experiments::Experiment>, StoreError> {
+        Ok(super::experiments::list(&self.conn)?
+            .into_iter()
+            .find(|e| e.is_running()))
+    }
+
+    /// The connection, for the writes of the modules beside this one.
+    pub(super) fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -314,6 +326,8 @@ impl Database {
         self.conn.execute_batch(super::tenants::SCHEMA)?;
         // The tenant's business rules (issue #15).
         self.conn.execute_batch(super::rules::SCHEMA)?;
+        // A/B experiments (issue #15).
+        self.conn.execute_batch(super::experiments::SCHEMA)?;
         // A tenant's model setting (issue #13): NULL, the origin's `--model`.
         add_column(&self.conn, "tenants", "model", "TEXT NULL")?;
         self.conn

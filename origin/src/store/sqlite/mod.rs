@@ -8,12 +8,14 @@
 //!   training read ([`Database`]; also used directly by synchronous test fixtures).
 //! - `event_log`: the durable log, its writer thread, projections and replay.
 //! - `analytics`: the analytics queries.
+//! - `experiments`: the tenant's A/B experiments.
 //! - `tenants`: the tenant registry ([`SqliteTenants`]).
 //! - `rules`: the tenant's business rules and the impressions fatigue counts.
 
 pub mod analytics;
 pub mod database;
 pub mod event_log;
+pub mod experiments;
 pub mod rules;
 pub mod tenants;
 
@@ -24,6 +26,7 @@ use contract::{ItemId, UserId};
 
 use crate::analytics::{RealTimeCounts, RecommendationAnalytics, Timeline};
 use crate::events::Event;
+use crate::experiments::{Experiment, StartOutcome, UserTally};
 use crate::rules::{Fatigue, Fatigued, StoredRules};
 use crate::store::{
     Appended, Batch, Counts, ItemRow, Load, Projections, ReplayReport, Store, StoreError,
@@ -313,6 +316,37 @@ impl Store for SqliteStore {
     ) -> Result<Fatigued, StoreError> {
         self.log
             .read(move |conn| rules::fatigued(conn, users.as_deref(), fatigue, now))
+            .await
+    }
+
+    async fn experiments(&self) -> Result<Vec<Experiment>, StoreError> {
+        self.log.read(experiments::list).await
+    }
+
+    async fn start_experiment(&self, experiment: &Experiment) -> Result<StartOutcome, StoreError> {
+        let experiment = experiment.clone();
+        self.with_database(move |db| experiments::start(db.connection(), &experiment))
+            .await
+    }
+
+    async fn end_experiment(
+        &self,
+        name: &str,
+        ended_at: i64,
+        promoted: &str,
+    ) -> Result<bool, StoreError> {
+        let (name, promoted) = (name.to_owned(), promoted.to_owned());
+        self.with_database(move |db| experiments::end(db.connection(), &name, ended_at, &promoted))
+            .await
+    }
+
+    async fn experiment_tallies(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<UserTally>, StoreError> {
+        self.log
+            .read(move |conn| analytics::user_tallies(conn, since, until))
             .await
     }
 }
