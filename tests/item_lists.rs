@@ -60,7 +60,7 @@ fn an_items_lists_are_served_from_kv_then_from_the_edge_cache() {
     let r = stack.get(&format!("/v1/items/{item}/similar?n=5"));
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-served-by"), "kv");
-    assert_eq!(header(&r, "content-type"), "application/json");
+    assert!(header(&r, "content-type").starts_with("application/json"));
     let doc = served(r);
     assert_eq!(doc["list"], "similar");
     assert_eq!(doc["item_id"], item.as_str());

@@ -310,6 +310,8 @@ async fn run() -> Result<()> {
             };
             let bar = progress_bar();
             let progress_bar = bar.clone();
+            // `--users` publishes those users' documents only.
+            let item_lists = !c.no_item_lists && users.is_empty();
             let job = PublishJob {
                 tenant: tenant.clone(),
                 delta: plan.as_ref().and_then(|p| p.delta.clone()),
@@ -318,8 +320,7 @@ async fn run() -> Result<()> {
                 n: c.n,
                 users: (!users.is_empty()).then_some(users),
                 chunk: c.chunk,
-                // `--users` publishes those users' documents only.
-                item_lists: !c.no_item_lists && users.is_empty(),
+                item_lists,
                 targets: publish,
                 progress: Some(Box::new(move |p| {
                     progress_bar.set_length(p.total as u64);
