@@ -943,9 +943,36 @@ fn an_event_sent_to_the_edge_is_stored_and_changes_the_users_answer_within_secon
     }
 }
 
+/// The browser test's own stack: an A/B experiment runs (two variants of the stack's
+/// model), and the users' documents published after it started name their variant.
+fn stack_with_an_experiment() -> (Stack, String, String) {
+    let stack = Stack::start(StackOptions::default());
+    let origin = format!("http://127.0.0.1:{}", stack.origin_port(0));
+    let name = "demo-ab";
+    let started = stack
+        .client
+        .post(format!("{origin}/v1/admin/experiments"))
+        .bearer_auth(e2e::ADMIN_TOKEN)
+        .json(&serde_json::json!({
+            "name": name,
+            "variants": [
+                {"name": "control", "model": "popularity", "share": 50},
+                {"name": "knn", "model": r#"{"kind":"itemknn","k":50,"shrink":10}"#, "share": 50}
+            ]
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(started.status(), 201, "{:?}", started.text());
+    // `origin publish` trains every variant's model itself: each user's document names
+    // their variant.
+    stack.publish("cdn,kv", None);
+    let user = stack.cdn_users()[5].clone();
+    (stack, name.to_owned(), user)
+}
+
 #[test]
 fn a_click_on_the_demo_page_shows_up_on_the_dashboard() {
-    let s = shared();
+    let (stack, experiment, user) = stack_with_an_experiment();
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&chromium).exists(),
@@ -958,14 +985,15 @@ fn a_click_on_the_demo_page_shows_up_on_the_dashboard() {
     let out = target.join("e2e-reports/browser");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
-    let origin_url = format!("http://127.0.0.1:{}", s.stack.origin_port(0));
+    let origin_url = format!("http://127.0.0.1:{}", stack.origin_port(0));
     let run = std::process::Command::new("node")
         .arg(root.join("tests/browser/demo_click.mjs"))
         .args([
-            s.stack.edge_url("").as_str(),
+            stack.edge_url("").as_str(),
             origin_url.as_str(),
             out.to_str().unwrap(),
-            s.kv_users[5].as_str(),
+            user.as_str(),
+            experiment.as_str(),
         ])
         .env("CHROMIUM", &chromium)
         .output()

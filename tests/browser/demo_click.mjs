@@ -1,7 +1,7 @@
 // Browser test of the demo page and the dashboard, in Debian's chromium driven by
 // playwright-core:
 //
-//   node tests/browser/demo_click.mjs EDGE_URL ORIGIN_URL OUT_DIR USER
+//   node tests/browser/demo_click.mjs EDGE_URL ORIGIN_URL OUT_DIR USER [EXPERIMENT]
 //
 // Opens EDGE_URL/, loads USER's recommendations, clicks the first item, waits for the
 // page to say the click event was accepted, opens the product view of an item (its
@@ -11,7 +11,9 @@
 // chart counts it. Then checks the latency card: the
 // per-route table lists the origin's /v1/events (where the edge forwarded the click)
 // with a p99, the chart has a p99 line, and picking that route redraws the chart for
-// it. Saves OUT_DIR/demo.png and
+// it. With EXPERIMENT (a running A/B experiment), the page shows the user's variant, the
+// dashboard's experiment card names the experiment, and the experiment's results count
+// the click for that variant. Saves OUT_DIR/demo.png and
 // OUT_DIR/dashboard.png, prints one line of JSON, exits 0 on success and 1 with a
 // message on stderr otherwise (2 on bad arguments). Uncaught page errors fail the test.
 // CHROMIUM overrides the browser path (default /usr/bin/chromium).
@@ -21,7 +23,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 
-const [edgeArg, originArg, outArg, user] = process.argv.slice(2);
+const [edgeArg, originArg, outArg, user, experiment] = process.argv.slice(2);
 if (!edgeArg || !originArg || !outArg || !user) {
   console.error("usage: node tests/browser/demo_click.mjs EDGE_URL ORIGIN_URL OUT_DIR USER");
   process.exit(2);
@@ -85,6 +87,8 @@ async function demo(context) {
   summary.region = await text(page, "region");
   summary.cache = await text(page, "cache");
   summary.freshness = await text(page, "freshness");
+  summary.variant = await text(page, "variant");
+  if (experiment && !/^[A-Za-z0-9_-]+$/.test(summary.variant)) fail(`the page shows no A/B variant for ${user}: ${summary.variant}`);
 
   await first.click();
   await page.waitForFunction(
@@ -184,10 +188,36 @@ async function dashboard(context) {
     fail(`the clicks-per-minute chart does not count the click: ${summary.clicks_chart}`);
   }
   await latency(page);
+  if (experiment) await experimentCounted(page);
   // Let one more poll land so the charts have at least two points.
   await page.waitForTimeout(2_500);
   await screenshot(page, "dashboard.png");
   return page;
+}
+
+// The experiment card names the running experiment, and the experiment's results count
+// the click in the variant the page showed (the variant is the user's by the hash).
+async function experimentCounted(page) {
+  await page.waitForFunction(
+    (name) => (document.querySelector('[data-testid="experiment-name"]')?.textContent ?? "").includes(name),
+    experiment, { timeout: 10_000 },
+  ).catch(async () => fail(`the dashboard's experiment card shows ${await text(page, "experiment-name")}, not ${experiment}`));
+  const deadline = Date.now() + DASHBOARD_WAIT_MS;
+  for (;;) {
+    const res = await fetch(`${ORIGIN}/v1/analytics/experiments/${experiment}`);
+    const body = await res.json().catch(() => null);
+    if (!res.ok || !body) fail(`GET /v1/analytics/experiments/${experiment} answered ${res.status}`);
+    const results = body.results ?? body.experiment?.results ?? [];
+    const mine = results.find((r) => r.name === summary.variant);
+    if (!mine) fail(`no results for variant ${summary.variant}: ${JSON.stringify(body).slice(0, 400)}`);
+    const total = results.reduce((n, r) => n + (r.clicks ?? 0), 0);
+    if (mine.clicks >= 1) {
+      summary.experiment = { name: experiment, variant: summary.variant, clicks: mine.clicks, all_clicks: total };
+      return;
+    }
+    if (Date.now() > deadline) fail(`the click is not counted for variant ${summary.variant}: ${JSON.stringify(results)}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }
 
 // The latency card shows the origin's own series: the click reached the origin's
