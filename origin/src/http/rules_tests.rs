@@ -176,6 +176,40 @@ async fn hidden_items_and_categories_leave_the_answer_at_once_and_n_items_stay()
 }
 
 #[tokio::test]
+async fn items_lists_follow_the_hide_and_pin_rules_too() {
+    let f = fixture();
+    for list in ["similar", "bought-together"] {
+        let uri = format!("/v1/items/i1/{list}?n=10");
+        let before = answer(&f, &uri).await;
+        assert!(!ids(&before).is_empty(), "{before}");
+        let first = ids(&before)[0].clone();
+        let pinned = ids(&answer(&f, "/v1/popular?n=100").await)
+            .into_iter()
+            .find(|i| !ids(&before).contains(i) && i != "i1")
+            .expect("an item outside the list");
+        let (status, body) = put(
+            &f,
+            &format!(r#"{{"hide_items":["{first}"],"pin":{{"{pinned}":1}}}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let after = answer(&f, &uri).await;
+        assert!(
+            !ids(&after).contains(&first),
+            "{list}: hidden {first}: {after}"
+        );
+        assert_eq!(
+            ids(&after)[0],
+            pinned,
+            "{list}: pinned {pinned} first: {after}"
+        );
+        assert_eq!(after["items"][0]["reason"], "pinned");
+        let (status, _) = send(&f.state, "DELETE", "/v1/admin/rules", None, Some("s3cret")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
 async fn a_pinned_item_is_at_its_position() {
     let f = fixture();
     let before = answer(&f, "/v1/recommendations/u1?n=40").await;
