@@ -7,7 +7,9 @@
 #   4. engine: quality and speed vs peers (bench/engine.sh), when present;
 #   5. the origin middleware's latency accounting vs its Prometheus histogram (criterion);
 #   6. PostgreSQL at 1,000,000 users and replica reads (bench/postgres_scale.sh, native build);
-#   7. many tenants in one origin on PostgreSQL (tests/tenant_bench.rs; TENANTS, CACHE_MB).
+#   7. many tenants in one origin on PostgreSQL (tests/tenant_bench.rs; TENANTS, CACHE_MB);
+#   8. items' lists in a bulk publish: time with and without, documents and bytes added
+#      (bench/item_lists.sh, native build; USERS, ITEMS).
 # Set BENCH_SECONDS (default 10) for the wrk runs; BENCH_SKIP_ENGINE=1 to skip part 4,
 # BENCH_SKIP_POSTGRES=1 to skip part 6, BENCH_SKIP_TENANTS=1 to skip part 7.
 set -euo pipefail
@@ -72,3 +74,7 @@ if [ "${BENCH_SKIP_TENANTS:-0}" != 1 ]; then
   cargo build -p e2e --bin tenant-bench --features origin/otel
   ORIGIN_BIN=target/native/origin TENANTS="${TENANTS:-10000}" CACHE_MB="${CACHE_MB:-256}" target/debug/tenant-bench
 fi
+
+echo "## 8. Items' lists in a bulk publish"
+cargo build --profile native -p origin
+bench/item_lists.sh target/native/origin
