@@ -342,7 +342,7 @@ async fn run() -> Result<()> {
             }
             if let Some(base) = &report.pointer.base {
                 println!(
-                    "delta against {}: {} users and {} item lists unchanged, not written",
+                    "delta against {}: {} users unchanged, {} item lists unchanged, not written",
                     base.as_str(),
                     report.unchanged,
                     report.unchanged_item_lists
