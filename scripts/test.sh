@@ -24,7 +24,7 @@ run cargo test --no-fail-fast -p e2e -- --test-threads 4
 # binary, a fresh database per stack; tests/harness.rs `new_database`).
 run env E2E_DB=postgres cargo test --no-fail-fast -p e2e --test end_to_end \
   --test hardening_origin --test hardening_publish --test hardening_edge --test drain \
-  --test cloudflare_production --test tenant_keys --test filters -- --test-threads 4
+  --test cloudflare_production --test tenant_keys --test filters --test item_lists -- --test-threads 4
 run cargo test -p edge --target wasm32-unknown-unknown --lib
 
 passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) p += $i } END { print p + 0 }' "$log")
