@@ -237,7 +237,10 @@ fn a_business_rule_reaches_the_edges_answers_through_the_full_publish_it_starts(
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    eprintln!("{hidden} left the edge's answer for {user} after {:?} (served by {by})", written.elapsed());
+    eprintln!(
+        "{hidden} left the edge's answer for {user} after {:?} (served by {by})",
+        written.elapsed()
+    );
     assert_eq!(after.len(), 10, "still n items: {after:?}");
     assert_eq!(after[..9], before[1..], "the rest of the list moves up");
 }

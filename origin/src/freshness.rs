@@ -591,7 +591,7 @@ pub async fn republish(
     };
     let snapshot = targets.snapshot.load_full();
     let now = now_unix();
-    let fatigued = crate::rules::fatigued_for(
+    let fatigued = crate::store::fatigued_for(
         Some(&targets.store),
         &snapshot.rules.rules(),
         Some(vec![user.clone()]),

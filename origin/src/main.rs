@@ -233,10 +233,10 @@ async fn run() -> Result<()> {
             let rules_store = origin::store::open(&location, tenant.as_str(), 1)
                 .await
                 .with_context(|| format!("opening {}", location.display()))?;
-            origin::rules::load(&*rules_store, &snapshot.rules)
+            origin::store::load_rules(&*rules_store, &snapshot.rules)
                 .await
                 .with_context(|| format!("reading the business rules in {}", location.display()))?;
-            let fatigued = origin::rules::fatigued_for(
+            let fatigued = origin::store::fatigued_for(
                 Some(&rules_store),
                 &snapshot.rules.rules(),
                 None,

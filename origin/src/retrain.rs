@@ -200,7 +200,7 @@ impl Retrainer {
         let set = self.store.training_set().await?;
         // The rules cell goes on to the new snapshot; a change stored through another
         // origin is read here.
-        crate::rules::load(&*self.store, &old.rules).await?;
+        crate::store::load_rules(&*self.store, &old.rules).await?;
         let upto_seq = set.upto_seq;
         let experiment = match with_experiment {
             true => self.running_experiment().await,
@@ -293,7 +293,7 @@ impl Retrainer {
         let training = Instant::now();
         let read_from = crate::snapshot::now_unix();
         let set = self.store.training_set_upto(model.upto_seq).await?;
-        crate::rules::load(&*self.store, &old.rules).await?;
+        crate::store::load_rules(&*self.store, &old.rules).await?;
         if set.counts.interactions != model.counts.interactions {
             tracing::warn!(
                 recorded = model.counts.interactions,

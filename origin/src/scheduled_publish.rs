@@ -110,11 +110,11 @@ pub async fn publish_now(
         return Ok(None);
     }
     if let Some(store) = store {
-        if let Err(e) = crate::rules::load(&**store, &snapshot.rules).await {
+        if let Err(e) = crate::store::load_rules(&**store, &snapshot.rules).await {
             tracing::warn!(error = %e, "cannot read the stored rules; publishing with the rules served");
         }
     }
-    let fatigued = crate::rules::fatigued_for(
+    let fatigued = crate::store::fatigued_for(
         store,
         &snapshot.rules.rules(),
         None,

@@ -136,7 +136,7 @@ pub(crate) async fn fatigued_of(
     if rules.fatigue().is_none() {
         return crate::rules::Fatigued::default();
     }
-    crate::rules::fatigued_for(
+    crate::store::fatigued_for(
         state.live.as_ref().map(|l| &l.store),
         &rules,
         Some(users.to_vec()),

@@ -91,7 +91,7 @@ pub struct PublishJob {
     /// item-list miss.
     pub item_lists: bool,
     /// Per user, the items the tenant's fatigue rule keeps out (see
-    /// [`crate::rules::fatigued_for`]; empty without a fatigue rule).
+    /// [`crate::store::fatigued_for`]; empty without a fatigue rule).
     pub fatigued: Arc<crate::rules::Fatigued>,
 }
 

@@ -789,6 +789,63 @@ pub async fn open_tenants(
     }
 }
 
+// The business rules as the store holds them (`crate::rules` keeps the rules themselves,
+// free of any store).
+
+/// Loads the stored rules into `cell` when they are newer than what it holds (a
+/// retrain, the scheduled publish and `origin publish` call it, so a change stored
+/// through another origin is read there). A stored document that no longer validates
+/// is logged and the cell kept as it is; a store error is returned.
+pub async fn load_rules(
+    store: &dyn Store,
+    cell: &crate::rules::LiveRules,
+) -> Result<(), StoreError> {
+    let Some(stored) = store.rules().await? else {
+        return Ok(());
+    };
+    match crate::rules::Current::from_stored(&stored) {
+        Ok(current) => {
+            cell.replace_if_newer(current);
+        }
+        Err(e) => tracing::error!(
+            version = stored.version,
+            error = %e,
+            "the stored business rules do not validate; the rules served stay as they are"
+        ),
+    }
+    Ok(())
+}
+
+/// The items `rules`' fatigue keeps out of the lists of `users` (`None`: every user)
+/// at `now`: nothing without a fatigue rule or a store. Fatigue is soft: a store that
+/// cannot answer is logged and the lists are built without it.
+pub async fn fatigued_for(
+    store: Option<&SharedStore>,
+    rules: &crate::rules::RuleSet,
+    users: Option<Vec<contract::UserId>>,
+    now: i64,
+) -> crate::rules::Fatigued {
+    let (Some(store), Some(fatigue)) = (store, rules.fatigue()) else {
+        return crate::rules::Fatigued::default();
+    };
+    let all = users.is_none();
+    match store.fatigued(users, fatigue, now).await {
+        Ok(f) => {
+            if f.truncated && all {
+                tracing::warn!(
+                    pairs = f.pairs(),
+                    "fatigue read cut at its bound; some fatigued items stay in lists"
+                );
+            }
+            f
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the impressions fatigue counts; lists built without fatigue");
+            crate::rules::Fatigued::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
