@@ -42,16 +42,17 @@ pub fn doc_key(cache_host: &str, tenant: &Tenant, region: &Region, subject: &Sub
     }
 }
 
-/// Every key a user's document may be cached under (one per region), for a purge.
-pub fn user_doc_keys<'a>(
+/// Every key a subject's document (a user's, or an item's list) may be cached under
+/// (one per region), for a purge.
+pub fn doc_keys<'a>(
     cache_host: &'a str,
     tenant: &'a Tenant,
     regions: impl IntoIterator<Item = &'a Region> + 'a,
-    user: &'a UserId,
+    subject: &'a Subject,
 ) -> impl Iterator<Item = String> + 'a {
     regions
         .into_iter()
-        .map(move |r| user_doc_key(cache_host, tenant, r, user))
+        .map(move |r| doc_key(cache_host, tenant, r, subject))
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -113,7 +114,8 @@ mod tests {
         let (t, u) = (Tenant::parse("a").unwrap(), UserId::parse("u1").unwrap());
         let map = contract::RegionMap::builtin();
         let regions = map.regions();
-        let keys: Vec<String> = user_doc_keys("e", &t, regions.iter(), &u).collect();
+        let subject = Subject::User(u.clone());
+        let keys: Vec<String> = doc_keys("e", &t, regions.iter(), &subject).collect();
         assert_eq!(keys.len(), regions.len());
         for r in regions {
             assert!(keys.contains(&user_doc_key("e", &t, r, &u)), "{r}");

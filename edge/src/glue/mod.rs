@@ -539,11 +539,7 @@ async fn admin_purge(
     let mut purged = 0;
     for subject in &subjects {
         let mut found = false;
-        let keys = cfg
-            .region_map
-            .regions()
-            .iter()
-            .map(|r| cache_key::doc_key(&cfg.cache_host, &tenant, r, subject));
+        let keys = cache_key::doc_keys(&cfg.cache_host, &tenant, cfg.region_map.regions(), subject);
         for key in keys {
             state::with_hot(cfg.hot_cache_items, cfg.hot_cache_s, |h| h.remove(&key));
             if let Ok(worker::CacheDeletionOutcome::Success) =
