@@ -643,10 +643,10 @@ pub async fn republish(
     for (target, r) in &outcome.results {
         targets.health.record(target, r);
     }
-    let users = std::slice::from_ref(user);
+    let subjects = [contract::Subject::User(user.clone())];
     for target in targets.publish.iter() {
         let header = trace.map(|t| t.child().header_value());
-        let purged = target.purge(&tenant, users, header.as_deref()).await;
+        let purged = target.purge(&tenant, &subjects, header.as_deref()).await;
         match purged {
             Ok(false) => {}
             Ok(true) => targets.health.record("purge", &Ok::<(), String>(())),

@@ -417,8 +417,12 @@ async fn republish_item_lists(
             written += usize::from(outcome.all_ok());
         }
     }
+    let subjects: Vec<contract::Subject> = lists
+        .iter()
+        .map(|(list, item)| contract::Subject::Item(*list, item.clone()))
+        .collect();
     for target in state.publish.iter() {
-        if let Err(e) = target.purge_item_lists(&current.tenant, &lists).await {
+        if let Err(e) = target.purge(&current.tenant, &subjects, None).await {
             tracing::warn!(target = target.name(), error = %e, "purging item lists failed");
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use contract::admin::{PublishRequest, PublishResponse, PurgeRequest, PurgeResponse};
 use contract::keys::{Generation, GenerationPointer};
-use contract::{ErrorBody, RecommendationDoc, Tenant, UserId};
+use contract::{ErrorBody, RecommendationDoc, Subject, Tenant};
 
 use super::{Activated, KeySpacing, PublishError, PublishTarget, KV_KEY_INTERVAL};
 use crate::auth::Secret;
@@ -260,36 +260,27 @@ impl PublishTarget for EdgeKv {
     async fn purge(
         &self,
         tenant: &Tenant,
-        users: &[UserId],
+        subjects: &[Subject],
         traceparent: Option<&str>,
     ) -> Result<bool, PublishError> {
-        let req = PurgeRequest {
-            tenant: Some(tenant.as_str().to_owned()),
-            user_ids: users.iter().map(|u| u.as_str().to_owned()).collect(),
-            item_lists: Vec::new(),
-        };
-        self.client.purge(&req, traceparent).await?;
-        Ok(true)
-    }
-
-    async fn purge_item_lists(
-        &self,
-        tenant: &Tenant,
-        lists: &[(contract::ItemList, contract::ItemId)],
-    ) -> Result<bool, PublishError> {
-        for chunk in lists.chunks(contract::admin::MAX_PURGE_IDS) {
-            let req = PurgeRequest {
+        // At most the Worker's bound of users and item lists per call.
+        for chunk in subjects.chunks(contract::admin::MAX_PURGE_IDS) {
+            let mut req = PurgeRequest {
                 tenant: Some(tenant.as_str().to_owned()),
-                user_ids: Vec::new(),
-                item_lists: chunk
-                    .iter()
-                    .map(|(list, item)| contract::admin::ItemListRef {
-                        list: *list,
-                        item_id: item.as_str().to_owned(),
-                    })
-                    .collect(),
+                ..Default::default()
             };
-            self.client.purge(&req, None).await?;
+            for subject in chunk {
+                match subject {
+                    Subject::User(u) => req.user_ids.push(u.as_str().to_owned()),
+                    Subject::Item(list, item) => {
+                        req.item_lists.push(contract::admin::ItemListRef {
+                            list: *list,
+                            item_id: item.as_str().to_owned(),
+                        })
+                    }
+                }
+            }
+            self.client.purge(&req, traceparent).await?;
         }
         Ok(true)
     }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use contract::keys::{Generation, GenerationPointer};
-use contract::{IdError, RecommendationDoc, Subject, Tenant, UserId};
+use contract::{IdError, RecommendationDoc, Subject, Tenant};
 use thiserror::Error;
 
 pub use bulk::{
@@ -200,22 +200,13 @@ pub trait PublishTarget: Send + Sync + std::fmt::Debug {
         Err(PublishError::RemoveUnsupported(self.name()))
     }
 
-    /// Drops cached copies of items' lists (the edge cache), as [`PublishTarget::purge`]
-    /// does for users.
-    async fn purge_item_lists(
-        &self,
-        _tenant: &Tenant,
-        _lists: &[(contract::ItemList, contract::ItemId)],
-    ) -> Result<bool, PublishError> {
-        Ok(false)
-    }
-
-    /// Drops copies of the users' documents that readers may have cached (the edge
-    /// cache); a target with no such cache does nothing. Returns whether it purged.
+    /// Drops copies of the subjects' documents (users', items' lists) that readers may
+    /// have cached (the edge cache); a target with no such cache does nothing. Returns
+    /// whether it purged.
     async fn purge(
         &self,
         _tenant: &Tenant,
-        _users: &[UserId],
+        _subjects: &[Subject],
         _traceparent: Option<&str>,
     ) -> Result<bool, PublishError> {
         Ok(false)
